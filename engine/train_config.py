@@ -1,0 +1,53 @@
+"""Optimisation settings shared by the tokenizer and every prior (one loop, one config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from engine.config import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps (ignored when `epochs` is set)
+    epochs: Optional[int] = None  # if set, steps = epochs * batches per epoch
+    batch_size: int = 32  # global batch per optimizer step, before gradient accumulation split
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_accum: int = 1
+    clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 0
+    log_every: int = 50  # steps between metric lines (the only host syncs of the loop)
+    eval_every: int = 0  # steps between evaluations; 0 = only at the end
+    ckpt_every: int = 1000  # steps between checkpoints; 0 = only at the end
+    keep_last: int = 2  # checkpoints retained
+    num_workers: int = 0  # DataLoader worker processes
+    progress: bool = True  # tqdm progress bar
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "log_every", "keep_last")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "ckpt_every", "warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        if self.clip_grad < 0:
+            raise ConfigError(f"clip_grad: must be >= 0, got {self.clip_grad}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")

@@ -1,0 +1,152 @@
+import pytest
+import torch
+
+from tokenizer.config import PRESETS, load_tokenizer_config
+from tokenizer.model import HQVAE
+
+SMALL = ["model.channels=16", "model.res_channels=8", "model.res_blocks=1",
+         "model.layers.0.codebook_size=32"]
+
+
+def small_cfg(preset: str, audio: bool = False, extra=()):
+    over = [f"model.preset={preset}", *SMALL, *extra]
+    if audio:
+        over += ["data.source=tones", "data.audio.num_frames=32", "data.audio.n_fft=64",
+                 "data.audio.hop_length=16", "model.downsample=8"]
+    return load_tokenizer_config(None, over)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("audio", [False, True])
+def test_presets_build_and_round_trip(preset, audio):
+    cfg = small_cfg(preset, audio)
+    c, h, w = cfg.data.shape
+    model = HQVAE(cfg.model, cfg.data.shape)
+    x = torch.rand(2, c, h, w) * 2 - 1
+    terms = model(x, step=0)
+    assert torch.isfinite(terms["loss"])
+    codes = model.encode(x)
+    assert [tuple(t.shape[1:]) for t in codes] == model.code_shapes
+    assert all(t.dtype == torch.long for t in codes)
+    for t, k in zip(codes, model.codebook_sizes):
+        assert 0 <= int(t.min()) and int(t.max()) < k
+    assert model.decode_codes(codes).shape == x.shape
+
+
+def test_preset_layouts():
+    assert [la.kind for la in small_cfg("vqvae2").model.layers] == ["injected", "injected"]
+    assert [la.factor for la in small_cfg("sqvae2").model.layers] == [8, 4]
+    rq = small_cfg("rqvae", extra=["model.depth=3"]).model
+    assert [la.kind for la in rq.layers] == ["residual"] * 3 and rq.quantizer.ema
+    assert small_cfg("rsqvae").model.quantizer.kind == "sq"
+
+
+@pytest.mark.parametrize("preset", ["vqvae2", "sqvae2", "rqvae", "rsqvae", "hqvae"])
+def test_gradients_reach_every_trainable_parameter(preset):
+    torch.manual_seed(0)
+    cfg = small_cfg(preset)
+    model = HQVAE(cfg.model, cfg.data.shape).train()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    model(x, step=0)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    if cfg.model.quantizer.ema:
+        # the EMA codebook is a buffer, never a trainable parameter
+        names = {n for n, _ in model.named_parameters()}
+        assert not any(n.endswith("quantizer.codebook") for n in names)
+        assert any(n.endswith("quantizer.codebook") for n, _ in model.named_buffers())
+
+
+def test_sq_encoding_is_deterministic_in_eval():
+    torch.manual_seed(0)
+    cfg = small_cfg("sqvae2")
+    model = HQVAE(cfg.model, cfg.data.shape).train()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    a, b = model.encode(x), model.encode(x)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert model.training  # encode restores the mode it found
+
+
+def test_sq_recon_term_scales_as_gaussian_ml():
+    """recon = (D_x / 2) log(sum ||x - x_hat||^2 / B): per example, not per element."""
+    torch.manual_seed(0)
+    cfg = small_cfg("sqvae")
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    terms = model(x)
+    out = model.run(x)
+    expected = 0.5 * 3 * 32 * 32 * torch.log((out.recon - x).pow(2).sum() / 2)
+    torch.testing.assert_close(terms["recon"], expected, rtol=1e-5, atol=1e-3)
+
+
+def test_residual_depth_decoding_and_continuous_kl():
+    torch.manual_seed(0)
+    cfg = small_cfg("rsqvae", extra=["model.depth=3"])
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = model.encode(x)
+    outs = [model.decode_codes(codes, depth=d) for d in (1, 2, 3)]
+    assert not torch.equal(outs[0], outs[2])
+    torch.testing.assert_close(outs[2], model.decode_codes(codes))
+    # layer l's continuous KL is ||p(H) - H_l||^2 / (2 sigma_l^2): cumulative residual
+    feats = model.encoder(x)
+    target = model.proj["4"](feats[4])
+    state = torch.zeros_like(target)
+    run = model.run(x)
+    for i, (layer, q) in enumerate(zip(model.layers, run.quant)):
+        state = state + layer.quantizer.lookup(q.codes)
+        var = layer.quantizer.log_var.exp()
+        expected = (target - state).pow(2).sum() / (2 * var) / x.shape[0]
+        torch.testing.assert_close(q.losses["kl_continuous"], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_decode_codes_rejects_bad_codes():
+    cfg = small_cfg("vqvae2")
+    model = HQVAE(cfg.model, cfg.data.shape)
+    codes = model.encode(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="layers"):
+        model.decode_codes(codes[:1])
+    k = model.codebook_sizes[1]
+    bad = [codes[0], torch.full_like(codes[1], k)]
+    with pytest.raises(ValueError, match=rf"\[0, {k}\)"):
+        model.decode_codes(bad)
+    with pytest.raises(ValueError, match="injected"):
+        model.decode_codes(codes, depth=1)
+
+
+def test_monotone_variances_decrease_with_depth():
+    cfg = small_cfg("rsqvae", extra=["model.quantizer.variance=monotone"])
+    model = HQVAE(cfg.model, cfg.data.shape)
+    v = [float(t.exp()) for t in model.log_variances()]
+    assert all(a > b for a, b in zip(v, v[1:]))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    model(x)["loss"].backward()
+    assert all(layer.quantizer.log_var.grad is not None for layer in model.layers)
+
+
+def _fit(preset: str, steps: int) -> tuple[float, float]:
+    from tokenizer.data import ShapesDataset
+
+    torch.manual_seed(0)
+    cfg = small_cfg(preset, extra=["model.channels=32", "model.res_channels=16"])
+    model = HQVAE(cfg.model, cfg.data.shape).train()
+    ds = ShapesDataset(8, 32, 3, seed=1)
+    x = torch.stack([ds[i]["x"] for i in range(8)])
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.eval()
+    first = float((model.decode_codes(model.encode(x)) - x).pow(2).mean())
+    model.train()
+    for step in range(steps):
+        loss = model(x, step=step)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    last = float((model.decode_codes(model.encode(x)) - x).pow(2).mean())
+    return first, last
+
+
+@pytest.mark.parametrize("preset", ["vqvae", "sqvae"])
+def test_few_hundred_steps_drive_reconstruction_error_down(preset):
+    first, last = _fit(preset, 300)
+    assert last < 0.25 * first, (first, last)

@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+
+from tokenizer.config import QuantizerConfig
+from tokenizer.quantizers import (
+    StochasticQuantizer,
+    VectorQuantizer,
+    perplexity,
+    squared_distances,
+)
+
+
+def test_squared_distances_match_brute_force():
+    z, b = torch.randn(50, 8), torch.randn(16, 8)
+    brute = ((z[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    torch.testing.assert_close(squared_distances(z, b), brute, atol=1e-4, rtol=1e-4)
+
+
+def test_vq_straight_through_and_losses():
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4, QuantizerConfig(kind="vq"))
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    out = q(z)
+    assert out.codes.shape == (2, 3, 3) and out.z_q.shape == z.shape
+    # forward value is the codeword of the chosen code
+    torch.testing.assert_close(out.z_q, q.lookup(out.codes))
+    assert set(out.losses) == {"commitment", "codebook"}
+    out.z_q.sum().backward()
+    # straight-through: d(sum z_q)/dz = 1
+    torch.testing.assert_close(z.grad, torch.ones_like(z))
+    assert out.counts.sum() == 18
+
+
+def test_ema_moves_used_codes_toward_assigned_vectors():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True, ema_decay=0.9))
+    assert not isinstance(q.codebook, torch.nn.Parameter)
+    target = torch.randn(4) * 3
+    z = target.view(1, 4, 1, 1).expand(2, 4, 5, 5).contiguous()
+    before = q.codebook.clone()
+    q.train()
+    out = q(z)
+    used = int(out.codes.flatten()[0])
+    d_before = (before[used] - target).norm()
+    for _ in range(30):
+        q(z)
+    d_after = (q.codebook[used] - target).norm()
+    assert d_after < 0.05 * d_before
+    # unused codes keep a finite value
+    assert torch.isfinite(q.codebook).all()
+    assert set(out.losses) == {"commitment"}  # no codebook loss with EMA
+
+
+def test_ema_not_updated_in_eval():
+    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True)).eval()
+    before = q.codebook.clone()
+    q(torch.randn(2, 4, 3, 3))
+    torch.testing.assert_close(q.codebook, before)
+
+
+def test_dead_code_restart_reseeds_unused_codes():
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="vq", restart_threshold=0.5, usage_decay=0.5)
+    q = VectorQuantizer(32, 4, cfg).train()
+    z = torch.randn(4, 4, 4, 4) * 5  # far from the tiny initial codebook
+    for _ in range(5):
+        q(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    # restarted codes were copied from batch vectors
+    d = squared_distances(q.codebook.detach(), flat).min(1).values
+    assert (d < 1e-6).sum() > 16
+
+
+def test_data_init_takes_batch_vectors():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", data_init=True)).train()
+    z = torch.randn(2, 4, 4, 4) + 10
+    q(z)
+    assert bool(q.initialised)
+    assert q.codebook.detach().mean() > 5
+
+
+def test_sq_eval_is_deterministic_and_hard():
+    torch.manual_seed(0)
+    q = StochasticQuantizer(16, 4, QuantizerConfig()).eval()
+    z = torch.randn(2, 4, 5, 5)
+    a, b = q(z), q(z)
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.z_q, b.z_q)
+    torch.testing.assert_close(a.z_q, q.lookup(a.codes))
+
+
+def test_sq_training_is_stochastic_soft_mixture():
+    torch.manual_seed(0)
+    q = StochasticQuantizer(16, 4, QuantizerConfig(var_init=50.0)).train()
+    z = torch.randn(2, 4, 5, 5)
+    a, b = q(z), q(z)
+    assert not torch.equal(a.z_q, b.z_q)
+
+
+def test_sq_loss_terms_sum_over_positions_and_average_over_batch():
+    """Would fail if the KL terms were averaged over positions (the classic bug)."""
+    torch.manual_seed(0)
+    q = StochasticQuantizer(16, 4, QuantizerConfig()).eval()
+    z = torch.randn(2, 4, 3, 3)
+    base = q(z).losses
+    tiled = q(z.repeat(1, 1, 2, 2)).losses  # 4x the positions, same content
+    doubled_batch = q(torch.cat([z, z])).losses  # same examples twice
+    for k in ("kl_discrete", "kl_continuous"):
+        torch.testing.assert_close(tiled[k], 4 * base[k], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(doubled_batch[k], base[k], rtol=1e-4, atol=1e-4)
+
+
+def test_sq_kl_values_match_definition():
+    q = StochasticQuantizer(3, 2, QuantizerConfig(var_init=2.0)).eval()
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    z = torch.tensor([[0.5, 0.5]]).view(1, 2, 1, 1)
+    d = torch.tensor([0.5, 0.5, 2.5])
+    logits = -d / (2 * 2.0)
+    p = torch.softmax(logits, 0)
+    out = q(z)
+    torch.testing.assert_close(out.losses["kl_discrete"], (p * p.log()).sum(), rtol=1e-5, atol=1e-6)
+    # hard code 0 or 1 (tie) at eval: ||z - b||^2 = 0.5
+    torch.testing.assert_close(out.losses["kl_continuous"], torch.tensor(0.5 / 4.0))
+
+
+def test_temperature_schedule():
+    q = StochasticQuantizer(4, 2, QuantizerConfig(tau_init=2.0, tau_decay=1e-3, tau_min=0.5))
+    assert q.temperature(0) == 2.0
+    assert math.isclose(q.temperature(100), 2.0 * math.exp(-0.1))
+    assert q.temperature(10**6) == 0.5
+
+
+def test_quantizer_math_is_float32_under_autocast():
+    q = StochasticQuantizer(8, 4, QuantizerConfig()).train()
+    z = torch.randn(2, 4, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = q(z.bfloat16())
+    assert out.z_q.dtype == torch.float32
+    assert out.losses["kl_discrete"].dtype == torch.float32
+
+
+def test_perplexity():
+    assert perplexity(torch.tensor([1.0, 1.0, 1.0, 1.0])) == pytest.approx(4.0)
+    assert perplexity(torch.tensor([5.0, 0.0, 0.0])) == pytest.approx(1.0)
+
+
+def test_incompatible_options_rejected():
+    from engine.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="ema"):
+        from_dict(QuantizerConfig, {"kind": "sq", "ema": True})
+    with pytest.raises(ConfigError, match="variance"):
+        from_dict(QuantizerConfig, {"kind": "vq", "variance": "monotone"})

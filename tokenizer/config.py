@@ -1,0 +1,298 @@
+"""Configuration of stage one: model (hierarchy + quantizers + nets), data, training.
+
+Every key lives here once, with its default and meaning. Presets only fill in
+``model.layers`` and the quantizer kind; anything can still be overridden.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from engine.config import ConfigError, load_config
+from engine.train_config import TrainConfig
+
+
+@dataclass
+class LayerConfig:
+    kind: Literal["injected", "residual"] = "injected"
+    factor: int = 4  # downsampling of this layer's code grid relative to the input (power of 2)
+    codebook_size: int = 512  # K
+    codebook_dim: int = 64  # D
+
+    def validate(self) -> None:
+        if self.codebook_size < 2:
+            raise ConfigError(f"codebook_size: must be >= 2, got {self.codebook_size}")
+        if self.codebook_dim < 1:
+            raise ConfigError(f"codebook_dim: must be >= 1, got {self.codebook_dim}")
+        if self.factor < 1 or self.factor & (self.factor - 1):
+            raise ConfigError(f"factor: must be a power of 2 (1, 2, 4, ...), got {self.factor}")
+
+
+@dataclass
+class QuantizerConfig:
+    kind: Literal["vq", "sq"] = "sq"
+    # --- deterministic VQ (VQ-VAE / VQ-VAE-2 / RQ-VAE) ---
+    beta: float = 0.25  # commitment weight
+    ema: bool = False  # EMA codebook instead of a codebook loss
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5  # Laplace smoothing of EMA cluster sizes
+    restart_threshold: float = 0.0  # re-seed codes whose EMA usage falls below this; 0 = off
+    usage_decay: float = 0.99  # EMA decay of the per-code usage that restarts look at
+    data_init: bool = False  # initialise the codebook from the first training batch
+    # --- stochastic SQ (SQ-VAE / HQ-VAE family) ---
+    var_init: float = 20.0  # initial sigma^2 (SQ-VAE uses 20 for D=64; larger D wants larger)
+    variance: Literal["independent", "monotone"] = "independent"  # monotone: s_l^2 = s_{l-1}^2 * sigmoid(a_l)
+    tau_init: float = 1.0  # Gumbel temperature tau = max(tau_init * exp(-tau_decay * step), tau_min)
+    tau_decay: float = 1e-5
+    tau_min: float = 0.0
+
+    def validate(self) -> None:
+        if self.kind == "sq":
+            vq_only = {
+                "ema": self.ema,
+                "restart_threshold": self.restart_threshold > 0,
+                "data_init": self.data_init,
+            }
+            for key, on in vq_only.items():
+                if on:
+                    raise ConfigError(f"{key}: applies to kind 'vq' only, not 'sq'")
+        else:
+            if self.variance != "independent":
+                raise ConfigError("variance: 'monotone' applies to kind 'sq' only")
+        if self.beta < 0:
+            raise ConfigError(f"beta: must be >= 0, got {self.beta}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: must be in (0, 1), got {self.ema_decay}")
+        if not 0.0 < self.usage_decay < 1.0:
+            raise ConfigError(f"usage_decay: must be in (0, 1), got {self.usage_decay}")
+        if self.restart_threshold < 0:
+            raise ConfigError(f"restart_threshold: must be >= 0, got {self.restart_threshold}")
+        if self.var_init <= 0:
+            raise ConfigError(f"var_init: must be > 0, got {self.var_init}")
+        if self.tau_init <= 0:
+            raise ConfigError(f"tau_init: must be > 0, got {self.tau_init}")
+        if self.tau_decay < 0:
+            raise ConfigError(f"tau_decay: must be >= 0, got {self.tau_decay}")
+        if self.tau_min < 0:
+            raise ConfigError(f"tau_min: must be >= 0, got {self.tau_min}")
+
+
+@dataclass
+class ModelConfig:
+    preset: Optional[str] = None  # vqvae | sqvae | vqvae2 | sqvae2 | rqvae | rsqvae | hqvae
+    downsample: int = 4  # finest code grid factor used when a preset fills in `layers`
+    depth: int = 4  # residual depth used by the rqvae / rsqvae presets
+    layers: list[LayerConfig] = field(default_factory=list)  # top (coarsest) first
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    channels: int = 128  # width of the encoder / decoder conv nets
+    res_blocks: int = 2  # residual blocks per resolution stage
+    res_channels: int = 32  # bottleneck width inside a residual block
+    state_channels: Optional[int] = None  # top-down state width; default: D of residual layers, else `channels`
+    norm: Literal["none", "batch"] = "none"  # normalisation inside residual blocks
+
+    def validate(self) -> None:
+        if not self.layers:
+            raise ConfigError("layers: at least one layer is required (or set `preset`)")
+        if self.channels < 1 or self.res_channels < 1 or self.res_blocks < 0:
+            raise ConfigError("channels/res_channels must be >= 1 and res_blocks >= 0")
+        for i, (prev, layer) in enumerate(zip(self.layers, self.layers[1:]), start=1):
+            if layer.factor > prev.factor:
+                raise ConfigError(
+                    f"layers.{i}.factor: layers go from coarse to fine, but factor "
+                    f"{layer.factor} is coarser than layers.{i - 1}.factor={prev.factor}"
+                )
+            if layer.kind == "residual" and layer.factor != prev.factor:
+                raise ConfigError(
+                    f"layers.{i}.factor: a residual layer refines the state at the same "
+                    f"resolution, so its factor must equal layers.{i - 1}.factor={prev.factor}"
+                )
+        residual_dims = {la.codebook_dim for la in self.layers if la.kind == "residual"}
+        if len(residual_dims) > 1:
+            raise ConfigError(
+                f"layers: residual layers add codewords to one state, so they need one "
+                f"codebook_dim; got {sorted(residual_dims)}"
+            )
+        if residual_dims and self.state_channels is not None:
+            (d,) = residual_dims
+            if self.state_channels != d:
+                raise ConfigError(
+                    f"state_channels: residual layers need state_channels == codebook_dim ({d}), "
+                    f"got {self.state_channels}"
+                )
+
+    @property
+    def resolved_state_channels(self) -> int:
+        residual_dims = [la.codebook_dim for la in self.layers if la.kind == "residual"]
+        if residual_dims:
+            return residual_dims[0]
+        return self.state_channels or self.channels
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 8000
+    n_fft: int = 256
+    hop_length: int = 64
+    num_frames: int = 128  # clip length in STFT frames: samples = hop_length * (num_frames - 1)
+    mel: bool = False  # mel instead of linear-frequency magnitudes
+    n_mels: int = 128
+    db_min: float = -80.0  # log-magnitude range mapped linearly onto [-1, 1]
+    db_max: float = 40.0
+    crop: Literal["start", "center", "random"] = "start"  # where a long clip is cut
+    resample: bool = True  # resample clips at another rate (else: error)
+    griffin_lim_iters: int = 64
+
+    def validate(self) -> None:
+        if self.n_fft < 4 or self.n_fft % 2:
+            raise ConfigError(f"n_fft: must be an even number >= 4, got {self.n_fft}")
+        if not 0 < self.hop_length <= self.n_fft:
+            raise ConfigError(f"hop_length: must be in (0, n_fft], got {self.hop_length}")
+        if self.num_frames < 2:
+            raise ConfigError(f"num_frames: must be >= 2, got {self.num_frames}")
+        if self.db_max <= self.db_min:
+            raise ConfigError(f"db_max: must exceed db_min ({self.db_min}), got {self.db_max}")
+        if self.sample_rate < 1:
+            raise ConfigError(f"sample_rate: must be >= 1, got {self.sample_rate}")
+
+    @property
+    def num_bins(self) -> int:
+        return self.n_mels if self.mel else self.n_fft // 2  # Nyquist bin dropped
+
+    @property
+    def num_samples(self) -> int:
+        return self.hop_length * (self.num_frames - 1)
+
+
+@dataclass
+class DataConfig:
+    # 'shapes' / 'tones' (built-in, procedural), 'parquet', 'imagefolder', 'audiofolder',
+    # a hub dataset name, or a local path (a .parquet file or a folder of them)
+    source: str = "shapes"
+    path: Optional[str] = None  # data_dir / files for parquet, imagefolder, audiofolder
+    train_split: str = "train"
+    eval_split: str = "test"
+    column: Optional[str] = None  # image / audio column; detected when unset
+    label_column: Optional[str] = "label"  # kept when present
+    modality: Optional[Literal["image", "audio"]] = None  # detected when unset
+    image_size: int = 32  # square side after resizing / cropping
+    channels: int = 3  # 3 = RGB, 1 = grey
+    resize: Literal["resize", "center_crop", "random_crop"] = "center_crop"
+    num_train: int = 5000  # procedural datasets: examples in the train split
+    num_eval: int = 500  # procedural datasets: examples in the eval split
+    seed: int = 0  # procedural datasets: generation seed
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+    def validate(self) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels: must be 1 or 3, got {self.channels}")
+        if self.image_size < 1:
+            raise ConfigError(f"image_size: must be >= 1, got {self.image_size}")
+        if self.num_train < 1 or self.num_eval < 1:
+            raise ConfigError("num_train / num_eval: must be >= 1")
+
+    @property
+    def resolved_modality(self) -> str:
+        if self.modality is not None:
+            return self.modality
+        return "audio" if self.source in ("tones", "audiofolder") else "image"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model input."""
+        if self.resolved_modality == "audio":
+            return (1, self.audio.num_bins, self.audio.num_frames)
+        return (self.channels, self.image_size, self.image_size)
+
+
+@dataclass
+class EvalConfig:
+    max_examples: int = 2000  # examples of the eval split used during / after training
+    batch_size: int = 128
+    grid_size: int = 8  # originals and reconstructions shown in the PNG grid
+    num_audio: int = 4  # original / reconstructed WAV pairs written for audio
+
+
+@dataclass
+class TokenizerConfig:
+    run_dir: str = "runs/tokenizer"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        c, h, w = self.data.shape
+        for i, layer in enumerate(self.model.layers):
+            if h % layer.factor or w % layer.factor:
+                raise ConfigError(
+                    f"model.layers.{i}.factor: {layer.factor} does not divide the input size "
+                    f"{h}x{w} (data.{'audio.num_frames / bins' if self.data.resolved_modality == 'audio' else 'image_size'})"
+                )
+
+
+# ---------------------------------------------------------------------------------------
+# presets: the table of DESIGN.md section 3, all from one implementation
+
+PRESETS = {
+    # name: (layer kinds as a function of (downsample, depth), quantizer defaults)
+    "vqvae": ("vq", lambda d, n: [("residual", d)], {}),
+    "sqvae": ("sq", lambda d, n: [("residual", d)], {}),
+    "vqvae2": ("vq", lambda d, n: [("injected", 2 * d), ("injected", d)], {"ema": True}),
+    "sqvae2": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d)], {}),
+    "rqvae": ("vq", lambda d, n: [("residual", d)] * n, {"ema": True}),
+    "rsqvae": ("sq", lambda d, n: [("residual", d)] * n, {}),
+    # general HQ-VAE: injected top layer, then a residual refinement of the bottom layer
+    "hqvae": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d), ("residual", d)], {}),
+}
+
+
+def expand_preset(data: dict) -> dict:
+    """Fill ``model.layers`` and quantizer defaults from ``model.preset``.
+
+    Layer overrides given as ``model.layers.<i>.<key>=...`` on top of a preset arrive as a
+    mapping of indices and are applied to the preset's layer list.
+    """
+    data = copy.deepcopy(data)
+    model = data.setdefault("model", {}) or {}
+    data["model"] = model
+    preset = model.get("preset")
+    if preset is None:
+        if isinstance(model.get("layers"), dict):
+            raise ConfigError("model.layers: indexed layer overrides need a preset or a layer list")
+        return data
+    if preset not in PRESETS:
+        raise ConfigError(f"model.preset: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    qkind, layout, qdefaults = PRESETS[preset]
+    down = model.get("downsample", 4)
+    depth = model.get("depth", 4)
+    if not isinstance(down, int) or not isinstance(depth, int) or down < 1 or depth < 1:
+        raise ConfigError("model.downsample / model.depth: must be positive integers")
+    layers = model.get("layers")
+    if layers is None or isinstance(layers, dict):
+        base = [{"kind": k, "factor": f} for k, f in layout(down, depth)]
+        for key, value in (layers or {}).items():
+            if not str(key).isdigit() or int(key) >= len(base):
+                raise ConfigError(f"model.layers.{key}: preset {preset!r} has {len(base)} layers")
+            if not isinstance(value, dict):
+                raise ConfigError(f"model.layers.{key}: expected a mapping")
+            base[int(key)].update(value)
+        model["layers"] = base
+    quant = model.setdefault("quantizer", {}) or {}
+    model["quantizer"] = quant
+    if quant.get("kind", qkind) != qkind:
+        raise ConfigError(
+            f"model.quantizer.kind: preset {preset!r} uses {qkind!r}, got {quant['kind']!r}"
+        )
+    quant["kind"] = qkind
+    for key, value in qdefaults.items():
+        quant.setdefault(key, value)
+    return data
+
+
+def load_tokenizer_config(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> TokenizerConfig:
+    return load_config(TokenizerConfig, path, overrides, prepare=expand_preset)

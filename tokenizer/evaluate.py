@@ -1,0 +1,170 @@
+"""Tokenizer evaluation: reconstruction error and the two failure modes, per layer.
+
+* codebook collapse: perplexity exp(H(usage)) and codes used, per layer, on the eval split
+* layer collapse:
+    - residual layers: RMSE when decoding with depths 1..l (each depth must help)
+    - every layer: RMSE when that layer's codes are replaced by codes drawn from the
+      layer's own empirical code distribution (a layer that carries information makes
+      the error grow; one that does not, leaves it unchanged)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from tokenizer.media import save_grid, spectrogram_rows
+from tokenizer.model import HQVAE
+from tokenizer.quantizers import perplexity
+
+
+def _loader(dataset: Dataset, max_examples: int, batch_size: int) -> DataLoader:
+    n = min(len(dataset), max_examples)
+    return DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+
+
+class _ErrorMeter:
+    """Accumulates squared error (and, for audio, per-frame log-spectral distance)."""
+
+    def __init__(self):
+        self.sq, self.n, self.lsd, self.frames = 0.0, 0, 0.0, 0
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, db_per_unit: float | None) -> None:
+        d = (y.float().clamp(-1, 1) - x.float())
+        self.sq += float(d.pow(2).sum())
+        self.n += d.numel()
+        if db_per_unit is not None:  # spectrogram images (B, 1, F, T): LSD per frame
+            per_frame = (d * db_per_unit).pow(2).mean(dim=-2).sqrt()
+            self.lsd += float(per_frame.sum())
+            self.frames += per_frame.numel()
+
+    @property
+    def mse(self) -> float:
+        return self.sq / max(self.n, 1)
+
+
+def _report(meter: _ErrorMeter, modality: str) -> dict[str, float]:
+    if modality == "image":
+        # images live in [-1, 1]; report RMSE in 0-255 pixel units and PSNR on that scale
+        rmse = math.sqrt(meter.mse) * 127.5
+        return {"rmse": rmse, "psnr": 20 * math.log10(255.0 / max(rmse, 1e-8))}
+    out = {"rmse": math.sqrt(meter.mse), "psnr": 20 * math.log10(2.0 / max(math.sqrt(meter.mse), 1e-8))}
+    if meter.frames:
+        out["lsd_db"] = meter.lsd / meter.frames
+    return out
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    model: HQVAE,
+    dataset: Dataset,
+    modality: str = "image",
+    max_examples: int = 2000,
+    batch_size: int = 128,
+    db_range: float | None = None,
+    layer_collapse: bool = True,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Metrics of ``model`` on ``dataset`` (items {"x": (C,H,W) in [-1,1], ...}).
+
+    ``db_range`` (db_max - db_min) turns spectrogram errors into dB for LSD.
+    """
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    db_per_unit = db_range / 2 if (modality == "audio" and db_range) else None
+    n_layers = len(model.layers)
+    hists = [torch.zeros(k, dtype=torch.float64) for k in model.codebook_sizes]
+    full = _ErrorMeter()
+    loader = _loader(dataset, max_examples, batch_size)
+    for batch in tqdm(loader, desc="eval: encode", disable=not progress, leave=False):
+        x = batch["x"].to(device)
+        codes = model.encode(x)
+        full.add(x, model.decode_codes(codes), db_per_unit)
+        for h, c in zip(hists, codes):
+            h += torch.bincount(c.flatten().cpu(), minlength=h.numel()).double()
+    result: dict = {"examples": min(len(dataset), max_examples), **_report(full, modality)}
+    layers = []
+    for i, h in enumerate(hists):
+        layers.append({
+            "layer": i,
+            "kind": model.layers[i].kind,
+            "grid": list(model.code_shapes[i]),
+            "codebook_size": h.numel(),
+            "perplexity": perplexity(h),
+            "codes_used": int((h > 0).sum()),
+        })
+    if layer_collapse:
+        # residual depths: every trailing residual layer can be dropped
+        first_droppable = n_layers
+        while first_droppable > 1 and model.layers[first_droppable - 1].kind == "residual":
+            first_droppable -= 1
+        depths = list(range(first_droppable, n_layers))
+        depth_meters = {d: _ErrorMeter() for d in depths}
+        sub_meters = [_ErrorMeter() for _ in range(n_layers)]
+        g = torch.Generator().manual_seed(seed)
+        for batch in tqdm(loader, desc="eval: layer collapse", disable=not progress, leave=False):
+            x = batch["x"].to(device)
+            codes = model.encode(x)
+            for d in depths:
+                depth_meters[d].add(x, model.decode_codes(codes, depth=d), db_per_unit)
+            for i in range(n_layers):
+                # replace layer i's codes with draws from its empirical distribution
+                p = hists[i] / hists[i].sum()
+                drawn = torch.multinomial(p.float(), codes[i].numel(), replacement=True, generator=g)
+                swapped = list(codes)
+                swapped[i] = drawn.view_as(codes[i]).to(device)
+                sub_meters[i].add(x, model.decode_codes(swapped), db_per_unit)
+        for i in range(n_layers):
+            sub = _report(sub_meters[i], modality)["rmse"]
+            layers[i]["rmse_substituted"] = sub
+            layers[i]["substitution_gain"] = sub / max(result["rmse"], 1e-12)
+            if (i + 1) in depth_meters:
+                layers[i]["rmse_depth"] = _report(depth_meters[i + 1], modality)["rmse"]
+            elif i + 1 == n_layers and depths:
+                layers[i]["rmse_depth"] = result["rmse"]
+    result["layers"] = layers
+    if model.is_stochastic:
+        result["variances"] = [float(v.exp()) for v in model.log_variances()]
+    model.train(was)
+    return result
+
+
+@torch.no_grad()
+def write_reconstructions(
+    model: HQVAE, dataset: Dataset, out_dir: str | Path, modality: str, n: int = 8,
+    spectrogram=None, sample_rate: int | None = None, n_audio: int = 4,
+) -> list[Path]:
+    """Originals beside reconstructions: a PNG grid (top row originals) and, for audio,
+    WAV pairs (the original spectrogram and its reconstruction, both through Griffin-Lim,
+    so the pair differs only by what the tokenizer lost)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    n = min(n, len(dataset))
+    x = torch.stack([dataset[i]["x"] for i in range(n)]).to(device)
+    model.eval()
+    y = model.decode_codes(model.encode(x)).clamp(-1, 1)
+    written = []
+    pair = torch.cat([x, y])
+    if modality == "audio":
+        pair = spectrogram_rows(pair)
+    written.append(save_grid(pair.cpu(), out_dir / "reconstructions.png", nrow=n))
+    if modality == "audio" and spectrogram is not None and sample_rate:
+        from tokenizer.audio import write_wav
+
+        k = min(n_audio, n)
+        spectrogram = spectrogram.to(device)
+        wav_x = spectrogram.to_waveform(x[:k])
+        wav_y = spectrogram.to_waveform(y[:k])
+        for i in range(k):
+            for tag, wav in (("original", wav_x), ("reconstructed", wav_y)):
+                path = out_dir / f"clip{i}_{tag}.wav"
+                write_wav(path, wav[i].cpu(), sample_rate)
+                written.append(path)
+    return written

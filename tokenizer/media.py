@@ -1,0 +1,48 @@
+"""Writing model tensors as PNG images and grids (PIL + numpy; no torchvision)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) or (N, C, H, W) in [-1, 1] -> uint8 HWC / NHWC."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    return x.movedim(-3, -1).numpy()
+
+
+def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one uint8 image (rows of ``nrow``) with white padding."""
+    n, c, h, w = x.shape
+    nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
+    ncol = int(math.ceil(n / nrow))
+    imgs = to_uint8(x)
+    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y0, x0 = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y0 : y0 + h, x0 : x0 + w] = imgs[i]
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    Image.fromarray(array).save(path)
+    return path
+
+
+def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    return save_png(make_grid(x, nrow), path)
+
+
+def spectrogram_rows(x: torch.Tensor) -> torch.Tensor:
+    """Flip spectrogram images so low frequencies sit at the bottom, as people read them."""
+    return torch.flip(x, dims=[-2])

@@ -1,0 +1,211 @@
+"""The HQ-VAE hierarchy (Takida et al., TMLR 2024): one implementation for every preset.
+
+Bottom-up: the encoder yields features Ĥ_f at each code-grid factor f.
+Top-down, from H_0 = 0 at the coarsest grid, layer by layer (top = coarsest first):
+
+* injected layer  (VQ-VAE-2 / SQ-VAE-2):  U = up(H_{l-1});  ẑ_l = g_l([Ĥ_f, U]);
+  z_l = Q_l(ẑ_l);  H_l = h_l([U, z_l])
+* residual layer  (RQ-VAE / RSQ-VAE):     ẑ_l = p(Ĥ_f) - H_{l-1};  z_l = Q_l(ẑ_l);
+  H_l = H_{l-1} + z_l, so layer l's continuous KL is ||p(Ĥ_f) - H_l||^2 / (2 sigma_l^2),
+  RQ-VAE's cumulative commitment with a learned precision instead of a fixed beta.
+
+The decoder maps H_L to the reconstruction. A single residual layer is plain VQ-VAE /
+SQ-VAE (H_0 = 0 makes ẑ = p(Ĥ)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer.config import ModelConfig
+from tokenizer.nets import Decoder, Encoder, res_stack, upsampler
+from tokenizer.quantizers import QuantizerOutput, StochasticQuantizer, build_quantizer
+
+
+@dataclass
+class ForwardOutput:
+    recon: torch.Tensor
+    quant: list[QuantizerOutput]
+
+
+class TopDownLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, index: int, prev_factor: int | None):
+        super().__init__()
+        layer = cfg.layers[index]
+        self.kind, self.factor = layer.kind, layer.factor
+        self.is_last = index == len(cfg.layers) - 1
+        cs = cfg.resolved_state_channels
+        # up(H_{l-1}): transposed convs when the previous state is on a coarser grid
+        ratio = (prev_factor or layer.factor) // layer.factor
+        self.up = upsampler(cs, cs, ratio) if ratio > 1 else nn.Identity()
+        if layer.kind == "injected":
+            self.g = nn.Conv2d(cfg.channels + cs, layer.codebook_dim, 1)
+            h = [nn.Conv2d(cs + layer.codebook_dim, cs, 3, padding=1)]
+            if not self.is_last:  # the decoder has its own residual blocks after the last
+                h.append(res_stack(cs, cfg.res_channels, cfg.res_blocks, cfg.norm))
+            self.h = nn.Sequential(*h)
+        self.quantizer = build_quantizer(layer.codebook_size, layer.codebook_dim, cfg.quantizer)
+
+    def encoder_input(self, feat: torch.Tensor, u: torch.Tensor, proj: nn.Module | None) -> torch.Tensor:
+        if self.kind == "injected":
+            return self.g(torch.cat([feat, u], dim=1))
+        return proj(feat) - u
+
+    def combine(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.kind == "injected":
+            return self.h(torch.cat([u, z], dim=1))
+        return u + z
+
+
+class HQVAE(nn.Module):
+    def __init__(self, cfg: ModelConfig, in_shape: tuple[int, int, int]):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.in_shape = tuple(in_shape)
+        c, h, w = in_shape
+        factors = [la.factor for la in cfg.layers]
+        self.state_channels = cs = cfg.resolved_state_channels
+        self.encoder = Encoder(c, cfg.channels, cfg.res_channels, cfg.res_blocks, factors, cfg.norm)
+        layers, prev = [], None
+        for i, la in enumerate(cfg.layers):
+            layers.append(TopDownLayer(cfg, i, prev))
+            prev = la.factor
+        self.layers = nn.ModuleList(layers)
+        # one 1x1 projection of Ĥ_f into state space per factor that has residual layers
+        # (consecutive residual layers share it: they all refine the same target)
+        self.proj = nn.ModuleDict(
+            {
+                str(f): nn.Conv2d(cfg.channels, cs, 1)
+                for f in sorted({la.factor for la in cfg.layers if la.kind == "residual"})
+            }
+        )
+        self.decoder = Decoder(cs, c, cfg.channels, cfg.res_channels, cfg.res_blocks, factors[-1], cfg.norm)
+        self.monotone = cfg.quantizer.kind == "sq" and cfg.quantizer.variance == "monotone"
+        if self.monotone:
+            # deeper layers store a_l with sigma_l^2 = sigma_{l-1}^2 * sigmoid(a_l); a_l = 0 halves it
+            for layer in list(self.layers)[1:]:
+                layer.quantizer.log_var.data.fill_(0.0)
+
+    # -- shapes ---------------------------------------------------------------------------
+    @property
+    def code_shapes(self) -> list[tuple[int, int]]:
+        _, h, w = self.in_shape
+        return [(h // la.factor, w // la.factor) for la in self.cfg.layers]
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return [la.codebook_size for la in self.cfg.layers]
+
+    @property
+    def is_stochastic(self) -> bool:
+        return self.cfg.quantizer.kind == "sq"
+
+    def _h0(self, x: torch.Tensor) -> torch.Tensor:
+        hh, ww = self.code_shapes[0]
+        return x.new_zeros(x.shape[0], self.state_channels, hh, ww)
+
+    def log_variances(self) -> list[torch.Tensor]:
+        """log sigma_l^2 per SQ layer (applying the monotone parameterisation)."""
+        out: list[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            p = layer.quantizer.log_var
+            out.append(out[-1] + F.logsigmoid(p) if self.monotone and i > 0 else p)
+        return out
+
+    # -- passes ---------------------------------------------------------------------------
+    def run(self, x: torch.Tensor, step: int = 0) -> ForwardOutput:
+        """Encode, quantize every layer top-down, decode."""
+        feats = self.encoder(x)
+        log_vars = self.log_variances() if self.is_stochastic else [None] * len(self.layers)
+        state = self._h0(x)
+        quant = []
+        for layer, log_var in zip(self.layers, log_vars):
+            u = layer.up(state)
+            z_hat = layer.encoder_input(feats[layer.factor], u, self.proj[str(layer.factor)] if layer.kind == "residual" else None)
+            q = layer.quantizer(z_hat, step, log_var) if self.is_stochastic else layer.quantizer(z_hat, step)
+            quant.append(q)
+            state = layer.combine(u, q.z_q.to(u.dtype))
+        return ForwardOutput(self.decoder(state), quant)
+
+    def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
+        """Training objective and its parts (all scalars; 'loss' is what is minimised).
+
+        It is ``forward`` so that data-parallel wrappers see the call."""
+        out = self.run(x, step)
+        recon = out.recon.float()
+        b = x.shape[0]
+        sq_err = (recon - x.float()).pow(2)
+        mse = sq_err.mean()
+        terms: dict[str, torch.Tensor] = {"mse": mse.detach()}
+        if self.is_stochastic:
+            # Gaussian decoder with its variance at the ML value (SQ-VAE's ARELBO form):
+            # (D_x / 2) * log(sum_batch ||x - x_hat||^2 / B)
+            d_x = x[0].numel()
+            rec = 0.5 * d_x * torch.log(sq_err.sum() / b)
+        else:
+            rec = mse
+        total = rec
+        for i, q in enumerate(out.quant):
+            for name, value in q.losses.items():
+                terms[f"l{i}/{name}"] = value.detach()
+                total = total + value
+        terms["recon"] = rec.detach()
+        terms["loss"] = total
+        return terms
+
+    def train_stats(self, step: int) -> dict[str, float]:
+        """Cheap per-layer scalars for logging (temperature, sigma^2)."""
+        stats: dict[str, float] = {}
+        if self.is_stochastic:
+            for i, lv in enumerate(self.log_variances()):
+                stats[f"l{i}/var"] = float(lv.detach().exp())
+            stats["tau"] = self.layers[0].quantizer.temperature(step)
+        return stats
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Deterministic codes per layer, top first: list of (B, h_l, w_l) long tensors."""
+        was = self.training
+        self.eval()
+        try:
+            return [q.codes for q in self.run(x).quant]
+        finally:
+            self.train(was)
+
+    def decode_codes(self, codes: list[torch.Tensor], depth: int | None = None) -> torch.Tensor:
+        """Codes (top first) -> reconstruction. ``depth`` keeps only the first layers;
+        the dropped ones must be residual (they then add nothing to the state)."""
+        if len(codes) != len(self.layers):
+            raise ValueError(f"expected codes for {len(self.layers)} layers, got {len(codes)}")
+        depth = len(self.layers) if depth is None else depth
+        if not 1 <= depth <= len(self.layers):
+            raise ValueError(f"depth must be in [1, {len(self.layers)}], got {depth}")
+        for i, (c, shape, k) in enumerate(zip(codes, self.code_shapes, self.codebook_sizes)):
+            if tuple(c.shape[1:]) != shape:
+                raise ValueError(f"layer {i}: codes of shape {tuple(c.shape[1:])}, expected {shape}")
+            if c.numel() and (int(c.min()) < 0 or int(c.max()) >= k):
+                raise ValueError(f"layer {i}: code values must be in [0, {k})")
+        dropped = [i for i in range(depth, len(self.layers)) if self.layers[i].kind != "residual"]
+        if dropped:
+            raise ValueError(f"cannot drop injected layers {dropped}: only residual depths can be truncated")
+        ref = next(self.parameters())
+        hh, ww = self.code_shapes[0]
+        state = torch.zeros(codes[0].shape[0], self.state_channels, hh, ww, device=ref.device, dtype=ref.dtype)
+        for layer, c in zip(list(self.layers)[:depth], codes):
+            u = layer.up(state)
+            state = layer.combine(u, layer.quantizer.lookup(c.to(ref.device)).to(u.dtype))
+        return self.decoder(state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def expected_bits(codebook_sizes: list[int], code_shapes: list[tuple[int, int]]) -> float:
+    """Bits per example of the code hierarchy at uniform usage (a size reference)."""
+    return sum(h * w * math.log2(k) for k, (h, w) in zip(codebook_sizes, code_shapes))

@@ -1,0 +1,234 @@
+"""One-layer quantizers: deterministic VQ and stochastic SQ (DESIGN.md section 2).
+
+Both take encoder output z (B, D, H, W) and return a :class:`QuantizerOutput` with the
+vector the decoder sees, the code indices (B, H, W), a dict of loss terms and the code
+histogram of the batch. All of their math runs in float32, even under autocast: bf16
+distances and EMA statistics are a known source of NaNs and drifting codebooks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer.config import QuantizerConfig
+
+
+@dataclass
+class QuantizerOutput:
+    z_q: torch.Tensor  # (B, D, H, W), what the decoder / top-down path sees
+    codes: torch.Tensor  # (B, H, W) long
+    losses: dict[str, torch.Tensor]  # scalar loss terms (already weighted)
+    counts: torch.Tensor  # (K,) code histogram of this batch (float, no grad)
+
+
+def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """||z||^2 - 2 z B^T + ||b||^2 as one matmul: (N, D) x (K, D) -> (N, K).
+
+    Never materialises an N x K x D tensor.
+    """
+    return (
+        z.pow(2).sum(1, keepdim=True)
+        - 2.0 * z @ codebook.t()
+        + codebook.pow(2).sum(1).unsqueeze(0)
+    ).clamp_min_(0.0)
+
+
+def _flatten(z: torch.Tensor) -> torch.Tensor:
+    b, d, h, w = z.shape
+    return z.permute(0, 2, 3, 1).reshape(b * h * w, d)
+
+
+def _unflatten(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    b, d, h, w = shape
+    return flat.reshape(b, h, w, d).permute(0, 3, 1, 2)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    # DDP syncs gradients, not buffers: codebook statistics must be summed over processes
+    # so every process applies the identical EMA update.
+    if _distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.broadcast(t, src=0)
+    return t
+
+
+def perplexity(counts: torch.Tensor) -> float:
+    """exp(entropy) of a code histogram."""
+    p = counts.double() / counts.sum().clamp_min(1)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
+class VectorQuantizer(nn.Module):
+    """Deterministic VQ with straight-through gradients (van den Oord et al., 2017).
+
+    Options (each off unless configured):
+      * ``ema``: codebook = EMA of assigned encoder vectors (Razavi et al., 2019);
+        the codebook gets no gradient and the codebook loss term is dropped.
+      * ``restart_threshold``: codes whose EMA usage falls below it are re-seeded from
+        random encoder vectors of the batch (dead-code restart, as in Dhariwal et al. 2020 /
+        Zeghidour et al. 2021).
+      * ``data_init``: the first training batch seeds the codebook with encoder vectors.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, cfg: QuantizerConfig):
+        super().__init__()
+        self.K, self.D, self.cfg = codebook_size, dim, cfg
+        if cfg.ema:
+            # VQ-VAE-2's EMA codebook starts from a unit Gaussian with zero counts
+            init = torch.randn(codebook_size, dim)
+            self.register_buffer("codebook", init)
+            self.register_buffer("ema_count", torch.zeros(codebook_size))
+            self.register_buffer("ema_sum", init.clone())
+        else:
+            # VQ-VAE's codebook loss version starts uniform in +-1/K
+            init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+            self.codebook = nn.Parameter(init)
+        if cfg.restart_threshold > 0:
+            self.register_buffer("usage", torch.ones(codebook_size))
+        if cfg.data_init:
+            self.register_buffer("initialised", torch.tensor(False))
+
+    @torch.no_grad()
+    def _data_init(self, flat: torch.Tensor) -> None:
+        idx = torch.randint(0, flat.shape[0], (self.K,), device=flat.device)
+        new = _broadcast(flat[idx].clone())
+        self.codebook.data.copy_(new)
+        if self.cfg.ema:
+            self.ema_sum.copy_(new)
+            self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
+        cfg = self.cfg
+        counts = _all_reduce_sum(onehot.sum(0))
+        sums = _all_reduce_sum(onehot.t() @ flat)
+        self.ema_count.mul_(cfg.ema_decay).add_(counts, alpha=1 - cfg.ema_decay)
+        self.ema_sum.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)
+        n = self.ema_count.sum()
+        # Laplace smoothing keeps never-used codes from dividing by zero
+        smoothed = (self.ema_count + cfg.ema_eps) / (n + self.K * cfg.ema_eps) * n
+        self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+        cfg = self.cfg
+        self.usage.mul_(cfg.usage_decay).add_(counts, alpha=1 - cfg.usage_decay)
+        dead = self.usage < cfg.restart_threshold
+        dead = _broadcast(dead.to(torch.uint8)).bool()
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        idx = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        new = _broadcast(flat[idx].clone())
+        self.codebook.data[dead] = new
+        if cfg.ema:
+            self.ema_sum[dead] = new
+            self.ema_count[dead] = 1.0
+        self.usage[dead] = 1.0
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, H, W) -> codewords (B, D, H, W)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor, step: int = 0) -> QuantizerOutput:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            flat = _flatten(z)
+            if self.training and self.cfg.data_init and not bool(self.initialised):
+                self._data_init(flat.detach())
+            codebook = self.codebook.float()
+            codes = squared_distances(flat.detach(), codebook.detach()).argmin(1)
+            onehot = F.one_hot(codes, self.K).type_as(flat)
+            counts = onehot.sum(0).detach()
+            z_q = _unflatten(F.embedding(codes, codebook), z.shape)
+            losses = {"commitment": self.cfg.beta * F.mse_loss(z, z_q.detach())}
+            if not self.cfg.ema:
+                losses["codebook"] = F.mse_loss(z_q, z.detach())
+            if self.training:
+                if self.cfg.ema:
+                    self._ema_update(flat.detach(), onehot)
+                if self.cfg.restart_threshold > 0:
+                    self._restart_dead(flat.detach(), _all_reduce_sum(counts.clone()))
+            # straight-through: forward value z_q, gradient to the encoder as identity
+            out = z + (z_q - z).detach()
+        return QuantizerOutput(out, codes.view(z.shape[0], *z.shape[2:]), losses, counts)
+
+
+class StochasticQuantizer(nn.Module):
+    """Gaussian stochastic quantization (SQ-VAE, Takida et al., 2022).
+
+    Posterior over codes P_k ∝ exp(-||z - b_k||^2 / (2 sigma^2)) with learned sigma^2.
+    Training decodes the Gumbel-softmax mixture of codewords (no straight-through);
+    evaluation and encoding take the argmax code. Loss terms are summed over positions
+    (and codes / channels) and averaged over the batch only: averaging over positions
+    too makes them ~H*W times too weak, the usual cause of collapse in re-implementations.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, cfg: QuantizerConfig):
+        super().__init__()
+        self.K, self.D, self.cfg = codebook_size, dim, cfg
+        # SQ-VAE initialises its codebook with a unit Gaussian
+        self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
+        self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init)))
+
+    def temperature(self, step: int) -> float:
+        cfg = self.cfg
+        return max(cfg.tau_init * math.exp(-cfg.tau_decay * step), cfg.tau_min)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+
+    def forward(
+        self, z: torch.Tensor, step: int = 0, log_var: torch.Tensor | None = None
+    ) -> QuantizerOutput:
+        """``log_var`` replaces this layer's own log sigma^2 (monotone parameterisation)."""
+        b = z.shape[0]
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            z = z.float()
+            flat = _flatten(z)
+            codebook = self.codebook.float()
+            log_var = (self.log_var if log_var is None else log_var).float()
+            precision = torch.exp(-log_var)
+            logits = -0.5 * precision * squared_distances(flat, codebook)
+            log_probs = F.log_softmax(logits, dim=1)
+            probs = log_probs.exp()
+            codes = logits.argmax(1)
+            if self.training:
+                weights = F.gumbel_softmax(logits, tau=self.temperature(step), hard=False)
+                z_q_flat = weights @ codebook
+            else:
+                z_q_flat = F.embedding(codes, codebook)
+            z_q = _unflatten(z_q_flat, z.shape)
+            losses = {
+                # sum_n sum_k P log P: KL to the uniform prior up to the constant log K
+                "kl_discrete": (probs * log_probs).sum() / b,
+                # Gaussian dequantisation term sum_n ||z - z_tilde||^2 / (2 sigma^2)
+                "kl_continuous": 0.5 * precision * (z - z_q).pow(2).sum() / b,
+            }
+            counts = torch.bincount(codes.detach(), minlength=self.K).float()
+        return QuantizerOutput(z_q, codes.view(b, *z.shape[2:]), losses, counts)
+
+    def variance(self) -> torch.Tensor:
+        return self.log_var.detach().exp()
+
+
+def build_quantizer(codebook_size: int, dim: int, cfg: QuantizerConfig) -> nn.Module:
+    if cfg.kind == "vq":
+        return VectorQuantizer(codebook_size, dim, cfg)
+    return StochasticQuantizer(codebook_size, dim, cfg)

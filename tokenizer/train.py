@@ -1,0 +1,127 @@
+"""Stage one entry point: train an HQ-VAE tokenizer from a config, then evaluate it.
+
+Run directory layout::
+
+    RUN_DIR/config.yaml          resolved config (what produced everything below)
+    RUN_DIR/metrics.jsonl        training / eval metric lines
+    RUN_DIR/checkpoints/step_*/  resumable checkpoints
+    RUN_DIR/model.safetensors    final weights (config in the metadata) -> Tokenizer.from_pretrained
+    RUN_DIR/eval/                eval.json, reconstructions.png, WAV pairs (audio)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from engine.config import ConfigError, save_yaml, to_dict
+from engine.trainer import train
+from tokenizer.config import TokenizerConfig
+from tokenizer.data import build_dataset
+from tokenizer.evaluate import evaluate_tokenizer, write_reconstructions
+from tokenizer.pretrained import Tokenizer
+
+# sections that may change between a run and its resumption (more steps, other eval sizes)
+RESUMABLE_CHANGES = ("train", "eval", "run_dir")
+
+
+def _diff(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if a == b else [prefix]
+
+
+def check_run_dir(cfg: TokenizerConfig) -> None:
+    """Refuse to resume a run directory that holds a run of another model or data."""
+    path = Path(cfg.run_dir) / "config.yaml"
+    if not path.is_file():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    new = to_dict(cfg)
+    changed = [k for k in _diff(old, new) if k.split(".")[0] not in RESUMABLE_CHANGES]
+    if changed:
+        raise ConfigError(
+            f"run_dir {cfg.run_dir!r} already holds a run with a different config "
+            f"({', '.join(changed[:6])}); choose another run_dir or delete it"
+        )
+
+
+def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path, progress: bool = True) -> dict:
+    audio = cfg.data.audio
+    modality = cfg.data.resolved_modality
+    metrics = evaluate_tokenizer(
+        tok.model, dataset, modality=modality, max_examples=cfg.eval.max_examples,
+        batch_size=cfg.eval.batch_size, db_range=audio.db_max - audio.db_min, progress=progress,
+    )
+    files = write_reconstructions(
+        tok.model, dataset, out_dir, modality, n=cfg.eval.grid_size,
+        spectrogram=tok.spectrogram if modality == "audio" else None,
+        sample_rate=audio.sample_rate, n_audio=cfg.eval.num_audio,
+    )
+    metrics["files"] = [str(p) for p in files]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def train_tokenizer(cfg: TokenizerConfig) -> dict:
+    check_run_dir(cfg)
+    run_dir = Path(cfg.run_dir)
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
+    eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
+    if len(train_set) == 0:
+        raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
+    tok = Tokenizer.from_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run_dir / "config.yaml")
+    modality = cfg.data.resolved_modality
+    db_range = cfg.data.audio.db_max - cfg.data.audio.db_min
+
+    def periodic_eval(model, step):
+        m = evaluate_tokenizer(model, eval_set, modality=modality,
+                               max_examples=min(cfg.eval.max_examples, 512),
+                               batch_size=cfg.eval.batch_size, db_range=db_range,
+                               layer_collapse=False)
+        flat = {k: v for k, v in m.items() if isinstance(v, float)}
+        for layer in m["layers"]:
+            flat[f"l{layer['layer']}/perplexity"] = layer["perplexity"]
+            flat[f"l{layer['layer']}/codes_used"] = layer["codes_used"]
+        return flat
+
+    result = train(
+        model=tok.model, dataset=train_set, cfg=cfg.train, run_dir=run_dir,
+        config=to_dict(cfg), evaluate=periodic_eval,
+        stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
+    )
+    tok.model.cpu()
+    tok.save_pretrained(run_dir)
+    metrics = run_evaluation(tok, cfg, eval_set, run_dir / "eval", progress=cfg.train.progress)
+    metrics["train"] = {
+        "steps": result.step, "resumed_from": result.resumed_from,
+        "seconds": result.seconds, "examples_per_s": result.examples_per_second,
+        "parameters": tok.model.num_parameters(),
+    }
+    (run_dir / "eval" / "eval.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def format_summary(metrics: dict, run_dir: str | Path) -> str:
+    lines = [f"rmse {metrics['rmse']:.3f}  psnr {metrics['psnr']:.2f}"
+             + (f"  lsd {metrics['lsd_db']:.2f} dB" if "lsd_db" in metrics else "")]
+    for la in metrics["layers"]:
+        extra = ""
+        if "rmse_substituted" in la:
+            extra = f"  rmse(substituted) {la['rmse_substituted']:.3f}"
+        if "rmse_depth" in la:
+            extra += f"  rmse(depth {la['layer'] + 1}) {la['rmse_depth']:.3f}"
+        lines.append(
+            f"  layer {la['layer']} ({la['kind']}, {la['grid'][0]}x{la['grid'][1]}): "
+            f"perplexity {la['perplexity']:.1f}, codes used {la['codes_used']}/{la['codebook_size']}{extra}"
+        )
+    lines.append(f"wrote {run_dir}")
+    return "\n".join(lines)
