@@ -138,7 +138,9 @@ def save_checkpoint(
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     rng_tensors, rng_info = _rng_state()
     save_file(_contiguous({**opt_tensors, **rng_tensors}), str(tmp / "optimizer.safetensors"))
-    sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"} if scheduler else {}
+    sched = scheduler.state_dict() if scheduler else {}
+    if "lr_lambdas" in sched:  # plain functions are rebuilt from the config, not stored
+        sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])
     state = {"step": step, "optimizer": opt_meta, "scheduler": sched, "rng": rng_info, **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state))
     if final.exists():

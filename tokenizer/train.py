@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import yaml
 
 from engine.config import ConfigError, save_yaml, to_dict
@@ -76,6 +77,7 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
     eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
     if len(train_set) == 0:
         raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
+    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     tok = Tokenizer.from_config(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run_dir / "config.yaml")

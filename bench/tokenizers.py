@@ -1,0 +1,209 @@
+"""Benchmark: the six tokenizer presets with matched architecture, codebooks and step budget.
+
+Trains every preset on CIFAR-10 and on FSDD (any Parquet paths), each in its own process
+(so peak memory is its own), through the same `train_tokenizer` entry users run, then
+writes one table per dataset into docs/benchmarks.md (between markers, so other
+benchmarks' sections stay).
+
+    python bench/tokenizers.py --cifar ../shared/data/cifar10 --fsdd ../shared/data/fsdd
+
+Numbers: RMSE / PSNR on the test split (images: 0-255 pixel units; audio: normalised
+spectrogram units + log-spectral distance in dB), per-layer perplexity and codes used,
+the layer-collapse measures, training examples/s and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
+MARK = "tokenizers-{tag}"
+
+
+def overrides_for(dataset: str, preset: str, args) -> list[str]:
+    common = [
+        f"model.preset={preset}", f"model.channels={args.channels}", "model.res_blocks=2",
+        "model.res_channels=32", f"model.depth={args.depth}", f"train.lr={args.lr}",
+        "train.eval_every=0", "train.ckpt_every=0", "train.log_every=50",
+        f"train.seed={args.seed}", f"eval.max_examples={args.eval_examples}",
+        f"train.mixed_precision={args.mixed_precision}",
+    ]
+    if dataset == "cifar10":
+        return common + [
+            "data.source=parquet", f"data.path={args.cifar}", "data.image_size=32",
+            "model.downsample=4", f"train.epochs={args.cifar_epochs}",
+            f"train.batch_size={args.cifar_batch}", f"train.num_workers={args.workers}",
+        ]
+    return common + [
+        "data.source=parquet", f"data.path={args.fsdd}", "data.modality=audio", "model.downsample=8",
+        f"train.epochs={args.fsdd_epochs}", f"train.batch_size={args.fsdd_batch}",
+        f"train.num_workers={args.workers}", "eval.batch_size=32",
+    ]
+
+
+def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> dict:
+    import torch
+
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.train import train_tokenizer
+
+    cfg = load_tokenizer_config(None, [f"run_dir={run_dir}", *overrides])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    metrics = train_tokenizer(cfg)
+    if torch.cuda.is_available():
+        metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        metrics["device"] = torch.cuda.get_device_name()
+    else:
+        metrics["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        metrics["device"] = f"CPU ({os.cpu_count()} cores)"
+    metrics["preset"], metrics["dataset"] = preset, dataset
+    return metrics
+
+
+def layer_cells(m: dict) -> tuple[str, str, str]:
+    grids = " + ".join(f"{la['grid'][0]}×{la['grid'][1]}" for la in m["layers"])
+    usage = " · ".join(f"{la['perplexity']:.1f} ({la['codes_used']})" for la in m["layers"])
+    if all(la["kind"] == "residual" for la in m["layers"]) and len(m["layers"]) > 1:
+        collapse = "depth 1..L: " + " → ".join(f"{la['rmse_depth']:.2f}" for la in m["layers"])
+    else:
+        collapse = "substituted: " + " · ".join(f"{la['rmse_substituted']:.2f}" for la in m["layers"])
+    return grids, usage, collapse
+
+
+def table(results: list[dict], audio: bool) -> str:
+    head = "| preset | codes | params | RMSE | PSNR |" + (" LSD dB |" if audio else "")
+    head += " per-layer perplexity (codes used of K) | layer collapse (RMSE) | train ex/s | peak MB |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in results:
+        grids, usage, collapse = layer_cells(m)
+        k = m["layers"][0]["codebook_size"]
+        row = (f"| {m['preset']} | {grids} (K {k}) | {m['train']['parameters'] / 1e6:.2f} M "
+               f"| {m['rmse']:.2f} | {m['psnr']:.2f} |")
+        if audio:
+            row += f" {m.get('lsd_db', float('nan')):.2f} |"
+        row += (f" {usage} | {collapse} | {m['train']['examples_per_s']:.0f} "
+                f"| {m['peak_mem_mb']:.0f} |")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def write_section(out: Path, tag: str, text: str) -> None:
+    begin, end = f"<!-- {MARK.format(tag=tag)}:begin -->", f"<!-- {MARK.format(tag=tag)}:end -->"
+    doc = out.read_text() if out.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        pre, rest = doc.split(begin, 1)
+        _, post = rest.split(end, 1)
+        doc = pre + block + post
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar", default="../shared/data/cifar10")
+    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"], choices=["cifar10", "fsdd"])
+    p.add_argument("--presets", nargs="+", default=PRESETS)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4, help="residual depth of rqvae / rsqvae")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--cifar-epochs", type=int, default=2)
+    p.add_argument("--cifar-batch", type=int, default=128)
+    p.add_argument("--fsdd-epochs", type=int, default=4)
+    p.add_argument("--fsdd-batch", type=int, default=32)
+    p.add_argument("--eval-examples", type=int, default=10000)
+    p.add_argument("--mixed-precision", default="no")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--runs", default="runs/bench")
+    p.add_argument("--results", default=None, help="JSON lines file of raw results")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--tag", default="cpu", help="section name in the output file (cpu, h100, ...)")
+    p.add_argument("--one", nargs=3, metavar=("DATASET", "PRESET", "JSON_OUT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.one:
+        dataset, preset, json_out = args.one
+        m = run_one(dataset, preset, f"{args.runs}/{dataset}_{preset}", overrides_for(dataset, preset, args))
+        Path(json_out).write_text(json.dumps(m))
+        return 0
+
+    results_path = Path(args.results or f"{args.runs}/results_{args.tag}.jsonl")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if results_path.exists():  # resume a partly finished benchmark
+        for line in results_path.read_text().splitlines():
+            m = json.loads(line)
+            done[(m["dataset"], m["preset"])] = m
+    passthrough = [a for a in sys.argv[1:]]
+    for dataset in args.datasets:
+        for preset in args.presets:
+            if (dataset, preset) in done:
+                continue
+            tmp = results_path.with_suffix(f".{dataset}_{preset}.json")
+            t0 = time.time()
+            cmd = [sys.executable, __file__, *passthrough, "--one", dataset, preset, str(tmp)]
+            print(f"== {dataset} {preset}", flush=True)
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                print(f"!! {dataset} {preset} failed with exit code {rc}", flush=True)
+                continue
+            m = json.loads(tmp.read_text())
+            m["wall_s"] = time.time() - t0
+            done[(dataset, preset)] = m
+            with results_path.open("a") as fh:
+                fh.write(json.dumps(m) + "\n")
+            tmp.unlink()
+            print(f"   rmse {m['rmse']:.3f} psnr {m['psnr']:.2f} ({m['wall_s']:.0f}s)", flush=True)
+
+    cmdline = "python bench/tokenizers.py " + " ".join(a for a in passthrough)
+    device = next(iter(done.values()))["device"] if done else "?"
+    parts = [
+        f"## Tokenizers: the six presets, matched architecture and budget ({args.tag})",
+        "",
+        f"Command: `{cmdline.strip()}`  ",
+        f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
+        f"date {dt.date.today().isoformat()}.  ",
+        f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
+        f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
+        f"(constant), seed {args.seed}, mixed precision `{args.mixed_precision}`. "
+        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples.",
+        "",
+    ]
+    for dataset in args.datasets:
+        rows = [done[(dataset, pr)] for pr in args.presets if (dataset, pr) in done]
+        if not rows:
+            continue
+        if dataset == "cifar10":
+            parts.append(f"### CIFAR-10 ({args.cifar_epochs} epochs, batch {args.cifar_batch}; "
+                         "RMSE in 0–255 pixel units)")
+        else:
+            parts.append(f"### FSDD ({args.fsdd_epochs} epochs, batch {args.fsdd_batch}; 128×128 "
+                         "log-magnitude spectrograms, RMSE in normalised [-1, 1] units, LSD in dB)")
+        parts += ["", table(rows, audio=dataset == "fsdd"), ""]
+    parts.append("Layer collapse: for residual stacks, RMSE decoding with depths 1..L (each "
+                 "depth should lower it); otherwise RMSE when a layer's codes are replaced by "
+                 "draws from its own code histogram (higher = the layer carries more).")
+    write_section(Path(args.out), args.tag, "\n".join(parts))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+import pytest
+
+from engine.config import ConfigError, from_dict, load_config, parse_override, to_dict
+from tokenizer.config import TokenizerConfig, load_tokenizer_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_plus_overrides(tmp_path):
+    p = write(tmp_path, "model:\n  preset: rsqvae\n  depth: 3\ntrain:\n  lr: 1e-3\n")
+    cfg = load_tokenizer_config(p, ["train.steps=7", "model.layers.1.codebook_size=64"])
+    assert cfg.train.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as text: coerced
+    assert cfg.train.steps == 7
+    assert len(cfg.model.layers) == 3 and cfg.model.layers[1].codebook_size == 64
+    assert cfg.model.layers[0].codebook_size == 512
+
+
+def test_unknown_key_is_named_with_suggestion(tmp_path):
+    p = write(tmp_path, "model:\n  preset: sqvae\ntrain:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.stepz.*did you mean 'steps'") as err:
+        load_tokenizer_config(p)
+    assert str(p) in str(err.value)
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match="model.chanels"):
+        load_tokenizer_config(None, ["model.preset=sqvae", "model.chanels=3"])
+
+
+def test_wrong_type_named():
+    with pytest.raises(ConfigError, match=r"train\.steps: expected an integer"):
+        load_tokenizer_config(None, ["model.preset=sqvae", "train.steps=abc"])
+
+
+def test_codebook_size_below_two():
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.codebook_size: must be >= 2"):
+        load_tokenizer_config(None, ["model.preset=vqvae", "model.layers.0.codebook_size=1"])
+
+
+def test_factor_must_divide_input():
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.factor: 8 does not divide the input size 20x20"):
+        load_tokenizer_config(None, ["model.preset=vqvae2", "data.image_size=20"])
+    with pytest.raises(ConfigError, match=r"factor: must be a power of 2"):
+        load_tokenizer_config(None, ["model.preset=vqvae", "model.downsample=3"])
+
+
+def test_layer_order_and_residual_rules():
+    layers = [{"kind": "injected", "factor": 4}, {"kind": "injected", "factor": 8}]
+    with pytest.raises(ConfigError, match=r"model\.layers\.1\.factor"):
+        from_dict(TokenizerConfig, {"model": {"layers": layers}})
+    layers = [{"kind": "injected", "factor": 8}, {"kind": "residual", "factor": 4}]
+    with pytest.raises(ConfigError, match="residual layer refines"):
+        from_dict(TokenizerConfig, {"model": {"layers": layers}})
+
+
+def test_preset_quantizer_conflict_and_unknown_preset():
+    with pytest.raises(ConfigError, match="preset 'vqvae2' uses 'vq'"):
+        load_tokenizer_config(None, ["model.preset=vqvae2", "model.quantizer.kind=sq"])
+    with pytest.raises(ConfigError, match="unknown preset 'vqgan'"):
+        load_tokenizer_config(None, ["model.preset=vqvae3".replace("vqvae3", "vqgan")])
+
+
+def test_round_trip_to_dict():
+    cfg = load_tokenizer_config(None, ["model.preset=hqvae"])
+    again = from_dict(TokenizerConfig, to_dict(cfg))
+    assert again == cfg
+
+
+def test_parse_override_forms():
+    assert parse_override("a.b=3") == (["a", "b"], 3)
+    assert parse_override("a=[1, 2]") == (["a"], [1, 2])
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(TokenizerConfig, "/nonexistent.yaml")
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs" / "tokenizer").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_tokenizer_config(f)

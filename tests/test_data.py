@@ -1,0 +1,333 @@
+"""Datasets: the procedural built-ins and HF datasets from small generated files (offline)."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tokenizer.config import AudioConfig, DataConfig
+from tokenizer.data import ShapesDataset, TonesDataset, build_dataset, data_shape
+
+
+@pytest.fixture(autouse=True)
+def hermetic_hf(tmp_path, monkeypatch):
+    """Keep the HF cache inside the test's tmp dir and forbid any network access."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+
+def check_item(item, shape, num_classes=None):
+    x, label = item["x"], item["label"]
+    assert x.dtype == torch.float32 and tuple(x.shape) == tuple(shape)
+    assert x.min() >= -1 and x.max() <= 1
+    assert isinstance(label, int)
+    if num_classes is None:
+        assert label == -1
+    else:
+        assert 0 <= label < num_classes
+
+
+# ---------------------------------------------------------------------------------------
+# built-ins
+
+
+def test_shapes_are_deterministic_and_seeded():
+    cfg = DataConfig(num_train=20, num_eval=10)
+    train = build_dataset(cfg, cfg.train_split)
+    assert isinstance(train, ShapesDataset) and len(train) == 20
+    assert train.modality == "image" and train.num_classes >= 4
+    assert data_shape(cfg) == train.shape == (3, 32, 32)
+    for i in range(len(train)):
+        check_item(train[i], (3, 32, 32), train.num_classes)
+    assert torch.equal(train[3]["x"], build_dataset(cfg, "train")[3]["x"])
+    other_seed = build_dataset(DataConfig(num_train=20, seed=1), "train")
+    assert not torch.equal(train[3]["x"], other_seed[3]["x"])
+    test = build_dataset(cfg, cfg.eval_split)
+    assert len(test) == 10
+    assert not any(torch.equal(train[i]["x"], test[i]["x"]) for i in range(10))
+    labels = {train[i]["label"] for i in range(len(train))}
+    assert labels == set(range(train.num_classes))
+    with pytest.raises(IndexError):
+        train[20]
+
+
+def test_shapes_grey_and_size():
+    ds = ShapesDataset(4, image_size=48, channels=1, seed=5)
+    check_item(ds[0], (1, 48, 48), ds.num_classes)
+    # images are not flat: shape and background differ
+    assert ds[0]["x"].std() > 0.02
+
+
+def test_tones_are_deterministic_spectrograms():
+    cfg = DataConfig(source="tones", num_train=8, num_eval=4)
+    ds = build_dataset(cfg, "train")
+    assert isinstance(ds, TonesDataset) and ds.modality == "audio"
+    assert ds.num_classes >= 3 and ds.shape == data_shape(cfg) == (1, 128, 128)
+    for i in range(len(ds)):
+        check_item(ds[i], (1, 128, 128), ds.num_classes)
+    assert {ds[i]["label"] for i in range(len(ds))} == set(range(ds.num_classes))
+    assert torch.equal(ds[2]["x"], build_dataset(cfg, "train")[2]["x"])
+    other = build_dataset(DataConfig(source="tones", num_train=8, seed=9), "train")
+    assert not torch.equal(ds[2]["x"], other[2]["x"])
+    wave = ds.waveform(0)
+    assert wave.shape == (cfg.audio.num_samples,) and np.abs(wave).max() <= 0.95
+    # pickles without its spectrogram module, and rebuilds it on use
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[1]["x"], ds[1]["x"])
+
+
+def test_tones_mel():
+    cfg = DataConfig(source="tones", num_train=2, audio=AudioConfig(mel=True, n_mels=64))
+    ds = build_dataset(cfg, "train")
+    check_item(ds[0], (1, 64, 128), ds.num_classes)
+
+
+def test_builtin_modality_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="data.modality"):
+        build_dataset(DataConfig(source="shapes", modality="audio"), "train")
+
+
+# ---------------------------------------------------------------------------------------
+# parquet: images
+
+
+def make_images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8), "RGB")
+    grey = Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), "L")
+    rgba = Image.new("RGBA", (20, 28), (255, 0, 0, 0))  # fully transparent red
+    palette = Image.fromarray(rng.integers(0, 256, (50, 30, 3), dtype=np.uint8)).convert("P")
+    return [rgb, grey, rgba, palette]
+
+
+def write_image_parquet(path: Path, images, labels, column="img") -> Path:
+    table = datasets.Dataset.from_dict({column: images, "label": labels})
+    table = table.cast_column(column, datasets.Image())
+    table = table.cast_column("label", datasets.ClassLabel(names=["a", "b", "c"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(str(path))
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path) -> Path:
+    root = tmp_path / "images"
+    write_image_parquet(root / "train.parquet", make_images(), [0, 1, 2, 1])
+    write_image_parquet(root / "test.parquet", make_images()[:2], [2, 0])
+    return root
+
+
+def test_parquet_folder_by_split(image_dir):
+    cfg = DataConfig(source="parquet", path=str(image_dir))
+    train = build_dataset(cfg, cfg.train_split)
+    test = build_dataset(cfg, cfg.eval_split)
+    assert len(train) == 4 and len(test) == 2
+    assert train.num_classes == 3 and train.modality == "image" and train.column == "img"
+    assert [train[i]["label"] for i in range(4)] == [0, 1, 2, 1]
+    for i in range(4):
+        check_item(train[i], (3, 32, 32), 3)
+    # transparent pixels are composited on white
+    assert torch.allclose(train[2]["x"], torch.ones(3, 32, 32))
+    # grey images become three equal channels
+    grey = train[1]["x"]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    # batched access (DataLoader's __getitems__) matches item access
+    batch = next(iter(DataLoader(train, batch_size=4)))
+    assert batch["x"].shape == (4, 3, 32, 32)
+    assert torch.equal(batch["x"][0], train[0]["x"])
+    assert batch["label"].tolist() == [0, 1, 2, 1]
+
+
+def test_parquet_grey_and_resize_modes(image_dir):
+    grey = build_dataset(DataConfig(source="parquet", path=str(image_dir), channels=1), "train")
+    for i in range(4):
+        check_item(grey[i], (1, 32, 32), 3)
+    for mode in ("resize", "center_crop", "random_crop"):
+        cfg = DataConfig(source="parquet", path=str(image_dir), image_size=16, resize=mode)
+        ds = build_dataset(cfg, "train", train=True)
+        check_item(ds[0], (3, 16, 16), 3)
+    # random crops vary when training and never when evaluating
+    cfg = DataConfig(source="parquet", path=str(image_dir), image_size=16, resize="random_crop")
+    torch.manual_seed(0)
+    train_crops = {build_dataset(cfg, "train", train=True)[0]["x"].sum().item() for _ in range(8)}
+    eval_crops = {build_dataset(cfg, "train")[0]["x"].sum().item() for _ in range(3)}
+    assert len(train_crops) > 1 and len(eval_crops) == 1
+
+
+def test_parquet_file_as_source_and_split_slices(image_dir):
+    ds = build_dataset(DataConfig(source=str(image_dir / "train.parquet")), "train")
+    assert len(ds) == 4
+    check_item(ds[0], (3, 32, 32), 3)
+    # a folder given as the source is read as parquet too; datasets' slices pass through
+    head = build_dataset(DataConfig(source=str(image_dir)), "train[:50%]")
+    assert len(head) == 2
+    with pytest.warns(UserWarning, match="one file serves every split"):
+        build_dataset(DataConfig(source=str(image_dir / "train.parquet")), "test")
+
+
+def test_parquet_shards_and_hub_layout(tmp_path):
+    root = tmp_path / "hub"
+    write_image_parquet(root / "data" / "train-00000-of-00002.parquet", make_images()[:2], [0, 1])
+    write_image_parquet(root / "data" / "train-00001-of-00002.parquet", make_images()[2:], [2, 2])
+    ds = build_dataset(DataConfig(source="parquet", path=str(root)), "train")
+    assert len(ds) == 4
+
+
+def test_column_detection_and_errors(tmp_path, image_dir):
+    path = write_image_parquet(tmp_path / "other" / "train.parquet", make_images(), [0] * 4, "pic")
+    ds = build_dataset(DataConfig(source="parquet", path=str(path.parent)), "train")
+    assert ds.column == "pic"
+    ds = build_dataset(DataConfig(source="parquet", path=str(path.parent), column="pic"), "train")
+    check_item(ds[3], (3, 32, 32), 3)
+    with pytest.raises(ValueError, match=r"'photo' not found.*pic"):
+        build_dataset(DataConfig(source="parquet", path=str(path.parent), column="photo"), "train")
+    with pytest.raises(FileNotFoundError, match=r"'validation'.*train.parquet"):
+        build_dataset(DataConfig(source="parquet", path=str(image_dir)), "validation")
+    with pytest.raises(FileNotFoundError, match="no such parquet"):
+        build_dataset(DataConfig(source="parquet", path=str(tmp_path / "absent")), "train")
+    with pytest.raises(ValueError, match="no image column"):
+        table = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
+        table.to_parquet(str(tmp_path / "text" / "train.parquet"))
+        build_dataset(
+            DataConfig(source="parquet", path=str(tmp_path / "text"), modality="image"), "train"
+        )
+
+
+def test_unlabelled_data_and_bad_rows(tmp_path):
+    good = io.BytesIO()
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(good, format="PNG")
+    table = datasets.Dataset.from_dict(
+        {"image": [{"bytes": good.getvalue(), "path": None}, {"bytes": b"junk", "path": None}]}
+    ).cast_column("image", datasets.Image())
+    table.to_parquet(str(tmp_path / "train.parquet"))
+    ds = build_dataset(DataConfig(source="parquet", path=str(tmp_path)), "train")
+    assert ds.num_classes is None
+    check_item(ds[0], (3, 32, 32))
+    assert torch.allclose(ds[0]["x"][2], torch.ones(32, 32))  # blue stays blue
+    with pytest.raises(ValueError, match=r"parquet .* row 1"):
+        ds[1]
+
+
+def test_hf_datasets_pickle(image_dir):
+    ds = build_dataset(DataConfig(source="parquet", path=str(image_dir)), "train")
+    clone = pickle.loads(pickle.dumps(ds))
+    assert torch.equal(clone[0]["x"], ds[0]["x"])
+
+
+# ---------------------------------------------------------------------------------------
+# parquet: audio
+
+
+def wav_bytes(seconds: float, rate: int, channels: int, freq: float = 440.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = 0.5 * np.sin(2 * np.pi * freq * t)
+    data = np.stack([mono] * channels, axis=1) if channels > 1 else mono
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def audio_dir(tmp_path) -> Path:
+    clips = [
+        wav_bytes(0.3, 8000, 1),  # short: zero-padded
+        wav_bytes(2.0, 8000, 2),  # long, stereo: cropped
+        wav_bytes(0.5, 16000, 1),  # other rate: resampled
+        wav_bytes(1.5, 16000, 2),
+    ]
+    table = datasets.Dataset.from_dict(
+        {"audio": [{"bytes": b, "path": None} for b in clips], "label": [0, 1, 2, 3]}
+    ).cast_column("audio", datasets.Audio())
+    root = tmp_path / "speech"
+    root.mkdir()
+    table.to_parquet(str(root / "train.parquet"))
+    return root
+
+
+def test_parquet_audio_clips_become_spectrograms(audio_dir):
+    cfg = DataConfig(source="parquet", path=str(audio_dir), modality="audio")
+    ds = build_dataset(cfg, "train")
+    assert ds.modality == "audio" and ds.shape == (1, 128, 128) and ds.num_classes is None
+    items = [ds[i] for i in range(4)]
+    for i, item in enumerate(items):
+        assert item["label"] == i  # an int label column without ClassLabel
+        assert item["x"].shape == (1, 128, 128)
+        assert item["x"].min() >= -1 and item["x"].max() <= 1
+    # the 440 Hz tone lands in the same bin (440 / 31.25 Hz per bin -> 14) at both rates
+    for item in items:
+        assert item["x"][0, :, 10].argmax().item() == 14
+    # the short clip is padded with silence after 0.3 s (frame 37 of 64-sample hops)
+    assert items[0]["x"][0, :, 50].max() == -1
+    assert items[1]["x"][0, :, 50].max() > 0
+    train_ds = build_dataset(
+        DataConfig(
+            source="parquet",
+            path=str(audio_dir),
+            modality="audio",
+            audio=AudioConfig(crop="random"),
+        ),
+        "train",
+        train=True,
+    )
+    assert train_ds[1]["x"].shape == (1, 128, 128)
+
+
+def test_audio_needs_audio_modality_and_rates_when_resampling_is_off(audio_dir):
+    with pytest.raises(ValueError, match="data.modality=audio"):
+        build_dataset(DataConfig(source="parquet", path=str(audio_dir)), "train")
+    cfg = DataConfig(
+        source="parquet",
+        path=str(audio_dir),
+        modality="audio",
+        audio=AudioConfig(resample=False),
+    )
+    ds = build_dataset(cfg, "train")
+    ds[0]  # 8 kHz: fine
+    with pytest.raises(ValueError, match=r"row 2.*16000 Hz.*8000 Hz"):
+        ds[2]
+
+
+# ---------------------------------------------------------------------------------------
+# imagefolder
+
+
+def test_imagefolder_offline(tmp_path):
+    root = tmp_path / "folder"
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+        (root / cls).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (24 + k, 20), colour).save(root / cls / f"{k}.png")
+    ds = build_dataset(DataConfig(source="imagefolder", path=str(root), image_size=16), "train")
+    assert len(ds) == 4 and ds.num_classes == 2 and ds.class_names == ["cat", "dog"]
+    for i in range(4):
+        item = ds[i]
+        check_item(item, (3, 16, 16), 2)
+        red = item["x"][0].mean() > 0.9
+        assert red == (item["label"] == 0)
+
+
+def test_audiofolder_with_split_folders(tmp_path):
+    root = tmp_path / "clips"
+    for split in ("train", "test"):
+        for cls, freq in (("low", 300.0), ("high", 1000.0)):
+            (root / split / cls).mkdir(parents=True)
+            (root / split / cls / "0.wav").write_bytes(wav_bytes(0.4, 16000, 1, freq))
+    cfg = DataConfig(source="audiofolder", path=str(root))
+    ds = build_dataset(cfg, "test")
+    assert len(ds) == 2 and ds.modality == "audio" and ds.class_names == ["high", "low"]
+    for i in range(2):
+        item = ds[i]
+        check_item(item, (1, 128, 128), 2)
+        peak = item["x"][0, :, 10].argmax().item()  # 31.25 Hz bins at 8 kHz
+        assert peak == (32 if item["label"] == 0 else 10)
+    with pytest.raises(FileNotFoundError, match=r"'validation'.*test, train"):
+        build_dataset(cfg, "validation")
