@@ -43,7 +43,10 @@ class QuantizerConfig:
     usage_decay: float = 0.99  # EMA decay of the per-code usage that restarts look at
     data_init: bool = False  # initialise the codebook from the first training batch
     # --- stochastic SQ (SQ-VAE / HQ-VAE family) ---
-    var_init: float = 20.0  # initial sigma^2 (SQ-VAE uses 20 for D=64; larger D wants larger)
+    # initial sigma^2. SQ-VAE uses ~20 for D=64 with its batch-normalised encoder, whose
+    # outputs are unit-scale; ours start ~0.07 per element against a unit-Gaussian codebook,
+    # and on CIFAR-10 sigma^2 = 1 learns fast where 20 (and 0.1) collapse (docs/benchmarks.md)
+    var_init: float = 1.0
     variance: Literal["independent", "monotone"] = "independent"  # monotone: s_l^2 = s_{l-1}^2 * sigmoid(a_l)
     tau_init: float = 1.0  # Gumbel temperature tau = max(tau_init * exp(-tau_decay * step), tau_min)
     tau_decay: float = 1e-5
