@@ -89,3 +89,12 @@ def test_shipped_configs_load():
     assert files
     for f in files:
         load_tokenizer_config(f)
+
+
+def test_yaml_scalars_follow_yaml_1_2(tmp_path):
+    # YAML 1.1 would read `no` as false and 1e-3 as a string
+    p = write(tmp_path, "model:\n  preset: sqvae\ntrain:\n  mixed_precision: no\n  lr: 1e-3\n")
+    cfg = load_tokenizer_config(p, ["train.progress=false"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.lr == 1e-3 and cfg.train.progress is False
+    cfg = load_tokenizer_config(None, ["model.preset=sqvae", "train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"

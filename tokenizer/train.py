@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 import torch
-import yaml
 
-from engine.config import ConfigError, save_yaml, to_dict
+from engine.config import ConfigError, save_yaml, to_dict, yaml_load
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset
@@ -42,7 +41,7 @@ def check_run_dir(cfg: TokenizerConfig) -> None:
     path = Path(cfg.run_dir) / "config.yaml"
     if not path.is_file():
         return
-    old = yaml.safe_load(path.read_text()) or {}
+    old = yaml_load(path.read_text()) or {}
     new = to_dict(cfg)
     changed = [k for k in _diff(old, new) if k.split(".")[0] not in RESUMABLE_CHANGES]
     if changed:
