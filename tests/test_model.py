@@ -93,7 +93,7 @@ def test_residual_depth_decoding_and_continuous_kl():
     target = model.proj["4"](feats[4])
     state = torch.zeros_like(target)
     run = model.run(x)
-    for i, (layer, q) in enumerate(zip(model.layers, run.quant)):
+    for _i, (layer, q) in enumerate(zip(model.layers, run.quant)):
         state = state + layer.quantizer.lookup(q.codes)
         var = layer.quantizer.log_var.exp()
         expected = (target - state).pow(2).sum() / (2 * var) / x.shape[0]

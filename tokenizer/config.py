@@ -7,9 +7,10 @@ Every key lives here once, with its default and meaning. Presets only fill in
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional
 
 from engine.config import ConfigError, load_config
 from engine.train_config import TrainConfig

@@ -24,7 +24,7 @@ from torch import nn
 
 from tokenizer.config import ModelConfig
 from tokenizer.nets import Decoder, Encoder, res_stack, upsampler
-from tokenizer.quantizers import QuantizerOutput, StochasticQuantizer, build_quantizer
+from tokenizer.quantizers import QuantizerOutput, build_quantizer
 
 
 @dataclass
