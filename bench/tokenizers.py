@@ -39,6 +39,7 @@ def overrides_for(dataset: str, preset: str, args) -> list[str]:
         "train.eval_every=0", "train.ckpt_every=0", "train.log_every=50",
         f"train.seed={args.seed}", f"eval.max_examples={args.eval_examples}",
         f"train.mixed_precision={args.mixed_precision}",
+        *args.set,
     ]
     if dataset == "cifar10":
         return common + [
@@ -135,12 +136,18 @@ def main() -> int:
     p.add_argument("--results", default=None, help="JSON lines file of raw results")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--tag", default="cpu", help="section name in the output file (cpu, h100, ...)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra config overrides for every run (a variant of the presets)")
+    p.add_argument("--variant", default="", help="name of the variant (suffix of rows and run dirs)")
     p.add_argument("--one", nargs=3, metavar=("DATASET", "PRESET", "JSON_OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.one:
         dataset, preset, json_out = args.one
-        m = run_one(dataset, preset, f"{args.runs}/{dataset}_{preset}", overrides_for(dataset, preset, args))
+        suffix = f"_{args.variant}" if args.variant else ""
+        m = run_one(dataset, preset, f"{args.runs}/{dataset}_{preset}{suffix}", overrides_for(dataset, preset, args))
+        if args.variant:
+            m["preset"] = f"{preset} ({args.variant})"
         Path(json_out).write_text(json.dumps(m))
         return 0
 
@@ -151,10 +158,11 @@ def main() -> int:
         for line in results_path.read_text().splitlines():
             m = json.loads(line)
             done[(m["dataset"], m["preset"])] = m
-    passthrough = [a for a in sys.argv[1:]]
+    passthrough = list(sys.argv[1:])
+    names = {pr: f"{pr} ({args.variant})" if args.variant else pr for pr in args.presets}
     for dataset in args.datasets:
         for preset in args.presets:
-            if (dataset, preset) in done:
+            if (dataset, names[preset]) in done:
                 continue
             tmp = results_path.with_suffix(f".{dataset}_{preset}.json")
             t0 = time.time()
@@ -166,7 +174,7 @@ def main() -> int:
                 continue
             m = json.loads(tmp.read_text())
             m["wall_s"] = time.time() - t0
-            done[(dataset, preset)] = m
+            done[(dataset, m["preset"])] = m
             with results_path.open("a") as fh:
                 fh.write(json.dumps(m) + "\n")
             tmp.unlink()
@@ -183,11 +191,12 @@ def main() -> int:
         f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
         f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
         f"(constant), seed {args.seed}, mixed precision `{args.mixed_precision}`. "
-        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples.",
+        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples."
+        + (f" Variant rows add overrides `{' '.join(args.set)}`." if args.set else ""),
         "",
     ]
     for dataset in args.datasets:
-        rows = [done[(dataset, pr)] for pr in args.presets if (dataset, pr) in done]
+        rows = [m for (ds, _), m in done.items() if ds == dataset]
         if not rows:
             continue
         if dataset == "cifar10":

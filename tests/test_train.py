@@ -108,3 +108,13 @@ def test_cli_config_errors_fail_before_training(tmp_path, capsys, override, key)
     assert rc == 2
     assert key in capsys.readouterr().err
     assert not run.exists()
+
+
+def test_bf16_autocast_trains_with_float32_quantizer(tmp_path):
+    cfg = cfg_for(tmp_path, "rsqvae", "model.depth=2", "train.steps=2", "train.mixed_precision=bf16",
+                  "train.grad_accum=2", "train.clip_grad=1.0", "train.schedule=cosine",
+                  "train.warmup_steps=1")
+    metrics = train_tokenizer(cfg)
+    losses = train_losses(tmp_path / "run")
+    assert sorted(losses) == [1, 2] and all(v == v for v in losses.values())  # finite, not NaN
+    assert metrics["train"]["steps"] == 2
