@@ -15,6 +15,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
     cfg = load_tokenizer_config(args.config, args.overrides)
     metrics = train_tokenizer(cfg)
+    if not metrics:  # a non-main process of a data-parallel run: the main one reports
+        return 0
     t = metrics["train"]
     print(f"trained {t['steps']} steps in {t['seconds']:.0f}s ({t['examples_per_s']:.0f} examples/s)")
     print(format_summary(metrics, cfg.run_dir))

@@ -118,3 +118,21 @@ def test_bf16_autocast_trains_with_float32_quantizer(tmp_path):
     losses = train_losses(tmp_path / "run")
     assert sorted(losses) == [1, 2] and all(v == v for v in losses.values())  # finite, not NaN
     assert metrics["train"]["steps"] == 2
+
+
+def test_two_process_data_parallel_run(tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): one writer, one checkpoint, one report."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "hqvae.cli", "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
+           "train.steps=2", *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("trained 2 steps") == 1
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
+    tok = Tokenizer.from_pretrained(run)
+    assert tok.code_shapes == [(4, 4), (8, 8)]

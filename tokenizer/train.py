@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from engine.config import ConfigError, save_yaml, to_dict, yaml_load
 from engine.trainer import train
@@ -70,6 +71,7 @@ def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path,
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
+    """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
     check_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
@@ -78,8 +80,11 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     tok = Tokenizer.from_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
+    # under `accelerate launch` every process runs this; one of them writes files
+    main_process = PartialState().is_main_process
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
     modality = cfg.data.resolved_modality
     db_range = cfg.data.audio.db_max - cfg.data.audio.db_min
 
@@ -99,6 +104,8 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         config=to_dict(cfg), evaluate=periodic_eval,
         stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
     )
+    if not main_process:
+        return {}
     tok.model.cpu()
     tok.save_pretrained(run_dir)
     metrics = run_evaluation(tok, cfg, eval_set, run_dir / "eval", progress=cfg.train.progress)
