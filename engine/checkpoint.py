@@ -60,13 +60,6 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def read_config_from_weights(path: str | Path) -> dict:
-    _, meta = load_weights(path)
-    if "config" not in meta:
-        raise ValueError(f"{path}: no config stored in the weights' metadata")
-    return json.loads(meta["config"])
-
-
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}

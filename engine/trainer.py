@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -84,12 +85,19 @@ def train(
     collate_fn: Callable | None = None,
     batch_key: str | None = "x",
     desc: str = "train",
+    final_eval: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place; resume from the newest checkpoint in ``run_dir`` if any.
 
     ``batch_key``: the batch field handed to ``model(...)`` (None passes the whole batch).
+    ``final_eval``: run ``evaluate`` once more at the end (off when the caller runs a
+    fuller evaluation of its own there).
     """
     run_dir = Path(run_dir)
+    # Accelerate keeps its settings in a process-wide singleton; a second run in the same
+    # process (tests, sweeps, a notebook) with another precision must start from a clean one.
+    # The distributed setup (PartialState) is kept.
+    AcceleratorState._reset_state()
     # sync_with_dataloader=False: an epoch is cut to whole optimizer steps below, so a
     # partial accumulation never forces an extra step at an epoch's end
     accelerator = Accelerator(
@@ -231,7 +239,8 @@ def train(
     trained = step - start
     if trained > 0 or not ckpts:
         checkpoint(step)
-    eval_metrics = run_eval(step) or eval_metrics
+    if final_eval:
+        eval_metrics = run_eval(step) or eval_metrics
     return TrainResult(
         step=step, resumed_from=start, seconds=seconds,
         examples_per_second=trained * cfg.batch_size / max(seconds, 1e-9),

@@ -15,7 +15,6 @@ SQ-VAE (H_0 = 0 makes ẑ = p(Ĥ)).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -205,7 +204,3 @@ class HQVAE(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-
-def expected_bits(codebook_sizes: list[int], code_shapes: list[tuple[int, int]]) -> float:
-    """Bits per example of the code hierarchy at uniform usage (a size reference)."""
-    return sum(h * w * math.log2(k) for k, (h, w) in zip(codebook_sizes, code_shapes))

@@ -103,6 +103,7 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         model=tok.model, dataset=train_set, cfg=cfg.train, run_dir=run_dir,
         config=to_dict(cfg), evaluate=periodic_eval,
         stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
+        final_eval=False,  # the full evaluation below replaces it
     )
     if not main_process:
         return {}
@@ -115,6 +116,10 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         "parameters": tok.model.num_parameters(),
     }
     (run_dir / "eval" / "eval.json").write_text(json.dumps(metrics, indent=2))
+    final = {"step": result.step, "split": "eval", "final": True,
+             **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(final) + "\n")
     return metrics
 
 
