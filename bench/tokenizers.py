@@ -148,6 +148,7 @@ def main() -> int:
         m = run_one(dataset, preset, f"{args.runs}/{dataset}_{preset}{suffix}", overrides_for(dataset, preset, args))
         if args.variant:
             m["preset"] = f"{preset} ({args.variant})"
+        m["overrides"] = list(args.set)
         Path(json_out).write_text(json.dumps(m))
         return 0
 
@@ -206,6 +207,10 @@ def main() -> int:
             parts.append(f"### FSDD ({args.fsdd_epochs} epochs, batch {args.fsdd_batch}; 128×128 "
                          "log-magnitude spectrograms, RMSE in normalised [-1, 1] units, LSD in dB)")
         parts += ["", table(rows, audio=dataset == "fsdd"), ""]
+    variants = sorted({(m["preset"], " ".join(m.get("overrides", []))) for m in done.values()
+                       if m.get("overrides")})
+    for name, over in variants:
+        parts.append(f"Row `{name}`: the same run with `--set {over}`.  ")
     parts.append("Layer collapse: for residual stacks, RMSE decoding with depths 1..L (each "
                  "depth should lower it); otherwise RMSE when a layer's codes are replaced by "
                  "draws from its own code histogram (higher = the layer carries more).")
