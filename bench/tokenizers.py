@@ -74,13 +74,14 @@ def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> di
     return metrics
 
 
-def layer_cells(m: dict) -> tuple[str, str, str]:
+def layer_cells(m: dict, digits: int) -> tuple[str, str, str]:
     grids = " + ".join(f"{la['grid'][0]}×{la['grid'][1]}" for la in m["layers"])
     usage = " · ".join(f"{la['perplexity']:.1f} ({la['codes_used']})" for la in m["layers"])
     if all(la["kind"] == "residual" for la in m["layers"]) and len(m["layers"]) > 1:
-        collapse = "depth 1..L: " + " → ".join(f"{la['rmse_depth']:.2f}" for la in m["layers"])
+        collapse = "depth 1..L: " + " → ".join(f"{la['rmse_depth']:.{digits}f}" for la in m["layers"])
     else:
-        collapse = "substituted: " + " · ".join(f"{la['rmse_substituted']:.2f}" for la in m["layers"])
+        collapse = "substituted: " + " · ".join(
+            f"{la['rmse_substituted']:.{digits}f}" for la in m["layers"])
     return grids, usage, collapse
 
 
@@ -89,10 +90,11 @@ def table(results: list[dict], audio: bool) -> str:
     head += " per-layer perplexity (codes used of K) | layer collapse (RMSE) | train ex/s | peak MB |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for m in results:
-        grids, usage, collapse = layer_cells(m)
+        digits = 3 if audio else 2  # audio errors are in [-1, 1] units, images in 0-255
+        grids, usage, collapse = layer_cells(m, digits)
         k = m["layers"][0]["codebook_size"]
         row = (f"| {m['preset']} | {grids} (K {k}) | {m['train']['parameters'] / 1e6:.2f} M "
-               f"| {m['rmse']:.2f} | {m['psnr']:.2f} |")
+               f"| {m['rmse']:.{digits}f} | {m['psnr']:.2f} |")
         if audio:
             row += f" {m.get('lsd_db', float('nan')):.2f} |"
         row += (f" {usage} | {collapse} | {m['train']['examples_per_s']:.0f} "
