@@ -331,3 +331,31 @@ def test_audiofolder_with_split_folders(tmp_path):
         assert peak == (32 if item["label"] == 0 else 10)
     with pytest.raises(FileNotFoundError, match=r"'validation'.*test, train"):
         build_dataset(cfg, "validation")
+
+
+def test_modality_detected_from_the_data(audio_dir, tmp_path):
+    from tokenizer.data import detect_modality
+
+    assert detect_modality(DataConfig(source="parquet", path=str(audio_dir))) == "audio"
+    assert detect_modality(DataConfig(source="shapes")) == "image"
+    assert detect_modality(DataConfig(source="parquet", path=str(audio_dir), modality="image")) == "image"
+
+
+def test_audio_parquet_trains_without_setting_modality(audio_dir, tmp_path):
+    """An audio Parquet dataset needs no data.modality: the tokenizer reads it off the column."""
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.train import train_tokenizer
+
+    (audio_dir / "test.parquet").write_bytes((audio_dir / "train.parquet").read_bytes())
+    cfg = load_tokenizer_config(None, [
+        f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", "model.channels=8",
+        "model.res_channels=4", "model.res_blocks=0", "model.downsample=8",
+        "data.source=parquet", f"data.path={audio_dir}", "data.audio.num_frames=32",
+        "train.steps=1", "train.batch_size=2", "train.progress=false",
+        "eval.grid_size=2", "eval.num_audio=1", "data.audio.griffin_lim_iters=2",
+    ])
+    assert cfg.data.modality is None
+    metrics = train_tokenizer(cfg)
+    assert "lsd_db" in metrics
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "modality: audio" in saved

@@ -759,3 +759,23 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
         return TonesDataset(size, cfg.audio, cfg.seed, split)
     table, where = _load_table(cfg, split)
     return HFDataset(table, cfg, split=split, train=train, where=where)
+
+
+def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
+    """The modality the data actually holds: ``cfg.modality`` when set, else the kind of
+    the named (or first) Image/Audio column of ``split``. Reading the schema is cheap
+    (Arrow files are memory-mapped), and it lets an audio Parquet dataset such as FSDD
+    work without ``data.modality=audio``."""
+    if cfg.modality is not None or cfg.source in ("shapes", "tones"):
+        return cfg.resolved_modality
+    if cfg.source == "audiofolder":
+        return "audio"
+    table, _ = _load_table(cfg, split or cfg.train_split)
+    features = table.features
+    if cfg.column is not None and cfg.column in features:
+        return _feature_modality(features[cfg.column]) or cfg.resolved_modality
+    for feature in features.values():
+        kind = _feature_modality(feature)
+        if kind is not None:
+            return kind
+    return cfg.resolved_modality

@@ -11,16 +11,17 @@ Run directory layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 
-from engine.config import ConfigError, save_yaml, to_dict, yaml_load
+from engine.config import ConfigError, save_yaml, to_dict, validate, yaml_load
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import build_dataset
+from tokenizer.data import build_dataset, detect_modality
 from tokenizer.evaluate import evaluate_tokenizer, write_reconstructions
 from tokenizer.pretrained import Tokenizer
 
@@ -70,8 +71,20 @@ def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path,
     return metrics
 
 
+def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
+    """Fill in ``data.modality`` from the data itself when the config leaves it unset, so
+    the model's input shape (and the saved config) match what the dataset holds."""
+    if cfg.data.modality is not None:
+        return cfg
+    data = dataclasses.replace(cfg.data, modality=detect_modality(cfg.data))
+    cfg = dataclasses.replace(cfg, data=data)
+    validate(cfg)
+    return cfg
+
+
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
+    cfg = resolve_modality(cfg)
     check_run_dir(cfg)
     run_dir = Path(cfg.run_dir)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
