@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("HQVAE_DEBUG"):  # the full traceback, for bug reports
+            raise
         print(f"hqvae {args.command}: error: {err}", file=sys.stderr)
         return 2
 
