@@ -105,9 +105,10 @@ class HQVAE(nn.Module):
     def is_stochastic(self) -> bool:
         return self.cfg.quantizer.kind == "sq"
 
-    def _h0(self, x: torch.Tensor) -> torch.Tensor:
+    def _h0(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """H_0 = 0 on the coarsest grid, on ``like``'s device and dtype."""
         hh, ww = self.code_shapes[0]
-        return x.new_zeros(x.shape[0], self.state_channels, hh, ww)
+        return like.new_zeros(batch, self.state_channels, hh, ww)
 
     def log_variances(self) -> list[torch.Tensor]:
         """log sigma_l^2 per SQ layer (applying the monotone parameterisation)."""
@@ -122,7 +123,7 @@ class HQVAE(nn.Module):
         """Encode, quantize every layer top-down, decode."""
         feats = self.encoder(x)
         log_vars = self.log_variances() if self.is_stochastic else [None] * len(self.layers)
-        state = self._h0(x)
+        state = self._h0(x.shape[0], x)
         quant = []
         for layer, log_var in zip(self.layers, log_vars):
             u = layer.up(state)
@@ -194,8 +195,7 @@ class HQVAE(nn.Module):
         if dropped:
             raise ValueError(f"cannot drop injected layers {dropped}: only residual depths can be truncated")
         ref = next(self.parameters())
-        hh, ww = self.code_shapes[0]
-        state = torch.zeros(codes[0].shape[0], self.state_channels, hh, ww, device=ref.device, dtype=ref.dtype)
+        state = self._h0(codes[0].shape[0], ref)
         for layer, c in zip(list(self.layers)[:depth], codes):
             u = layer.up(state)
             state = layer.combine(u, layer.quantizer.lookup(c.to(ref.device)).to(u.dtype))
