@@ -57,6 +57,51 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from engine.config import validate
+    from prior.codes import encode_split
+    from tokenizer.data import build_dataset
+    from tokenizer.pretrained import Tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tok = Tokenizer.from_pretrained(args.tokenizer_run, device=device)
+    data = tok.config.data
+    if args.data:
+        data = dataclasses.replace(data, source=args.data, path=args.path)
+    validate(data)
+    if data.shape != tok.input_shape:
+        raise ConfigError(f"data: shape {data.shape} differs from the tokenizer's {tok.input_shape}")
+    splits = args.split or [data.train_split, data.eval_split]
+    source = {"source": data.source, "path": data.path, "column": data.column}
+    for split in dict.fromkeys(splits):
+        dataset = build_dataset(data, split, train=False)
+        entry = encode_split(
+            tok, dataset, args.out, split, batch_size=args.batch_size, num_workers=args.num_workers,
+            max_examples=args.max_examples, source=source, overwrite=args.overwrite,
+        )
+        print(f"{split}: {entry['num_examples']} examples -> {Path(args.out) / split}")
+    shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
+    print(f"codes of tokenizer {tok.identity} (levels {shapes}, K {tok.codebook_sizes}); "
+          f"manifest: {Path(args.out) / 'codes.json'}")
+    return 0
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    from prior.config import load_prior_config
+    from prior.train import format_summary, train_prior
+
+    cfg = load_prior_config(args.config, args.overrides)
+    results = train_prior(cfg, levels=args.level)
+    if not results:  # a non-main process of a data-parallel run
+        return 0
+    print(format_summary(results, cfg.run_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +120,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_eval_tokenizer)
+
+    p = sub.add_parser("encode", help="encode dataset splits into codes for stage two")
+    p.add_argument("tokenizer_run", help="tokenizer run directory (or its model.safetensors)")
+    p.add_argument("--out", required=True, help="codes directory to write")
+    p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
+    p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
+    p.add_argument("--split", action="append",
+                   help="split to encode (repeatable; default: the run's train and eval splits)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-examples", type=int, help="encode at most this many examples per split")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding the data")
+    p.add_argument("--overwrite", action="store_true", help="re-encode splits already in --out")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_encode)
+
+    p = sub.add_parser("train-prior", help="train the autoregressive priors on encoded codes")
+    p.add_argument("config", nargs="?", help="YAML config (optional: overrides alone work)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.codes=runs/codes")
+    p.add_argument("--level", type=int, action="append",
+                   help="train only this level (repeatable; default: every level, top first)")
+    p.set_defaults(func=_train_prior)
     return parser
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from engine.config import ConfigError, save_yaml, to_dict, validate, yaml_load
+from engine.config import save_yaml, to_dict, validate
+from engine.run_dir import check_run_dir
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
@@ -27,30 +28,6 @@ from tokenizer.pretrained import Tokenizer
 
 # sections that may change between a run and its resumption (more steps, other eval sizes)
 RESUMABLE_CHANGES = ("train", "eval", "run_dir")
-
-
-def _diff(a, b, prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
-        return out
-    return [] if a == b else [prefix]
-
-
-def check_run_dir(cfg: TokenizerConfig) -> None:
-    """Refuse to resume a run directory that holds a run of another model or data."""
-    path = Path(cfg.run_dir) / "config.yaml"
-    if not path.is_file():
-        return
-    old = yaml_load(path.read_text()) or {}
-    new = to_dict(cfg)
-    changed = [k for k in _diff(old, new) if k.split(".")[0] not in RESUMABLE_CHANGES]
-    if changed:
-        raise ConfigError(
-            f"run_dir {cfg.run_dir!r} already holds a run with a different config "
-            f"({', '.join(changed[:6])}); choose another run_dir or delete it"
-        )
 
 
 def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path, progress: bool = True) -> dict:
@@ -85,7 +62,7 @@ def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
     cfg = resolve_modality(cfg)
-    check_run_dir(cfg)
+    check_run_dir(cfg.run_dir, to_dict(cfg), RESUMABLE_CHANGES)
     run_dir = Path(cfg.run_dir)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)

@@ -1,0 +1,169 @@
+"""A trained stack of level priors: ``Prior.from_pretrained(run_dir)``.
+
+Run directory layout (written by ``hqvae train-prior``)::
+
+    RUN_DIR/config.yaml                   resolved PriorConfig
+    RUN_DIR/prior.json                    what the priors model: tokenizer identity, code
+                                          shapes, codebook sizes, classes
+    RUN_DIR/eval.json                     held-out bits/token per level vs log2 K
+    RUN_DIR/level_<l>/model.safetensors   weights; config + prior.json in the metadata
+    RUN_DIR/level_<l>/checkpoints/        resumable training state
+    RUN_DIR/level_<l>/metrics.jsonl       training / eval metric lines
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from engine.checkpoint import load_weights, save_weights
+from engine.config import from_dict, to_dict
+from prior.codes import check_identity, read_manifest
+from prior.config import PriorConfig
+from prior.model import LevelPrior
+
+INFO = "prior.json"
+WEIGHTS = "model.safetensors"
+INFO_KEYS = ("tokenizer_identity", "code_shapes", "codebook_sizes", "num_classes",
+             "class_names", "layer_kinds", "modality")
+
+
+def level_dir(run_dir: str | Path, level: int) -> Path:
+    return Path(run_dir) / f"level_{level}"
+
+
+def prior_info(manifest: dict, class_cond: bool) -> dict:
+    """The part of a codes manifest a prior depends on."""
+    info = {k: manifest.get(k) for k in INFO_KEYS}
+    if not class_cond:
+        info["num_classes"] = None
+    return info
+
+
+def build_level(config: PriorConfig, info: dict, level: int) -> LevelPrior:
+    return LevelPrior(
+        config.level_model(level), level, [tuple(s) for s in info["code_shapes"]],
+        info["codebook_sizes"], info["num_classes"] if config.class_cond else None,
+        config.label_dropout,
+    )
+
+
+def save_level(model: LevelPrior, config: PriorConfig, info: dict, run_dir: str | Path) -> Path:
+    path = level_dir(run_dir, model.level) / WEIGHTS
+    state = {k: v for k, v in model.state_dict().items()}
+    save_weights(path, state, to_dict(config), {
+        "kind": "hqvae-prior", "level": str(model.level), "info": json.dumps(info),
+    })
+    return path
+
+
+@torch.no_grad()
+def evaluate_level(model: LevelPrior, dataset: Dataset, max_examples: int = 2000,
+                   batch_size: int = 256) -> dict[str, float]:
+    """Held-out NLL of one level in bits per token, next to the uniform baseline log2 K."""
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = min(len(dataset), max_examples)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+    nats, tokens = 0.0, 0
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out = model(batch)
+        count = batch[f"level_{model.level}"].numel()
+        nats += float(out["loss"]) * count
+        tokens += count
+    model.train(was)
+    bits = nats / max(tokens, 1) / math.log(2)
+    return {"bits_per_token": bits, "uniform_bits": math.log2(model.codebook_size),
+            "examples": float(n)}
+
+
+class Prior:
+    """Level priors 0..L-1 of one run, and what they were trained on."""
+
+    def __init__(self, config: PriorConfig, info: dict, levels: dict[int, LevelPrior]):
+        self.config = config
+        self.info = info
+        self.levels = levels
+
+    @classmethod
+    def from_pretrained(
+        cls, run_dir: str | Path, device: str | torch.device = "cpu",
+        levels: Optional[list[int]] = None,
+    ) -> Prior:
+        run_dir = Path(run_dir)
+        info_path = run_dir / INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no {INFO}; not a prior run directory")
+        info = json.loads(info_path.read_text())
+        wanted = range(len(info["codebook_sizes"])) if levels is None else levels
+        config: Optional[PriorConfig] = None
+        models: dict[int, LevelPrior] = {}
+        for level in wanted:
+            path = level_dir(run_dir, level) / WEIGHTS
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{run_dir}: level {level} has not been trained (no {path.name} in "
+                    f"{path.parent}); run `hqvae train-prior ... --level {level}`"
+                )
+            state, meta = load_weights(path)
+            if meta.get("kind") != "hqvae-prior" or "config" not in meta:
+                raise ValueError(f"{path}: not a prior's weights (no prior config in the metadata)")
+            level_info = json.loads(meta.get("info", "{}"))
+            check_identity(info["tokenizer_identity"], level_info.get("tokenizer_identity", "?"),
+                           f"{path}", "it was trained in another run")
+            config = from_dict(PriorConfig, json.loads(meta["config"]), source=str(path))
+            model = build_level(config, level_info, level)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"{path}: weights do not match the stored config "
+                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+                )
+            models[level] = model.to(device).eval()
+        if config is None:
+            raise ValueError("levels: choose at least one level")
+        return cls(config, info, models)
+
+    # -- what it models ------------------------------------------------------------------
+    @property
+    def tokenizer_identity(self) -> str:
+        return self.info["tokenizer_identity"]
+
+    @property
+    def code_shapes(self) -> list[tuple[int, int]]:
+        return [tuple(s) for s in self.info["code_shapes"]]
+
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return list(self.info["codebook_sizes"])
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return self.info.get("num_classes")
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        return self.info.get("class_names")
+
+    def check_tokenizer(self, tokenizer) -> None:
+        """Refuse a tokenizer other than the one whose codes these priors model."""
+        check_identity(self.tokenizer_identity, tokenizer.identity, "this tokenizer",
+                       "its codes are not the ones these priors were trained on")
+
+    def check_codes(self, codes_dir: str | Path) -> None:
+        manifest = read_manifest(codes_dir)
+        check_identity(self.tokenizer_identity, manifest["tokenizer_identity"],
+                       f"codes directory {codes_dir}",
+                       "these priors were trained on codes of another tokenizer")
+
+    def to(self, device: str | torch.device) -> Prior:
+        for model in self.levels.values():
+            model.to(device)
+        return self
