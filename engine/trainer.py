@@ -118,8 +118,12 @@ def train(
     if len(dataset) < micro * world:
         raise ValueError(f"dataset has {len(dataset)} examples, fewer than one batch ({micro * world})")
     sampler = EpochSampler(len(dataset), cfg.seed)
+    # The loader's own generator (re-seeded per epoch) supplies the seed a DataLoader
+    # iterator draws when it starts; without it that draw comes from the global RNG, and a
+    # resumed run (which starts an iterator mid-epoch) would shift every later dropout mask.
+    loader_rng = torch.Generator()
     loader = DataLoader(
-        dataset, batch_size=micro, sampler=sampler, drop_last=True,
+        dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_rng,
         num_workers=cfg.num_workers, collate_fn=collate_fn,
         persistent_workers=cfg.num_workers > 0,
     )
@@ -131,7 +135,8 @@ def train(
         betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
     )
     # stepped by hand once per optimizer step (a prepared scheduler would step per process)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
+    schedule = lr_lambda(cfg, total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     start = 0
     ckpts = list_checkpoints(run_dir)
@@ -142,6 +147,11 @@ def train(
         scheduler.load_state_dict(ckpt["scheduler"])
         start = int(ckpt["step"])
         restore_rng(ckpt)
+        # a resumed run may ask for more steps or another lr, which reshapes the schedule;
+        # the restored optimizer still holds the old schedule's LR for this step
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * schedule(start)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
 
@@ -191,6 +201,7 @@ def train(
     model.train()
     while step < total:
         sampler.set_epoch(epoch)
+        loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         remaining = steps_per_epoch * cfg.grad_accum - skip
         skip = 0

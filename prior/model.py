@@ -175,7 +175,8 @@ class LevelPrior(nn.Module):
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(start embedding (B, 1, d), conditioning (B, N, d) in sequence order or None).
 
-        ``upper``: the codes of levels 0..level-1, each (B, h_j * w_j) raster-flattened.
+        ``upper``: the codes of levels 0..level-1, each (B, h_j * w_j) raster-flattened
+        or (B, h_j, w_j).
         ``labels``: (B,) class ids (``null_label`` = unconditional); required when the
         prior is class-conditional, ignored otherwise.
         """
@@ -208,7 +209,9 @@ class LevelPrior(nn.Module):
     def logits(
         self, codes: torch.Tensor, upper: list[torch.Tensor], labels: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        """Next-token logits (B, N, K) in sequence order for raster-flattened ``codes`` (B, N)."""
+        """Next-token logits (B, N, K) in sequence order for this level's ``codes``, given
+        raster-flattened (B, N) or as grids (B, h, w) like ``Tokenizer.encode`` returns."""
+        codes = codes.flatten(1)
         if codes.shape[1] != self.length:
             raise ValueError(f"level {self.level}: expected {self.length} codes per example, got {codes.shape[1]}")
         start, cond = self.condition(upper, labels, codes.shape[0])
@@ -224,8 +227,8 @@ class LevelPrior(nn.Module):
         upper = [batch[level_column(j)] for j in range(self.level)]
         labels = None
         if self.num_classes:
-            labels = batch["label"]
-            if self.training and self.label_dropout > 0:
+            labels = batch.get("label")  # None: condition() explains what is missing
+            if labels is not None and self.training and self.label_dropout > 0:
                 drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
                 labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         logits = self.logits(codes, upper, labels)

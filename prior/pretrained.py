@@ -41,7 +41,7 @@ def prior_info(manifest: dict, class_cond: bool) -> dict:
     """The part of a codes manifest a prior depends on."""
     info = {k: manifest.get(k) for k in INFO_KEYS}
     if not class_cond:
-        info["num_classes"] = None
+        info["num_classes"] = info["class_names"] = None
     return info
 
 

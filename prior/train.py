@@ -41,12 +41,14 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
                 f"data: split {split!r} is not in {cfg.data.codes} (encoded splits: {have})"
             )
     if cfg.class_cond:
-        train_split = manifest["splits"][cfg.data.train_split]
-        if not train_split.get("has_label") or not manifest.get("num_classes"):
-            raise ConfigError(
-                f"class_cond: the codes in {cfg.data.codes} carry no labels; "
-                f"set class_cond=false or encode labelled data"
-            )
+        for split in (cfg.data.train_split, cfg.data.eval_split):
+            if split is None:
+                continue
+            if not manifest["splits"][split].get("has_label") or not manifest.get("num_classes"):
+                raise ConfigError(
+                    f"class_cond: the {split!r} codes in {cfg.data.codes} carry no labels; "
+                    f"set class_cond=false or encode labelled data"
+                )
     if cfg.tokenizer:
         from tokenizer.pretrained import Tokenizer
 

@@ -89,6 +89,13 @@ def test_shipped_configs_load():
     assert files
     for f in files:
         load_tokenizer_config(f)
+    from prior.config import load_prior_config
+
+    priors = sorted((Path(__file__).parent.parent / "configs" / "prior").glob("*.yaml"))
+    assert priors
+    for f in priors:
+        cfg = load_prior_config(f)
+        assert cfg.data.codes and cfg.tokenizer
 
 
 def test_yaml_scalars_follow_yaml_1_2(tmp_path):

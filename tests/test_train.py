@@ -47,17 +47,18 @@ def test_train_writes_run_and_from_pretrained_round_trips(tmp_path):
     assert len(tok.identity) == 16
 
 
-def test_resume_continues_from_saved_step_with_identical_losses(tmp_path):
+@pytest.mark.parametrize("preset", ["vqvae2", "sqvae2"])  # sqvae2 draws Gumbel noise every step
+def test_resume_continues_from_saved_step_with_identical_losses(tmp_path, preset):
     # uninterrupted reference run: 6 steps
-    ref = cfg_for(tmp_path / "a", "vqvae2", "train.steps=6", "train.ckpt_every=3")
+    ref = cfg_for(tmp_path / "a", preset, "train.steps=6", "train.ckpt_every=3")
     train_tokenizer(ref)
     ref_losses = train_losses(tmp_path / "a" / "run")
     # interrupted run: stop after 3 steps, then ask for 6 on the same run_dir
-    first = cfg_for(tmp_path / "b", "vqvae2", "train.steps=3", "train.ckpt_every=3")
+    first = cfg_for(tmp_path / "b", preset, "train.steps=3", "train.ckpt_every=3")
     train_tokenizer(first)
     run = tmp_path / "b" / "run"
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
-    resumed = train_tokenizer(cfg_for(tmp_path / "b", "vqvae2", "train.steps=6", "train.ckpt_every=3"))
+    resumed = train_tokenizer(cfg_for(tmp_path / "b", preset, "train.steps=6", "train.ckpt_every=3"))
     assert resumed["train"]["resumed_from"] == 3 and resumed["train"]["steps"] == 6
     losses = train_losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]

@@ -5,7 +5,7 @@ Trains every preset on CIFAR-10 and on FSDD (any Parquet paths), each in its own
 writes one table per dataset into docs/benchmarks.md (between markers, so other
 benchmarks' sections stay).
 
-    python bench/tokenizers.py --cifar ../shared/data/cifar10 --fsdd ../shared/data/fsdd
+    python bench/stage1_tokenizers.py --cifar ../shared/data/cifar10 --fsdd ../shared/data/fsdd
 
 Numbers: RMSE / PSNR on the test split (images: 0-255 pixel units; audio: normalised
 spectrogram units + log-spectral distance in dB), per-layer perplexity and codes used,
@@ -27,6 +27,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from sections import write_section  # noqa: E402  (bench/, beside this script)
 
 PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
 MARK = "tokenizers-{tag}"
@@ -103,20 +105,6 @@ def table(results: list[dict], audio: bool) -> str:
     return "\n".join(lines)
 
 
-def write_section(out: Path, tag: str, text: str) -> None:
-    begin, end = f"<!-- {MARK.format(tag=tag)}:begin -->", f"<!-- {MARK.format(tag=tag)}:end -->"
-    doc = out.read_text() if out.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        pre, rest = doc.split(begin, 1)
-        _, post = rest.split(end, 1)
-        doc = pre + block + post
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(doc)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", default="../shared/data/cifar10")
@@ -183,7 +171,7 @@ def main() -> int:
             tmp.unlink()
             print(f"   rmse {m['rmse']:.3f} psnr {m['psnr']:.2f} ({m['wall_s']:.0f}s)", flush=True)
 
-    cmdline = "python bench/tokenizers.py " + " ".join(a for a in passthrough)
+    cmdline = "python bench/stage1_tokenizers.py " + " ".join(a for a in passthrough)
     device = next(iter(done.values()))["device"] if done else "?"
     parts = [
         f"## Tokenizers: the six presets, matched architecture and budget ({args.tag})",
@@ -216,7 +204,7 @@ def main() -> int:
     parts.append("Layer collapse: for residual stacks, RMSE decoding with depths 1..L (each "
                  "depth should lower it); otherwise RMSE when a layer's codes are replaced by "
                  "draws from its own code histogram (higher = the layer carries more).")
-    write_section(Path(args.out), args.tag, "\n".join(parts))
+    write_section(Path(args.out), MARK.format(tag=args.tag), "\n".join(parts))
     print(f"wrote {args.out}")
     return 0
 

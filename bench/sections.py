@@ -1,0 +1,21 @@
+"""Shared by the bench scripts: replace one marked section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(out: Path, mark: str, text: str) -> None:
+    """Put ``text`` between ``<!-- mark:begin -->`` and ``<!-- mark:end -->`` in ``out``
+    (appended when the markers are not there yet), leaving every other section alone."""
+    begin, end = f"<!-- {mark}:begin -->", f"<!-- {mark}:end -->"
+    doc = out.read_text() if out.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        pre, rest = doc.split(begin, 1)
+        _, post = rest.split(end, 1)
+        doc = pre + block + post
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(doc)

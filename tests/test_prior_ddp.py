@@ -1,0 +1,72 @@
+"""`hqvae train-prior` under `accelerate launch --num_processes 2 --cpu` (gloo): one
+checkpoint writer, and the same optimisation as one process with the same global batch."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.checkpoint import list_checkpoints
+from prior.codes import encode_split
+from prior.pretrained import Prior
+from tokenizer.config import load_tokenizer_config
+from tokenizer.data import build_dataset
+from tokenizer.train import train_tokenizer
+
+TINY_TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
+            "data.num_train=64", "data.num_eval=16", "train.batch_size=8", "train.progress=false",
+            "train.steps=2", "eval.max_examples=16", "eval.batch_size=8", "eval.grid_size=4"]
+# no dropout of any kind, so two processes and one see exactly the same computation
+TINY_PRIOR = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.cond_channels=8",
+              "model.cond_blocks=1", "model.dropout=0.0", "class_cond=true", "label_dropout=0.0",
+              "train.batch_size=8", "train.steps=3", "train.log_every=1", "train.warmup_steps=1",
+              "train.progress=false", "eval.max_examples=16"]
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    cfg = load_tokenizer_config(None, [f"run_dir={root / 'tok'}", *TINY_TOK])
+    train_tokenizer(cfg)
+    from tokenizer.pretrained import Tokenizer
+
+    tok = Tokenizer.from_pretrained(root / "tok")
+    for split in ("train", "test"):
+        encode_split(tok, build_dataset(tok.config.data, split), root / "codes", split, progress=False)
+    return root / "codes"
+
+
+def _losses(level_dir):
+    lines = [json.loads(s) for s in (level_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if r["split"] == "train"]
+
+
+def _cli(args, processes):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
+              str(processes), "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "-m", "hqvae.cli"]
+    return subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(codes, tmp_path):
+    runs = {}
+    for n in (1, 2):
+        run = tmp_path / f"p{n}"
+        out = _cli(["train-prior", f"data.codes={codes}", f"run_dir={run}", *TINY_PRIOR], n)
+        assert out.returncode == 0, out.stderr[-3000:]
+        # one process reports; one process writes one final checkpoint per level
+        assert out.stdout.count("level 1 (") == 1, out.stdout
+        for level in (0, 1):
+            assert [p.name for p in list_checkpoints(run / f"level_{level}")] == ["step_00000003"]
+        runs[n] = run
+    for level in (0, 1):
+        one, two = _losses(runs[1] / f"level_{level}"), _losses(runs[2] / f"level_{level}")
+        assert len(one) == len(two) == 3
+        # gradients averaged over 2 x 4 examples == the gradient of the same 8 examples
+        assert two == pytest.approx(one, rel=1e-4, abs=1e-5)
+    a, b = Prior.from_pretrained(runs[1]), Prior.from_pretrained(runs[2])
+    for level in (0, 1):
+        for (name, pa), pb in zip(a.levels[level].state_dict().items(), b.levels[level].state_dict().values()):
+            torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
