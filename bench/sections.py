@@ -19,3 +19,18 @@ def write_section(out: Path, mark: str, text: str) -> None:
         doc = doc.rstrip() + "\n\n" + block + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(doc)
+
+
+def device_stats() -> dict:
+    """Where the numbers were taken and the peak memory there (GPU: allocated by torch
+    since the last ``torch.cuda.reset_peak_memory_stats()``; CPU: this process's max RSS)."""
+    import os
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "device": torch.cuda.get_device_name()}
+    return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "device": f"CPU ({os.cpu_count()} cores)"}

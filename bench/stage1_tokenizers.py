@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import write_section  # noqa: E402  (bench/, beside this script)
+from sections import device_stats, write_section  # noqa: E402  (bench/, beside this script)
 
 PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
 MARK = "tokenizers-{tag}"
@@ -66,12 +64,7 @@ def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> di
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     metrics = train_tokenizer(cfg)
-    if torch.cuda.is_available():
-        metrics["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        metrics["device"] = torch.cuda.get_device_name()
-    else:
-        metrics["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        metrics["device"] = f"CPU ({os.cpu_count()} cores)"
+    metrics.update(device_stats())
     metrics["preset"], metrics["dataset"] = preset, dataset
     return metrics
 

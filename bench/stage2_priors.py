@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -29,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import write_section  # noqa: E402  (bench/, beside this script)
+from sections import device_stats, write_section  # noqa: E402  (bench/, beside this script)
 
 DEFAULT_TOKENIZERS = [
     "runs/bench/cifar10_vqvae2_restart", "runs/bench/cifar10_sqvae2_tau",
@@ -82,12 +80,7 @@ def run_one(tok_run: str, out_dir: Path, args) -> dict:
     results = train_prior(cfg)
     m = {"tokenizer": Path(tok_run).name, "modality": "audio" if audio else "image",
          "encode_s": encode_s, "levels": [results["levels"][lv] for lv in sorted(results["levels"])]}
-    if torch.cuda.is_available():
-        m["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        m["device"] = torch.cuda.get_device_name()
-    else:
-        m["peak_mem_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        m["device"] = f"CPU ({os.cpu_count()} cores)"
+    m.update(device_stats())
     manifest = json.loads((codes / "codes.json").read_text())
     m["train_examples"] = manifest["splits"][data.train_split]["num_examples"]
     return m
