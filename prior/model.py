@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.torchvision_compat import ensure_torchvision
 from prior.codes import level_column
 from prior.config import LevelModelConfig
 
@@ -73,6 +74,7 @@ class ConditionNet(nn.Module):
 
 def build_backbone(cfg: LevelModelConfig, positions: int) -> nn.Module:
     """A ``transformers`` decoder used through ``inputs_embeds`` (its token table is unused)."""
+    ensure_torchvision()  # transformers imports torchvision when it is installed
     common = dict(vocab_size=1, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     inner = max(1, round(cfg.mlp_ratio * cfg.n_embd))
     if cfg.arch == "gpt2":
