@@ -82,6 +82,7 @@ def _encode(args: argparse.Namespace) -> int:
         entry = encode_split(
             tok, dataset, args.out, split, batch_size=args.batch_size, num_workers=args.num_workers,
             max_examples=args.max_examples, source=source, overwrite=args.overwrite,
+            tokenizer_run=args.tokenizer_run,
         )
         print(f"{split}: {entry['num_examples']} examples -> {Path(args.out) / split}")
     shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
@@ -99,6 +100,67 @@ def _train_prior(args: argparse.Namespace) -> int:
     if not results:  # a non-main process of a data-parallel run
         return 0
     print(format_summary(results, cfg.run_dir))
+    return 0
+
+
+def _per_level_arg(text: str | None, cast, name: str):
+    """'0.9' -> 0.9 (every level); '1.0,0.8' -> [1.0, 0.8] (one per level)."""
+    if text is None:
+        return None
+    try:
+        values = [cast(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--{name}: {text!r} is not a number or a comma-separated list of numbers") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from prior.pretrained import Prior
+    from sampling.outputs import write_samples
+    from sampling.sampler import Sampler
+    from tokenizer.pretrained import Tokenizer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prior = Prior.from_pretrained(args.prior_run, device=device)
+    tok_run = args.tokenizer or prior.info.get("tokenizer_run")
+    if not tok_run:
+        raise ValueError(f"{args.prior_run}: no tokenizer run recorded with the priors; pass --tokenizer RUN")
+    tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
+    sampler = Sampler(
+        prior, tokenizer, device=device, cfg_scale=args.cfg_scale, use_cache=not args.no_cache,
+        temperature=_per_level_arg(args.temperature, float, "temperature"),
+        top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
+    )
+    labels = None
+    if args.label is not None:
+        if not prior.num_classes:
+            raise ValueError("--label: the prior is not class-conditional")
+        if args.label == "cycle":  # balanced classes: 0, 1, ..., K-1, 0, 1, ...
+            labels = torch.arange(args.n) % prior.num_classes
+        else:
+            try:
+                labels = torch.full((args.n,), int(args.label))
+            except ValueError:
+                raise ValueError(f"--label: expected a class id or 'cycle', got {args.label!r}") from None
+    codes = sampler.sample_codes(args.n, labels=labels, seed=args.seed, batch_size=args.batch_size,
+                                 progress=True)
+    decoded = sampler.decode(codes, batch_size=args.batch_size)
+    settings = {
+        "prior_run": str(args.prior_run), "tokenizer_run": str(tok_run), "seed": args.seed,
+        "batch_size": args.batch_size, "cfg_scale": args.cfg_scale, "use_cache": not args.no_cache,
+        "label": args.label, "levels": [vars(s) for s in sampler.settings],
+        "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
+    }
+    write_samples(args.out, decoded, codes, labels, tokenizer, grid=args.grid,
+                  class_names=prior.class_names, settings=settings,
+                  griffin_lim_iters=args.griffin_lim_iters, batch_size=args.batch_size)
+    kind = "clips" if tokenizer.modality == "audio" else "images"
+    print(f"sampled {args.n} {kind} in {sampler.stats.seconds:.1f}s "
+          f"({sampler.stats.tokens_per_second:.0f} tokens/s, {args.n / max(sampler.stats.seconds, 1e-9):.1f} {kind}/s)")
+    print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
+          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None else ""))
     return 0
 
 
@@ -141,6 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, action="append",
                    help="train only this level (repeatable; default: every level, top first)")
     p.set_defaults(func=_train_prior)
+
+    p = sub.add_parser("sample", help="sample new images / audio from trained priors")
+    p.add_argument("prior_run", help="prior run directory (from train-prior)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--label", help="class id for every sample, or 'cycle' for balanced classes "
+                   "(class-conditional priors; default: unconditional)")
+    p.add_argument("--temperature", help="sampling temperature: one value or one per level, e.g. 1.0,0.9 (0 = greedy)")
+    p.add_argument("--top-k", help="keep the k most likely codes: one value or one per level (0 = off)")
+    p.add_argument("--top-p", help="nucleus sampling mass: one value or one per level (1 = off)")
+    p.add_argument("--cfg-scale", type=float, default=1.0,
+                   help="classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-cache", action="store_true", help="re-run the prefix each step (slow; for checking)")
+    p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
+    p.add_argument("--grid", type=int, default=64, help="samples shown in grid.png")
+    p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_sample)
     return parser
 
 

@@ -84,11 +84,14 @@ def encode_split(
     source: Optional[dict] = None,
     overwrite: bool = False,
     progress: bool = True,
+    tokenizer_run: Optional[str | Path] = None,
 ) -> dict:
     """Encode ``dataset`` (items {"x", "label"}) with ``tokenizer`` into ``codes_dir/split``.
 
     Returns the split's manifest entry. A split already encoded by the same tokenizer is
     kept unless ``overwrite``; a codes directory of another tokenizer is refused.
+    ``tokenizer_run`` (where the tokenizer was loaded from) is recorded so samplers can
+    find it.
     """
     import datasets
 
@@ -115,6 +118,8 @@ def encode_split(
             "class_names": None,
             "splits": {},
         }
+    if tokenizer_run is not None:
+        manifest["tokenizer_run"] = str(Path(tokenizer_run).resolve())
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     if n == 0:
         raise ValueError(f"split {split!r}: the dataset is empty; nothing to encode")

@@ -30,7 +30,7 @@ from prior.model import LevelPrior
 INFO = "prior.json"
 WEIGHTS = "model.safetensors"
 INFO_KEYS = ("tokenizer_identity", "code_shapes", "codebook_sizes", "num_classes",
-             "class_names", "layer_kinds", "modality")
+             "class_names", "layer_kinds", "modality", "tokenizer_run")
 
 
 def level_dir(run_dir: str | Path, level: int) -> Path:

@@ -56,6 +56,8 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
         check_identity(tok.identity, manifest["tokenizer_identity"], f"codes directory {cfg.data.codes}",
                        f"re-encode the data with `hqvae encode {cfg.tokenizer}`")
     info = prior_info(manifest, cfg.class_cond)
+    if cfg.tokenizer:
+        info["tokenizer_run"] = str(Path(cfg.tokenizer).resolve())
     info_path = Path(cfg.run_dir) / INFO
     if info_path.is_file():
         old = json.loads(info_path.read_text())

@@ -1,0 +1,76 @@
+"""Writing samples to disk: PNG files and a grid for images; WAV files at the dataset's
+sample rate (plus a spectrogram grid) for audio; the codes, labels and settings beside them.
+
+Layout of a sample directory::
+
+    OUT/images/000000.png ...  or  OUT/audio/000000.wav ...
+    OUT/grid.png               the first ``grid`` samples (spectrograms for audio)
+    OUT/codes.safetensors      the sampled codes, one tensor per level (+ labels)
+    OUT/labels.json            {file name: label} for class-conditional samples
+    OUT/samples.json           settings, identities, counts and timings
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import save_file
+
+from tokenizer.audio import write_wav
+from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
+
+
+def write_samples(
+    out_dir: str | Path,
+    decoded: torch.Tensor,
+    codes: list[torch.Tensor],
+    labels: Optional[torch.Tensor],
+    tokenizer,
+    *,
+    grid: int = 64,
+    class_names: Optional[list[str]] = None,
+    settings: Optional[dict] = None,
+    griffin_lim_iters: Optional[int] = None,
+    batch_size: int = 64,
+) -> dict:
+    """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    audio = tokenizer.modality == "audio"
+    n = decoded.shape[0]
+    names: list[str] = []
+    if audio:
+        rate = tokenizer.config.data.audio.sample_rate
+        for lo in range(0, n, batch_size):
+            waves = tokenizer.to_waveform(decoded[lo : lo + batch_size].to(tokenizer.device),
+                                          n_iter=griffin_lim_iters).cpu()
+            for i, wave in enumerate(waves):
+                name = f"audio/{lo + i:06d}.wav"
+                write_wav(out / name, wave, rate)
+                names.append(name)
+    else:
+        images = to_uint8(decoded)
+        for i in range(n):
+            name = f"images/{i:06d}.png"
+            save_png(images[i], out / name)
+            names.append(name)
+    shown = decoded[:grid]
+    save_grid(spectrogram_rows(shown) if audio else shown, out / "grid.png")
+    tensors = {f"level_{lv}": c.contiguous() for lv, c in enumerate(codes)}
+    if labels is not None:
+        tensors["label"] = labels.contiguous()
+    save_file(tensors, str(out / "codes.safetensors"))
+    record = {"num_samples": n, "modality": tokenizer.modality, "files": names[:3] + (["..."] if n > 3 else []),
+              "tokenizer_identity": tokenizer.identity, **(settings or {})}
+    if audio:
+        record["sample_rate"] = tokenizer.config.data.audio.sample_rate
+    if labels is not None:
+        mapping = {Path(name).name: int(label) for name, label in zip(names, labels.tolist())}
+        (out / "labels.json").write_text(json.dumps(mapping, indent=1))
+        if class_names:
+            record["class_names"] = class_names
+    (out / "samples.json").write_text(json.dumps(record, indent=2))
+    return record

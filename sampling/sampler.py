@@ -1,0 +1,258 @@
+"""Ancestral sampling down the code hierarchy, then decoding through the tokenizer.
+
+Level 0 is drawn from its prior; every next level is drawn given all levels above it
+(and the label), one token per step with a key/value cache, so a step costs one token's
+forward pass rather than a re-run of the prefix. Per level: temperature, top-k, top-p.
+Class-conditional priors take a classifier-free guidance scale s: logits = u + s (c - u),
+with u the null-label and c the labelled logits (Ho & Salimans, 2022); s = 1 is plain
+conditional sampling, s = 0 unconditional.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from prior.model import LevelPrior
+from prior.pretrained import Prior
+
+PerLevel = Union[float, int, Sequence, None]
+
+
+@dataclass
+class LevelSettings:
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # keep the k most likely codes; 0 = all
+    top_p: float = 1.0  # keep the smallest set with probability >= top_p; 1 = all
+
+    def validate(self, level: int) -> None:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature for level {level}: must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k for level {level}: must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p for level {level}: must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class SampleStats:
+    tokens: int = 0
+    seconds: float = 0.0
+    per_level_seconds: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
+
+
+def _per_level(name: str, value: PerLevel, num_levels: int, default) -> list:
+    """A scalar (every level), a sequence (one per level) or a {level: value} mapping."""
+    if value is None:
+        return [default] * num_levels
+    if isinstance(value, dict):
+        out = [default] * num_levels
+        for level, v in value.items():
+            if not (isinstance(level, int) and 0 <= level < num_levels):
+                raise ValueError(f"{name}: unknown level {level!r}; the prior has levels 0..{num_levels - 1}")
+            out[level] = v
+        return out
+    if isinstance(value, (list, tuple)):
+        if len(value) != num_levels:
+            raise ValueError(f"{name}: {len(value)} values for a prior with {num_levels} levels")
+        return list(value)
+    return [value] * num_levels
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set the logits outside the top-k / nucleus to -inf (always keeps the best code)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a code when the codes ranked above it already reach top_p
+        drop = probs.cumsum(-1) - probs >= top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def draw(logits: torch.Tensor, settings: LevelSettings, generator: torch.Generator) -> torch.Tensor:
+    """One code per row of ``logits`` (B, K)."""
+    logits = logits.float()
+    if settings.temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+class Sampler:
+    """Samples codes from a :class:`Prior` and decodes them with the matching tokenizer.
+
+    ``temperature`` / ``top_k`` / ``top_p``: one value for every level, a list with one per
+    level, or a {level: value} mapping. ``cfg_scale``: classifier-free guidance scale for
+    class-conditional priors. ``use_cache=False`` re-runs the prefix at every step (for
+    checking and benchmarking the cache).
+    """
+
+    def __init__(
+        self,
+        prior: Prior,
+        tokenizer=None,
+        *,
+        temperature: PerLevel = 1.0,
+        top_k: PerLevel = 0,
+        top_p: PerLevel = 1.0,
+        cfg_scale: float = 1.0,
+        use_cache: bool = True,
+        device: Union[str, torch.device, None] = None,
+    ):
+        self.prior = prior
+        self.num_levels = len(prior.codebook_sizes)
+        missing = [lv for lv in range(self.num_levels) if lv not in prior.levels]
+        if missing:
+            raise ValueError(f"the prior has no trained weights for level(s) {missing}")
+        if tokenizer is not None:
+            prior.check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        temps = _per_level("temperature", temperature, self.num_levels, 1.0)
+        ks = _per_level("top_k", top_k, self.num_levels, 0)
+        ps = _per_level("top_p", top_p, self.num_levels, 1.0)
+        self.settings = [LevelSettings(float(t), int(k), float(p)) for t, k, p in zip(temps, ks, ps)]
+        for level, s in enumerate(self.settings):
+            s.validate(level)
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale: must be a finite number, got {cfg_scale}")
+        if cfg_scale != 1.0 and not prior.num_classes:
+            raise ValueError("cfg_scale: classifier-free guidance needs a class-conditional prior")
+        self.cfg_scale = float(cfg_scale)
+        self.use_cache = use_cache
+        self.device = torch.device(device) if device is not None else next(
+            iter(prior.levels.values())).head.weight.device
+        prior.to(self.device)
+        if tokenizer is not None:
+            tokenizer.model.to(self.device)
+        self.stats = SampleStats()
+
+    # -- labels ---------------------------------------------------------------------------
+    def labels_for(self, n: int, labels: Union[int, Sequence[int], torch.Tensor, None]) -> Optional[torch.Tensor]:
+        """(n,) label tensor (the null class when ``labels`` is None), or None for an
+        unconditional prior."""
+        classes = self.prior.num_classes
+        if not classes:
+            if labels is not None:
+                raise ValueError("labels: this prior is not class-conditional")
+            return None
+        if labels is None:
+            return torch.full((n,), classes, dtype=torch.long)
+        out = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if out.numel() == 1:
+            out = out.expand(n).clone()
+        if out.numel() != n:
+            raise ValueError(f"labels: {out.numel()} labels for {n} samples")
+        bad = (out < 0) | (out >= classes)
+        if bool(bad.any()):
+            raise ValueError(f"label {int(out[bad][0])} is out of range: the prior has classes 0..{classes - 1}")
+        return out
+
+    # -- one level ------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_level(self, level: int, upper: list[torch.Tensor], labels: Optional[torch.Tensor],
+                     generator: torch.Generator, batch: int) -> torch.Tensor:
+        """Codes (B, N) of ``level`` in raster-grid order, given the codes of the levels above
+        (each (B, h_j, w_j) or (B, N_j)) and the labels (None for an unconditional prior)."""
+        model: LevelPrior = self.prior.levels[level]
+        settings = self.settings[level]
+        guided = labels is not None and self.cfg_scale not in (0.0, 1.0)
+        if labels is not None and self.cfg_scale == 0.0:
+            labels = torch.full_like(labels, model.null_label)  # s = 0: exactly unconditional
+        if guided:  # conditional and null-label rows in one batch
+            upper = [torch.cat([u, u]) for u in upper]
+            labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
+        start, cond = model.condition(upper, labels, 2 * batch if guided else batch)
+
+        def step_input(i: int, tokens: Optional[torch.Tensor]) -> torch.Tensor:
+            x = start if i == 0 else model.tok_emb(tokens)[:, None]
+            return x if cond is None else x + cond[:, i : i + 1]
+
+        seq = torch.empty(batch, model.length, dtype=torch.long, device=self.device)
+        cache = _new_cache(model) if self.use_cache else None
+        inputs: Optional[torch.Tensor] = None
+        last: Optional[torch.Tensor] = None
+        for i in range(model.length):
+            token_in = None if i == 0 else (torch.cat([last, last]) if guided else last)
+            x = step_input(i, token_in)
+            if self.use_cache:
+                out = model.backbone(inputs_embeds=x, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+            else:  # the whole prefix again
+                inputs = x if inputs is None else torch.cat([inputs, x], dim=1)
+                out = model.backbone(inputs_embeds=inputs, use_cache=False)
+            logits = model.head(out.last_hidden_state[:, -1]).float()
+            if guided:
+                c, u = logits.chunk(2)
+                logits = u + self.cfg_scale * (c - u)
+            last = draw(logits, settings, generator)
+            seq[:, i] = last
+        return model.to_grid(seq)
+
+    # -- whole hierarchy --------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_codes(
+        self, n: int, labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False,
+    ) -> list[torch.Tensor]:
+        """``n`` samples: one (n, h_l, w_l) code grid per level, top first. The same seed,
+        n and batch size give the same codes."""
+        if n < 1:
+            raise ValueError(f"n: must be >= 1, got {n}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        all_labels = self.labels_for(n, labels)
+        for model in self.prior.levels.values():
+            model.eval()
+        shapes = self.prior.code_shapes
+        out: list[list[torch.Tensor]] = [[] for _ in range(self.num_levels)]
+        total_tokens = n * sum(h * w for h, w in shapes)
+        bar = tqdm(total=total_tokens, desc="sample", unit="tok", disable=not progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
+        for b, lo in enumerate(range(0, n, batch_size)):
+            hi = min(n, lo + batch_size)
+            generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
+            lab = all_labels[lo:hi].to(self.device) if all_labels is not None else None
+            codes: list[torch.Tensor] = []
+            for level in range(self.num_levels):
+                tl = time.perf_counter()
+                codes.append(self.sample_level(level, codes, lab, generator, hi - lo))
+                self.stats.per_level_seconds[level] = (
+                    self.stats.per_level_seconds.get(level, 0.0) + time.perf_counter() - tl)
+                bar.update((hi - lo) * shapes[level][0] * shapes[level][1])
+            for level, grid in enumerate(codes):
+                out[level].append(grid.view(hi - lo, *shapes[level]).cpu())
+        bar.close()
+        self.stats.tokens += total_tokens
+        self.stats.seconds += time.perf_counter() - t0
+        return [torch.cat(parts) for parts in out]
+
+    @torch.no_grad()
+    def decode(self, codes: list[torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+        """Code grids -> tokenizer outputs (images, or spectrogram images for audio) in [-1, 1]."""
+        if self.tokenizer is None:
+            raise ValueError("decode: this sampler was built without a tokenizer")
+        parts = []
+        for lo in range(0, codes[0].shape[0], batch_size):
+            chunk = [c[lo : lo + batch_size].to(self.device) for c in codes]
+            parts.append(self.tokenizer.decode_codes(chunk).clamp(-1, 1).cpu())
+        return torch.cat(parts)
+
+
+def _new_cache(model: LevelPrior):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.backbone.config)
