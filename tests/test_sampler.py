@@ -1,0 +1,246 @@
+"""The sampler: seeding, the KV cache, per-level settings, guidance, decoding and files."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hqvae.cli import main
+from prior.codes import IdentityError
+from prior.config import load_prior_config
+from prior.pretrained import Prior, build_level
+from sampling.outputs import write_samples
+from sampling.sampler import Sampler, filter_logits
+from tokenizer.config import load_tokenizer_config
+from tokenizer.pretrained import Tokenizer
+
+TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
+       "data.image_size=16", "model.layers.0.codebook_size=16", "model.layers.1.codebook_size=32"]
+PRIOR = ["data.codes=unused", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
+         "model.cond_channels=8", "model.cond_blocks=1", "model.dropout=0.0"]
+
+
+def make_tokenizer(audio=False, seed=0):
+    extra = (["data.source=tones", "data.audio.num_frames=16", "data.audio.n_fft=32",
+              "data.audio.hop_length=16", "data.audio.griffin_lim_iters=2", "model.downsample=4"]
+             if audio else [])
+    cfg = load_tokenizer_config(None, [*TOK, *extra])
+    torch.manual_seed(seed)
+    tok = Tokenizer.from_config(cfg)
+    tok.model.eval()
+    return tok
+
+
+def make_prior(tok, num_classes=3, *extra, seed=0):
+    cfg = load_prior_config(None, [*PRIOR, f"class_cond={'true' if num_classes else 'false'}", *extra])
+    info = {"tokenizer_identity": tok.identity, "code_shapes": [list(s) for s in tok.code_shapes],
+            "codebook_sizes": tok.codebook_sizes, "num_classes": num_classes or None,
+            "class_names": None, "modality": tok.modality}
+    torch.manual_seed(seed)
+    levels = {lv: build_level(cfg, info, lv).eval() for lv in range(len(tok.codebook_sizes))}
+    # an untrained prior is near-uniform and barely looks at its label (init std 0.02):
+    # sharpen it so that labels and guidance visibly change the draws
+    with torch.no_grad():
+        for model in levels.values():
+            model.head.weight.mul_(30)
+            if num_classes:
+                model.class_emb.weight.mul_(100)
+    return Prior(cfg, info, levels)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def prior(tok):
+    return make_prior(tok)
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_codes_have_the_tokenizer_shapes_and_range(tok, prior):
+    codes = Sampler(prior, tok).sample_codes(5, labels=1, seed=0, batch_size=2)
+    assert [tuple(c.shape) for c in codes] == [(5, *s) for s in tok.code_shapes]
+    for c, k in zip(codes, tok.codebook_sizes):
+        assert c.dtype == torch.long and 0 <= int(c.min()) and int(c.max()) < k
+
+
+def test_same_seed_same_samples_other_seed_other_samples(prior):
+    s = Sampler(prior)
+    a = s.sample_codes(4, labels=[0, 1, 2, 0], seed=7)
+    b = Sampler(prior).sample_codes(4, labels=[0, 1, 2, 0], seed=7)
+    c = Sampler(prior).sample_codes(4, labels=[0, 1, 2, 0], seed=8)
+    assert same(a, b) and not same(a, c)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_cached_and_uncached_sampling_give_the_same_tokens(tok, arch, cfg_scale):
+    prior = make_prior(tok, 3, f"model.arch={arch}", "model.order=column")
+    a = Sampler(prior, use_cache=True, cfg_scale=cfg_scale).sample_codes(3, labels=[0, 1, 2], seed=1)
+    b = Sampler(prior, use_cache=False, cfg_scale=cfg_scale).sample_codes(3, labels=[0, 1, 2], seed=1)
+    assert same(a, b)
+
+
+def test_unconditional_prior_samples_with_and_without_cache(tok):
+    prior = make_prior(tok, 0)
+    a = Sampler(prior).sample_codes(3, seed=2)
+    b = Sampler(prior, use_cache=False).sample_codes(3, seed=2)
+    assert same(a, b) and a[0].shape[0] == 3
+    with pytest.raises(ValueError, match="not class-conditional"):
+        Sampler(prior).sample_codes(2, labels=1)
+    with pytest.raises(ValueError, match="class-conditional"):
+        Sampler(prior, cfg_scale=2.0)
+
+
+def test_top_k_1_is_greedy(prior):
+    greedy = Sampler(prior, temperature=0).sample_codes(3, labels=1, seed=0)
+    top1 = Sampler(prior, top_k=1).sample_codes(3, labels=1, seed=123)
+    assert same(greedy, top1)
+    # greedy ignores the seed; sampling does not
+    assert same(greedy, Sampler(prior, temperature=0).sample_codes(3, labels=1, seed=9))
+
+
+def test_greedy_follows_the_teacher_forced_argmax(prior):
+    codes = Sampler(prior, temperature=0).sample_codes(2, labels=2, seed=0)
+    labels = torch.full((2,), 2)
+    for level, model in prior.levels.items():
+        logits = model.logits(codes[level], codes[:level], labels)
+        assert torch.equal(logits.argmax(-1), model.to_sequence(codes[level].flatten(1)))
+
+
+def test_cfg_scale_0_is_unconditional_and_1_is_conditional(prior):
+    uncond = Sampler(prior).sample_codes(4, labels=None, seed=3)
+    zero = Sampler(prior, cfg_scale=0.0).sample_codes(4, labels=2, seed=3)
+    assert same(uncond, zero)
+    cond = Sampler(prior).sample_codes(4, labels=2, seed=3)
+    guided = Sampler(prior, cfg_scale=4.0).sample_codes(4, labels=2, seed=3)
+    assert not same(cond, uncond) and not same(guided, cond)
+
+
+def test_guided_logits_are_the_cfg_combination(prior, monkeypatch):
+    """The guided path (conditional and null rows in one batch) computes u + s (c - u)."""
+    import sampling.sampler as sampler_mod
+
+    seen = []
+    real = sampler_mod.draw
+    monkeypatch.setattr(sampler_mod, "draw", lambda logits, s, g: seen.append(logits) or real(logits, s, g))
+    codes = Sampler(prior, cfg_scale=3.0, temperature=0).sample_codes(2, labels=1, seed=0)
+    model = prior.levels[0]
+    c = model.logits(codes[0], [], torch.full((2,), 1))
+    u = model.logits(codes[0], [], torch.full((2,), model.null_label))
+    expected = u + 3.0 * (c - u)
+    got = torch.stack(seen[: model.length], dim=1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # nucleus 0.7: 0.5 < 0.7 so the 0.3 code is needed too; the rest is dropped
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+    assert not torch.isinf(filter_logits(logits, top_p=1.0)).any()
+    shuffled = logits[:, [2, 0, 3, 1]]
+    assert torch.isinf(filter_logits(shuffled, top_p=0.7)).tolist() == [[True, False, True, False]]
+
+
+def test_per_level_settings(prior):
+    s = Sampler(prior, temperature=[1.0, 0.0], top_k={1: 5}, top_p=0.9)
+    assert [x.temperature for x in s.settings] == [1.0, 0.0]
+    assert [x.top_k for x in s.settings] == [0, 5]
+    assert [x.top_p for x in s.settings] == [0.9, 0.9]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-0.5), "temperature for level 0: must be >= 0"),
+    (dict(temperature=[1.0, 1.0, 1.0]), "3 values for a prior with 2 levels"),
+    (dict(top_k={2: 5}), "unknown level 2"),
+    (dict(top_p=0.0), "top_p for level 0"),
+    (dict(top_k=-1), "top_k for level 0"),
+    (dict(cfg_scale=float("nan")), "cfg_scale"),
+])
+def test_bad_settings_fail_clearly(prior, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Sampler(prior, **kwargs)
+
+
+@pytest.mark.parametrize("labels, match", [(3, "label 3 is out of range"), (-1, "label -1"),
+                                           ([0, 1], "2 labels for 3 samples")])
+def test_bad_labels_fail_clearly(prior, labels, match):
+    with pytest.raises(ValueError, match=match):
+        Sampler(prior).sample_codes(3, labels=labels)
+
+
+def test_sampler_refuses_another_tokenizer(prior):
+    other = make_tokenizer(seed=1)
+    with pytest.raises(IdentityError, match="not the ones these priors were trained on"):
+        Sampler(prior, other)
+
+
+def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
+    s = Sampler(prior, tok)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    codes = s.sample_codes(5, labels=labels, seed=0)
+    decoded = s.decode(codes, batch_size=2)
+    assert decoded.shape == (5, 3, 16, 16)
+    write_samples(tmp_path, decoded, codes, labels, tok, grid=4, settings={"seed": 0})
+    files = sorted((tmp_path / "images").glob("*.png"))
+    assert len(files) == 5
+    img = np.asarray(Image.open(files[0]))
+    assert img.shape == (16, 16, 3) and img.dtype == np.uint8
+    assert Image.open(tmp_path / "grid.png").size[0] > 16
+    saved = load_file(str(tmp_path / "codes.safetensors"))
+    assert torch.equal(saved["level_1"], codes[1]) and torch.equal(saved["label"], labels)
+    assert json.loads((tmp_path / "labels.json").read_text())["000001.png"] == 1
+    assert json.loads((tmp_path / "samples.json").read_text())["tokenizer_identity"] == tok.identity
+
+
+def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
+    tok = make_tokenizer(audio=True)
+    prior = make_prior(tok, 4)
+    s = Sampler(prior, tok)
+    codes = s.sample_codes(2, labels=[3, 1], seed=0)
+    decoded = s.decode(codes)
+    assert decoded.shape[1:] == tok.input_shape
+    write_samples(tmp_path, decoded, codes, torch.tensor([3, 1]), tok)
+    wavs = sorted((tmp_path / "audio").glob("*.wav"))
+    assert len(wavs) == 2
+    data, rate = sf.read(wavs[0])
+    audio = tok.config.data.audio
+    assert rate == audio.sample_rate and data.ndim == 1 and len(data) == audio.num_samples
+    assert json.loads((tmp_path / "samples.json").read_text())["sample_rate"] == audio.sample_rate
+
+
+def test_cli_sample(tmp_path, capsys, tok, prior):
+    # a prior run on disk: save each level the way train-prior does
+    from prior.pretrained import INFO, save_level
+
+    run = tmp_path / "prior"
+    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"))
+    run.mkdir()
+    (run / INFO).write_text(json.dumps(info))
+    for model in prior.levels.values():
+        save_level(model, prior.config, info, run)
+    tok.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "samples"
+    assert main(["sample", str(run), "--out", str(out), "--n", "4", "--label", "cycle",
+                 "--temperature", "1.0,0.8", "--cfg-scale", "2", "--batch-size", "3"]) == 0
+    assert "sampled 4 images" in capsys.readouterr().out
+    assert len(list((out / "images").glob("*.png"))) == 4
+    assert json.loads((out / "labels.json").read_text()) == {
+        "000000.png": 0, "000001.png": 1, "000002.png": 2, "000003.png": 0}
+    for bad, match in [(["--label", "9"], "label 9 is out of range"),
+                       (["--temperature", "-1"], "temperature for level 0"),
+                       (["--top-k", "1,2,3"], "3 values for a prior with 2 levels"),
+                       (["--temperature", "hot"], "--temperature")]:
+        assert main(["sample", str(run), "--out", str(tmp_path / "x"), "--n", "2", *bad]) == 2
+        assert match in capsys.readouterr().err
