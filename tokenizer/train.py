@@ -30,13 +30,24 @@ from tokenizer.pretrained import Tokenizer
 RESUMABLE_CHANGES = ("train", "eval", "run_dir")
 
 
-def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path, progress: bool = True) -> dict:
+def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path, progress: bool = True,
+                   rfid: bool = False) -> dict:
+    """Metrics of ``tok`` on ``dataset`` (the eval split), written to ``out_dir/eval.json``;
+    ``rfid`` adds the FID of the reconstructions against the originals (images only)."""
     audio = cfg.data.audio
     modality = cfg.data.resolved_modality
+    if rfid and modality != "image":
+        raise ValueError("rfid: reconstruction FID needs an image tokenizer (this one is audio)")
     metrics = evaluate_tokenizer(
         tok.model, dataset, modality=modality, max_examples=cfg.eval.max_examples,
         batch_size=cfg.eval.batch_size, db_range=audio.db_max - audio.db_min, progress=progress,
     )
+    if rfid:
+        from sampling.fid import reconstruction_fid
+
+        r = reconstruction_fid(tok, cfg.data, cfg.data.eval_split, max_examples=cfg.eval.max_examples,
+                               batch_size=cfg.eval.batch_size, dataset=dataset, progress=progress)
+        metrics["rfid"], metrics["rfid_examples"] = r["rfid"], r["examples"]
     files = write_reconstructions(
         tok.model, dataset, out_dir, modality, n=cfg.eval.grid_size,
         spectrogram=tok.spectrogram if modality == "audio" else None,
@@ -115,7 +126,9 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
 
 def format_summary(metrics: dict, run_dir: str | Path) -> str:
     lines = [f"rmse {metrics['rmse']:.3f}  psnr {metrics['psnr']:.2f}"
-             + (f"  lsd {metrics['lsd_db']:.2f} dB" if "lsd_db" in metrics else "")]
+             + (f"  lsd {metrics['lsd_db']:.2f} dB" if "lsd_db" in metrics else "")
+             + (f"  rfid {metrics['rfid']:.2f} ({metrics.get('rfid_examples', '?')} images)"
+                if "rfid" in metrics else "")]
     for la in metrics["layers"]:
         extra = ""
         if "rmse_substituted" in la:

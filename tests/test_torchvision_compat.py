@@ -1,0 +1,95 @@
+"""engine.torchvision_compat in fresh interpreters (it acts once per process).
+
+Here torchvision is the PyPI CUDA build on a CPU torch, so its own ops cannot load: the
+shim must be what makes torchvision, torch-fidelity and transformers importable.
+"""
+
+import subprocess
+import sys
+import textwrap
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def torchvision_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+@pytest.mark.skipif(not torchvision_installed(), reason="torchvision not installed")
+def test_shim_makes_torchvision_fidelity_and_transformers_import():
+    out = run("""
+        from engine.torchvision_compat import ensure_torchvision
+        how = ensure_torchvision()
+        import torchvision, torch_fidelity
+        from transformers import GPT2Model
+        assert ensure_torchvision() == how  # idempotent
+        print(how)
+    """)
+    import torch
+
+    if torch.version.cuda is None and "+cpu" not in version("torchvision"):
+        assert out == "shimmed"  # the PyPI (CUDA) torchvision wheel on a CPU torch, as here
+    else:  # a matching build loads its own ops
+        assert out in ("shimmed", "native")
+
+
+def test_absent_when_torchvision_cannot_be_imported():
+    out = run("""
+        import sys
+        sys.modules["torchvision"] = None  # Python's own 'not importable' marker
+        from engine.torchvision_compat import ensure_torchvision
+        import torch
+        how = ensure_torchvision()
+        try:
+            torch.ops.torchvision.nms
+            defined = True
+        except (AttributeError, RuntimeError):
+            defined = False
+        print(how, defined)
+    """)
+    assert out == "absent False"  # nothing defined
+
+
+@pytest.mark.skipif(not torchvision_installed(), reason="torchvision not installed")
+def test_native_when_ops_already_registered_or_torchvision_imported():
+    # the operators exist already (as when torchvision's own library loaded): left alone
+    out = run("""
+        import torch
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        from engine.torchvision_compat import ensure_torchvision
+        print(ensure_torchvision())
+    """)
+    assert out == "native"
+    # torchvision already imported by someone else: too late to shim, nothing is done
+    out = run("""
+        import importlib.machinery, importlib.util, sys, types
+        stub = types.ModuleType("torchvision")
+        stub.__spec__ = importlib.machinery.ModuleSpec(
+            "torchvision", None, origin=importlib.util.find_spec("torchvision").origin)
+        sys.modules["torchvision"] = stub
+        from engine.torchvision_compat import ensure_torchvision
+        import torch
+        how = ensure_torchvision()
+        try:
+            torch.ops.torchvision.nms
+            defined = True
+        except (AttributeError, RuntimeError):
+            defined = False
+        print(how, defined)
+    """)
+    assert out == "native False"
