@@ -96,6 +96,12 @@ def test_shipped_configs_load():
     for f in priors:
         cfg = load_prior_config(f)
         assert cfg.data.codes and cfg.tokenizer
+    from sampling.audio_classifier import load_classifier_config
+
+    classifiers = sorted((Path(__file__).parent.parent / "configs" / "classifier").glob("*.yaml"))
+    assert {f.name for f in classifiers} >= {"fsdd.yaml", "tones.yaml"}
+    for f in classifiers:
+        load_classifier_config(f)
 
 
 def test_yaml_scalars_follow_yaml_1_2(tmp_path):

@@ -1,0 +1,484 @@
+"""Audio FID: the Fréchet distance between generated and reference spectrograms, measured on
+the penultimate features of the project's own spectrogram classifier (DESIGN.md §6).
+
+It runs through torch-fidelity: :class:`AudioClassifierExtractor` is registered as the
+feature extractor ``"hqvae-audio-classifier"`` with two feature layers, ``"embedding"``
+(the classifier's penultimate layer, used for FID and KID) and ``"logits"``, and
+``torch_fidelity.calculate_metrics`` does the rest (statistics, Fréchet distance, KID).
+
+How spectrograms are fed. torch-fidelity hands each batch of an input ``Dataset`` to the
+extractor as it comes; it only requires the items to be tensors. Its own extractors demand
+uint8 RGB images, but ours does not: the inputs here are datasets of float32 spectrogram
+images (1, F, T) in [-1, 1], exactly what the data pipeline, the tokenizer's decoder and
+the classifier's training see, so nothing is quantised or resized on the way. (For
+spectrograms that were saved as 8-bit PNGs and arrive as uint8, the extractor maps
+0..255 back to [-1, 1] and keeps one channel; that inverts the PNG quantisation up to
+its 1/127.5 step.) The feature tensors are returned in float64 so the covariance
+arithmetic of FID is not limited by float32.
+
+The number is this classifier's Fréchet distance, not Inception's: it is comparable between
+runs scored with the same classifier (its ``identity``), not with other papers' figures
+unless they used this very classifier.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sampling.audio_classifier import AudioClassifier, accuracy_report
+from tokenizer.config import AudioConfig, DataConfig
+
+EXTRACTOR_NAME = "hqvae-audio-classifier"
+FEATURE_LAYER = "embedding"
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+ClassifierLike = Union[AudioClassifier, str, os.PathLike]
+SpectrogramsLike = Union[torch.Tensor, Dataset]
+
+
+# ---------------------------------------------------------------------------------------
+# inputs
+
+
+class SpectrogramSet(Dataset):
+    """A torch-fidelity input: float32 spectrogram tensors (1, F, T), one per item.
+
+    Wraps an (N, 1, F, T) tensor, or a dataset whose items are such tensors or
+    ``{"x": tensor, ...}`` dicts (every dataset of ``tokenizer.data``), optionally cut to
+    its first ``max_examples`` items.
+    """
+
+    def __init__(self, source: SpectrogramsLike, max_examples: Optional[int] = None, name: str = "input"):
+        if torch.is_tensor(source):
+            if source.dim() != 4:
+                raise ValueError(f"{name}: expected spectrograms (N, 1, F, T), got shape {tuple(source.shape)}")
+            source = source.detach().cpu()
+        elif not isinstance(source, Dataset):
+            raise ValueError(f"{name}: expected a tensor (N, 1, F, T) or a Dataset, got {type(source).__name__}")
+        self.source = source
+        self.name = name
+        n = len(source)
+        self.size = n if max_examples is None else min(n, max_examples)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.size:
+            raise IndexError(f"{self.name}: index {index} out of range for {self.size} items")
+        item = self.source[index]
+        if isinstance(item, dict):
+            item = item["x"]
+        if not torch.is_tensor(item):
+            raise ValueError(f"{self.name} item {index}: expected a tensor, got {type(item).__name__}")
+        return item.float()
+
+
+def _check_input(data: SpectrogramSet, shape: tuple[int, ...], name: str, min_items: int = 2) -> None:
+    if len(data) < min_items:
+        raise ValueError(f"{name}: {len(data)} spectrograms; need at least {min_items}")
+    found = tuple(data[0].shape)
+    if found != tuple(shape):
+        raise ValueError(
+            f"{name}: spectrograms of shape {found}, but the classifier takes {tuple(shape)} "
+            f"(its data.audio settings); compute them with the classifier's AudioConfig"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# the torch-fidelity feature extractor
+
+
+def _as_classifier(classifier: ClassifierLike) -> AudioClassifier:
+    if isinstance(classifier, AudioClassifier):
+        return classifier
+    return AudioClassifier.from_pretrained(classifier)
+
+
+_EXTRACTOR: Optional[type] = None
+
+
+def extractor_class() -> type:
+    """The registered torch-fidelity extractor class (defined and registered on first use,
+    after the torchvision shim that torch-fidelity's import needs, DESIGN.md §7)."""
+    global _EXTRACTOR
+    if _EXTRACTOR is not None:
+        return _EXTRACTOR
+    from engine.torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    class AudioClassifierExtractor(FeatureExtractorBase):
+        """torch-fidelity feature extractor on an :class:`AudioClassifier`.
+
+        torch-fidelity builds it as ``cls(name, features_list, **calculate_metrics_kwargs)``;
+        the classifier comes in as ``feature_extractor_weights_path``: a run directory, its
+        ``model.safetensors``, or an ``AudioClassifier`` instance (copied, so moving the
+        extractor to a GPU or freezing it leaves the caller's model alone).
+        """
+
+        FEATURES = (FEATURE_LAYER, "logits")
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            source = feature_extractor_weights_path
+            if source is None:
+                raise ValueError(
+                    f"{name}: pass the classifier (run directory or AudioClassifier) as "
+                    f"feature_extractor_weights_path"
+                )
+            if isinstance(source, AudioClassifier):
+                model = copy.deepcopy(source).cpu()
+            else:
+                model = AudioClassifier.from_pretrained(source)
+            self.classifier = model.eval()
+            self.input_shape = model.input_shape
+
+        @staticmethod
+        def get_provided_features_list():
+            return AudioClassifierExtractor.FEATURES
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "logits" if metric == "isc" else FEATURE_LAYER
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            raise NotImplementedError("the audio classifier extractor is not compiled")
+
+        def forward(self, x):
+            if x.dtype == torch.uint8:  # 8-bit spectrogram images: undo the quantisation
+                x = x.float() / 127.5 - 1.0
+                if x.dim() == 4 and x.shape[1] == 3 and self.input_shape[0] == 1:
+                    x = x[:, :1]
+            features, logits = self.classifier.features_and_logits(x.float())
+            out = {FEATURE_LAYER: features.double(), "logits": logits.double()}
+            return tuple(out[name] for name in self.features_list)
+
+    if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(EXTRACTOR_NAME, AudioClassifierExtractor)
+    _EXTRACTOR = FEATURE_EXTRACTORS_REGISTRY[EXTRACTOR_NAME]
+    return _EXTRACTOR
+
+
+# ---------------------------------------------------------------------------------------
+# metrics
+
+
+def audio_fid(
+    classifier: ClassifierLike,
+    generated: SpectrogramsLike,
+    reference: SpectrogramsLike,
+    *,
+    kid: bool = True,
+    batch_size: int = 64,
+    device: Optional[Union[str, torch.device]] = None,
+    max_generated: Optional[int] = None,
+    max_reference: Optional[int] = None,
+    reference_cache_name: Optional[str] = None,
+    cache_root: Optional[str] = None,
+    num_workers: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Audio FID (and KID) of ``generated`` against ``reference`` spectrograms.
+
+    ``generated`` / ``reference``: (N, 1, F, T) float tensors in [-1, 1] or datasets of
+    them (``{"x": ...}`` items work: any ``tokenizer.data`` dataset, or :class:`WavFolder`).
+    ``classifier``: an :class:`AudioClassifier` or its run directory.
+    ``reference_cache_name``: cache the reference features under this name (plus the
+    classifier's identity) in torch-fidelity's cache (``cache_root``), e.g. "fsdd-test".
+
+    Returns {"fid", "kid", "kid_std" (when ``kid``), "num_generated", "num_reference",
+    "classifier" (its identity), "features", "feature_dim"}.
+    """
+    extractor_class()
+    from torch_fidelity import calculate_metrics
+    from torch_fidelity.metric_fid import KEY_METRIC_FID
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
+
+    model = _as_classifier(classifier)
+    gen = SpectrogramSet(generated, max_generated, "generated")
+    ref = SpectrogramSet(reference, max_reference, "reference")
+    _check_input(gen, model.input_shape, "generated")
+    _check_input(ref, model.input_shape, "reference")
+    device = torch.device(device) if device is not None else model.device
+    identity = model.identity
+    kwargs: dict[str, Any] = {}
+    if reference_cache_name:
+        kwargs["input2_cache_name"] = f"{reference_cache_name}-n{len(ref)}-{identity}"
+        if cache_root:
+            kwargs["cache_root"] = str(cache_root)
+    size = min(1000, len(gen), len(ref))
+    metrics = calculate_metrics(
+        input1=gen, input2=ref, fid=True, kid=kid,
+        feature_extractor=EXTRACTOR_NAME, feature_layer_fid=FEATURE_LAYER,
+        feature_layer_kid=FEATURE_LAYER, feature_extractor_weights_path=model,
+        cuda=device.type == "cuda", batch_size=batch_size, kid_subset_size=size,
+        save_cpu_ram=num_workers == 0, verbose=verbose, cache=bool(reference_cache_name), **kwargs,
+    )
+    out: dict[str, Any] = {"fid": float(metrics[KEY_METRIC_FID])}
+    if kid:
+        out["kid"] = float(metrics[KEY_METRIC_KID_MEAN])
+        out["kid_std"] = float(metrics[KEY_METRIC_KID_STD])
+    out.update({
+        "num_generated": len(gen), "num_reference": len(ref), "classifier": identity,
+        "features": f"{EXTRACTOR_NAME}/{FEATURE_LAYER}", "feature_dim": model.embedding_dim,
+    })
+    return out
+
+
+@torch.no_grad()
+def classifier_accuracy(
+    classifier: ClassifierLike,
+    spectrograms: SpectrogramsLike,
+    labels: Union[Sequence[int], torch.Tensor],
+    batch_size: int = 128,
+    device: Optional[Union[str, torch.device]] = None,
+) -> dict[str, Any]:
+    """Does a generated 7 sound like a 7? The classifier's accuracy on class-conditional
+    samples against the labels they were generated for: {"accuracy", "num_examples",
+    "per_class_accuracy", "confusion", "class_names"?}."""
+    model = _as_classifier(classifier)
+    data = SpectrogramSet(spectrograms, name="spectrograms")
+    _check_input(data, model.input_shape, "spectrograms", min_items=1)
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if labels.numel() != len(data):
+        raise ValueError(f"labels: {labels.numel()} labels for {len(data)} spectrograms")
+    device = torch.device(device) if device is not None else model.device
+    was_training, old_device = model.training, model.device
+    model.eval().to(device)
+    preds = []
+    try:
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+            preds.append(model.logits(batch.to(device)).argmax(-1).cpu())
+    finally:
+        model.train(was_training).to(old_device)
+    return accuracy_report(torch.cat(preds), labels, model.num_classes, model.class_names)
+
+
+# ---------------------------------------------------------------------------------------
+# WAV folders
+
+
+def audio_files(folder: Union[str, os.PathLike], recursive: bool = False) -> list[Path]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of audio files")
+    found = root.rglob("*") if recursive else root.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(
+            f"{folder}: no audio files ({', '.join(AUDIO_EXTENSIONS)})"
+            + ("" if recursive else " directly inside it")
+        )
+    return files
+
+
+class WavFolder(Dataset):
+    """A folder of audio files as spectrogram tensors (1, F, T) of one ``AudioConfig``.
+
+    Each file is read (``tokenizer.audio.read_audio``: mono, float), resampled when its rate
+    differs from ``audio.sample_rate`` (an error if ``audio.resample`` is false), cut or
+    zero-padded to ``audio.num_samples`` like the evaluation data (``crop`` 'start' or
+    'center'; 'random' reads from the start) and turned into the spectrogram image. Files
+    are decoded per item, nothing is held in memory. ``names``: paths relative to the folder.
+    """
+
+    def __init__(self, folder: Union[str, os.PathLike], audio: AudioConfig, recursive: bool = False):
+        audio.validate()
+        self.root = Path(folder)
+        self.files = audio_files(folder, recursive)
+        self.names = [p.relative_to(self.root).as_posix() for p in self.files]
+        self.audio = audio
+        self.shape = (1, audio.num_bins, audio.num_frames)
+        self._spectrogram = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_spectrogram": None}  # rebuilt in a worker, not pickled
+
+    def waveform(self, index: int) -> torch.Tensor:
+        from tokenizer.audio import fit_length, read_audio, resample
+
+        path = self.files[index]
+        wave, rate = read_audio(path)
+        x = torch.from_numpy(wave)
+        if rate != self.audio.sample_rate:
+            if not self.audio.resample:
+                raise ValueError(
+                    f"{path}: sample rate {rate} Hz differs from the classifier's "
+                    f"{self.audio.sample_rate} Hz and its data.audio.resample is false"
+                )
+            x = resample(x, rate, self.audio.sample_rate)
+        mode = self.audio.crop if self.audio.crop != "random" else "start"
+        return fit_length(x, self.audio.num_samples, mode)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from tokenizer.audio import Spectrogram
+
+        if self._spectrogram is None:
+            self._spectrogram = Spectrogram(self.audio)
+        with torch.no_grad():
+            return self._spectrogram(self.waveform(index))
+
+
+def load_wav_folder(
+    folder: Union[str, os.PathLike], audio: AudioConfig, recursive: bool = False
+) -> tuple[torch.Tensor, list[str]]:
+    """All audio files of ``folder`` as one (N, 1, F, T) tensor, plus their names (paths
+    relative to the folder, sorted). For large folders pass a :class:`WavFolder` instead."""
+    data = WavFolder(folder, audio, recursive)
+    return torch.stack([data[i] for i in range(len(data))]), data.names
+
+
+def read_labels(
+    path: Union[str, os.PathLike], names: Sequence[str], class_names: Optional[Sequence[str]] = None
+) -> list[int]:
+    """Labels for ``names`` from a JSON file {filename: label}.
+
+    A key may be the file's path relative to the folder or its bare file name; a label is a
+    class index or a class name of the classifier. Every file needs a label.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such labels file")
+    try:
+        table = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object {{filename: label}}")
+    index = {str(n): i for i, n in enumerate(class_names or [])}
+    out, missing = [], []
+    for name in names:
+        key = name if name in table else Path(name).name
+        if key not in table:
+            missing.append(name)
+            continue
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"{path}: label of {key!r} must be a class index or name, got {value!r}")
+        if isinstance(value, str):
+            if value in index:
+                value = index[value]
+            elif value.lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise ValueError(
+                    f"{path}: label {value!r} of {key!r} is not a class of the classifier "
+                    f"({', '.join(index) or 'no class names stored'})"
+                )
+        out.append(int(value))
+    if missing:
+        raise ValueError(
+            f"{path}: no label for {len(missing)} of {len(names)} files (e.g. {missing[0]!r})"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# command-line entry
+
+
+def parse_reference(text: str) -> tuple[str, Optional[str]]:
+    """'DATASET[:split]' -> (source, split or None). A colon followed by a path-like part
+    (a drive letter, a folder) stays in the source."""
+    if ":" in text:
+        source, split = text.rsplit(":", 1)
+        if source and split and not any(c in split for c in "/\\"):
+            return source, split
+    return text, None
+
+
+def score_folder(
+    folder: Union[str, os.PathLike],
+    classifier: ClassifierLike,
+    reference: Optional[str] = None,
+    path: Optional[str] = None,
+    labels: Optional[Union[str, os.PathLike]] = None,
+    max_reference: Optional[int] = None,
+    batch_size: int = 64,
+    device: Optional[str] = None,
+    recursive: bool = False,
+) -> dict[str, Any]:
+    """What ``hqvae audio-fid`` reports: audio FID / KID of the audio files in ``folder``
+    against a reference split (default: the classifier's own data and eval split) and,
+    given ``labels``, the classifier's accuracy on them.
+
+    ``folder`` may be a ``hqvae sample`` output folder: its ``audio/`` files are scored and
+    its ``labels.json`` is used unless ``labels`` names another file."""
+    import dataclasses
+
+    from tokenizer.data import build_dataset
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of audio files")
+    if labels is None and (folder / "labels.json").is_file():
+        labels = folder / "labels.json"  # `hqvae sample` writes it beside audio/
+    sample_layout = (folder / "audio").is_dir() and not any(
+        p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.iterdir() if p.is_file()
+    )
+    if sample_layout and not recursive:
+        folder = folder / "audio"
+    model = _as_classifier(classifier)
+    if device is not None:
+        model.to(device)
+    data_cfg: DataConfig = model.config.data
+    generated = WavFolder(folder, data_cfg.audio, recursive)
+    split = data_cfg.eval_split
+    if reference is not None:
+        source, ref_split = parse_reference(reference)
+        data_cfg = dataclasses.replace(data_cfg, source=source, path=path)
+        split = ref_split or split
+    elif path is not None:
+        data_cfg = dataclasses.replace(data_cfg, path=path)
+    ref_set = build_dataset(data_cfg, split, train=False)
+    result = audio_fid(model, generated, ref_set, batch_size=batch_size, max_reference=max_reference)
+    result["reference"] = {"source": data_cfg.source, "path": data_cfg.path, "split": split}
+    result["folder"] = str(folder)
+    if labels is not None:
+        ys = read_labels(labels, generated.names, model.class_names)
+        result["labels"] = str(labels)
+        result["accuracy"] = classifier_accuracy(model, generated, ys, batch_size=batch_size)
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    ref = result["reference"]
+    where = ref["source"] + (f" {ref['path']}" if ref["path"] else "")
+    line = f"audio FID {result['fid']:.4f}"
+    if "kid" in result:
+        line += f"  KID {result['kid']:.5f} ± {result['kid_std']:.5f}"
+    lines = [
+        line,
+        f"  {result['num_generated']} files in {result['folder']} vs {result['num_reference']} "
+        f"of split {ref['split']!r} of {where}; features: {result['feature_dim']}-d penultimate "
+        f"layer of classifier {result['classifier']} (not Inception: comparable only under "
+        f"the same classifier)",
+    ]
+    acc = result.get("accuracy")
+    if acc is not None:
+        names = acc.get("class_names") or [str(k) for k in range(len(acc["per_class_accuracy"]))]
+        per = "  ".join(f"{n}:{a:.2f}" for n, a in zip(names, acc["per_class_accuracy"]) if a is not None)
+        lines.append(f"classifier accuracy {acc['accuracy']:.4f} on {acc['num_examples']} labelled files "
+                     f"(labels: {result['labels']})")
+        lines.append(f"  per class: {per}")
+    return "\n".join(lines)

@@ -1,0 +1,308 @@
+"""Audio classifier + audio FID on tiny procedural `tones` spectrograms (CPU, offline)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.config import ConfigError
+from hqvae.cli import main
+from sampling.audio_classifier import (
+    AudioClassifier,
+    AugmentConfig,
+    augment_spectrograms,
+    load_classifier_config,
+    train_classifier,
+)
+from sampling.audio_fid import (
+    WavFolder,
+    audio_fid,
+    classifier_accuracy,
+    load_wav_folder,
+    parse_reference,
+    read_labels,
+)
+from tokenizer.audio import write_wav
+from tokenizer.data import build_dataset
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+# 1 x 32 x 32 spectrograms of ~0.12 s clips; 4 classes (note, glide, noise, pair)
+TINY = ["data.source=tones", "data.num_train=256", "data.num_eval=64",
+        "data.audio.n_fft=64", "data.audio.hop_length=32", "data.audio.num_frames=32",
+        "model.widths=[8,16,32]", "model.convs_per_block=1", "model.embedding_dim=32",
+        "model.dropout=0.0", "train.batch_size=16", "train.progress=false", "train.log_every=50",
+        "train.ckpt_every=0", "eval.batch_size=64"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # these models are tiny: a second intra-op thread only adds contention on a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_thread):
+    run = tmp_path_factory.mktemp("classifier") / "run"
+    cfg = load_classifier_config(None, [f"run_dir={run}", *TINY, "train.steps=150"])
+    metrics = train_classifier(cfg)
+    return run, cfg, metrics
+
+
+@pytest.fixture(scope="module")
+def eval_batch(trained):
+    _, cfg, _ = trained
+    data = build_dataset(cfg.data, cfg.data.eval_split)
+    x = torch.stack([data[i]["x"] for i in range(len(data))])
+    y = torch.tensor([data[i]["label"] for i in range(len(data))])
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------
+# config
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["model.widht=3"], r"model\.widht.*did you mean 'widths'"),
+    (["augment.time_shfit=3"], r"augment\.time_shfit"),
+    (["model.embedding_dim=abc"], r"model\.embedding_dim: expected an integer"),
+    (["model.widths=[8,8,8,8,8,8]"], r"model\.widths: 6 blocks halve the input 32x32"),
+    (["data.source=shapes"], r"data\.modality: the audio classifier needs audio data"),
+    (["augment.time_mask=32"], r"augment\.time_shift / time_mask"),
+    (["model.norm=group", "model.groups=3"], r"model\.groups: 3 does not divide"),
+    (["model.dropout=1.5"], r"model\.dropout: must be in"),
+    (["eval.max_examples=0"], r"eval\.max_examples"),
+])
+def test_config_errors_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_classifier_config(None, [*TINY, *overrides])
+
+
+def test_shipped_configs_shapes_match_the_tokenizers():
+    from tokenizer.config import load_tokenizer_config
+
+    fsdd = load_classifier_config(CONFIGS / "classifier" / "fsdd.yaml")
+    tok = load_tokenizer_config(CONFIGS / "tokenizer" / "fsdd_sqvae2.yaml")
+    assert fsdd.data.shape == tok.data.shape == (1, 128, 128)
+    assert fsdd.data.audio == tok.data.audio
+    tones = load_classifier_config(CONFIGS / "classifier" / "tones.yaml")
+    assert tones.data.shape == load_tokenizer_config(CONFIGS / "tokenizer" / "tones_rsqvae.yaml").data.shape
+
+
+def test_augmentation_keeps_shape_and_range():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 32) * 2 - 1
+    assert torch.equal(augment_spectrograms(x, AugmentConfig(), 120.0), x)
+    shifted = augment_spectrograms(x, AugmentConfig(time_shift=5), 120.0)
+    assert shifted.shape == x.shape
+    for row_in, row_out in zip(x, shifted):  # each row is x moved by one offset, gap = -1
+        found = [s for s in range(-5, 6) if torch.equal(
+            row_out[..., max(s, 0):32 + min(s, 0)], row_in[..., max(-s, 0):32 - max(s, 0)])]
+        assert found
+    masked = augment_spectrograms(x, AugmentConfig(time_mask=6, freq_mask=4, gain_db=6.0), 120.0)
+    assert masked.shape == x.shape and masked.min() >= -1 and masked.max() <= 1
+    silent = torch.full((2, 1, 16, 32), -1.0)
+    assert torch.equal(augment_spectrograms(silent, AugmentConfig(gain_db=10.0), 120.0), silent)
+
+
+# ---------------------------------------------------------------------------------------
+# training, saving, loading
+
+
+def test_training_beats_chance_and_writes_the_run(trained):
+    run, _, metrics = trained
+    for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "eval.json"):
+        assert (run / name).exists(), name
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"] and saved["num_examples"] == 64
+    assert metrics["accuracy"] > 0.6  # chance is 0.25 (4 classes)
+    assert len(saved["confusion"]) == 4 and saved["class_names"] == ["note", "glide", "noise", "pair"]
+    assert "num_classes: 4" in (run / "config.yaml").read_text()  # filled in from the data
+
+
+def test_from_pretrained_gives_identical_outputs(trained, eval_batch):
+    run, cfg, metrics = trained
+    x, _ = eval_batch
+    a = AudioClassifier.from_pretrained(run)
+    b = AudioClassifier.from_pretrained(run / "model.safetensors")
+    assert not a.training and a.num_classes == 4 and a.class_names == ["note", "glide", "noise", "pair"]
+    with torch.no_grad():
+        assert torch.equal(a.logits(x), b.logits(x))
+        assert torch.equal(a.features(x), b.features(x))
+        assert a.features(x).shape == (64, 32)
+    assert torch.equal(a.predict(x), a.logits(x).argmax(-1))
+    assert a.identity == b.identity == metrics["identity"]
+    with pytest.raises(ValueError, match=r"expected spectrograms of shape \(B, 1, 32, 32\)"):
+        a.features(torch.zeros(2, 1, 16, 32))
+
+
+def test_from_pretrained_refuses_other_weights(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        AudioClassifier.from_pretrained(tmp_path / "nothing")
+    from engine.checkpoint import save_weights
+
+    save_weights(tmp_path / "model.safetensors", {"w": torch.zeros(1)}, {"a": 1}, {"kind": "hqvae-tokenizer"})
+    with pytest.raises(ValueError, match="not an audio classifier"):
+        AudioClassifier.from_pretrained(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# audio FID and accuracy
+
+
+def test_audio_fid_is_zero_on_itself_and_grows_with_noise(trained, eval_batch):
+    run, _, _ = trained
+    x, _ = eval_batch
+    clf = AudioClassifier.from_pretrained(run)
+    same = audio_fid(clf, x, x)
+    assert abs(same["fid"]) < 1e-6
+    assert same["num_generated"] == same["num_reference"] == 64 and same["feature_dim"] == 32
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x.shape, generator=gen)
+    noisy = [audio_fid(clf, (x + s * noise).clamp(-1, 1), x) for s in (0.05, 0.2, 0.6)]
+    fids = [r["fid"] for r in noisy]
+    assert 0 < fids[0] < fids[1] < fids[2]
+    # KID's unbiased estimator is not 0 for a set against itself (the shared samples' own
+    # kernel terms are left out on one side only), but it grows with the noise all the same
+    assert same["kid"] < noisy[0]["kid"] < noisy[2]["kid"]
+    # the torch-fidelity path scores the classifier's penultimate features
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    with torch.no_grad():
+        f1 = clf.features((x + 0.6 * noise).clamp(-1, 1)).double()
+        f2 = clf.features(x).double()
+    direct = fid_statistics_to_metric(fid_features_to_statistics(f1), fid_features_to_statistics(f2), False)
+    assert fids[2] == pytest.approx(direct["frechet_inception_distance"], rel=1e-6, abs=1e-9)
+    # a dataset of {"x", "label"} items and a run directory work too; the caller's model is untouched
+    ref = build_dataset(clf.config.data, "test")
+    assert audio_fid(run, ref, x, kid=False)["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert all(p.requires_grad for p in clf.parameters())
+    with pytest.raises(ValueError, match=r"shape \(1, 16, 32\), but the classifier takes \(1, 32, 32\)"):
+        audio_fid(clf, x[:, :, :16], x)
+
+
+def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
+    run, _, _ = trained
+    x, _ = eval_batch
+    first = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
+    cached = sorted(p.name for p in tmp_path.iterdir())
+    assert cached and all("tones-test-n64-" in name for name in cached)
+    again = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
+    assert again["fid"] == first["fid"]
+
+
+def test_classifier_accuracy_matches_eval(trained, eval_batch):
+    run, _, metrics = trained
+    x, y = eval_batch
+    acc = classifier_accuracy(run, x, y)
+    assert acc["accuracy"] == pytest.approx(metrics["accuracy"]) and acc["num_examples"] == 64
+    assert sum(map(sum, acc["confusion"])) == 64
+    perfect = classifier_accuracy(run, x, AudioClassifier.from_pretrained(run).predict(x))
+    assert perfect["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="63 labels for 64 spectrograms"):
+        classifier_accuracy(run, x, y[:63])
+    with pytest.raises(ValueError, match="label 7 is out of range"):
+        classifier_accuracy(run, x[:1], [7])
+
+
+# ---------------------------------------------------------------------------------------
+# WAV folders
+
+
+def write_tones(folder, cfg, n=8, rate=None):
+    data = build_dataset(cfg.data, cfg.data.eval_split)
+    sr = cfg.data.audio.sample_rate
+    for i in range(n):
+        wave = torch.from_numpy(data.waveform(i))
+        if rate is not None:
+            from tokenizer.audio import resample
+
+            wave = resample(wave, sr, rate)
+        write_wav(folder / f"{i:06d}.wav", wave, rate or sr)
+    return data
+
+
+def test_wav_folder_round_trip(trained, tmp_path):
+    _, cfg, _ = trained
+    data = write_tones(tmp_path / "a", cfg)
+    x, names = load_wav_folder(tmp_path / "a", cfg.data.audio)
+    assert x.shape == (8, 1, 32, 32) and names == [f"{i:06d}.wav" for i in range(8)]
+    original = torch.stack([data[i]["x"] for i in range(8)])
+    assert (x - original).abs().mean() < 0.02  # 16-bit PCM quantisation only
+    # another sample rate is resampled to the classifier's
+    write_tones(tmp_path / "b", cfg, n=3, rate=16000)
+    y, _ = load_wav_folder(tmp_path / "b", cfg.data.audio)
+    assert y.shape == (3, 1, 32, 32)
+    assert (y - original[:3]).abs().mean() < 0.05
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        WavFolder(tmp_path / "missing", cfg.data.audio)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no audio files"):
+        WavFolder(tmp_path / "empty", cfg.data.audio)
+
+
+def test_read_labels_and_reference_parsing(tmp_path):
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps({"a.wav": 1, "b.wav": "glide", "c.wav": "3"}))
+    assert read_labels(path, ["a.wav", "sub/b.wav", "c.wav"], ["note", "glide", "noise", "pair"]) == [1, 1, 3]
+    with pytest.raises(ValueError, match="no label for 1 of 2 files"):
+        read_labels(path, ["a.wav", "d.wav"])
+    with pytest.raises(ValueError, match="'glide' of 'b.wav' is not a class"):
+        read_labels(path, ["b.wav"], ["0", "1"])
+    assert parse_reference("parquet:test") == ("parquet", "test")
+    assert parse_reference("tones") == ("tones", None)
+    assert parse_reference("C:/data/fsdd") == ("C:/data/fsdd", None)
+
+
+# ---------------------------------------------------------------------------------------
+# command line
+
+
+def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
+    run, cfg, _ = trained
+    assert main(["train-classifier", f"run_dir={tmp_path / 'cli'}", *TINY, "train.steps=5"]) == 0
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out and (tmp_path / "cli" / "model.safetensors").exists()
+    # a `hqvae sample` output folder: audio/*.wav and labels.json keyed by file name
+    samples = tmp_path / "samples"
+    (samples / "audio").mkdir(parents=True)
+    data = write_tones(samples / "audio", cfg)
+    (samples / "labels.json").write_text(json.dumps({f"{i:06d}.wav": data[i]["label"] for i in range(8)}))
+    report = tmp_path / "fid.json"
+    assert main(["audio-fid", str(samples), "--classifier", str(run), "--ref", "tones:test",
+                 "--out", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "audio FID" in out and "classifier accuracy" in out
+    result = json.loads(report.read_text())
+    assert result["num_generated"] == 8 and result["num_reference"] == 64
+    assert result["reference"]["split"] == "test" and result["accuracy"]["num_examples"] == 8
+    # a plain folder, the classifier's own reference data by default, no labels
+    assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-ref", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "vs 16 of split 'test'" in out and "accuracy" not in out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["audio-fid", "{tmp}/nowhere", "--classifier", "{run}"], "no such folder"),
+    (["audio-fid", "{tmp}", "--classifier", "{tmp}/no_run"], "no weights file"),
+    (["train-classifier", "model.widht=3"], "unknown key 'model.widht'"),
+])
+def test_cli_bad_input_exits_2_with_one_line(trained, tmp_path, capsys, args, match):
+    run, cfg, _ = trained
+    write_tones(tmp_path, cfg, n=2)
+    args = [a.format(tmp=tmp_path, run=run) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and err.startswith(f"hqvae {args[0]}: error:")
+
+
+def test_fid_numbers_are_finite_floats(trained, eval_batch):
+    run, _, _ = trained
+    x, _ = eval_batch
+    result = audio_fid(run, x[:16], x[16:])
+    assert all(np.isfinite(result[k]) for k in ("fid", "kid", "kid_std"))
