@@ -52,7 +52,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
     dataset = build_dataset(cfg.data, cfg.data.eval_split, train=False)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
-    metrics = run_evaluation(tok, cfg, dataset, out)
+    metrics = run_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))
     return 0
 
@@ -164,6 +164,53 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_classifier(args: argparse.Namespace) -> int:
+    from sampling.audio_classifier import format_summary, load_classifier_config, train_classifier
+
+    cfg = load_classifier_config(args.config, args.overrides)
+    metrics = train_classifier(cfg)
+    if not metrics:  # a non-main process of a data-parallel run
+        return 0
+    print(format_summary(metrics, cfg.run_dir))
+    return 0
+
+
+def _audio_fid(args: argparse.Namespace) -> int:
+    import json
+
+    from sampling.audio_fid import format_report, score_folder
+
+    result = score_folder(
+        args.dir, args.classifier, reference=args.ref, path=args.path, labels=args.labels,
+        max_reference=args.max_ref, batch_size=args.batch_size, device=args.device,
+        recursive=args.recursive,
+    )
+    print(format_report(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _fid(args: argparse.Namespace) -> int:
+    import json
+
+    from sampling.fid import format_report, score_folder
+
+    result = score_folder(
+        args.dir, args.ref, path=args.path, image_size=args.image_size,
+        max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,
+        device=args.device, cache=not args.no_cache, progress=True,
+    )
+    print(format_report(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-examples", type=int, help="evaluate at most this many examples")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--rfid", action="store_true",
+                   help="also report rFID: FID of the reconstructions vs the originals (images)")
     p.set_defaults(func=_eval_tokenizer)
 
     p = sub.add_parser("encode", help="encode dataset splits into codes for stage two")
@@ -223,6 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_sample)
+
+    p = sub.add_parser("train-classifier", help="train the spectrogram classifier behind audio FID")
+    p.add_argument("config", nargs="?", help="YAML config (optional: overrides alone work)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=500")
+    p.set_defaults(func=_train_classifier)
+
+    p = sub.add_parser("audio-fid", help="audio FID (classifier features) of a folder of WAV files")
+    p.add_argument("dir", help="folder of generated audio files (or a `hqvae sample` output folder)")
+    p.add_argument("--classifier", required=True, help="classifier run directory (from train-classifier)")
+    p.add_argument("--ref", help="reference data as DATASET[:split], e.g. parquet:test or tones:test "
+                   "(default: the classifier's data and eval split)")
+    p.add_argument("--path", help="data path of the reference (parquet / audiofolder sources)")
+    p.add_argument("--labels", help="JSON {file name: label} of class-conditional samples: also report "
+                   "the classifier's accuracy (default: DIR/labels.json when present)")
+    p.add_argument("--max-ref", type=int, help="use at most this many reference examples")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--recursive", action="store_true", help="also take audio files in subfolders of DIR")
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    p.set_defaults(func=_audio_fid)
+
+    p = sub.add_parser("fid", help="image FID / KID of a folder of PNGs against a dataset split")
+    p.add_argument("dir", help="folder of generated images (PNG; e.g. the images/ of `hqvae sample`)")
+    p.add_argument("--ref", required=True, help="reference as DATASET[:split] (data.source syntax: "
+                   "shapes, a parquet file or folder, imagefolder, a hub name; default split: test)")
+    p.add_argument("--path", help="data path of the reference (parquet / imagefolder sources)")
+    p.add_argument("--image-size", type=int,
+                   help="read the reference at this size (default: the samples' size)")
+    p.add_argument("--max-examples", type=int, help="use at most this many images on each side")
+    p.add_argument("--kid", action="store_true", help="also report KID (mean ± std over subsets)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_fid)
     return parser
 
 
