@@ -70,10 +70,11 @@ def run_one(tok_run: str, out_dir: Path, args) -> dict:
     t0 = time.perf_counter()
     for split in (data.train_split, data.eval_split):
         encode_split(tok, build_dataset(data, split), codes, split, batch_size=256,
-                     num_workers=args.workers, source={"source": data.source, "path": data.path})
+                     num_workers=args.workers, source={"source": data.source, "path": data.path},
+                     tokenizer_run=tok_run)
     encode_s = time.perf_counter() - t0
     del tok
-    cfg = load_prior_config(None, [f"run_dir={out_dir / 'prior'}", f"data.codes={codes}",
+    cfg = load_prior_config(None, [f"run_dir={out_dir / 'prior'}", f"data.codes={codes}", f"tokenizer={tok_run}",
                                    f"data.eval_split={data.eval_split}", *prior_overrides(args, audio)])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
