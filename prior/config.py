@@ -55,10 +55,6 @@ class PriorDataConfig:
     train_split: str = "train"
     eval_split: Optional[str] = "test"  # held-out split for bits/token; null = none
 
-    def validate(self) -> None:
-        if not self.codes:
-            raise ConfigError("codes: set data.codes to a directory written by `hqvae encode`")
-
 
 @dataclass
 class PriorEvalConfig:

@@ -28,6 +28,8 @@ RESUMABLE_CHANGES = ("train", "eval", "run_dir", "data", "tokenizer")
 
 def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
     """Everything that can be wrong before training starts: returns (manifest, info)."""
+    if not cfg.data.codes:  # optional in the config: `hqvae pipeline` fills it in
+        raise ConfigError("data.codes: set it to a directory written by `hqvae encode`")
     manifest = read_manifest(cfg.data.codes)
     num_levels = len(manifest["codebook_sizes"])
     if len(cfg.levels) > num_levels:
