@@ -77,6 +77,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{key}: may not be null (expected {_type_name(tp)})")
+        options = [a for a in args if a is not type(None)]
+        sections = [a for a in options if dataclasses.is_dataclass(a)]
+        if len(options) == 1 or (isinstance(value, dict) and len(sections) == 1):
+            # one candidate: its own error (e.g. an unknown key inside a section) is the useful one
+            return _coerce(value, sections[0] if isinstance(value, dict) and sections else options[0], key)
         for arg in args:
             if arg is type(None):
                 continue

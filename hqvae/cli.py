@@ -211,6 +211,15 @@ def _fid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline(args: argparse.Namespace) -> int:
+    from hqvae.pipeline import format_summary, load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config(args.config, args.overrides)
+    summary = run_pipeline(cfg)
+    print(format_summary(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +316,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_fid)
+
+    p = sub.add_parser("pipeline", help="tokenizer -> encode -> priors -> sample -> FID -> report, "
+                       "skipping finished stages")
+    p.add_argument("config", nargs="?", help="pipeline YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. image.sample.n=500")
+    p.set_defaults(func=_pipeline)
+
+    from hqvae.report import add_parser as add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

@@ -102,6 +102,14 @@ def test_shipped_configs_load():
     assert {f.name for f in classifiers} >= {"fsdd.yaml", "tones.yaml"}
     for f in classifiers:
         load_classifier_config(f)
+    from hqvae.pipeline import load_pipeline_config
+
+    root = Path(__file__).parent.parent / "configs"
+    pipelines = [root / "quickstart.yaml", *sorted((root / "pipeline").glob("*.yaml"))]
+    assert len(pipelines) >= 3
+    for f in pipelines:
+        cfg = load_pipeline_config(f)
+        assert cfg.image is not None or cfg.audio is not None
 
 
 def test_yaml_scalars_follow_yaml_1_2(tmp_path):

@@ -625,9 +625,12 @@ def test_a_train_override_keeps_the_prior_train_defaults():
     assert dataclasses.replace(cfg, steps=base.steps) == base
 
 
-def test_missing_codes_is_a_config_error():
+def test_missing_codes_is_a_config_error_before_training(tmp_path):
+    # optional when loading (a pipeline fills it in), required to train
+    cfg = load_prior_config(None, ["model.n_layer=1", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match=r"data\.codes"):
-        load_prior_config(None, ["model.n_layer=1"])
+        train_prior(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("extra, levels, error, match", [

@@ -1,0 +1,154 @@
+"""`hqvae pipeline`: the quickstart config end to end at a tiny scale, resuming, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigError
+from hqvae import layout
+from hqvae.cli import main
+from hqvae.pipeline import load_pipeline_config, run_pipeline
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+
+# the quickstart's models and data, cut to seconds
+TINY = []
+for track, n_train in (("image", 48), ("audio", 48)):
+    TINY += [
+        f"{track}.tokenizer.train.steps=12", f"{track}.tokenizer.train.ckpt_every=6",
+        f"{track}.tokenizer.data.num_train={n_train}", f"{track}.tokenizer.data.num_eval=12",
+        f"{track}.tokenizer.eval.max_examples=12", f"{track}.prior.train.steps=6",
+        f"{track}.prior.eval.max_examples=12", f"{track}.sample.n=10", f"{track}.sample.batch_size=5",
+        f"{track}.score.max_reference=12", f"{track}.score.batch_size=12",
+    ]
+TINY += ["audio.classifier.train.steps=6", "audio.tokenizer.data.audio.griffin_lim_iters=4"]
+
+
+@pytest.fixture(scope="module")
+def inception_cache(tmp_path_factory):
+    """One converted Inception for the module (the conversion is what takes time)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HQVAE_CACHE", str(tmp_path_factory.mktemp("hqvae-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, inception_cache):
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    rc = main(["pipeline", str(QUICKSTART), f"run_dir={run}", *TINY])
+    assert rc == 0
+    return run
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / layout.SUMMARY).read_text())
+
+
+def test_quickstart_writes_every_artifact(quick_run):
+    run = quick_run
+    assert (run / layout.CONFIG).is_file() and (run / layout.REPORT).is_file()
+    for track in layout.TRACKS:
+        for stage in ("tokenizer", "codes", "prior", "samples", "random", "fid"):
+            assert layout.is_done(run, track, stage), (track, stage)
+        assert (run / track / "tokenizer" / "model.safetensors").is_file()
+        assert (run / track / "samples" / "grid.png").is_file()
+    assert layout.is_done(run, "audio", "classifier")
+    assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 10
+    assert len(list((run / "audio" / "samples" / "audio").glob("*.wav"))) == 10
+    assert len(list((run / "image" / "random" / "images").glob("*.png"))) == 10
+    image_fid = json.loads((run / "image" / "fid.json").read_text())
+    audio_fid = json.loads((run / "audio" / "fid.json").read_text())
+    for fid in (image_fid, audio_fid):
+        assert fid["samples"]["fid"] >= 0 and fid["random"]["fid"] >= 0
+        assert fid["reference"]["split"] == "train" and fid["reference"]["num"] == 12
+    assert 0.0 <= audio_fid["samples"]["accuracy"] <= 1.0  # class-conditional clips were scored
+    s = _summary(run)
+    for track in layout.TRACKS:
+        stages = s["tracks"][track]
+        assert all(stages[k]["status"] == "ran" for k in ("tokenizer", "encode", "prior", "samples", "score"))
+        assert stages["headline"]["fid"] == pytest.approx(
+            json.loads((run / track / "fid.json").read_text())["samples"]["fid"])
+
+
+def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run, capsys):
+    run = quick_run
+    weights = run / "image" / "tokenizer" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={run}", *TINY]) == 0
+    s = _summary(run)
+    for track in layout.TRACKS:
+        assert {v["status"] for k, v in s["tracks"][track].items() if k != "headline"} == {"skipped"}
+    assert weights.stat().st_mtime_ns == before
+    out = capsys.readouterr().out
+    assert "finished earlier, skipped" in out and "ran: -" in out
+
+    # more samples for images: only the image samples, baseline and score run again
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={run}", *TINY, "image.sample.n=12"]) == 0
+    image = _summary(run)["tracks"]["image"]
+    assert {k for k, v in image.items() if k != "headline" and v["status"] == "ran"} == {
+        "samples", "random", "score"}
+    assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 12  # no stale files
+    assert json.loads((run / "image" / "fid.json").read_text())["samples"]["num"] == 12
+
+
+def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "image.tokenizer.model.channels=16"])
+    with pytest.raises(ConfigError, match=r"image\.tokenizer\.model\.channels"):
+        run_pipeline(cfg)
+
+
+def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
+    (tmp_path / "something.txt").write_text("mine")
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path}", *TINY])
+    with pytest.raises(ConfigError, match="not empty"):
+        run_pipeline(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("image.tokenizer.run_dir=x", r"image\.tokenizer\.run_dir: set by the pipeline"),
+    ("audio.prior.data.codes=x", r"audio\.prior\.data\.codes: set by the pipeline"),
+    ("image.sample.n=1", r"image\.sample\.n: must be >= 2"),
+    ("image.sample.temperature=-1", r"temperature: must be >= 0"),
+    ("audio.classifier=null", r"audio\.classifier: audio FID needs a classifier"),
+    ("image.tokenizer.data.source=tones", r"image\.tokenizer\.data: the image track has audio data"),
+    ("image.prior.class_cond=false image.sample.label=3", r"image\.sample\.label: the prior is not class-conditional"),
+    ("image.sample.label=seven", r"label: expected 'cycle', a class id or null"),
+    ("image.smaple.n=3", r"unknown key 'image\.smaple' \(did you mean 'sample'\?\)"),
+])
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline_config(QUICKSTART, override.split())
+
+
+def test_no_track_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="at least one track"):
+        load_pipeline_config(None, [f"run_dir={tmp_path}"])
+
+
+def test_cli_reports_config_errors_cleanly(capsys):
+    assert main(["pipeline", str(QUICKSTART), "image.sample.n=1"]) == 2
+    assert "image.sample.n" in capsys.readouterr().err
+
+
+def test_classifier_data_follows_the_tokenizer():
+    cfg = load_pipeline_config(QUICKSTART)
+    tok, clf = cfg.audio.tokenizer.data, cfg.audio.classifier.data
+    assert (clf.source, clf.audio, clf.num_train) == (tok.source, tok.audio, tok.num_train)
+    assert clf.shape == tok.shape
+
+
+def test_stage_config_files_as_base(monkeypatch):
+    monkeypatch.chdir(QUICKSTART.parent.parent)  # `base:` paths are relative to the repository
+    cfg = load_pipeline_config("configs/pipeline/fsdd_sqvae2.yaml",
+                               ["audio.tokenizer.data.path=/data/fsdd", "audio.prior.train.steps=7"])
+    a = cfg.audio
+    assert a.tokenizer.model.layers[0].kind == "injected" and a.tokenizer.data.path == "/data/fsdd"
+    assert a.classifier.data.path == "/data/fsdd"  # follows the tokenizer, not the base file
+    assert a.prior.model.order == "column" and a.prior.train.steps == 7
+    assert a.prior.data.codes is None and a.prior.tokenizer is None  # the base file's paths are dropped
+    with pytest.raises(ConfigError, match=r"audio\.prior\.base: .*not found"):
+        load_pipeline_config("configs/pipeline/fsdd_sqvae2.yaml", ["audio.prior.base=nope.yaml"])

@@ -1,0 +1,66 @@
+"""The README's two commands are the ones CI runs, and the configs and commands it names exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+CI = (ROOT / ".ci" / "run").read_text()
+
+
+def _commands() -> tuple[str, str]:
+    lines = [ln.strip() for ln in README.splitlines() if ln.strip().startswith(("python3 -m venv", "apt-get"))]
+    quick = next(ln for ln in lines if "hqvae pipeline" in ln)
+    test = next(ln for ln in lines if "pytest" in ln)
+    return quick, test
+
+
+def _steps(command: str) -> list[str]:
+    return [" ".join(shlex.split(part)) for part in command.split("&&")]
+
+
+def _ci_steps() -> list[str]:
+    out = []
+    for ln in CI.splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith(("#", "set ", "cd ", "if ", "fi")):
+            continue
+        ln = re.sub(r"^DEBIAN_FRONTEND=\S+ ", "", ln).replace(" || true", "")
+        ln = ln.replace(" -qq", "").replace(". .venv/bin/activate", ". .venv/bin/activate")
+        out.append(" ".join(shlex.split(ln)))
+    return out
+
+
+def test_ci_runs_the_readme_test_command():
+    _, test = _commands()
+    ci = _ci_steps()
+    for step in _steps(test):
+        step = step.replace("python -m pip", "pip")
+        assert any(step == c.replace("python -m pip", "pip") for c in ci), f"CI does not run {step!r}"
+
+
+def test_the_quickstart_installs_like_the_tests_and_runs_the_pipeline():
+    quick, test = _commands()
+    install = [s for s in _steps(test) if s.startswith(("python3 -m venv", ". .venv", "pip install"))]
+    assert _steps(quick)[: len(install)] == install
+    assert _steps(quick)[-1] == "hqvae pipeline configs/quickstart.yaml"
+
+
+def test_every_config_the_readme_names_exists():
+    for name in set(re.findall(r"configs/[\w/{},.-]+\.yaml", README)):
+        m = re.match(r"(.*)\{(.*)\}(.*)", name)
+        names = [m.group(1) + part + m.group(3) for part in m.group(2).split(",")] if m else [name]
+        for n in names:
+            assert (ROOT / n).is_file(), n
+
+
+def test_every_cli_command_is_in_the_readme_table():
+    from hqvae.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for command in sub.choices:
+        assert f"`hqvae {command}" in README, command
