@@ -124,6 +124,16 @@ def speed(prior_run: str, args) -> dict:
 # image FID
 
 
+def sampling_settings(prior, n: int, args) -> list[tuple]:
+    """(row name, labels, CFG scale): unconditional, class-conditional, and with each guidance scale."""
+    settings = [("unconditional", None, 1.0)]
+    if prior.num_classes:
+        labels = balanced_labels(n, prior.num_classes)
+        settings += [("class-conditional", labels, 1.0)]
+        settings += [(f"class-conditional, CFG {s:g}", labels, s) for s in args.cfg]
+    return settings
+
+
 def sample_set(prior, tok, n: int, labels, cfg_scale: float, args):
     from sampling.sampler import Sampler
 
@@ -184,12 +194,7 @@ def fid_cifar(prior_run: str, args) -> dict:
     x = decode_random(prior, tok, n, args)
     out["grid_random"] = save_grid_of(x, grids / "cifar_random_codes.png")
     score("uniformly random codes", x, {})
-    settings = [("unconditional", None, 1.0)]
-    if prior.num_classes:
-        labels = balanced_labels(n, prior.num_classes)
-        settings += [("class-conditional", labels, 1.0)]
-        settings += [(f"class-conditional, CFG {s:g}", labels, s) for s in args.cfg]
-    for name, labels, s in settings:
+    for name, labels, s in sampling_settings(prior, n, args):
         t0 = time.perf_counter()
         x, tok_s = sample_set(prior, tok, n, labels, s, args)
         extra = {"cfg_scale": s, "sample_s": time.perf_counter() - t0, "tokens_per_s": tok_s,
@@ -247,12 +252,7 @@ def audio_fsdd(prior_run: str, args) -> dict:
     score(f"{data.eval_split} split through Griffin-Lim", through_wav(real), real_labels)
     x = decode_random(prior, tok, n, args)
     score("uniformly random codes", through_wav(x))
-    settings = [("unconditional", None, 1.0)]
-    if prior.num_classes:
-        labels = balanced_labels(n, prior.num_classes)
-        settings += [("class-conditional", labels, 1.0)]
-        settings += [(f"class-conditional, CFG {s:g}", labels, s) for s in args.cfg]
-    for name, labels, s in settings:
+    for name, labels, s in sampling_settings(prior, n, args):
         t0 = time.perf_counter()
         x, tok_s = sample_set(prior, tok, n, labels, s, args)
         extra = {"cfg_scale": s, "sample_s": time.perf_counter() - t0, "tokens_per_s": tok_s,

@@ -63,10 +63,12 @@ def _encode(args: argparse.Namespace) -> int:
     import torch
 
     from engine.config import validate
+    from engine.run_dir import check_writable
     from prior.codes import encode_split
     from tokenizer.data import build_dataset
     from tokenizer.pretrained import Tokenizer
 
+    check_writable(args.out, "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tok = Tokenizer.from_pretrained(args.tokenizer_run, device=device)
     data = tok.config.data
@@ -117,11 +119,13 @@ def _per_level_arg(text: str | None, cast, name: str):
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
+    from engine.run_dir import check_writable
     from prior.pretrained import Prior
     from sampling.outputs import write_samples
     from sampling.sampler import Sampler
     from tokenizer.pretrained import Tokenizer
 
+    check_writable(args.out, "--out")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prior = Prior.from_pretrained(args.prior_run, device=device)
     tok_run = args.tokenizer or prior.info.get("tokenizer_run")
@@ -176,8 +180,6 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def _audio_fid(args: argparse.Namespace) -> int:
-    import json
-
     from sampling.audio_fid import format_report, score_folder
 
     result = score_folder(
@@ -185,17 +187,22 @@ def _audio_fid(args: argparse.Namespace) -> int:
         max_reference=args.max_ref, batch_size=args.batch_size, device=args.device,
         recursive=args.recursive,
     )
-    print(format_report(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
+    return _report_result(format_report(result), result, args.out)
+
+
+def _report_result(text: str, result: dict, out: str | None) -> int:
+    """Print a scoring command's report and, with --out, save its result as JSON."""
+    import json
+
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {out}")
     return 0
 
 
 def _fid(args: argparse.Namespace) -> int:
-    import json
-
     from sampling.fid import format_report, score_folder
 
     result = score_folder(
@@ -203,12 +210,7 @@ def _fid(args: argparse.Namespace) -> int:
         max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,
         device=args.device, cache=not args.no_cache, progress=True,
     )
-    print(format_report(result))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out}")
-    return 0
+    return _report_result(format_report(result), result, args.out)
 
 
 def _pipeline(args: argparse.Namespace) -> int:

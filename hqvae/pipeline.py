@@ -339,9 +339,9 @@ def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
                                 batch_size=track.score.batch_size, device=device, progress=True)
     out: dict[str, Any] = {"metric": "FID (Inception pool3)", "reference": {
         "source": data.source, "path": data.path, "split": split, "num": len(ref)}}
-    for name in ("samples", "random"):
-        feats = extract_features(root / name / "images", batch_size=track.score.batch_size,
-                                 device=device, progress=True)
+    for name in ("samples", "random", "real"):
+        images = root / name / "images" if name != "real" else _real_examples(data, track.sample.n)
+        feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
         m = metrics_from_features(feats, ref, kid=True)
         out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"], "num": len(feats)}
     return out
@@ -364,12 +364,35 @@ def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
                      "num": r["num_generated"]}
         if name == "samples" and "accuracy" in r:
             out[name]["accuracy"] = r["accuracy"]["accuracy"]
+    # the floor: real held-out clips through the same Griffin-Lim round trip as the samples
+    from sampling.audio_fid import audio_fid
+    from tokenizer.audio import Spectrogram
+    from tokenizer.data import build_dataset
+
+    spec = Spectrogram(data.audio)
+    real = _real_examples(data, track.sample.n)
+    waves = spec.to_waveform(real, n_iter=track.sample.griffin_lim_iters)
+    r = audio_fid(clf, spec(waves), build_dataset(data, split), batch_size=track.score.batch_size,
+                  max_reference=track.score.max_reference, device=device)
+    out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real),
+                   "split": data.eval_split}
     return out
+
+
+def _real_examples(data, n: int):
+    """The first ``n`` examples of the eval split as one tensor: the 'real data' row of the scores."""
+    import torch
+
+    from tokenizer.data import build_dataset
+
+    ds = build_dataset(data, data.eval_split)
+    return torch.stack([ds[i]["x"] for i in range(min(n, len(ds)))])
 
 
 def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str) -> dict:
     out = (_image_fid if name == "image" else _audio_fid)(track, tok_cfg, root, device)
     out["ratio_random_to_samples"] = out["random"]["fid"] / max(out["samples"]["fid"], 1e-12)
+    out["real"]["split"] = tok_cfg.data.eval_split
     return out
 
 
@@ -503,6 +526,8 @@ def headline(root: Path) -> dict:
     if fid:
         out["fid"] = fid["samples"]["fid"]
         out["fid_random_codes"] = fid["random"]["fid"]
+        if "real" in fid:
+            out["fid_real_data"] = fid["real"]["fid"]
         if "accuracy" in fid["samples"]:
             out["accuracy"] = fid["samples"]["accuracy"]
     return out
@@ -521,7 +546,8 @@ def format_summary(summary: dict) -> str:
             parts.append("bits/token " + " · ".join(f"{b:.2f}" for b in h["bits_per_token"] if b is not None))
         if "fid" in h:
             kind = "audio FID" if name == "audio" else "FID"
-            parts.append(f"{kind} {h['fid']:.2f} (random codes {h['fid_random_codes']:.2f})")
+            real = f", real {h['fid_real_data']:.2f}" if "fid_real_data" in h else ""
+            parts.append(f"{kind} {h['fid']:.2f} (random codes {h['fid_random_codes']:.2f}{real})")
         if "accuracy" in h:
             parts.append(f"digit/class accuracy {h['accuracy']:.2f}")
         lines.append(f"{name}: {'; '.join(parts) or 'no metrics'}")

@@ -223,6 +223,7 @@ def audio_fid(
         kwargs["input2_cache_name"] = f"{reference_cache_name}-n{len(ref)}-{identity}"
         if cache_root:
             kwargs["cache_root"] = str(cache_root)
+        check_fidelity_cache(cache_root, kwargs["input2_cache_name"])
     size = min(1000, len(gen), len(ref))
     metrics = calculate_metrics(
         input1=gen, input2=ref, fid=True, kid=kid,
@@ -240,6 +241,32 @@ def audio_fid(
         "features": f"{EXTRACTOR_NAME}/{FEATURE_LAYER}", "feature_dim": model.embedding_dim,
     })
     return out
+
+
+def check_fidelity_cache(cache_root: Optional[str], name: str) -> None:
+    """torch-fidelity reads its cache files with ``torch.load(weights_only=False)``, i.e.
+    full pickle. Before it does, each of our cached files must load with
+    ``weights_only=True`` (tensors, plus the numpy arrays of its FID statistics): a file
+    that needs anything else is refused, naming it, instead of being unpickled."""
+    import numpy as np
+
+    # torch-fidelity's own default location
+    root = Path(cache_root) if cache_root else Path(torch.hub._get_torch_home()) / "fidelity_cache"
+    if not root.is_dir():
+        return
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype,
+               *{type(np.dtype(t)) for t in ("float16", "float32", "float64", "int64", "int32")}]
+    for path in sorted(root.glob(f"{name}*.pt")):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            raise ValueError(
+                f"{path}: cached reference features that do not load as plain tensors / arrays "
+                f"(torch.load weights_only=True fails); refusing to unpickle them. Delete the "
+                f"file to recompute it"
+            ) from None
 
 
 @torch.no_grad()
@@ -398,13 +425,10 @@ def read_labels(
 
 
 def parse_reference(text: str) -> tuple[str, Optional[str]]:
-    """'DATASET[:split]' -> (source, split or None). A colon followed by a path-like part
-    (a drive letter, a folder) stays in the source."""
-    if ":" in text:
-        source, split = text.rsplit(":", 1)
-        if source and split and not any(c in split for c in "/\\"):
-            return source, split
-    return text, None
+    """'DATASET[:split]' -> (source, split or None: the classifier's eval split)."""
+    from sampling.fid import parse_reference as parse
+
+    return parse(text, default_split=None)
 
 
 def score_folder(

@@ -498,7 +498,7 @@ def reconstruction_fid(
 # `hqvae fid`: a folder of samples against a dataset split
 
 
-def parse_reference(text: str, default_split: str = "test") -> tuple[str, str]:
+def parse_reference(text: str, default_split: Optional[str] = "test") -> tuple[str, Optional[str]]:
     """'DATASET[:split]' -> (source, split). A colon followed by something path-like
     (a slash) belongs to the source."""
     if ":" in text:

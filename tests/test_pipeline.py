@@ -66,6 +66,8 @@ def test_quickstart_writes_every_artifact(quick_run):
         assert fid["samples"]["fid"] >= 0 and fid["random"]["fid"] >= 0
         assert fid["reference"]["split"] == "train" and fid["reference"]["num"] == 12
     assert 0.0 <= audio_fid["samples"]["accuracy"] <= 1.0  # class-conditional clips were scored
+    for fid in (image_fid, audio_fid):  # the floor: real held-out examples, as many as samples
+        assert fid["real"]["num"] == 10 and fid["real"]["split"] == "test" and fid["real"]["fid"] >= 0
     s = _summary(run)
     for track in layout.TRACKS:
         stages = s["tracks"][track]
