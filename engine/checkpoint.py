@@ -5,18 +5,27 @@ A checkpoint is a folder ``checkpoints/step_XXXXXXXX`` holding
 * ``model.safetensors``      weights (the resolved config in the header metadata)
 * ``optimizer.safetensors``  optimizer tensors + RNG state tensors
 * ``state.json``             step, epoch, optimizer param groups, scheduler, python/numpy RNG
+* ``checksums.json``         SHA-256 and size of each file above; written last
 
-It is written under a temporary name and renamed into place, so a crash mid-write never
-leaves a half-written checkpoint where resume would look for one. Nothing is unpickled.
+It is written under a temporary name (``.tmp-step_*``) and renamed into place, so a crash
+mid-write never leaves a half-written checkpoint where resume would look for one (leftover
+temporary folders are removed by :func:`clean_stale`). On load every file is checked
+against ``checksums.json``: a truncated or corrupted checkpoint raises
+:class:`CorruptCheckpointError`, and :func:`latest_valid_checkpoint` falls back to the
+previous good one. Old checkpoints are renamed away before they are deleted, so a crash
+during retention never leaves a half-deleted ``step_*`` folder either. Nothing is
+unpickled.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +35,20 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 CKPT_RE = re.compile(r"^step_(\d{8})$")
+CHECKSUMS = "checksums.json"
+FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint folder whose files are missing, truncated or altered."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -136,12 +159,58 @@ def save_checkpoint(
         sched["lr_lambdas"] = [None] * len(sched["lr_lambdas"])
     state = {"step": step, "optimizer": opt_meta, "scheduler": sched, "rng": rng_info, **(extra or {})}
     (tmp / "state.json").write_text(json.dumps(state))
+    sums = {name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+            for name in FILES}
+    (tmp / CHECKSUMS).write_text(json.dumps({"step": step, "files": sums}, indent=1))
+    _fsync_dir_files(tmp)
     if final.exists():
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    """Flush the files to disk before the rename publishes them (a power cut after the
+    rename must not leave a published checkpoint with empty files)."""
+    for p in folder.iterdir():
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _remove(folder: Path) -> None:
+    """Rename out of the ``step_*`` namespace first, then delete: a crash in between leaves
+    a ``.del-*`` folder that resume ignores (and :func:`clean_stale` removes)."""
+    trash = folder.with_name(f".del-{folder.name}-{os.getpid()}")
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_stale(run_dir: str | Path) -> list[Path]:
+    """Remove what a killed writer left behind: ``.tmp-*`` (a checkpoint being written) and
+    ``.del-*`` (one being deleted) folders. Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".del-"))]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -152,15 +221,74 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint folder: {'step', 'model', 'optimizer', 'scheduler', 'rng', ...}."""
+def verify_checkpoint(path: str | Path) -> None:
+    """Check every file of a checkpoint against its ``checksums.json``; raise
+    :class:`CorruptCheckpointError` naming the checkpoint and the bad file. Checkpoints
+    written before checksums existed (no ``checksums.json``) pass when their files exist."""
     path = Path(path)
+    manifest = path / CHECKSUMS
+    if not manifest.is_file():
+        missing = [n for n in FILES if not (path / n).is_file()]
+        if missing:
+            raise CorruptCheckpointError(f"checkpoint {path}: missing {', '.join(missing)}")
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CorruptCheckpointError(f"checkpoint {path}: unreadable {CHECKSUMS} ({err})") from None
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CorruptCheckpointError(f"checkpoint {path}: {name} is missing")
+        size = f.stat().st_size
+        if size != want.get("bytes", size):
+            raise CorruptCheckpointError(
+                f"checkpoint {path}: {name} is truncated or altered "
+                f"({size} bytes, {want['bytes']} written)"
+            )
+        if sha256_file(f) != want.get("sha256"):
+            raise CorruptCheckpointError(f"checkpoint {path}: {name} fails its SHA-256 checksum")
+
+
+def load_latest_checkpoint(run_dir: str | Path) -> tuple[dict | None, Path | None, list[Path]]:
+    """(state, path) of the newest checkpoint that verifies and loads, and the newer ones
+    that did not (each reported with a warning naming it and why). (None, None, bad) when
+    there is no good checkpoint."""
+    bad: list[Path] = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return load_checkpoint(path), path, bad
+        except CorruptCheckpointError as err:
+            warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
+            bad.append(path)
+    return None, None, bad
+
+
+def quarantine(path: str | Path) -> Path:
+    """Move a corrupt checkpoint out of the ``step_*`` namespace (kept for inspection as
+    ``step_XXXXXXXX.corrupt``), so retention and later resumes never pick it again."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    os.replace(path, target)
+    return target
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
+    """Read a checkpoint folder: {'step', 'model', 'optimizer', 'scheduler', 'rng', ...}.
+
+    ``verify``: check the files against ``checksums.json`` first (raises
+    :class:`CorruptCheckpointError`)."""
+    path = Path(path)
+    if verify:
+        verify_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
         model_state, _ = load_weights(path / "model.safetensors")
-        tensors = load_file(str(path / "optimizer.safetensors"))
+        tensors = load_weights(path / "optimizer.safetensors")[0]
     except (OSError, ValueError) as err:
-        raise ValueError(f"checkpoint {path} is unreadable: {err}") from None
+        raise CorruptCheckpointError(f"checkpoint {path} is unreadable: {err}") from None
     state["model"] = model_state
     state["optimizer"] = _unflatten_optimizer(tensors, state["optimizer"])
     state["rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}

@@ -1,7 +1,10 @@
-"""Run directories: a resumed run must be the same run, not another one in the same place."""
+"""Run directories: a resumed run must be the same run, not another one in the same place,
+and an output folder must be writable before any work starts."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,10 +13,16 @@ from engine.config import ConfigError, yaml_load
 
 
 def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested mappings."""
+    """Dotted keys whose values differ between a saved config ``a`` and a new one ``b``.
+
+    A key that ``a`` lacks altogether is a setting added to the code after that run began
+    (e.g. ``data.skip_bad_examples``): not a difference, or every run would stop resuming
+    with each new option."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
+            if k not in a:
+                continue
             out += config_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
     return [] if a == b else [prefix]
@@ -33,3 +42,40 @@ def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -
             f"run_dir {str(run_dir)!r} already holds a run with a different config "
             f"({', '.join(changed[:6])}); choose another run_dir or delete it"
         )
+
+
+def check_writable(path: str | Path, key: str = "run_dir") -> None:
+    """Fail before any work when ``path`` (a directory, created later by the run) cannot be
+    created or written, naming ``key`` and the path. Probes by creating the missing folders
+    and a file in the deepest one, then removes everything it created: no side effects."""
+    path = Path(path).expanduser()
+    created: list[Path] = []
+    try:
+        missing = []
+        probe_dir = path
+        while not probe_dir.exists():
+            missing.append(probe_dir)
+            if probe_dir.parent == probe_dir:
+                break
+            probe_dir = probe_dir.parent
+        if probe_dir.exists() and not probe_dir.is_dir():
+            raise NotADirectoryError(f"{probe_dir} is a file, not a folder")
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".hqvae-write-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, NotADirectoryError) and not err.strerror:
+            reason = str(err)
+        raise ConfigError(
+            f"{key}: cannot write to {str(path)!r} ({reason}); choose a writable location"
+        ) from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass

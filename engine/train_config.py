@@ -30,6 +30,10 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints retained
     num_workers: int = 0  # DataLoader worker processes
     progress: bool = True  # tqdm progress bar
+    # a non-finite (NaN / inf) loss: 'stop' raises naming the step and writes no checkpoint
+    # of the poisoned state (the last good one stays); 'skip' withholds that optimizer step
+    # (no weight, optimizer or buffer update) and counts it as nonfinite_steps_skipped
+    nan_policy: Literal["stop", "skip"] = "stop"
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every", "keep_last")
@@ -45,6 +49,13 @@ class TrainConfig:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.clip_grad < 0:
             raise ConfigError(f"clip_grad: must be >= 0, got {self.clip_grad}")
+        for name in ("beta1", "beta2"):  # AdamW's own check would fail only when training starts
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (accelerate seeds numpy too)
+            raise ConfigError(f"seed: must be in [0, 2**32), got {self.seed}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}"

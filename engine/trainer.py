@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from accelerate import Accelerator
@@ -24,7 +26,14 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from engine.checkpoint import list_checkpoints, load_checkpoint, restore_rng, save_checkpoint
+from engine.checkpoint import (
+    CKPT_RE,
+    clean_stale,
+    load_latest_checkpoint,
+    quarantine,
+    restore_rng,
+    save_checkpoint,
+)
 from engine.train_config import TrainConfig
 
 
@@ -67,10 +76,66 @@ class TrainResult:
     examples_per_second: float
     last_metrics: dict[str, float]
     eval_metrics: dict[str, float]
+    # examples the dataset replaced because they could not be decoded (data.skip_bad_examples),
+    # counted over the whole run (a resumed run continues the count of its checkpoint)
+    bad_examples_skipped: int = 0
+    nonfinite_steps_skipped: int = 0  # optimizer steps withheld under nan_policy='skip'
+    resumed_checkpoint: Optional[str] = None  # the checkpoint the run resumed from
+    corrupt_checkpoints: list[str] = field(default_factory=list)  # newer ones that failed to load
+
+
+class NonFiniteLossError(ValueError):
+    """Training stopped on a NaN / inf loss (train.nan_policy='stop'). A ValueError, so the
+    CLI reports it as an error line (exit status 2), not a traceback."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose tensors do not fit the model (written under another config)."""
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (float(v) if torch.is_tensor(v) else v) for k, v in d.items()}
+
+
+def _check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse a checkpoint whose tensor names or shapes differ from the model's, naming the
+    keys (instead of torch's size-mismatch traceback)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} in the checkpoint vs {tuple(own[k].shape)} in the model"
+              for k in sorted(set(own) & set(state)) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+        raise CheckpointMismatchError(
+            f"checkpoint {path} does not fit the model being trained (written under another "
+            f"config?): {'; '.join(parts)}; use another run_dir or delete {path.parent}"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (the checkpoint a run resumes from): a killed run may
+    have logged steps it never checkpointed, and the resumed run logs those steps again. A
+    half-written last line (a kill mid-write) goes too. Rewritten atomically."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def train(
@@ -87,11 +152,16 @@ def train(
     desc: str = "train",
     final_eval: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place; resume from the newest checkpoint in ``run_dir`` if any.
+    """Train ``model`` in place; resume from the newest good checkpoint in ``run_dir`` if any.
 
     ``batch_key``: the batch field handed to ``model(...)`` (None passes the whole batch).
     ``final_eval``: run ``evaluate`` once more at the end (off when the caller runs a
     fuller evaluation of its own there).
+
+    Resuming: a checkpoint that fails its checksums is skipped with a warning (and renamed
+    ``*.corrupt``) in favour of the previous one; ``metrics.jsonl`` is cut back to the
+    resumed step, so every step appears once. A batch dict with a ``bad_examples`` field
+    (datasets with ``skip_bad_examples``) adds to the run's ``bad_examples_skipped``.
     """
     run_dir = Path(run_dir)
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same
@@ -108,6 +178,7 @@ def train(
     )
     set_seed(cfg.seed)
     world = accelerator.num_processes
+    main = accelerator.is_main_process
     micro = cfg.batch_size // cfg.grad_accum
     if micro % world:
         raise ValueError(
@@ -115,8 +186,13 @@ def train(
             f"is not divisible by the {world} processes"
         )
     micro //= world
+    if len(dataset) == 0:
+        raise ValueError("the training dataset is empty")
     if len(dataset) < micro * world:
-        raise ValueError(f"dataset has {len(dataset)} examples, fewer than one batch ({micro * world})")
+        raise ValueError(
+            f"dataset has {len(dataset)} examples, fewer than one batch ({micro * world}); "
+            f"lower train.batch_size"
+        )
     sampler = EpochSampler(len(dataset), cfg.seed)
     # The loader's own generator (re-seeded per epoch) supplies the seed a DataLoader
     # iterator draws when it starts; without it that draw comes from the global RNG, and a
@@ -138,45 +214,105 @@ def train(
     schedule = lr_lambda(cfg, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
+    if main:
+        clean_stale(run_dir)  # what a writer killed mid-checkpoint left behind
+    accelerator.wait_for_everyone()
     start = 0
-    ckpts = list_checkpoints(run_dir)
-    if ckpts:
-        ckpt = load_checkpoint(ckpts[-1])
+    counters = {"bad_examples_skipped": 0, "nonfinite_steps_skipped": 0}
+    ckpt, resumed_path, corrupt = load_latest_checkpoint(run_dir)
+    if ckpt is not None:
+        _check_model_state(model, ckpt["model"], resumed_path)
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, IndexError) as err:
+            raise CheckpointMismatchError(
+                f"checkpoint {resumed_path}: its optimizer state does not fit this model ({err}); "
+                f"use another run_dir or delete {resumed_path.parent}"
+            ) from None
         scheduler.load_state_dict(ckpt["scheduler"])
         start = int(ckpt["step"])
         restore_rng(ckpt)
+        for key in counters:
+            counters[key] = int(ckpt.get("counters", {}).get(key, 0))
         # a resumed run may ask for more steps or another lr, which reshapes the schedule;
         # the restored optimizer still holds the old schedule's LR for this step
         scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * schedule(start)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    unwrapped = accelerator.unwrap_model(model)
-
+    accelerator.wait_for_everyone()
     metrics_path = run_dir / "metrics.jsonl"
-    main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        for path in corrupt:
+            quarantine(path)
+        _truncate_metrics(metrics_path, start)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    unwrapped = accelerator.unwrap_model(model)
+    last_good = resumed_path
 
     def log(record: dict) -> None:
         if main:
             with metrics_path.open("a") as fh:
                 fh.write(json.dumps(_jsonable(record)) + "\n")
 
+    # --- non-finite losses -------------------------------------------------------------
+    # 'stop' keeps the loop free of per-step host syncs: the first bad step is recorded on
+    # the device (torch.where, no sync) and read where the loop syncs anyway -- log lines,
+    # evaluations, checkpoints, the end. Steps after the bad one may run (their state is
+    # poisoned), but none of it is ever checkpointed, evaluated or logged, and the error
+    # names the exact step. 'skip' must withhold the very update, so it reads each loss on
+    # the host (one sync per micro-batch, only under that policy).
+    bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
+    bad_examples = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    has_bad_field = False
+
+    def first_bad_step() -> int:
+        found = accelerator.gather(bad_step.reshape(1)) if world > 1 else bad_step.reshape(1)
+        found = found[found >= 0]
+        return int(found.min()) if found.numel() else -1
+
+    def stop_if_nonfinite() -> None:
+        if cfg.nan_policy != "stop":
+            return
+        first = first_bad_step()
+        if first >= 0:
+            bar.close()
+            kept = f"the last good checkpoint, {last_good}, is intact" if last_good else \
+                "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"train: non-finite loss (NaN or inf) at step {first}; training stopped and "
+                f"nothing after step {last_good_step()} was saved; {kept}. Lower train.lr, set "
+                f"train.clip_grad, or set train.nan_policy=skip to skip such steps"
+            )
+
+    def last_good_step() -> int:
+        return int(CKPT_RE.match(last_good.name).group(1)) if last_good else 0
+
+    def bad_examples_total() -> int:
+        total_bad = accelerator.reduce(bad_examples.reshape(1).clone(), "sum") if world > 1 else bad_examples
+        return counters["bad_examples_skipped"] + int(total_bad)
+
     def checkpoint(step: int) -> None:
+        nonlocal last_good
+        stop_if_nonfinite()
+        run_counters = {"bad_examples_skipped": bad_examples_total(),
+                        "nonfinite_steps_skipped": skipped_steps}
         accelerator.wait_for_everyone()
         if main:
-            save_checkpoint(
+            last_good = save_checkpoint(
                 run_dir, step, unwrapped.state_dict(), optimizer.optimizer, scheduler, config,
-                extra={"epoch": step // steps_per_epoch}, keep_last=cfg.keep_last,
+                extra={"epoch": step // steps_per_epoch, "counters": run_counters},
+                keep_last=cfg.keep_last,
             )
+        else:
+            last_good = run_dir / "checkpoints" / f"step_{step:08d}"
         accelerator.wait_for_everyone()
 
     def run_eval(step: int) -> dict[str, float]:
         if evaluate is None:
             return {}
+        stop_if_nonfinite()
         result: dict[str, float] = {}
         if main:
             model.eval()
@@ -194,6 +330,9 @@ def train(
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     seen = 0
+    skipped_steps = counters["nonfinite_steps_skipped"]
+    window_ok = True  # 'skip': every micro-batch of this optimizer step had a finite loss
+    saved_buffers: list[torch.Tensor] | None = None
     t0 = time.perf_counter()
     t_log = t0
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (main and cfg.progress),
@@ -203,40 +342,91 @@ def train(
         sampler.set_epoch(epoch)
         loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if hasattr(batches, "set_epoch"):
+            # accelerate's loaders set the sampler's epoch from their own count of passes
+            # when iterated; the skipping loader a resumed run starts with counts from 0,
+            # which would replay epoch 0's order in the middle of a later epoch
+            batches.set_epoch(epoch)
         remaining = steps_per_epoch * cfg.grad_accum - skip
         skip = 0
         for batch in batches:
             if remaining <= 0:
                 break
             remaining -= 1
+            if isinstance(batch, dict) and "bad_examples" in batch:
+                has_bad_field = True
+                bad_examples += batch["bad_examples"].sum()  # on device: no host sync
+            if cfg.nan_policy == "skip" and saved_buffers is None:
+                # the forward pass updates buffers (EMA codebooks, BatchNorm statistics): a
+                # withheld step must leave them as they were too
+                saved_buffers = [b.detach().clone() for b in unwrapped.buffers()]
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     inputs = batch[batch_key] if batch_key else batch
-                    terms = model(inputs, step=step)
-                accelerator.backward(terms["loss"])
-                if accelerator.sync_gradients and cfg.clip_grad > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                optimizer.step()
+                    try:
+                        terms = model(inputs, step=step)
+                    except Exception:
+                        # a NaN that got into the weights can make a later forward fail
+                        # (e.g. sampling from NaN probabilities): report the NaN, not that
+                        stop_if_nonfinite()
+                        raise
+                loss = terms["loss"]
+                finite = True
+                if cfg.nan_policy == "skip":
+                    flag = torch.isfinite(loss.detach()).all().float().reshape(1)
+                    if world > 1:  # every process must agree, or DDP's collectives deadlock
+                        flag = accelerator.reduce(flag, "sum") / world
+                    finite = bool(flag.item() == 1.0)  # the one host sync of 'skip'
+                    window_ok = window_ok and finite
+                else:
+                    bad_step = torch.where(
+                        (bad_step < 0) & ~torch.isfinite(loss.detach()).all(),
+                        torch.full_like(bad_step, step + 1), bad_step,
+                    )
+                if finite:
+                    accelerator.backward(loss)
+                if accelerator.sync_gradients and not window_ok:
+                    # withhold the update: drop the gradients, put the buffers back
+                    optimizer.zero_grad(set_to_none=True)
+                    with torch.no_grad():
+                        for buf, old in zip(unwrapped.buffers(), saved_buffers):
+                            buf.copy_(old)
+                else:
+                    if accelerator.sync_gradients and cfg.clip_grad > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            for k, v in terms.items():
-                # accumulated on device: no host sync until the next log line
-                sums[k] = sums.get(k, 0) + v.detach().float()
-            n_sum += 1
+            if finite:
+                for k, v in terms.items():
+                    # accumulated on device: no host sync until the next log line
+                    sums[k] = sums.get(k, 0) + v.detach().float()
+                n_sum += 1
             seen += micro * world
             if not accelerator.sync_gradients:
                 continue
+            if not window_ok:
+                skipped_steps += 1
+                warnings.warn(f"train: non-finite loss at step {step + 1}; step skipped "
+                              f"(train.nan_policy=skip; {skipped_steps} so far)", stacklevel=2)
+            window_ok, saved_buffers = True, None
             scheduler.step()
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
+                stop_if_nonfinite()
                 now = time.perf_counter()
-                record = {k: float(v) / n_sum for k, v in sums.items()}
+                record = {k: float(v) / n_sum for k, v in sums.items()} if n_sum else {}
                 record.update(stats(unwrapped, step) if stats else {})
+                if skipped_steps:
+                    record["nonfinite_steps_skipped"] = skipped_steps
+                if has_bad_field:
+                    record["bad_examples_skipped"] = bad_examples_total()
                 rate = seen / max(now - t_log, 1e-9)
                 last = record
                 log({"step": step, "epoch": epoch, "split": "train", "lr": scheduler.get_last_lr()[0],
                      "examples_per_s": rate, **record})
-                bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
+                if "loss" in record:
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
                 sums, n_sum, seen, t_log = {}, 0, 0, now
             if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
                 eval_metrics = run_eval(step)
@@ -245,15 +435,23 @@ def train(
             if step >= total:
                 break
         epoch += 1
+    stop_if_nonfinite()
     bar.close()
     seconds = time.perf_counter() - t0
     trained = step - start
-    if trained > 0 or not ckpts:
+    if trained > 0 or ckpt is None:
         checkpoint(step)
     if final_eval:
         eval_metrics = run_eval(step) or eval_metrics
+    n_bad = bad_examples_total()
+    if n_bad and main:
+        warnings.warn(f"train: {n_bad} bad examples were skipped (data.skip_bad_examples); "
+                      f"the warnings above name the first rows", stacklevel=2)
     return TrainResult(
         step=step, resumed_from=start, seconds=seconds,
         examples_per_second=trained * cfg.batch_size / max(seconds, 1e-9),
         last_metrics=last, eval_metrics=eval_metrics,
+        bad_examples_skipped=n_bad, nonfinite_steps_skipped=skipped_steps,
+        resumed_checkpoint=str(resumed_path) if resumed_path else None,
+        corrupt_checkpoints=[str(p) for p in corrupt],
     )

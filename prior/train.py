@@ -15,7 +15,7 @@ import torch
 from accelerate import PartialState
 
 from engine.config import ConfigError, save_yaml, to_dict
-from engine.run_dir import check_run_dir
+from engine.run_dir import check_run_dir, check_writable
 from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
@@ -30,6 +30,7 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
     """Everything that can be wrong before training starts: returns (manifest, info)."""
     if not cfg.data.codes:  # optional in the config: `hqvae pipeline` fills it in
         raise ConfigError("data.codes: set it to a directory written by `hqvae encode`")
+    check_writable(cfg.run_dir, "run_dir")
     manifest = read_manifest(cfg.data.codes)
     num_levels = len(manifest["codebook_sizes"])
     if len(cfg.levels) > num_levels:
@@ -123,11 +124,13 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
                 "seconds": result.seconds,
                 "tokens_per_s": result.examples_per_second * model.length,
                 "parameters": model.num_parameters(), "weights": str(path),
+                "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
             })
             (level_dir(run_dir, level) / "eval.json").write_text(json.dumps(metrics, indent=2))
             with (level_dir(run_dir, level) / "metrics.jsonl").open("a") as fh:
                 fh.write(json.dumps({"step": result.step, "split": "eval", "final": True,
-                                     **{k: v for k, v in metrics.items() if isinstance(v, float)}}) + "\n")
+                                     **{k: v for k, v in metrics.items() if isinstance(v, float)},
+                                     "nonfinite_steps_skipped": result.nonfinite_steps_skipped}) + "\n")
             results[level] = metrics
         model.cpu()
         state.wait_for_everyone()

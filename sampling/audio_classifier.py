@@ -254,7 +254,7 @@ class AudioClassifier(nn.Module):
     def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> AudioClassifier:
         """Load ``RUN_DIR/model.safetensors`` (or that file itself); returns it in eval mode."""
         path = Path(run_dir)
-        path = path if path.suffix == ".safetensors" else path / WEIGHTS
+        path = path if path.suffix == ".safetensors" or path.is_file() else path / WEIGHTS
         state, meta = load_weights(path)
         if meta.get("kind", KIND) != KIND or "config" not in meta:
             raise ValueError(
@@ -387,7 +387,10 @@ class _Labelled(Dataset):
             raise ValueError(
                 f"{self.name} row {index}: label {label} is outside 0..{self.num_classes - 1}{hint}"
             )
-        return {"x": item["x"], "label": label}
+        out = {"x": item["x"], "label": label}
+        if "bad_examples" in item:  # data.skip_bad_examples: the trainer counts them
+            out["bad_examples"] = item["bad_examples"]
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self._item(self.dataset[index], index)
@@ -454,10 +457,11 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
     from accelerate import PartialState
 
-    from engine.run_dir import check_run_dir
+    from engine.run_dir import check_run_dir, check_writable
     from engine.trainer import train
     from tokenizer.data import build_dataset
 
+    check_writable(cfg.run_dir, "run_dir")
     run_dir = Path(cfg.run_dir)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
@@ -494,10 +498,14 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
         "seconds": result.seconds, "examples_per_s": result.examples_per_second,
         "parameters": model.num_parameters(),
         "train_accuracy": result.last_metrics.get("accuracy"),
+        "bad_examples_skipped": result.bad_examples_skipped,
+        "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
     }
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
     final = {"step": result.step, "split": "eval", "final": True,
-             "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+             "accuracy": metrics["accuracy"], "loss": metrics["loss"],
+             "bad_examples_skipped": result.bad_examples_skipped,
+             "nonfinite_steps_skipped": result.nonfinite_steps_skipped}
     with (run_dir / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(final) + "\n")
     return metrics

@@ -315,17 +315,47 @@ def fit_length(
 AudioSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase]
 
 
+def _wav_shortfall(head: bytes, total: int) -> Optional[tuple[int, int]]:
+    """(declared, present) bytes of a RIFF/WAVE file's ``data`` chunk when the file is
+    shorter than its header says; None when it is complete or not a plain WAV. libsndfile
+    reads a truncated WAV without complaint (it returns the samples that are there)."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(head):
+        chunk, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            present = total - (pos + 8)
+            # 0 and 0xFFFFFFFF: a streamed WAV whose writer never filled the size in
+            if size not in (0, 0xFFFFFFFF) and present < size:
+                return size, present
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
 def read_audio(source: AudioSource, name: Optional[str] = None) -> tuple[np.ndarray, int]:
     """A path, file object or encoded bytes -> (mono float32 samples in [-1, 1], sample rate).
 
     Multi-channel audio is averaged to mono. ``name`` labels errors (defaults to the path).
+    A WAV file shorter than its header declares (truncated) is an error, not a short clip.
     """
     if isinstance(source, (bytes, bytearray)):
         label = name or "<audio bytes>"
         handle = io.BytesIO(bytes(source))
+        short = _wav_shortfall(bytes(source[:1 << 16]), len(source))
     else:
         label = name or str(getattr(source, "name", source))
         handle = source
+        short = None
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            with open(source, "rb") as fh:
+                short = _wav_shortfall(fh.read(1 << 16), os.path.getsize(source))
+    if short is not None:
+        raise ValueError(
+            f"{label}: truncated WAV file: its header declares {short[0]} bytes of samples, "
+            f"the file holds {short[1]}"
+        )
     try:
         data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
     except Exception as err:  # soundfile raises several types (LibsndfileError, RuntimeError)

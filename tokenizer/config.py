@@ -158,6 +158,13 @@ class AudioConfig:
             raise ConfigError(f"num_frames: must be >= 2, got {self.num_frames}")
         if self.db_max <= self.db_min:
             raise ConfigError(f"db_max: must exceed db_min ({self.db_min}), got {self.db_max}")
+        for name in ("db_min", "db_max"):
+            if abs(getattr(self, name)) > 1000:
+                raise ConfigError(f"{name}: must lie within [-1000, 1000] dB, got {getattr(self, name)}")
+        if self.n_mels < 1:
+            raise ConfigError(f"n_mels: must be >= 1, got {self.n_mels}")
+        if self.griffin_lim_iters < 0:
+            raise ConfigError(f"griffin_lim_iters: must be >= 0, got {self.griffin_lim_iters}")
         if self.sample_rate < 1:
             raise ConfigError(f"sample_rate: must be >= 1, got {self.sample_rate}")
 
@@ -187,6 +194,10 @@ class DataConfig:
     num_train: int = 5000  # procedural datasets: examples in the train split
     num_eval: int = 500  # procedural datasets: examples in the eval split
     seed: int = 0  # procedural datasets: generation seed
+    # an example that cannot be decoded (corrupt / truncated file, empty cell): false = stop
+    # with an error naming the split, row and file; true = replace it by the next good row
+    # (the batch keeps its size), warn naming the first few, and count it in the summary
+    skip_bad_examples: bool = False
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def validate(self) -> None:
@@ -217,6 +228,13 @@ class EvalConfig:
     batch_size: int = 128
     grid_size: int = 8  # originals and reconstructions shown in the PNG grid
     num_audio: int = 4  # original / reconstructed WAV pairs written for audio
+
+    def validate(self) -> None:
+        for name in ("max_examples", "batch_size", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.num_audio < 0:
+            raise ConfigError(f"num_audio: must be >= 0, got {self.num_audio}")
 
 
 @dataclass
@@ -261,13 +279,15 @@ def expand_preset(data: dict) -> dict:
     """
     data = copy.deepcopy(data)
     model = data.setdefault("model", {}) or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"model: expected a mapping of model settings, got {model!r}")
     data["model"] = model
     preset = model.get("preset")
     if preset is None:
         if isinstance(model.get("layers"), dict):
             raise ConfigError("model.layers: indexed layer overrides need a preset or a layer list")
         return data
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"model.preset: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     qkind, layout, qdefaults = PRESETS[preset]
     down = model.get("downsample", 4)
@@ -285,6 +305,8 @@ def expand_preset(data: dict) -> dict:
             base[int(key)].update(value)
         model["layers"] = base
     quant = model.setdefault("quantizer", {}) or {}
+    if not isinstance(quant, dict):
+        raise ConfigError(f"model.quantizer: expected a mapping of quantizer settings, got {quant!r}")
     model["quantizer"] = quant
     if quant.get("kind", qkind) != qkind:
         raise ConfigError(

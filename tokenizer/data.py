@@ -533,6 +533,13 @@ def _raw_media_column(feature) -> bool:
 # ---------------------------------------------------------------------------------------
 # HF datasets: the torch Dataset
 
+MAX_CONSECUTIVE_BAD = 64  # skip_bad_examples gives up (with an error) after this many in a row
+WARN_BAD_EXAMPLES = 5  # bad rows named in a warning, per process
+
+
+class BadExampleError(ValueError):
+    """A row that cannot be decoded; the message names the source, split, row and file."""
+
 
 class HFDataset(Dataset):
     """A map-style view on a memory-mapped HF dataset that decodes one row per item.
@@ -607,33 +614,82 @@ class HFDataset(Dataset):
         self.table = table
         self.shape = cfg.shape
         self.spectrogram = _LazySpectrogram(cfg.audio) if modality == "audio" else None
+        self.bad_seen = 0  # bad rows met by this process (DataLoader workers count their own)
 
     def __len__(self) -> int:
         return len(self.table)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._item(self.table[int(index)], int(index))
+        return self._checked(self.table[int(index)], int(index))
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """Batched row access for DataLoader: one Arrow read per batch, not per item."""
         indices = [int(i) for i in indices]
         batch = self.table[indices]
         return [
-            self._item({key: values[j] for key, values in batch.items()}, index)
+            self._checked({key: values[j] for key, values in batch.items()}, index)
             for j, index in enumerate(indices)
         ]
 
-    def _item(self, row: dict, index: int) -> dict[str, Any]:
+    # -- bad examples -------------------------------------------------------------------------
+    def _checked(self, row: dict, index: int) -> dict[str, Any]:
+        """Row ``index`` decoded; a bad one raises :class:`BadExampleError` or, with
+        ``data.skip_bad_examples``, is replaced by the next good row. Items then carry
+        ``bad_examples`` (how many bad rows this one stands in for): the trainer sums it."""
+        if not self.cfg.skip_bad_examples:
+            return self._item(row, index)
         try:
-            value = row[self.column]
+            item = self._item(row, index)
+            item["bad_examples"] = 0
+            return item
+        except BadExampleError as err:
+            self._report_bad(err)
+            first = err
+        n = len(self.table)
+        skipped = 1
+        for offset in range(1, min(n, MAX_CONSECUTIVE_BAD + 1)):
+            j = (index + offset) % n
+            try:
+                item = self._item(self.table[j], j)
+            except BadExampleError as err:
+                self._report_bad(err)
+                skipped += 1
+                continue
+            item["bad_examples"] = skipped
+            return item
+        raise BadExampleError(
+            f"{self.where} (split {self.split!r}): {skipped} consecutive rows from row {index} "
+            f"cannot be decoded, too many for data.skip_bad_examples to skip; first: {first}"
+        )
+
+    def _report_bad(self, err: Exception) -> None:
+        self.bad_seen += 1
+        if self.bad_seen <= WARN_BAD_EXAMPLES:
+            more = " (further bad rows are counted, not shown)" if self.bad_seen == WARN_BAD_EXAMPLES else ""
+            warnings.warn(f"skipped a bad example (data.skip_bad_examples=true): {err}{more}",
+                          stacklevel=3)
+
+    def _item(self, row: dict, index: int) -> dict[str, Any]:
+        value = row.get(self.column)
+        try:
             x = self._image(value, index) if self.modality == "image" else self._audio(value, index)
+            if tuple(x.shape) != tuple(self.shape):  # never silently a wrongly-shaped example
+                raise ValueError(f"decoded to shape {tuple(x.shape)}, expected {tuple(self.shape)}")
         except Exception as err:
-            raise ValueError(
-                f"{self.where} (split {self.split!r}) row {index}: cannot decode column "
+            path = self._cell_path(value)
+            where = f" (file {path})" if path else ""
+            raise BadExampleError(
+                f"{self.where} (split {self.split!r}) row {index}{where}: cannot decode column "
                 f"{self.column!r}: {err}"
             ) from err
         label = row[self.label_column] if self.label_column else None
         return {"x": x, "label": -1 if label is None else int(label)}
+
+    @staticmethod
+    def _cell_path(value: Any) -> Optional[str]:
+        if isinstance(value, dict):
+            return value.get("path") or None
+        return value if isinstance(value, str) else None
 
     @staticmethod
     def _unpack(value: Any) -> tuple[Optional[bytes], Optional[str]]:
@@ -758,6 +814,8 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
         size = cfg.num_train if split == cfg.train_split else cfg.num_eval
         return TonesDataset(size, cfg.audio, cfg.seed, split)
     table, where = _load_table(cfg, split)
+    if len(table) == 0:
+        raise ValueError(f"{where}: split {split!r} has no rows (an empty dataset)")
     return HFDataset(table, cfg, split=split, train=train, where=where)
 
 

@@ -35,7 +35,7 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
         path = Path(run_dir)
-        path = path if path.suffix == ".safetensors" else path / WEIGHTS
+        path = path if path.suffix == ".safetensors" or path.is_file() else path / WEIGHTS
         state, meta = load_weights(path)
         if "config" not in meta:
             raise ValueError(f"{path}: no tokenizer config in the weights' metadata")

@@ -19,7 +19,7 @@ import torch
 from accelerate import PartialState
 
 from engine.config import save_yaml, to_dict, validate
-from engine.run_dir import check_run_dir
+from engine.run_dir import check_run_dir, check_writable
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
@@ -72,6 +72,7 @@ def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
+    check_writable(cfg.run_dir, "run_dir")
     cfg = resolve_modality(cfg)
     check_run_dir(cfg.run_dir, to_dict(cfg), RESUMABLE_CHANGES)
     run_dir = Path(cfg.run_dir)
@@ -115,10 +116,14 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         "steps": result.step, "resumed_from": result.resumed_from,
         "seconds": result.seconds, "examples_per_s": result.examples_per_second,
         "parameters": tok.model.num_parameters(),
+        "bad_examples_skipped": result.bad_examples_skipped,
+        "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
     }
     (run_dir / "eval" / "eval.json").write_text(json.dumps(metrics, indent=2))
     final = {"step": result.step, "split": "eval", "final": True,
-             **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+             **{k: v for k, v in metrics.items() if isinstance(v, float)},
+             "bad_examples_skipped": result.bad_examples_skipped,
+             "nonfinite_steps_skipped": result.nonfinite_steps_skipped}
     with (run_dir / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(final) + "\n")
     return metrics
