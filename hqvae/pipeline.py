@@ -49,6 +49,10 @@ class SampleConfig:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.temperature < 0:
             raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
         if isinstance(self.label, str) and self.label != "cycle" or isinstance(self.label, int) and self.label < 0:
             raise ConfigError(f"label: expected 'cycle', a class id or null, got {self.label!r}")
 

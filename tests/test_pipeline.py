@@ -115,6 +115,8 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("audio.prior.data.codes=x", r"audio\.prior\.data\.codes: set by the pipeline"),
     ("image.sample.n=1", r"image\.sample\.n: must be >= 2"),
     ("image.sample.temperature=-1", r"temperature: must be >= 0"),
+    ("image.sample.top_p=0", r"image\.sample\.top_p: must be in \(0, 1\]"),
+    ("audio.sample.top_k=-2", r"audio\.sample\.top_k: must be >= 0"),
     ("audio.classifier=null", r"audio\.classifier: audio FID needs a classifier"),
     ("image.tokenizer.data.source=tones", r"image\.tokenizer\.data: the image track has audio data"),
     ("image.prior.class_cond=false image.sample.label=3", r"image\.sample\.label: the prior is not class-conditional"),
