@@ -284,8 +284,14 @@ class AudioClassifier(nn.Module):
 
     @property
     def identity(self) -> str:
-        """A hash of the config and weights: audio FID is only comparable under one identity."""
-        h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
+        """A hash of the network config, the input transform and the weights: audio FID is only
+        comparable under one identity (training and data-loading settings are left out, and
+        keys at their defaults, so a new option does not change existing identities)."""
+        from tokenizer.pretrained import non_default
+
+        spec = {"model": non_default(self.config.model), "shape": list(self.input_shape),
+                "audio": non_default(self.config.data.audio)}
+        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
         for name, t in sorted(self.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())

@@ -733,3 +733,22 @@ def test_cli_identity_error_exit_2(stage1, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert stage1["tok"].identity in err and stage1["tok_b"].identity in err
+
+
+def test_tokenizer_identity_is_the_function_not_the_run(stage1):
+    """Codes stay valid when only training / data-loading settings differ, or when a config
+    key sits at its default (a new option must not orphan existing codes and priors); a
+    model key, the input transform or the weights change it."""
+    import dataclasses as dc
+
+    tok = stage1["tok"]
+    base = tok.identity
+    cfg = tok.config
+    same = dc.replace(cfg, run_dir="elsewhere", train=dc.replace(cfg.train, steps=12345, lr=0.5),
+                      data=dc.replace(cfg.data, num_train=7, path="x", skip_bad_examples=True))
+    assert Tokenizer(tok.model, same).identity == base
+    other_model = dc.replace(cfg, model=dc.replace(cfg.model, channels=cfg.model.channels + 1))
+    assert Tokenizer(tok.model, other_model).identity != base
+    other_input = dc.replace(cfg, data=dc.replace(cfg.data, channels=1 if cfg.data.channels == 3 else 3))
+    assert Tokenizer(tok.model, other_input).identity != base
+    assert Tokenizer.from_pretrained(stage1["root"] / "tok_b").identity != base

@@ -7,6 +7,7 @@ safetensors with the resolved config in their metadata and as ``config.yaml`` be
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -19,6 +20,37 @@ from tokenizer.config import TokenizerConfig
 from tokenizer.model import HQVAE
 
 WEIGHTS = "model.safetensors"
+
+
+def non_default(obj):
+    """A dataclass as a dict without the fields that hold their default (recursively)."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = f.default
+            if dataclasses.is_dataclass(value):
+                sub = non_default(value)
+                if sub:
+                    out[f.name] = sub
+            elif value != default:
+                out[f.name] = non_default(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [non_default(v) for v in obj]
+    return obj
+
+
+def identity_config(cfg: TokenizerConfig) -> dict:
+    """The part of a tokenizer config its identity hashes: the model and the input transform."""
+    data = cfg.data
+    transform = {"modality": data.resolved_modality, "shape": list(data.shape)}
+    if data.resolved_modality == "audio":
+        transform["audio"] = non_default(data.audio)
+    return {"model": non_default(cfg.model), "input": transform}
 
 
 class Tokenizer:
@@ -82,8 +114,11 @@ class Tokenizer:
 
     @property
     def identity(self) -> str:
-        """A hash of the resolved config and the weights: codes are only meaningful for it."""
-        h = hashlib.sha256(json.dumps(to_dict(self.config), sort_keys=True).encode())
+        """A hash of what defines the tokenizer as a function (the model config, the input
+        transform) and of the weights: codes are only meaningful for it. Training, eval and
+        data-loading settings are left out, and so is every key at its default, so a new
+        option (off by default) does not orphan the codes and priors of existing runs."""
+        h = hashlib.sha256(json.dumps(identity_config(self.config), sort_keys=True).encode())
         for name, t in sorted(self.model.state_dict().items()):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
