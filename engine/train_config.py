@@ -34,6 +34,12 @@ class TrainConfig:
     # of the poisoned state (the last good one stays); 'skip' withholds that optimizer step
     # (no weight, optimizer or buffer update) and counts it as nonfinite_steps_skipped
     nan_policy: Literal["stop", "skip"] = "stop"
+    # --- throughput options (off by default; each changes speed only, never the objective) ---
+    # wrap the training forward in torch.compile (the saved / evaluated module stays the
+    # uncompiled one, so checkpoints keep their plain keys); the first steps pay compilation
+    compile: bool = False
+    # keep conv weights and 4-D input batches in torch.channels_last (NHWC) memory format
+    channels_last: bool = False
 
     def validate(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "log_every", "keep_last")

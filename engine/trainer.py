@@ -206,6 +206,10 @@ def train(
     steps_per_epoch = max(1, len(loader) // world // cfg.grad_accum)
     total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
 
+    if cfg.channels_last:
+        # before the optimizer exists, so its state is created in the same format; the
+        # conversion keeps parameter identity (and only touches 4-D tensors)
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
@@ -249,6 +253,10 @@ def train(
         _truncate_metrics(metrics_path, start)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped = accelerator.unwrap_model(model)
+    # train.compile: only the training forward goes through the compiled wrapper; `model`
+    # (accumulate, clipping, train/eval) and `unwrapped` (checkpoints, evaluation, the
+    # caller's save) stay the plain modules, so saved keys carry no `_orig_mod.` prefix
+    forward = torch.compile(model) if cfg.compile else model
     last_good = resumed_path
 
     def log(record: dict) -> None:
@@ -363,8 +371,10 @@ def train(
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     inputs = batch[batch_key] if batch_key else batch
+                    if cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
+                        inputs = inputs.contiguous(memory_format=torch.channels_last)
                     try:
-                        terms = model(inputs, step=step)
+                        terms = forward(inputs, step=step)
                     except Exception:
                         # a NaN that got into the weights can make a later forward fail
                         # (e.g. sampling from NaN probabilities): report the NaN, not that
@@ -438,6 +448,8 @@ def train(
     stop_if_nonfinite()
     bar.close()
     seconds = time.perf_counter() - t0
+    if cfg.channels_last:  # hand the caller back a model in the default layout
+        unwrapped.to(memory_format=torch.contiguous_format)
     trained = step - start
     if trained > 0 or ckpt is None:
         checkpoint(step)

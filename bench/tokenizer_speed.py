@@ -1,0 +1,113 @@
+"""Benchmark: tokenizer training images/s, eager float32 vs the throughput options.
+
+For every preset at 3x32x32 (the bench/stage1_tokenizers.py matched model: width 64, 2
+residual blocks of 32, downsample 4, depth 4), times forward + backward + AdamW steps on
+synthetic images with the same model and loss as engine.trainer.train, for: eager fp32,
+channels_last, compile, compile+channels_last (+ bf16 autocast on CUDA). Batch 32 on CPU;
+32 / 128 / 512 on CUDA. Warm-up steps (compilation included) are not timed.
+
+    python bench/tokenizer_speed.py --tag cpu
+
+The timed loop passes step=0 every step: the SQ temperature is a Python float computed
+from the step, which under torch.compile recompiles the quantizer on every new step value
+(see tokenizer/quantizers.py temperature); the trainer itself still passes the real step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sections import device_stats, write_section  # noqa: E402
+
+PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
+VARIANTS = {"eager": (False, False, False), "channels_last": (False, True, False),
+            "compile": (True, False, False), "compile+channels_last": (True, True, False),
+            "compile+channels_last+bf16": (True, True, True)}
+
+
+def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> dict:
+    import torch
+
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.pretrained import Tokenizer
+
+    compiled, cl, bf16 = VARIANTS[variant]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = load_tokenizer_config(None, [f"model.preset={preset}", "model.channels=64",
+                                       "model.res_blocks=2", "model.res_channels=32",
+                                       "model.downsample=4", "model.depth=4"])
+    torch.manual_seed(0)
+    model = Tokenizer.from_config(cfg).model.to(dev).train()
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fwd = torch.compile(model) if compiled else model
+    x = torch.rand(batch, 3, 32, 32, device=dev) * 2 - 1
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+            loss = fwd(x, step=0)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(timed):
+        step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return {"images_per_s": batch * timed / (time.perf_counter() - t0), **device_stats()}
+
+
+def main() -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", nargs="+", default=PRESETS)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--timed", type=int, default=20)
+    p.add_argument("--tag", default="cpu")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = p.parse_args()
+    cuda = torch.cuda.is_available()
+    batches = [32, 128, 512] if cuda else [32]
+    variants = list(VARIANTS) if cuda else [v for v in VARIANTS if not VARIANTS[v][2]]
+    lines = ["| preset | batch | variant | images/s | × eager | peak MB |", "|---|---|---|---|---|---|"]
+    device = "?"
+    for preset in args.presets:
+        for batch in batches:
+            base = None
+            for variant in variants:
+                m = measure(preset, batch, variant, args.warmup, args.timed)
+                base = base or m["images_per_s"]
+                device = m["device"]
+                lines.append(f"| {preset} | {batch} | {variant} | {m['images_per_s']:.0f} "
+                             f"| {m['images_per_s'] / base:.2f} | {m['peak_mem_mb']:.0f} |")
+                print(lines[-1], flush=True)
+    text = "\n".join([
+        f"## Tokenizer training throughput ({args.tag})", "",
+        f"Command: `python bench/tokenizer_speed.py {' '.join(sys.argv[1:])}`; machine: {device}. "
+        f"{args.warmup} warm-up + {args.timed} timed steps (forward + backward + AdamW) on "
+        "synthetic 3×32×32 images; CPU peak memory is the process's max RSS (cumulative).",
+        "" if cuda else "GPU columns (batch 128 / 512, bf16) are not measured here: no GPU was "
+        "available. The ≥ 5× over eager fp32 target is a GPU target.", "", *lines])
+    write_section(Path(args.out), f"tokenizer-speed-{args.tag}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
