@@ -8,9 +8,10 @@ channels_last, compile, compile+channels_last (+ bf16 autocast on CUDA). Batch 3
 
     python bench/tokenizer_speed.py --tag cpu
 
-The timed loop passes step=0 every step: the SQ temperature is a Python float computed
-from the step, which under torch.compile recompiles the quantizer on every new step value
-(see tokenizer/quantizers.py temperature); the trainer itself still passes the real step.
+The step is passed as a 0-d tensor, as the trainer does under train.compile (a Python int
+would be a graph constant and recompile the SQ temperature every step). The loss column is
+the mean loss of the timed steps (same seed and data for every variant): the options change
+speed, not the objective (compiled random numbers differ, so SQ losses match only roughly).
 """
 
 from __future__ import annotations
@@ -26,18 +27,23 @@ sys.path.insert(0, str(ROOT))
 from sections import device_stats, write_section  # noqa: E402
 
 PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
-VARIANTS = {"eager": (False, False, False), "channels_last": (False, True, False),
-            "compile": (True, False, False), "compile+channels_last": (True, True, False),
-            "compile+channels_last+bf16": (True, True, True)}
+# name -> (torch.compile mode or None, channels_last, bf16 autocast)
+VARIANTS = {"eager": (None, False, False), "channels_last": (None, True, False),
+            "compile": ("default", False, False), "compile+channels_last": ("default", True, False),
+            "compile+channels_last+bf16": ("default", True, True),
+            "compile(reduce-overhead)+channels_last+bf16": ("reduce-overhead", True, True)}
+GPU_ONLY = {"compile+channels_last+bf16", "compile(reduce-overhead)+channels_last+bf16"}
 
 
 def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> dict:
     import torch
+    import torch._dynamo
 
     from tokenizer.config import load_tokenizer_config
     from tokenizer.pretrained import Tokenizer
 
     compiled, cl, bf16 = VARIANTS[variant]
+    torch._dynamo.reset()  # each measurement compiles afresh (no cache shared across presets)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = load_tokenizer_config(None, [f"model.preset={preset}", "model.channels=64",
                                        "model.res_blocks=2", "model.res_channels=32",
@@ -47,30 +53,32 @@ def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> d
     if cl:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    fwd = torch.compile(model) if compiled else model
+    fwd = torch.compile(model, mode=compiled) if compiled else model
     x = torch.rand(batch, 3, 32, 32, device=dev) * 2 - 1
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    def step():
+    def step(i: int) -> torch.Tensor:
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
-            loss = fwd(x, step=0)["loss"]
+            loss = fwd(x, step=torch.tensor(i))["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    for _ in range(warmup):
-        step()
+    for i in range(warmup):
+        step(i)
     if dev == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(timed):
-        step()
+    losses = [step(warmup + i) for i in range(timed)]  # kept on device: no sync per step
     if dev == "cuda":
         torch.cuda.synchronize()
-    return {"images_per_s": batch * timed / (time.perf_counter() - t0), **device_stats()}
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": batch * timed / seconds, "loss": float(torch.stack(losses).mean()),
+            **device_stats()}
 
 
 def main() -> int:
@@ -79,14 +87,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=PRESETS)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--timed", type=int, default=20)
+    p.add_argument("--timed", type=int, default=60)
     p.add_argument("--tag", default="cpu")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     batches = [32, 128, 512] if cuda else [32]
-    variants = list(VARIANTS) if cuda else [v for v in VARIANTS if not VARIANTS[v][2]]
-    lines = ["| preset | batch | variant | images/s | × eager | peak MB |", "|---|---|---|---|---|---|"]
+    variants = list(VARIANTS) if cuda else [v for v in VARIANTS if v not in GPU_ONLY]
+    lines = ["| preset | batch | variant | images/s | × eager | mean loss | peak MB |",
+             "|---|---|---|---|---|---|---|"]
     device = "?"
     for preset in args.presets:
         for batch in batches:
@@ -96,11 +105,12 @@ def main() -> int:
                 base = base or m["images_per_s"]
                 device = m["device"]
                 lines.append(f"| {preset} | {batch} | {variant} | {m['images_per_s']:.0f} "
-                             f"| {m['images_per_s'] / base:.2f} | {m['peak_mem_mb']:.0f} |")
+                             f"| {m['images_per_s'] / base:.2f} | {m['loss']:.4g} | {m['peak_mem_mb']:.0f} |")
                 print(lines[-1], flush=True)
     text = "\n".join([
         f"## Tokenizer training throughput ({args.tag})", "",
-        f"Command: `python bench/tokenizer_speed.py {' '.join(sys.argv[1:])}`; machine: {device}. "
+        f"Command: `python bench/tokenizer_speed.py {' '.join(sys.argv[1:])}`; machine: {device}; "
+        f"date {time.strftime('%Y-%m-%d')}. "
         f"{args.warmup} warm-up + {args.timed} timed steps (forward + backward + AdamW) on "
         "synthetic 3×32×32 images; CPU peak memory is the process's max RSS (cumulative).",
         "" if cuda else "GPU columns (batch 128 / 512, bf16) are not measured here: no GPU was "

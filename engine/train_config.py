@@ -38,6 +38,9 @@ class TrainConfig:
     # wrap the training forward in torch.compile (the saved / evaluated module stays the
     # uncompiled one, so checkpoints keep their plain keys); the first steps pay compilation
     compile: bool = False
+    # torch.compile's mode: 'reduce-overhead' adds CUDA graphs (for steps that are bound by
+    # kernel launches: small models / batches on a GPU), 'max-autotune' searches kernels
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     # keep conv weights and 4-D input batches in torch.channels_last (NHWC) memory format
     channels_last: bool = False
 
@@ -51,6 +54,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ConfigError(f"compile_mode: '{self.compile_mode}' needs compile=true")
         if self.lr <= 0:
             raise ConfigError(f"lr: must be > 0, got {self.lr}")
         if self.clip_grad < 0:

@@ -256,7 +256,7 @@ def train(
     # train.compile: only the training forward goes through the compiled wrapper; `model`
     # (accumulate, clipping, train/eval) and `unwrapped` (checkpoints, evaluation, the
     # caller's save) stay the plain modules, so saved keys carry no `_orig_mod.` prefix
-    forward = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     last_good = resumed_path
 
     def log(record: dict) -> None:
@@ -374,7 +374,9 @@ def train(
                     if cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
                     try:
-                        terms = forward(inputs, step=step)
+                        # under compile the step travels as a tensor: a Python int would
+                        # be a constant of the graph (the SQ temperature depends on it)
+                        terms = forward(inputs, step=torch.tensor(step) if cfg.compile else step)
                     except Exception:
                         # a NaN that got into the weights can make a later forward fail
                         # (e.g. sampling from NaN probabilities): report the NaN, not that

@@ -133,7 +133,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.prior_run}: no tokenizer run recorded with the priors; pass --tokenizer RUN")
     tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
     sampler = Sampler(
-        prior, tokenizer, device=device, cfg_scale=args.cfg_scale, use_cache=not args.no_cache,
+        prior, tokenizer, device=device, cfg_scale=args.cfg_scale, cache=args.cache,
+        compile=args.compile, compile_mode="reduce-overhead" if args.compile and device.startswith("cuda") else "default",
         temperature=_per_level_arg(args.temperature, float, "temperature"),
         top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
     )
@@ -153,7 +154,8 @@ def _sample(args: argparse.Namespace) -> int:
     decoded = sampler.decode(codes, batch_size=args.batch_size)
     settings = {
         "prior_run": str(args.prior_run), "tokenizer_run": str(tok_run), "seed": args.seed,
-        "batch_size": args.batch_size, "cfg_scale": args.cfg_scale, "use_cache": not args.no_cache,
+        "batch_size": args.batch_size, "cfg_scale": args.cfg_scale, "cache": args.cache,
+        "compile": args.compile,
         "label": args.label, "levels": [vars(s) for s in sampler.settings],
         "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
     }
@@ -277,7 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--no-cache", action="store_true", help="re-run the prefix each step (slow; for checking)")
+    p.add_argument("--cache", choices=["static", "dynamic", "none"], default="static",
+                   help="key/value cache: preallocated (static), growing (dynamic), or none (re-run "
+                   "the prefix each step; slow, for checking); all draw the same codes")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the one-token step (with CUDA graphs on a GPU); pays off "
+                   "for many samples, the first batch pays the compilation")
     p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
     p.add_argument("--grid", type=int, default=64, help="samples shown in grid.png")
     p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -98,8 +98,15 @@ class Sampler:
 
     ``temperature`` / ``top_k`` / ``top_p``: one value for every level, a list with one per
     level, or a {level: value} mapping. ``cfg_scale``: classifier-free guidance scale for
-    class-conditional priors. ``use_cache=False`` re-runs the prefix at every step (for
-    checking and benchmarking the cache).
+    class-conditional priors.
+
+    ``cache``: ``"static"`` (default) preallocates every level's keys / values once per
+    batch size and writes each step in place, so a step has fixed shapes and addresses;
+    ``"dynamic"`` is transformers' growing cache; ``"none"`` re-runs the prefix at every step
+    (for checking and benchmarking). All three draw the same codes from the same seed.
+    ``compile=True`` (static cache only) runs each level's one-token step through
+    ``torch.compile`` (``compile_mode="reduce-overhead"`` adds CUDA graphs on a GPU); the
+    first batch pays the compilation.
     """
 
     def __init__(
@@ -111,7 +118,9 @@ class Sampler:
         top_k: PerLevel = 0,
         top_p: PerLevel = 1.0,
         cfg_scale: float = 1.0,
-        use_cache: bool = True,
+        cache: Literal["static", "dynamic", "none"] = "static",
+        compile: bool = False,
+        compile_mode: str = "default",
         device: Union[str, torch.device, None] = None,
     ):
         self.prior = prior
@@ -133,7 +142,21 @@ class Sampler:
         if cfg_scale != 1.0 and not prior.num_classes:
             raise ValueError("cfg_scale: classifier-free guidance needs a class-conditional prior")
         self.cfg_scale = float(cfg_scale)
-        self.use_cache = use_cache
+        if cache not in ("static", "dynamic", "none"):
+            raise ValueError(f"cache: expected 'static', 'dynamic' or 'none', got {cache!r}")
+        if compile and cache != "static":
+            # only the static cache gives the step fixed shapes; with a growing cache every
+            # step would be a new graph
+            raise ValueError(f"compile: needs cache='static', got cache={cache!r}")
+        if compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile_mode: expected 'default', 'reduce-overhead' or 'max-autotune', got {compile_mode!r}")
+        if compile_mode != "default" and not compile:
+            raise ValueError(f"compile_mode: {compile_mode!r} needs compile=True")
+        self.cache = cache
+        self.compile = compile
+        self.compile_mode = compile_mode
+        self._static: dict[tuple[int, int], object] = {}  # (level, rows) -> StaticCache
+        self._steps: dict[int, object] = {}  # level -> (compiled) one-token step
         self.device = torch.device(device) if device is not None else next(
             iter(prior.levels.values())).head.weight.device
         prior.to(self.device)
@@ -183,25 +206,67 @@ class Sampler:
             return x if cond is None else x + cond[:, i : i + 1]
 
         seq = torch.empty(batch, model.length, dtype=torch.long, device=self.device)
-        cache = _new_cache(model) if self.use_cache else None
+        rows = 2 * batch if guided else batch
+        cache = None
+        if self.cache == "dynamic":
+            cache = _new_cache(model)
+        elif self.cache == "static":
+            cache = self._static_cache(level, rows)
+            step = self._step(level)
         inputs: Optional[torch.Tensor] = None
         last: Optional[torch.Tensor] = None
         for i in range(model.length):
             token_in = None if i == 0 else (torch.cat([last, last]) if guided else last)
             x = step_input(i, token_in)
-            if self.use_cache:
+            if self.cache == "static":
+                # the position as a tensor: an int would be a constant of the compiled step
+                hidden = step(x, torch.full((1, 1), i, device=self.device), cache)
+            elif self.cache == "dynamic":
                 out = model.backbone(inputs_embeds=x, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
+                hidden = out.last_hidden_state[:, -1]
             else:  # the whole prefix again
                 inputs = x if inputs is None else torch.cat([inputs, x], dim=1)
-                out = model.backbone(inputs_embeds=inputs, use_cache=False)
-            logits = model.head(out.last_hidden_state[:, -1]).float()
+                hidden = model.backbone(inputs_embeds=inputs, use_cache=False).last_hidden_state[:, -1]
+            logits = model.head(hidden).float()
             if guided:
                 c, u = logits.chunk(2)
                 logits = u + self.cfg_scale * (c - u)
             last = draw(logits, settings, generator)
             seq[:, i] = last
         return model.to_grid(seq)
+
+    def _static_cache(self, level: int, rows: int):
+        """This level's preallocated cache for ``rows`` sequences, emptied for a new batch
+        (reused rather than reallocated: a compiled / CUDA-graphed step keeps its addresses)."""
+        from transformers import StaticCache
+
+        key = (level, rows)
+        if key not in self._static:
+            model = self.prior.levels[level]
+            cache = StaticCache(config=model.backbone.config, max_cache_len=model.length)
+            # allocated now rather than on the first write, so a compiled step sees one
+            # cache state from its first call (no recompilation after step 0)
+            heads = model.cfg.n_head
+            cache.early_initialization(rows, heads, model.cfg.n_embd // heads,
+                                       model.head.weight.dtype, self.device)
+            self._static[key] = cache
+        else:
+            self._static[key].reset()
+        return self._static[key]
+
+    def _step(self, level: int):
+        """hidden state (B, d) of the newest position, given its input embedding (B, 1, d),
+        its position (1, 1) and the static cache holding the positions before it."""
+        if level not in self._steps:
+            backbone = self.prior.levels[level].backbone
+
+            def step(x: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+                out = backbone(inputs_embeds=x, position_ids=position, past_key_values=cache, use_cache=True)
+                return out.last_hidden_state[:, -1]
+
+            self._steps[level] = torch.compile(step, mode=self.compile_mode) if self.compile else step
+        return self._steps[level]
 
     # -- whole hierarchy --------------------------------------------------------------------
     @torch.no_grad()

@@ -154,3 +154,89 @@ def test_incompatible_options_rejected():
         from_dict(QuantizerConfig, {"kind": "sq", "ema": True})
     with pytest.raises(ConfigError, match="variance"):
         from_dict(QuantizerConfig, {"kind": "vq", "variance": "monotone"})
+
+
+def test_restart_leaves_live_codes_alone():
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="vq", restart_threshold=0.5, usage_decay=0.5)
+    q = VectorQuantizer(8, 4, cfg).train()
+    q.usage[:4], q.usage[4:] = 10.0, 0.0  # codes 0-3 alive, 4-7 dead
+    before = q.codebook.detach().clone()
+    q(torch.randn(2, 4, 3, 3) * 5)
+    after = q.codebook.detach()
+    assert torch.equal(after[:4], before[:4]) and not torch.equal(after[4:], before[4:])
+
+
+def test_data_init_runs_once_and_again_after_loading_an_uninitialised_state():
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", data_init=True)).train()
+    fresh = {k: v.clone() for k, v in q.state_dict().items()}
+    q(torch.randn(2, 4, 4, 4) + 10)
+    first = q.codebook.detach().clone()
+    q(torch.randn(2, 4, 4, 4) - 10)  # already initialised: not re-seeded (codebook loss only)
+    assert torch.equal(q.codebook.detach(), first)
+    q.load_state_dict(fresh)
+    q(torch.randn(2, 4, 4, 4) - 10)
+    assert q.codebook.detach().mean() < -5
+
+
+def test_sq_temperature_accepts_a_tensor_step():
+    q = StochasticQuantizer(8, 4, QuantizerConfig(tau_init=1.0, tau_decay=1e-3, tau_min=0.1))
+    for step in (0, 7, 1000, 10**6):
+        assert float(q.temperature(torch.tensor(step))) == pytest.approx(q.temperature(step), rel=1e-6)
+    z = torch.randn(2, 4, 3, 3)
+    torch.manual_seed(1)
+    a = q.train()(z, step=500)
+    torch.manual_seed(1)
+    b = q(z, step=torch.tensor(500))
+    torch.testing.assert_close(a.z_q, b.z_q)
+
+
+@pytest.mark.parametrize("kind", ["sq", "vq_restart", "vq_data_init"])
+def test_quantizer_steps_compile_as_one_graph_without_recompiling(kind):
+    """The training step has no host syncs (a sync would be a graph break under
+    fullgraph=True) and a changing step does not recompile. Dynamo only (backend='eager'),
+    so this is fast; bench/tokenizer_speed.py measures the real compiled speed."""
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    if kind == "sq":
+        q = StochasticQuantizer(16, 4, QuantizerConfig())
+    else:
+        opts = {"restart_threshold": 0.5} if kind == "vq_restart" else {"data_init": True, "ema": True}
+        q = VectorQuantizer(16, 4, QuantizerConfig(kind="vq", **opts))
+    q.train()
+    z = torch.randn(2, 4, 3, 3)
+    if kind == "vq_data_init":
+        q(z)  # the first batch seeds the codebook (one sync, outside the compiled steps)
+    torch._dynamo.reset()
+    f = torch.compile(q, backend="eager", fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for step in range(4):
+            out = f(z, step=torch.tensor(step))
+            assert torch.isfinite(out.z_q).all()
+
+
+def test_inductor_compiled_ema_and_restart_updates_match_eager():
+    """Regression: torch 2.13's inductor miscompiled `buf.mul_(d).add_(matmul, alpha=1 - d)`
+    (the EMA sum came out ~20x too large), so every EMA preset diverged under
+    train.compile=true. Real inductor code generation, on one small quantizer."""
+    import copy
+
+    import torch._dynamo
+
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="vq", ema=True, restart_threshold=0.01)
+    eager = VectorQuantizer(64, 8, cfg).train()
+    compiled = copy.deepcopy(eager)
+    torch._dynamo.reset()
+    step = torch.compile(compiled)
+    for i in range(3):
+        z = torch.randn(8, 8, 4, 4)
+        torch.manual_seed(i)  # the restart draws
+        a = eager(z)
+        torch.manual_seed(i)
+        b = step(z)
+        assert torch.equal(a.codes, b.codes)
+    for name in ("ema_sum", "ema_count", "usage"):
+        torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-4, atol=1e-5)

@@ -12,6 +12,7 @@ from test_train import cfg_for, train_losses
 
 from engine.checkpoint import list_checkpoints
 from engine.config import ConfigError
+from tokenizer.config import load_tokenizer_config
 from tokenizer.pretrained import Tokenizer
 from tokenizer.train import train_tokenizer
 
@@ -22,10 +23,10 @@ class _Wrapped(torch.nn.Module):
     def __init__(self, mod):
         super().__init__()
         self._orig_mod = mod
-        self.calls = 0
+        self.steps = []
 
     def forward(self, *args, **kwargs):
-        self.calls += 1
+        self.steps.append(kwargs["step"])
         return self._orig_mod(*args, **kwargs)
 
 
@@ -36,6 +37,10 @@ def test_options_default_off_and_type_checked(tmp_path):
         cfg_for(tmp_path, "vqvae", "train.compile=maybe")
     with pytest.raises(ConfigError, match="train.channels_last"):
         cfg_for(tmp_path, "vqvae", "train.channels_last=3")
+    with pytest.raises(ConfigError, match="compile_mode.*needs compile=true"):
+        cfg_for(tmp_path, "vqvae", "train.compile_mode=reduce-overhead")
+    with pytest.raises(ConfigError, match="compile_mode"):
+        cfg_for(tmp_path, "vqvae", "train.compile=true", "train.compile_mode=fast")
 
 
 @pytest.mark.parametrize("preset", ["vqvae", "sqvae2"])
@@ -44,15 +49,18 @@ def test_compile_and_channels_last_save_plain_keys_and_match_eager(tmp_path, mon
     ref = train_losses(tmp_path / "eager" / "run")
     wrapped = []
 
-    def fake_compile(mod, *args, **kwargs):
+    def fake_compile(mod, *args, mode="default", **kwargs):
+        assert mode == "max-autotune"
         wrapped.append(_Wrapped(mod))
         return wrapped[-1]
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     fast = cfg_for(tmp_path / "fast", preset, "train.steps=3", "train.compile=true",
-                   "train.channels_last=true")
+                   "train.compile_mode=max-autotune", "train.channels_last=true")
     train_tokenizer(fast)
-    assert len(wrapped) == 1 and wrapped[0].calls == 3
+    # the step arrives as a tensor (an int would be a graph constant: a recompile per step)
+    assert len(wrapped) == 1 and [int(s) for s in wrapped[0].steps] == [0, 1, 2]
+    assert all(torch.is_tensor(s) for s in wrapped[0].steps)
     run = tmp_path / "fast" / "run"
     losses = train_losses(run)
     for step in (1, 2, 3):  # channels_last only reorders float sums
@@ -65,3 +73,35 @@ def test_compile_and_channels_last_save_plain_keys_and_match_eager(tmp_path, mon
     assert all(p.is_contiguous() for p in tok.model.parameters())
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert tok.decode_codes(tok.encode(x)).shape == x.shape
+
+
+def test_plain_run_resumes_with_the_options_on_and_continues_the_same_losses(tmp_path, monkeypatch):
+    """Checkpoints written without the options resume with them (and the losses carry on as
+    an uninterrupted plain run's would): the options live in `train`, which may change."""
+    base = ("train.steps=4", "train.ckpt_every=2", "train.log_every=1")
+    train_tokenizer(cfg_for(tmp_path / "ref", "vqvae2", *base))
+    ref = train_losses(tmp_path / "ref" / "run")
+    train_tokenizer(cfg_for(tmp_path / "split", "vqvae2", "train.steps=2", *base[1:]))
+    monkeypatch.setattr(torch, "compile", lambda mod, *a, mode="default", **k: _Wrapped(mod))
+    train_tokenizer(cfg_for(tmp_path / "split", "vqvae2", *base, "train.compile=true",
+                            "train.channels_last=true"))
+    losses = train_losses(tmp_path / "split" / "run")
+    assert sorted(losses) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert losses[step] == pytest.approx(ref[step], rel=1e-3), step
+
+
+@pytest.mark.parametrize("preset", ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"])
+def test_training_forward_traces_as_one_graph(preset):
+    """No graph breaks in any preset's training forward (a break is a host round trip and
+    splits the compiled step; SQ's code histogram once broke it with bincount). Tracing only."""
+    import torch._dynamo
+
+    cfg = load_tokenizer_config(None, [f"model.preset={preset}", "model.channels=16", "model.res_blocks=1",
+                                       "model.res_channels=8", "model.depth=2",
+                                       "model.quantizer.restart_threshold=0.01"
+                                       if preset in ("vqvae", "vqvae2", "rqvae") else "model.quantizer.tau_min=0.5"])
+    model = Tokenizer.from_config(cfg).model.train()
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32) * 2 - 1, step=torch.tensor(3))
+    assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]

@@ -119,7 +119,7 @@ class HQVAE(nn.Module):
         return out
 
     # -- passes ---------------------------------------------------------------------------
-    def run(self, x: torch.Tensor, step: int = 0) -> ForwardOutput:
+    def run(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> ForwardOutput:
         """Encode, quantize every layer top-down, decode."""
         feats = self.encoder(x)
         log_vars = self.log_variances() if self.is_stochastic else [None] * len(self.layers)
@@ -133,7 +133,7 @@ class HQVAE(nn.Module):
             state = layer.combine(u, q.z_q.to(u.dtype))
         return ForwardOutput(self.decoder(state), quant)
 
-    def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
         """Training objective and its parts (all scalars; 'loss' is what is minimised).
 
         It is ``forward`` so that data-parallel wrappers see the call."""

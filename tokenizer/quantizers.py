@@ -102,6 +102,18 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("usage", torch.ones(codebook_size))
         if cfg.data_init:
             self.register_buffer("initialised", torch.tensor(False))
+            self._initialised_seen = False
+
+    def _known_initialised(self) -> bool:
+        # reading the buffer is a host sync: do it only until it is seen True (after the
+        # first batch, or at once for a loaded checkpoint), then remember that on the host
+        if not self._initialised_seen:
+            self._initialised_seen = bool(self.initialised)
+        return self._initialised_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._initialised_seen = False  # the loaded buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def _data_init(self, flat: torch.Tensor) -> None:
@@ -112,14 +124,19 @@ class VectorQuantizer(nn.Module):
             self.ema_sum.copy_(new)
             self.ema_count.fill_(1.0)
         self.initialised.fill_(True)
+        self._initialised_seen = True
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
         cfg = self.cfg
         counts = _all_reduce_sum(onehot.sum(0))
         sums = _all_reduce_sum(onehot.t() @ flat)
-        self.ema_count.mul_(cfg.ema_decay).add_(counts, alpha=1 - cfg.ema_decay)
-        self.ema_sum.mul_(cfg.ema_decay).add_(sums, alpha=1 - cfg.ema_decay)
+        # written as copy_(a * d + b * (1 - d)), not mul_(d).add_(b, alpha=1 - d): torch 2.13's
+        # inductor (CPU) miscompiles the latter when b is a matmul result used nowhere else
+        # (ema_sum came out ~20x too large; eager and aot_eager were right), which made
+        # train.compile=true diverge on every EMA preset
+        self.ema_count.copy_(self.ema_count * cfg.ema_decay + counts * (1 - cfg.ema_decay))
+        self.ema_sum.copy_(self.ema_sum * cfg.ema_decay + sums * (1 - cfg.ema_decay))
         n = self.ema_count.sum()
         # Laplace smoothing keeps never-used codes from dividing by zero
         smoothed = (self.ema_count + cfg.ema_eps) / (n + self.K * cfg.ema_eps) * n
@@ -128,29 +145,29 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
         cfg = self.cfg
-        self.usage.mul_(cfg.usage_decay).add_(counts, alpha=1 - cfg.usage_decay)
+        self.usage.copy_(self.usage * cfg.usage_decay + counts * (1 - cfg.usage_decay))  # see _ema_update
         dead = self.usage < cfg.restart_threshold
         dead = _broadcast(dead.to(torch.uint8)).bool()
-        n_dead = int(dead.sum())
-        if n_dead == 0:
-            return
-        idx = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+        # every code draws a candidate and only dead ones take it: selecting exactly the
+        # dead rows would need their count on the host, a device sync every training step
+        idx = torch.randint(0, flat.shape[0], (self.K,), device=flat.device)
         new = _broadcast(flat[idx].clone())
-        self.codebook.data[dead] = new
+        mask = dead.unsqueeze(1)
+        self.codebook.data.copy_(torch.where(mask, new, self.codebook.data))
         if cfg.ema:
-            self.ema_sum[dead] = new
-            self.ema_count[dead] = 1.0
-        self.usage[dead] = 1.0
+            self.ema_sum.copy_(torch.where(mask, new, self.ema_sum))
+            self.ema_count.masked_fill_(dead, 1.0)
+        self.usage.masked_fill_(dead, 1.0)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, H, W) -> codewords (B, D, H, W)."""
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
-    def forward(self, z: torch.Tensor, step: int = 0) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
-            if self.training and self.cfg.data_init and not bool(self.initialised):
+            if self.training and self.cfg.data_init and not self._known_initialised():
                 self._data_init(flat.detach())
             codebook = self.codebook.float()
             codes = squared_distances(flat.detach(), codebook.detach()).argmin(1)
@@ -187,15 +204,22 @@ class StochasticQuantizer(nn.Module):
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
         self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init)))
 
-    def temperature(self, step: int) -> float:
+    def temperature(self, step: int | torch.Tensor) -> float | torch.Tensor:
+        """tau_init * exp(-tau_decay * step), floored at tau_min.
+
+        ``step`` may be a 0-d tensor (the trainer passes one under train.compile): a Python
+        number here would be baked into the compiled graph and recompile it every step.
+        """
         cfg = self.cfg
+        if torch.is_tensor(step):
+            return (cfg.tau_init * torch.exp(-cfg.tau_decay * step.double())).clamp_min(cfg.tau_min).float()
         return max(cfg.tau_init * math.exp(-cfg.tau_decay * step), cfg.tau_min)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(
-        self, z: torch.Tensor, step: int = 0, log_var: torch.Tensor | None = None
+        self, z: torch.Tensor, step: int | torch.Tensor = 0, log_var: torch.Tensor | None = None
     ) -> QuantizerOutput:
         """``log_var`` replaces this layer's own log sigma^2 (monotone parameterisation)."""
         b = z.shape[0]
@@ -225,7 +249,9 @@ class StochasticQuantizer(nn.Module):
                 # Gaussian dequantisation term sum_n ||z - z_tilde||^2 / (2 sigma^2)
                 "kl_continuous": 0.5 * precision * (z - z_q).pow(2).sum() / b,
             }
-            counts = torch.bincount(codes.detach(), minlength=self.K).float()
+            # not bincount: its output size depends on the data, which breaks a compiled graph
+            counts = torch.zeros(self.K, device=codes.device).index_add_(
+                0, codes, torch.ones_like(codes, dtype=torch.float32))
         return QuantizerOutput(z_q, codes.view(b, *z.shape[2:]), losses, counts)
 
     def variance(self) -> torch.Tensor:
