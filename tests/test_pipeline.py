@@ -88,8 +88,10 @@ def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run,
     out = capsys.readouterr().out
     assert "finished earlier, skipped" in out and "ran: -" in out
 
-    # more samples for images: only the image samples, baseline and score run again
-    assert main(["pipeline", str(QUICKSTART), f"run_dir={run}", *TINY, "image.sample.n=12"]) == 0
+    # more samples (drawn with the compiled one-token step) for images: only the image
+    # samples, baseline and score run again
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={run}", *TINY, "image.sample.n=12",
+                 "image.sample.compile=true"]) == 0
     image = _summary(run)["tracks"]["image"]
     assert {k for k, v in image.items() if k != "headline" and v["status"] == "ran"} == {
         "samples", "random", "score"}
