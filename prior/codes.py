@@ -230,6 +230,16 @@ class CodesDataset(Dataset):
     def num_classes(self) -> Optional[int]:
         return self.manifest.get("num_classes")
 
+    def label_range(self) -> Optional[tuple[int, int]]:
+        """(smallest, largest) label of the split from the Arrow column (no row decoding);
+        None without labels."""
+        if not self.has_label or len(self.table) == 0:
+            return None
+        import pyarrow.compute as pc
+
+        mm = pc.min_max(self.table.data.column("label"))
+        return int(mm["min"].as_py()), int(mm["max"].as_py())
+
     def __len__(self) -> int:
         return len(self.table)
 

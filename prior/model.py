@@ -173,21 +173,24 @@ class LevelPrior(nn.Module):
             )
 
     def condition(
-        self, upper: list[torch.Tensor], labels: Optional[torch.Tensor], batch: int
+        self, upper: list[torch.Tensor], labels: Optional[torch.Tensor], batch: int,
+        check_labels: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(start embedding (B, 1, d), conditioning (B, N, d) in sequence order or None).
 
         ``upper``: the codes of levels 0..level-1, each (B, h_j * w_j) raster-flattened
         or (B, h_j, w_j).
         ``labels``: (B,) class ids (``null_label`` = unconditional); required when the
-        prior is class-conditional, ignored otherwise.
+        prior is class-conditional, ignored otherwise. ``check_labels=False`` skips their
+        range check (a host sync), for labels already checked (training data).
         """
         if len(upper) != self.level:
             raise ValueError(f"level {self.level} needs the codes of {self.level} upper levels, got {len(upper)}")
         if self.num_classes:
             if labels is None:
                 raise ValueError("this prior is class-conditional: pass labels (null_label for none)")
-            self.check_labels(labels)
+            if check_labels:
+                self.check_labels(labels)
             start = self.class_emb(labels)[:, None]
         else:
             start = self.start.expand(batch, -1, -1)
@@ -209,14 +212,15 @@ class LevelPrior(nn.Module):
 
     # -- teacher-forced pass --------------------------------------------------------------
     def logits(
-        self, codes: torch.Tensor, upper: list[torch.Tensor], labels: Optional[torch.Tensor] = None
+        self, codes: torch.Tensor, upper: list[torch.Tensor], labels: Optional[torch.Tensor] = None,
+        check_labels: bool = True,
     ) -> torch.Tensor:
         """Next-token logits (B, N, K) in sequence order for this level's ``codes``, given
         raster-flattened (B, N) or as grids (B, h, w) like ``Tokenizer.encode`` returns."""
         codes = codes.flatten(1)
         if codes.shape[1] != self.length:
             raise ValueError(f"level {self.level}: expected {self.length} codes per example, got {codes.shape[1]}")
-        start, cond = self.condition(upper, labels, codes.shape[0])
+        start, cond = self.condition(upper, labels, codes.shape[0], check_labels)
         seq = self.to_sequence(codes)
         inputs = torch.cat([start, self.tok_emb(seq[:, :-1])], dim=1)
         if cond is not None:
@@ -233,7 +237,8 @@ class LevelPrior(nn.Module):
             if labels is not None and self.training and self.label_dropout > 0:
                 drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
                 labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
-        logits = self.logits(codes, upper, labels)
+        # the training data's labels were range-checked once when training began
+        logits = self.logits(codes, upper, labels, check_labels=False)
         target = self.to_sequence(codes)
         # float32 softmax: bf16 logits lose the small probabilities the NLL is made of
         loss = F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target.reshape(-1))

@@ -52,6 +52,16 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
                     f"class_cond: the {split!r} codes in {cfg.data.codes} carry no labels; "
                     f"set class_cond=false or encode labelled data"
                 )
+        # checked here, once, so that the training step need not (a per-step range check
+        # is a host sync and splits a compiled graph)
+        for split in {cfg.data.train_split, cfg.data.eval_split} - {None}:
+            rng = CodesDataset(cfg.data.codes, split, levels=[0]).label_range()
+            if rng is not None and not (0 <= rng[0] and rng[1] < manifest["num_classes"]):
+                raise ConfigError(
+                    f"class_cond: the {split!r} codes in {cfg.data.codes} have labels {rng[0]}..{rng[1]}, "
+                    f"outside 0..{manifest['num_classes'] - 1} (unlabelled rows marked -1?); "
+                    f"drop those rows before encoding or set class_cond=false"
+                )
     if cfg.tokenizer:
         from tokenizer.pretrained import Tokenizer
 

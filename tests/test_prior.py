@@ -752,3 +752,32 @@ def test_tokenizer_identity_is_the_function_not_the_run(stage1):
     other_input = dc.replace(cfg, data=dc.replace(cfg.data, channels=1 if cfg.data.channels == 3 else 3))
     assert Tokenizer(tok.model, other_input).identity != base
     assert Tokenizer.from_pretrained(stage1["root"] / "tok_b").identity != base
+
+
+def test_out_of_range_training_labels_are_refused_before_training(stage1, tmp_path):
+    """Labels are range-checked once when training starts (the training step itself does
+    not check them: that would be a host sync per step); -1 marks unlabelled rows in some
+    datasets."""
+    tok = stage1["tok"]
+
+    class FirstUnlabelled(torch.utils.data.Dataset):
+        def __init__(self, base):
+            self.base = base
+
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            item = dict(self.base[i])
+            if i == 0:
+                item["label"] = -1
+            return item
+
+    codes = tmp_path / "codes"
+    encode_split(tok, FirstUnlabelled(build_dataset(tok.config.data, "train")), codes, "train",
+                 progress=False)
+    encode_split(tok, build_dataset(tok.config.data, "test"), codes, "test", max_examples=16,
+                 progress=False)
+    with pytest.raises(ConfigError, match=r"'train' codes .* have labels -1\.\.\d+, outside 0\.\."):
+        train_prior(prior_cfg(codes, tmp_path / "run", "class_cond=true", "train.steps=1"))
+    assert not (tmp_path / "run" / "level_0").exists()

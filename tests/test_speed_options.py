@@ -105,3 +105,25 @@ def test_training_forward_traces_as_one_graph(preset):
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32) * 2 - 1, step=torch.tensor(3))
     assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]
+
+
+@pytest.mark.parametrize("classes", [3, 0])
+def test_prior_training_forward_traces_as_one_graph(classes):
+    """The prior's training step (label dropout included) has no graph break: the label range
+    check, a host sync, runs once on the training data instead (prior/train.py)."""
+    import torch._dynamo
+    from test_sampler import make_prior, make_tokenizer
+
+    from prior.codes import level_column
+
+    tok = make_tokenizer()
+    prior = make_prior(tok, classes, "label_dropout=0.2")
+    for level, model in prior.levels.items():
+        model.train()
+        batch = {level_column(j): torch.randint(0, tok.codebook_sizes[j], (4, h * w))
+                 for j, (h, w) in enumerate(tok.code_shapes[: level + 1])}
+        if classes:
+            batch["label"] = torch.tensor([0, 1, 2, 0])
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(batch)
+        assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]
