@@ -60,9 +60,12 @@ def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> d
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
+    step_t = torch.zeros((), dtype=torch.long, device=dev)  # as the trainer: on the device
+
     def step(i: int) -> torch.Tensor:
+        step_t.fill_(i)
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
-            loss = fwd(x, step=torch.tensor(i))["loss"]
+            loss = fwd(x, step=step_t)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -257,6 +257,11 @@ def train(
     # (accumulate, clipping, train/eval) and `unwrapped` (checkpoints, evaluation, the
     # caller's save) stay the plain modules, so saved keys carry no `_orig_mod.` prefix
     forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
+    # under compile the step travels as a tensor (a Python int would be a constant of the
+    # graph, and the SQ temperature depends on it), kept on the device and refilled each
+    # step: building a new CUDA tensor from a Python int would be a host-to-device copy,
+    # and a CPU tensor input would keep CUDA graphs from being used
+    step_tensor = torch.zeros((), dtype=torch.long, device=accelerator.device) if cfg.compile else None
     last_good = resumed_path
 
     def log(record: dict) -> None:
@@ -374,9 +379,9 @@ def train(
                     if cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
                         inputs = inputs.contiguous(memory_format=torch.channels_last)
                     try:
-                        # under compile the step travels as a tensor: a Python int would
-                        # be a constant of the graph (the SQ temperature depends on it)
-                        terms = forward(inputs, step=torch.tensor(step) if cfg.compile else step)
+                        if step_tensor is not None:
+                            step_tensor.fill_(step)
+                        terms = forward(inputs, step=step if step_tensor is None else step_tensor)
                     except Exception:
                         # a NaN that got into the weights can make a later forward fail
                         # (e.g. sampling from NaN probabilities): report the NaN, not that
