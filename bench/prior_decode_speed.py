@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import device_stats, write_section  # noqa: E402
+from sections import device_stats, sync, write_section  # noqa: E402
 
 
 def synthetic_prior(device: str):
@@ -49,13 +49,6 @@ def synthetic_prior(device: str):
     return Prior(cfg, info, {0: build_level(cfg, info, 0).eval().to(device)})
 
 
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(name: str, prior, args) -> list[dict]:
     import torch
 
@@ -71,15 +64,15 @@ def measure(name: str, prior, args) -> list[dict]:
 
     def timed(fn, reps: int) -> tuple[float, object]:
         out = fn()  # warm-up (compilation, allocation)
-        _sync(args.device)
+        sync(args.device)
         t0 = time.perf_counter()
         for _ in range(reps):
             out = fn()
-        _sync(args.device)
+        sync(args.device)
         return (time.perf_counter() - t0) / reps, out
 
     ours = [("none", dict(cache="none")), ("dynamic", dict(cache="dynamic")),
-            ("static", dict(cache="static")), ("static + compile", dict(cache="static", compile=True))]
+            ("static", dict(cache="static")), ("static + compile", dict(cache="static", compile=True, compile_mode="default"))]
     if cuda:
         ours.append(("static + compile (CUDA graphs)",
                      dict(cache="static", compile=True, compile_mode="reduce-overhead")))

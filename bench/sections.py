@@ -34,3 +34,11 @@ def device_stats() -> dict:
                 "device": torch.cuda.get_device_name()}
     return {"peak_mem_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "device": f"CPU ({os.cpu_count()} cores)"}
+
+
+def sync(device) -> None:
+    """Wait for queued GPU work (timings would otherwise stop before it ran); no-op on CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()

@@ -38,14 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import device_stats, write_section  # noqa: E402  (bench/, beside this script)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+from sections import device_stats, sync, write_section  # noqa: E402  (bench/, beside this script)
 
 
 def load(prior_run: str, device: str):
@@ -85,9 +78,9 @@ def speed(prior_run: str, args) -> dict:
         s = Sampler(prior, tok, cache="dynamic" if cached else "none", device=args.device)
         s.sample_codes(2, labels=None if labels is None else labels[:2], seed=1, batch_size=2)  # warm-up
         s.stats = type(s.stats)()
-        _sync(args.device)
+        sync(args.device)
         codes[cached] = s.sample_codes(args.n_speed, labels=labels, seed=0, batch_size=args.n_speed)
-        _sync(args.device)
+        sync(args.device)
         for lv, (h, w) in enumerate(prior.code_shapes):
             secs = s.stats.per_level_seconds[lv]
             if cached:
@@ -101,19 +94,19 @@ def speed(prior_run: str, args) -> dict:
     s = Sampler(prior, tok, cache="dynamic", device=args.device)  # as measured in docs/benchmarks.md
     n = args.n_e2e
     lab = balanced_labels(n, prior.num_classes) if prior.num_classes else None
-    _sync(args.device)
+    sync(args.device)
     t0 = time.perf_counter()
     c = s.sample_codes(n, labels=lab, seed=0, batch_size=args.batch)
-    _sync(args.device)
+    sync(args.device)
     t1 = time.perf_counter()
     x = s.decode(c, batch_size=args.batch)
-    _sync(args.device)
+    sync(args.device)
     t2 = time.perf_counter()
     out.update({"e2e_n": n, "e2e_batch": args.batch, "sample_s": t1 - t0, "decode_s": t2 - t1})
     if tok.modality == "audio":
         for lo in range(0, n, args.batch):
             tok.to_waveform(x[lo : lo + args.batch].to(tok.device))
-        _sync(args.device)
+        sync(args.device)
         out["griffin_lim_s"] = time.perf_counter() - t2
     out["items_per_s"] = n / (time.perf_counter() - t0)
     out.update(device_stats())

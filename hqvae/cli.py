@@ -134,7 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
     tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
     sampler = Sampler(
         prior, tokenizer, device=device, cfg_scale=args.cfg_scale, cache=args.cache,
-        compile=args.compile, compile_mode="reduce-overhead" if args.compile and device.startswith("cuda") else "default",
+        compile=args.compile,
         temperature=_per_level_arg(args.temperature, float, "temperature"),
         top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
     )

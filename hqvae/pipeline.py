@@ -307,8 +307,7 @@ def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool 
     tok = Tokenizer.from_pretrained(root / "tokenizer", device=device)
     sampler = Sampler(prior, tok, device=device, temperature=s.temperature, top_k=s.top_k,
                       top_p=s.top_p, cfg_scale=s.cfg_scale if prior.num_classes else 1.0,
-                      compile=s.compile,
-                      compile_mode="reduce-overhead" if s.compile and str(device).startswith("cuda") else "default")
+                      compile=s.compile)
     labels = None
     t0 = time.perf_counter()
     if random_codes:

@@ -105,8 +105,9 @@ class Sampler:
     ``"dynamic"`` is transformers' growing cache; ``"none"`` re-runs the prefix at every step
     (for checking and benchmarking). All three draw the same codes from the same seed.
     ``compile=True`` (static cache only) runs each level's one-token step through
-    ``torch.compile`` (``compile_mode="reduce-overhead"`` adds CUDA graphs on a GPU); the
-    first batch pays the compilation.
+    ``torch.compile``; the first batch pays the compilation. ``compile_mode`` defaults to
+    ``"reduce-overhead"`` (CUDA graphs: a one-token step is launch-bound) on a GPU and to
+    ``"default"`` elsewhere.
     """
 
     def __init__(
@@ -120,7 +121,7 @@ class Sampler:
         cfg_scale: float = 1.0,
         cache: Literal["static", "dynamic", "none"] = "static",
         compile: bool = False,
-        compile_mode: str = "default",
+        compile_mode: Optional[str] = None,
         device: Union[str, torch.device, None] = None,
     ):
         self.prior = prior
@@ -148,18 +149,18 @@ class Sampler:
             # only the static cache gives the step fixed shapes; with a growing cache every
             # step would be a new graph
             raise ValueError(f"compile: needs cache='static', got cache={cache!r}")
-        if compile_mode not in ("default", "reduce-overhead", "max-autotune"):
+        if compile_mode not in (None, "default", "reduce-overhead", "max-autotune"):
             raise ValueError(f"compile_mode: expected 'default', 'reduce-overhead' or 'max-autotune', got {compile_mode!r}")
-        if compile_mode != "default" and not compile:
+        if compile_mode is not None and not compile:
             raise ValueError(f"compile_mode: {compile_mode!r} needs compile=True")
         self.cache = cache
         self.compile = compile
-        self.compile_mode = compile_mode
         self._static: dict[tuple[int, int], object] = {}  # (level, rows) -> StaticCache
         self._steps: dict[int, object] = {}  # level -> (compiled) one-token step
         self.device = torch.device(device) if device is not None else next(
             iter(prior.levels.values())).head.weight.device
         prior.to(self.device)
+        self.compile_mode = compile_mode or ("reduce-overhead" if self.device.type == "cuda" else "default")
         if tokenizer is not None:
             tokenizer.model.to(self.device)
         self.stats = SampleStats()

@@ -111,6 +111,7 @@ def test_sampler_cache_options_are_checked(tok):
         Sampler(prior, cache="dynamic", compile=True)
     with pytest.raises(ValueError, match="compile_mode.*needs compile=True"):
         Sampler(prior, compile_mode="reduce-overhead")
+    assert Sampler(prior, compile=True).compile_mode == "default"  # CUDA graphs only on a GPU
 
 
 def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
