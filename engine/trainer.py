@@ -256,6 +256,11 @@ def train(
     # train.compile: only the training forward goes through the compiled wrapper; `model`
     # (accumulate, clipping, train/eval) and `unwrapped` (checkpoints, evaluation, the
     # caller's save) stay the plain modules, so saved keys carry no `_orig_mod.` prefix
+    if cfg.compile:
+        # one model per run: the compiled entries of earlier runs in this process (the prior
+        # levels trained in turn share LevelPrior.forward) are dead, yet count against
+        # dynamo's recompile limit (8 per function); past it training silently runs eager
+        torch.compiler.reset()
     forward = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
     # under compile the step travels as a tensor (a Python int would be a constant of the
     # graph, and the SQ temperature depends on it), kept on the device and refilled each

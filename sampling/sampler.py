@@ -275,7 +275,13 @@ class Sampler:
         self, n: int, labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False,
     ) -> list[torch.Tensor]:
         """``n`` samples: one (n, h_l, w_l) code grid per level, top first. The same seed,
-        n and batch size give the same codes."""
+        n and batch size give the same codes.
+
+        The samples are drawn in equal batches of at most ``batch_size`` rows, the last one
+        padded with a few extra rows that are dropped (fewer than the number of batches): every
+        batch then has one shape, so a level has one static cache and one compiled step. An
+        uneven last batch would be a second shape per level, and a hierarchy of 4+ levels
+        would exceed torch.compile's recompile limit (8 per function) and fall back to eager."""
         if n < 1:
             raise ValueError(f"n: must be >= 1, got {n}")
         if batch_size < 1:
@@ -288,19 +294,23 @@ class Sampler:
         total_tokens = n * sum(h * w for h, w in shapes)
         bar = tqdm(total=total_tokens, desc="sample", unit="tok", disable=not progress, dynamic_ncols=True)
         t0 = time.perf_counter()
-        for b, lo in enumerate(range(0, n, batch_size)):
-            hi = min(n, lo + batch_size)
+        rows = -(-n // -(-n // batch_size))  # ceil(n / number of batches) <= batch_size
+        for b, lo in enumerate(range(0, n, rows)):
+            take = min(n, lo + rows) - lo
             generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
-            lab = all_labels[lo:hi].to(self.device) if all_labels is not None else None
+            lab = None
+            if all_labels is not None:  # padding rows repeat the last label
+                lab = all_labels[lo : lo + take].to(self.device)
+                lab = torch.cat([lab, lab[-1:].expand(rows - take)])
             codes: list[torch.Tensor] = []
             for level in range(self.num_levels):
                 tl = time.perf_counter()
-                codes.append(self.sample_level(level, codes, lab, generator, hi - lo))
+                codes.append(self.sample_level(level, codes, lab, generator, rows))
                 self.stats.per_level_seconds[level] = (
                     self.stats.per_level_seconds.get(level, 0.0) + time.perf_counter() - tl)
-                bar.update((hi - lo) * shapes[level][0] * shapes[level][1])
+                bar.update(take * shapes[level][0] * shapes[level][1])
             for level, grid in enumerate(codes):
-                out[level].append(grid.view(hi - lo, *shapes[level]).cpu())
+                out[level].append(grid[:take].view(take, *shapes[level]).cpu())
         bar.close()
         self.stats.tokens += total_tokens
         self.stats.seconds += time.perf_counter() - t0

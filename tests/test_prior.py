@@ -501,6 +501,23 @@ def test_levels_list_merges_over_model(stage1, tmp_path):
     assert prior.levels[1].backbone.config.n_layer == 3
 
 
+def test_each_level_compiles_its_own_training_step(stage1, tmp_path, monkeypatch):
+    """train.compile over levels trained in turn: every level gets a compiled forward, even
+    with dynamo's recompile limit at 1 (the levels share LevelPrior.forward; without a reset
+    their dead entries add up and past the limit (8) training silently runs eager). dynamo
+    with a counting eager backend: the capture is what is under test, not code generation."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, mode="default": real(fn, backend=counter))
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1):
+        train_prior(prior_cfg(stage1["codes"], tmp_path / "run", "train.steps=2", "train.compile=true"))
+    assert counter.frame_count == 2  # level 0, then level 1
+
+
 DETERMINISTIC = ["model.dropout=0.0", "label_dropout=0.0"]
 RANDOM = ["model.dropout=0.1", "label_dropout=0.3"]
 

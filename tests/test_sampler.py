@@ -91,16 +91,31 @@ def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
 
 
 def test_static_cache_is_reused_across_batches_and_reset(tok):
-    """Three batches of two rows (the last one shorter) through one sampler: the cache of a
-    batch size is allocated once, and a reused cache holds nothing of the previous batch."""
+    """Three batches of two rows (the last one padded) through one sampler: the cache of a
+    level is allocated once, and a reused cache holds nothing of the previous batch."""
     prior = make_prior(tok, 0)
     sampler = Sampler(prior, cache="static")
     a = sampler.sample_codes(5, seed=3, batch_size=2)
-    assert sorted(sampler._static) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert sorted(sampler._static) == [(0, 2), (1, 2)]  # one batch shape, not 2 and 1
     caches = dict(sampler._static)
     b = sampler.sample_codes(5, seed=3, batch_size=2)
     assert same(a, b) and all(sampler._static[k] is caches[k] for k in caches)
     assert same(a, Sampler(prior, cache="none").sample_codes(5, seed=3, batch_size=2))
+
+
+def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
+    """n = 7 at batch_size 4 runs two batches of 4 (not 4 + 3): the 7 samples are the first 7
+    of n = 8, and the padding row of the last batch repeats the last label."""
+    prior = make_prior(tok, 3)
+    labels = [0, 1, 2, 0, 1, 2, 2]
+    seven = Sampler(prior).sample_codes(7, labels=labels, seed=5, batch_size=4)
+    eight = Sampler(prior).sample_codes(8, labels=[*labels, 2], seed=5, batch_size=4)
+    assert [tuple(c.shape[:1]) for c in seven] == [(7,)] * len(seven)
+    assert same(seven, [c[:7] for c in eight])
+    # fewer rows than batch_size: one batch of exactly n rows (no padding up to batch_size)
+    sampler = Sampler(prior)
+    sampler.sample_codes(3, labels=1, seed=0, batch_size=64)
+    assert sorted(sampler._static) == [(0, 3), (1, 3)]
 
 
 def test_sampler_cache_options_are_checked(tok):
@@ -127,9 +142,10 @@ def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
     prior = make_prior(tok, 3)
     torch._dynamo.reset()
     sampler = Sampler(prior, compile=True, cfg_scale=2.0)
-    a = sampler.sample_codes(8, labels=[0, 1, 2, 0] * 2, seed=4, batch_size=4)  # 2 batches
+    labels = [0, 1, 2, 0, 1, 2, 0]
+    a = sampler.sample_codes(7, labels=labels, seed=4, batch_size=3)  # 3 batches of 3, the last padded
     assert counter.frame_count == 2  # levels 0 and 1, at one batch size
-    b = Sampler(prior, cache="none", cfg_scale=2.0).sample_codes(8, labels=[0, 1, 2, 0] * 2, seed=4, batch_size=4)
+    b = Sampler(prior, cache="none", cfg_scale=2.0).sample_codes(7, labels=labels, seed=4, batch_size=3)
     assert same(a, b)
 
 
