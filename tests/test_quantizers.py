@@ -53,6 +53,30 @@ def test_ema_moves_used_codes_toward_assigned_vectors():
     assert set(out.losses) == {"commitment"}  # no codebook loss with EMA
 
 
+@pytest.mark.parametrize("count_init", [0.0, 1.0])
+def test_ema_count_init_decides_where_unused_codes_go(count_init):
+    """Reference init (0): the first update scales every unused code by ~1/ema_eps, out of
+    reach for good (and moves the used code too: its sum starts as if counted once).
+    ema_count_init=1: the used code stays on its vectors, unused codes stay put at first
+    and then shrink toward the origin (once decay^t < ema_eps), where small encoder
+    outputs can pick them again."""
+    torch.manual_seed(0)
+    cfg = QuantizerConfig(kind="vq", ema=True, ema_decay=0.9, ema_count_init=count_init)
+    q = VectorQuantizer(8, 4, cfg).train()
+    before = q.codebook.clone()
+    z = before[0].view(1, 4, 1, 1).expand(2, 4, 3, 3).contiguous()  # every vector picks code 0
+    q(z)
+    growth = q.codebook[1:].norm(dim=1) / before[1:].norm(dim=1)
+    if count_init == 0:
+        assert (growth > 1e3).all()
+        return
+    torch.testing.assert_close(growth, torch.ones_like(growth), atol=0.02, rtol=0)
+    for _ in range(200):
+        q(z)
+    torch.testing.assert_close(q.codebook[0], before[0])
+    assert (q.codebook[1:].norm(dim=1) < 0.1 * before[1:].norm(dim=1)).all()
+
+
 def test_ema_not_updated_in_eval():
     q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True)).eval()
     before = q.codebook.clone()
@@ -154,6 +178,12 @@ def test_incompatible_options_rejected():
         from_dict(QuantizerConfig, {"kind": "sq", "ema": True})
     with pytest.raises(ConfigError, match="variance"):
         from_dict(QuantizerConfig, {"kind": "vq", "variance": "monotone"})
+    with pytest.raises(ConfigError, match="ema_count_init.*ema=true"):
+        from_dict(QuantizerConfig, {"kind": "vq", "ema_count_init": 1.0})
+    with pytest.raises(ConfigError, match="ema_count_init: applies to kind 'vq'"):
+        from_dict(QuantizerConfig, {"kind": "sq", "ema_count_init": 1.0})
+    with pytest.raises(ConfigError, match="ema_count_init: must be >= 0"):
+        from_dict(QuantizerConfig, {"kind": "vq", "ema": True, "ema_count_init": -1.0})
 
 
 def test_restart_leaves_live_codes_alone():

@@ -40,6 +40,11 @@ class QuantizerConfig:
     ema: bool = False  # EMA codebook instead of a codebook loss
     ema_decay: float = 0.99
     ema_eps: float = 1e-5  # Laplace smoothing of EMA cluster sizes
+    # initial EMA cluster size of every code. 0 is VQ-VAE-2's reference (rosinality): the
+    # first update divides each unused code by ~ema_eps, so it jumps ~1e5x away and is never
+    # picked again. 1 (as vector-quantize-pytorch) keeps unused codes in place, then lets
+    # them decay toward the origin, where they can be picked again (docs/benchmarks.md)
+    ema_count_init: float = 0.0
     restart_threshold: float = 0.0  # re-seed codes whose EMA usage falls below this; 0 = off
     usage_decay: float = 0.99  # EMA decay of the per-code usage that restarts look at
     data_init: bool = False  # initialise the codebook from the first training batch
@@ -59,6 +64,7 @@ class QuantizerConfig:
                 "ema": self.ema,
                 "restart_threshold": self.restart_threshold > 0,
                 "data_init": self.data_init,
+                "ema_count_init": self.ema_count_init != 0,
             }
             for key, on in vq_only.items():
                 if on:
@@ -66,6 +72,10 @@ class QuantizerConfig:
         else:
             if self.variance != "independent":
                 raise ConfigError("variance: 'monotone' applies to kind 'sq' only")
+        if self.ema_count_init < 0:
+            raise ConfigError(f"ema_count_init: must be >= 0, got {self.ema_count_init}")
+        if self.ema_count_init and not self.ema:
+            raise ConfigError("ema_count_init: applies to the EMA codebook only (set ema=true)")
         if self.beta < 0:
             raise ConfigError(f"beta: must be >= 0, got {self.beta}")
         if not 0.0 < self.ema_decay < 1.0:

@@ -79,6 +79,7 @@ class VectorQuantizer(nn.Module):
     Options (each off unless configured):
       * ``ema``: codebook = EMA of assigned encoder vectors (Razavi et al., 2019);
         the codebook gets no gradient and the codebook loss term is dropped.
+        ``ema_count_init`` sets the initial cluster sizes (0, VQ-VAE-2's reference, or 1).
       * ``restart_threshold``: codes whose EMA usage falls below it are re-seeded from
         random encoder vectors of the batch (dead-code restart, as in Dhariwal et al. 2020 /
         Zeghidour et al. 2021).
@@ -89,11 +90,12 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.K, self.D, self.cfg = codebook_size, dim, cfg
         if cfg.ema:
-            # VQ-VAE-2's EMA codebook starts from a unit Gaussian with zero counts
+            # VQ-VAE-2's EMA codebook starts from a unit Gaussian, with zero counts unless
+            # ema_count_init says otherwise (ema_sum = count * codeword keeps the codebook)
             init = torch.randn(codebook_size, dim)
             self.register_buffer("codebook", init)
-            self.register_buffer("ema_count", torch.zeros(codebook_size))
-            self.register_buffer("ema_sum", init.clone())
+            self.register_buffer("ema_count", torch.full((codebook_size,), float(cfg.ema_count_init)))
+            self.register_buffer("ema_sum", init * (cfg.ema_count_init or 1.0))
         else:
             # VQ-VAE's codebook loss version starts uniform in +-1/K
             init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
