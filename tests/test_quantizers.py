@@ -238,7 +238,10 @@ def test_quantizer_steps_compile_as_one_graph_without_recompiling(kind):
     q.train()
     z = torch.randn(2, 4, 3, 3)
     if kind == "vq_data_init":
-        q(z)  # the first batch seeds the codebook (one sync, outside the compiled steps)
+        # the first batch seeds the codebook, the second reads that it is seeded (a host
+        # sync each, outside the compiled steps; the flag could still be rolled back between)
+        q(z)
+        q(z)
     torch._dynamo.reset()
     f = torch.compile(q, backend="eager", fullgraph=True)
     with torch._dynamo.config.patch(error_on_recompile=True):

@@ -192,6 +192,38 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert issubclass(NonFiniteLossError, ValueError)
 
 
+class TinyVQ(nn.Module):
+    """A linear map into a data-initialised EMA VQ layer; the loss is NaN at `nan_steps`."""
+
+    def __init__(self, nan_steps=()):
+        super().__init__()
+        from tokenizer.config import QuantizerConfig
+        from tokenizer.quantizers import VectorQuantizer
+
+        self.lin = nn.Linear(4, 4)
+        self.q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True, data_init=True))
+        self.nan_steps = set(nan_steps)
+
+    def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
+        out = self.q(self.lin(x)[:, :, None, None])
+        loss = (out.z_q[:, :, 0, 0] - x).pow(2).mean() + sum(out.losses.values())
+        return {"loss": loss * float("nan") if step in self.nan_steps else loss}
+
+
+def test_skipped_first_step_does_not_lose_the_data_init(tmp_path):
+    """The first step seeds the codebook from its batch; when that step is withheld its
+    buffers are put back (codebook not initialised), so the next step must seed it again."""
+    torch.manual_seed(0)
+    model = TinyVQ(nan_steps=(0,))
+    random_init = model.q.codebook.clone()
+    tc = TrainConfig(steps=3, batch_size=4, lr=0.05, progress=False, log_every=1, ckpt_every=0,
+                     nan_policy="skip")
+    result = train(model=model, dataset=Points(), cfg=tc, run_dir=tmp_path / "run", config={})
+    assert result.nonfinite_steps_skipped == 1
+    assert bool(model.q.initialised)
+    assert not torch.allclose(model.q.codebook, random_init)
+
+
 def test_nan_loss_skip_policy_withholds_the_update_and_counts(tmp_path):
     model, result = tiny_train(tmp_path / "run", steps=8, nan_steps=(2, 5), nan_policy="skip")
     assert result.nonfinite_steps_skipped == 2 and result.step == 8

@@ -125,8 +125,10 @@ class VectorQuantizer(nn.Module):
         if self.cfg.ema:
             self.ema_sum.copy_(new)
             self.ema_count.fill_(1.0)
+        # the host flag is not set here: it waits for the next forward to read the buffer,
+        # since a trainer that withholds this step (nan_policy=skip) puts the buffer back to
+        # False, and the next batch must seed the codebook again
         self.initialised.fill_(True)
-        self._initialised_seen = True
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
