@@ -150,3 +150,28 @@ def _fit(preset: str, steps: int) -> tuple[float, float]:
 def test_few_hundred_steps_drive_reconstruction_error_down(preset):
     first, last = _fit(preset, 300)
     assert last < 0.25 * first, (first, last)
+
+
+@pytest.mark.parametrize("log_var, expected", [(30.0, "flat"), (-30.0, "sharp")])
+def test_eval_reports_sq_posterior_entropy(log_var, expected):
+    """posterior_entropy per SQ layer: log K for a flat posterior (huge sigma^2: the layer says
+    nothing), ~0 for a sharp one; VQ layers have no posterior to report."""
+    import math
+
+    from tokenizer.evaluate import evaluate_tokenizer
+
+    torch.manual_seed(0)
+    data = [{"x": torch.rand(3, 32, 32) * 2 - 1} for _ in range(4)]
+    cfg = small_cfg("sqvae2")
+    model = HQVAE(cfg.model, cfg.data.shape)
+    with torch.no_grad():
+        model.layers[0].quantizer.log_var.fill_(log_var)
+    layers = evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2)["layers"]
+    top = layers[0]["posterior_entropy"]
+    if expected == "flat":
+        assert top == pytest.approx(math.log(layers[0]["codebook_size"]), abs=1e-3)
+    else:
+        assert top < 1e-3
+    assert 0 <= layers[1]["posterior_entropy"] <= math.log(layers[1]["codebook_size"]) + 1e-6
+    vq = HQVAE(small_cfg("vqvae2").model, cfg.data.shape)
+    assert all("posterior_entropy" not in la for la in evaluate_tokenizer(vq, data, layer_collapse=False)["layers"])

@@ -1,6 +1,7 @@
 """Tokenizer evaluation: reconstruction error and the two failure modes, per layer.
 
 * codebook collapse: perplexity exp(H(usage)) and codes used, per layer, on the eval split
+  (SQ layers also: the posterior's mean entropy per position, log K when it is flat)
 * layer collapse:
     - residual layers: RMSE when decoding with depths 1..l (each depth must help)
     - every layer: RMSE when that layer's codes are replaced by codes drawn from the
@@ -80,14 +81,19 @@ def evaluate_tokenizer(
     db_per_unit = db_range / 2 if (modality == "audio" and db_range) else None
     n_layers = len(model.layers)
     hists = [torch.zeros(k, dtype=torch.float64) for k in model.codebook_sizes]
+    entropy = [0.0] * n_layers  # SQ: summed posterior entropy (nats) over positions
     full = _ErrorMeter()
     loader = _loader(dataset, max_examples, batch_size)
     for batch in tqdm(loader, desc="eval: encode", disable=not progress, leave=False):
         x = batch["x"].to(device)
-        codes = model.encode(x)
+        quant = model.run(x).quant  # eval mode: the deterministic codes of encode()
+        codes = [q.codes for q in quant]
         full.add(x, model.decode_codes(codes), db_per_unit)
         for h, c in zip(hists, codes):
             h += torch.bincount(c.flatten().cpu(), minlength=h.numel()).double()
+        if model.is_stochastic:
+            for i, q in enumerate(quant):  # kl_discrete = sum_n sum_k P log P / B
+                entropy[i] -= float(q.losses["kl_discrete"]) * x.shape[0]
     result: dict = {"examples": min(len(dataset), max_examples), **_report(full, modality)}
     layers = []
     for i, h in enumerate(hists):
@@ -99,6 +105,9 @@ def evaluate_tokenizer(
             "perplexity": perplexity(h),
             "codes_used": int((h > 0).sum()),
         })
+        if model.is_stochastic:
+            # mean entropy of the posterior per position (log K = flat: the layer says nothing)
+            layers[-1]["posterior_entropy"] = entropy[i] / max(h.sum().item(), 1.0)
     if layer_collapse:
         # residual depths: every trailing residual layer can be dropped
         first_droppable = n_layers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -140,6 +141,8 @@ def format_summary(metrics: dict, run_dir: str | Path) -> str:
             extra = f"  rmse(substituted) {la['rmse_substituted']:.3f}"
         if "rmse_depth" in la:
             extra += f"  rmse(depth {la['layer'] + 1}) {la['rmse_depth']:.3f}"
+        if "posterior_entropy" in la:
+            extra += f"  posterior entropy {la['posterior_entropy']:.2f} of {math.log(la['codebook_size']):.2f} nats"
         lines.append(
             f"  layer {la['layer']} ({la['kind']}, {la['grid'][0]}x{la['grid'][1]}): "
             f"perplexity {la['perplexity']:.1f}, codes used {la['codes_used']}/{la['codebook_size']}{extra}"
