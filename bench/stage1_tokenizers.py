@@ -70,7 +70,11 @@ def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> di
 
 
 def layer_cells(m: dict, digits: int) -> tuple[str, str, str]:
-    grids = " + ".join(f"{la['grid'][0]}×{la['grid'][1]}" for la in m["layers"])
+    sizes = {la["codebook_size"] for la in m["layers"]}
+    grids = " + ".join(f"{la['grid'][0]}×{la['grid'][1]}" + ("" if len(sizes) == 1 else f" (K {la['codebook_size']})")
+                       for la in m["layers"])
+    if len(sizes) == 1:
+        grids += f" (K {sizes.pop()})"
     usage = " · ".join(f"{la['perplexity']:.1f} ({la['codes_used']})" for la in m["layers"])
     if all(la["kind"] == "residual" for la in m["layers"]) and len(m["layers"]) > 1:
         collapse = "depth 1..L: " + " → ".join(f"{la['rmse_depth']:.{digits}f}" for la in m["layers"])
@@ -87,8 +91,7 @@ def table(results: list[dict], audio: bool) -> str:
     for m in results:
         digits = 3 if audio else 2  # audio errors are in [-1, 1] units, images in 0-255
         grids, usage, collapse = layer_cells(m, digits)
-        k = m["layers"][0]["codebook_size"]
-        row = (f"| {m['preset']} | {grids} (K {k}) | {m['train']['parameters'] / 1e6:.2f} M "
+        row = (f"| {m['preset']} | {grids} | {m['train']['parameters'] / 1e6:.2f} M "
                f"| {m['rmse']:.{digits}f} | {m['psnr']:.2f} |")
         if audio:
             row += f" {m.get('lsd_db', float('nan')):.2f} |"
@@ -122,6 +125,8 @@ def main() -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra config overrides for every run (a variant of the presets)")
     p.add_argument("--variant", default="", help="name of the variant (suffix of rows and run dirs)")
+    p.add_argument("--report-only", action="store_true",
+                   help="write the section from the results file; train nothing")
     p.add_argument("--one", nargs=3, metavar=("DATASET", "PRESET", "JSON_OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
@@ -144,7 +149,7 @@ def main() -> int:
             done[(m["dataset"], m["preset"])] = m
     passthrough = list(sys.argv[1:])
     names = {pr: f"{pr} ({args.variant})" if args.variant else pr for pr in args.presets}
-    for dataset in args.datasets:
+    for dataset in [] if args.report_only else args.datasets:
         for preset in args.presets:
             if (dataset, names[preset]) in done:
                 continue
@@ -164,10 +169,10 @@ def main() -> int:
             tmp.unlink()
             print(f"   rmse {m['rmse']:.3f} psnr {m['psnr']:.2f} ({m['wall_s']:.0f}s)", flush=True)
 
-    cmdline = "python bench/stage1_tokenizers.py " + " ".join(a for a in passthrough)
+    cmdline = "python bench/stage1_tokenizers.py " + " ".join(passthrough)
     device = next(iter(done.values()))["device"] if done else "?"
     parts = [
-        f"## Tokenizers: the six presets, matched architecture and budget ({args.tag})",
+        f"## Tokenizers: presets with matched architecture and budget ({args.tag})",
         "",
         f"Command: `{cmdline.strip()}`  ",
         f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
@@ -175,8 +180,8 @@ def main() -> int:
         f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
         f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
         f"(constant), seed {args.seed}, mixed precision `{args.mixed_precision}`. "
-        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples."
-        + (f" Variant rows add overrides `{' '.join(args.set)}`." if args.set else ""),
+        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples "
+        "(variant rows: see the notes under the tables).",
         "",
     ]
     for dataset in args.datasets:
