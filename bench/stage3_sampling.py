@@ -243,6 +243,11 @@ def audio_fsdd(prior_run: str, args) -> dict:
     real_labels = torch.tensor([int(test[i]["label"]) for i in range(len(real))])
     score(f"{data.eval_split} split (floor)", real, real_labels)
     score(f"{data.eval_split} split through Griffin-Lim", through_wav(real), real_labels)
+    # tokenize -> decode -> Griffin-Lim: does a digit survive the tokenizer (DESIGN.md §4)?
+    # Separates what the tokenizer loses from what the prior fails to learn.
+    recon = torch.cat([tok.reconstruct(real[lo : lo + args.batch].to(tok.device)).clamp(-1, 1).cpu()
+                       for lo in range(0, len(real), args.batch)])
+    score(f"{data.eval_split} split reconstructed by the tokenizer", through_wav(recon), real_labels)
     x = decode_random(prior, tok, n, args)
     score("uniformly random codes", through_wav(x))
     for name, labels, s in sampling_settings(prior, n, args):
@@ -378,8 +383,9 @@ def main() -> int:
                   f"Reference: all {m['n_ref']} clips of `{m['reference']}`. Generated clips are "
                   "scored after Griffin-Lim and a fresh STFT (what `hqvae audio-fid` sees in the "
                   "WAV files); the Griffin-Lim row shows what that round trip alone costs real "
-                  "clips. Digit accuracy = the classifier's accuracy against the label each clip "
-                  "was generated for.", "", quality_table(m, audio=True)]
+                  "clips, the reconstructed row what the tokenizer loses on top of it. Digit "
+                  "accuracy = the classifier's accuracy against the label each clip was "
+                  "generated for (or, for real clips, their own label).", "", quality_table(m, audio=True)]
     write_section(Path(args.out), f"sampling-{args.tag}", "\n".join(parts))
     print(f"wrote {args.out}")
     return 0
