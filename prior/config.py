@@ -76,6 +76,10 @@ class PriorConfig:
     levels: list[LevelModelConfig] = field(default_factory=list)  # per-level, merged over model
     class_cond: bool = False  # condition every level on the label (needs labelled codes)
     label_dropout: float = 0.1  # P(label -> null class) in training, for classifier-free guidance
+    # the label enters as the start token; this also adds its embedding to every position's
+    # input, as the upper levels' conditioning is (a stronger signal for small priors:
+    # docs/benchmarks.md, "FSDD at a longer budget")
+    label_every_position: bool = False
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             lr=3e-4, weight_decay=0.01, beta2=0.95, schedule="cosine", warmup_steps=100,
@@ -87,6 +91,8 @@ class PriorConfig:
     def validate(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"label_dropout: must be in [0, 1), got {self.label_dropout}")
+        if self.label_every_position and not self.class_cond:
+            raise ConfigError("label_every_position: needs class_cond=true (there is no label to add)")
 
     def level_model(self, level: int) -> LevelModelConfig:
         return self.levels[level] if level < len(self.levels) else self.model

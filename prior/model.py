@@ -8,7 +8,8 @@ Sequence layout for a level with N = h * w codes (``order`` permutes the grid)::
     predicts         x_0      x_1      ...   x_{N-1}
 
 ``start`` is the class embedding (class-conditional; the extra last row is the null class
-used for classifier-free guidance) or a learned vector. ``cond_i`` comes from the
+used for classifier-free guidance) or a learned vector; ``label_every_position`` also adds
+the class embedding to every position's input. ``cond_i`` comes from the
 non-causal conditioning network that sees all upper levels, brought to this level's grid,
 and is aligned with the code it helps predict (DESIGN.md §5).
 """
@@ -115,6 +116,7 @@ class LevelPrior(nn.Module):
         codebook_sizes: list[int],
         num_classes: Optional[int] = None,
         label_dropout: float = 0.0,
+        label_every_position: bool = False,
     ):
         super().__init__()
         if not 0 <= level < len(codebook_sizes):
@@ -126,6 +128,9 @@ class LevelPrior(nn.Module):
         self.length = self.shape[0] * self.shape[1]
         self.num_classes = num_classes
         self.label_dropout = label_dropout
+        if label_every_position and not num_classes:
+            raise ValueError("label_every_position: needs a class-conditional prior (num_classes)")
+        self.label_every_position = label_every_position
         d = cfg.n_embd
         self.tok_emb = nn.Embedding(self.codebook_size, d)
         if num_classes:
@@ -198,6 +203,8 @@ class LevelPrior(nn.Module):
         if self.cond is not None:
             c = self.cond(upper)  # (B, d, h, w)
             cond = c.flatten(2).transpose(1, 2)[:, self.order]
+        if self.label_every_position:  # start is the class embedding (B, 1, d)
+            cond = start.expand(-1, self.length, -1) if cond is None else cond + start
         return start, cond
 
     def to_sequence(self, grid_flat: torch.Tensor) -> torch.Tensor:

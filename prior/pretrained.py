@@ -49,7 +49,7 @@ def build_level(config: PriorConfig, info: dict, level: int) -> LevelPrior:
     return LevelPrior(
         config.level_model(level), level, [tuple(s) for s in info["code_shapes"]],
         info["codebook_sizes"], info["num_classes"] if config.class_cond else None,
-        config.label_dropout,
+        config.label_dropout, config.label_every_position,
     )
 
 

@@ -26,6 +26,9 @@ def stock_causal_lm(model: LevelPrior):
         raise ValueError(
             f"level {model.level}: only the top level (0) is a plain causal LM; lower levels add "
             "the upper levels' conditioning at every position")
+    if model.label_every_position:
+        raise ValueError("label_every_position: the label is added at every position, which a "
+                         "stock causal LM has no way to do")
     from transformers import GPT2LMHeadModel, LlamaForCausalLM
 
     config = copy.deepcopy(model.backbone.config)

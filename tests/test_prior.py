@@ -245,6 +245,37 @@ def test_top_level_sees_the_label_everywhere(arch):
         model.logits(codes, [])
 
 
+def test_label_every_position_adds_the_class_embedding_to_every_input(stage1, tmp_path):
+    shapes, sizes = [(2, 2), (3, 3)], [8, 8]
+    torch.manual_seed(0)
+    for level in (0, 1):
+        plain = LevelPrior(small(), level, shapes, sizes, num_classes=4).eval()
+        every = LevelPrior(small(), level, shapes, sizes, num_classes=4, label_every_position=True).eval()
+        every.load_state_dict(plain.state_dict())
+        upper = [torch.randint(8, (2, 4))] if level else []
+        labels = torch.tensor([1, 3])
+        with torch.no_grad():
+            start, cond = plain.condition(upper, labels, 2)
+            start_e, cond_e = every.condition(upper, labels, 2)
+        emb = plain.class_emb(labels)[:, None].detach()
+        torch.testing.assert_close(start_e, start)
+        base = torch.zeros_like(cond_e) if cond is None else cond  # level 0: no upper levels
+        torch.testing.assert_close(cond_e, base + emb.expand(-1, every.length, -1))
+    with pytest.raises(ValueError, match="label_every_position.*class-conditional"):
+        LevelPrior(small(), 0, shapes, sizes, label_every_position=True)
+    with pytest.raises(ConfigError, match="label_every_position: needs class_cond=true"):
+        prior_cfg(stage1["codes"], tmp_path / "x", "label_every_position=true")
+    # trained, saved and loaded with the option; a stock causal LM cannot express it
+    cfg = prior_cfg(stage1["codes"], tmp_path / "run", "class_cond=true", "label_every_position=true",
+                    "train.steps=2")
+    train_prior(cfg, levels=[0])
+    loaded = Prior.from_pretrained(tmp_path / "run", levels=[0])
+    assert loaded.levels[0].label_every_position
+    from prior.stock import stock_causal_lm
+    with pytest.raises(ValueError, match="label_every_position"):
+        stock_causal_lm(loaded.levels[0])
+
+
 def test_unconditional_prior_has_no_null_label_and_ignores_labels():
     model = LevelPrior(small(), 0, [(2, 2)], [8]).eval()
     assert not model.class_conditional

@@ -84,7 +84,8 @@ def test_same_seed_same_samples_other_seed_other_samples(prior):
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
-    prior = make_prior(tok, 3, f"model.arch={arch}", "model.order=column")
+    extra = ["label_every_position=true"] if arch == "llama" else []  # the per-position label path too
+    prior = make_prior(tok, 3, f"model.arch={arch}", "model.order=column", *extra)
     runs = {cache: Sampler(prior, cache=cache, cfg_scale=cfg_scale).sample_codes(
         5, labels=[0, 1, 2, 0, 1], seed=1, batch_size=2) for cache in ("static", "dynamic", "none")}
     assert same(runs["static"], runs["none"]) and same(runs["dynamic"], runs["none"])
