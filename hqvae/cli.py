@@ -1,4 +1,6 @@
-"""The ``hqvae`` command line."""
+"""hqvae: HQ-VAE tokenizers, per-level transformer priors, sampling and FID.
+
+Each command's own --help lists its arguments; configs take key=value overrides."""
 
 from __future__ import annotations
 
@@ -224,8 +226,18 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hqvae")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"hqvae {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-tokenizer", help="train a stage-one HQ-VAE tokenizer")

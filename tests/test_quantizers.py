@@ -7,6 +7,7 @@ from tokenizer.config import QuantizerConfig
 from tokenizer.quantizers import (
     StochasticQuantizer,
     VectorQuantizer,
+    code_scores,
     perplexity,
     squared_distances,
 )
@@ -16,6 +17,25 @@ def test_squared_distances_match_brute_force():
     z, b = torch.randn(50, 8), torch.randn(16, 8)
     brute = ((z[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     torch.testing.assert_close(squared_distances(z, b), brute, atol=1e-4, rtol=1e-4)
+
+
+def test_code_scores_pick_the_nearest_code_and_give_the_distance_posterior():
+    # code_scores drops the per-row constant ||z||^2 / 2 of the distances: argmax, softmax
+    # and every gradient through the softmax must not change
+    torch.manual_seed(0)
+    z = torch.randn(300, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(32, 8, dtype=torch.float64, requires_grad=True)
+    log_var = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    d = squared_distances(z, b)
+    assert torch.equal(code_scores(z, b).argmax(1), d.argmin(1))
+    ref = torch.log_softmax(-0.5 * torch.exp(-log_var) * d, dim=1)
+    ours = torch.log_softmax(code_scores(z, b, torch.exp(-log_var)), dim=1)
+    torch.testing.assert_close(ours, ref)
+    w = torch.randn(300, 32, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ref * w).sum(), (z, b, log_var))
+    g_ours = torch.autograd.grad((ours * w).sum(), (z, b, log_var))
+    for a, c in zip(g_ours, g_ref):
+        torch.testing.assert_close(a, c)
 
 
 def test_vq_straight_through_and_losses():

@@ -64,3 +64,15 @@ def test_every_cli_command_is_in_the_readme_table():
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for command in sub.choices:
         assert f"`hqvae {command}" in README, command
+
+
+def test_version_flag_reports_the_installed_distribution(capsys):
+    from importlib.metadata import version
+
+    from hqvae.cli import main
+
+    try:
+        main(["--version"])
+    except SystemExit as e:  # argparse's version action exits 0
+        assert e.code == 0
+    assert capsys.readouterr().out.strip() == f"hqvae {version('hqvae')}"

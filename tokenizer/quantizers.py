@@ -39,6 +39,17 @@ def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     ).clamp_min_(0.0)
 
 
+def code_scores(z: torch.Tensor, codebook: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """scale * (z . b_k - ||b_k||^2 / 2) for every (n, k): one addmm, (N, D) x (K, D) -> (N, K).
+
+    This is -scale * ||z - b_k||^2 / 2 plus the per-row constant scale * ||z||^2 / 2, which
+    argmax and softmax over k ignore: the nearest code and the SQ posterior come out the
+    same as from the full distances, with four fewer N x K passes forward and backward.
+    """
+    bias = codebook.pow(2).sum(1).mul(-0.5 * scale)
+    return torch.addmm(bias, z * scale, codebook.t())
+
+
 def _flatten(z: torch.Tensor) -> torch.Tensor:
     b, d, h, w = z.shape
     return z.permute(0, 2, 3, 1).reshape(b * h * w, d)
@@ -174,7 +185,7 @@ class VectorQuantizer(nn.Module):
             if self.training and self.cfg.data_init and not self._known_initialised():
                 self._data_init(flat.detach())
             codebook = self.codebook.float()
-            codes = squared_distances(flat.detach(), codebook.detach()).argmin(1)
+            codes = code_scores(flat.detach(), codebook.detach()).argmax(1)
             onehot = F.one_hot(codes, self.K).type_as(flat)
             counts = onehot.sum(0).detach()
             z_q = _unflatten(F.embedding(codes, codebook), z.shape)
@@ -233,7 +244,8 @@ class StochasticQuantizer(nn.Module):
             codebook = self.codebook.float()
             log_var = (self.log_var if log_var is None else log_var).float()
             precision = torch.exp(-log_var)
-            logits = -0.5 * precision * squared_distances(flat, codebook)
+            # -||z - b_k||^2 / (2 sigma^2) up to a per-position constant (see code_scores)
+            logits = code_scores(flat, codebook, precision)
             log_probs = F.log_softmax(logits, dim=1)
             probs = log_probs.exp()
             codes = logits.argmax(1)
