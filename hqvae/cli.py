@@ -350,13 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse ends a positional list at the first flag, so `train-prior CFG --level 1
+    # train.steps=500` would leave the override unparsed: key=value words after flags
+    # are overrides too, anything else unknown is still an error
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "config", None) and "=" in args.config:
         # `hqvae train-tokenizer key=value ...` without a config file
         args.overrides = [args.config, *args.overrides]
         args.config = None
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_cli(argv)
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:

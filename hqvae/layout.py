@@ -4,7 +4,6 @@
       pipeline.yaml          the resolved pipeline config (what produced everything below)
       summary.json           stages run / skipped and the headline metrics, per track
       report.html            `hqvae report RUN` (written at the end of the pipeline)
-      report_files/          the report's own assets (plots)
       image/ | audio/        one track per modality
         tokenizer/           a `hqvae train-tokenizer` run (config.yaml, model.safetensors,
                              metrics.jsonl, eval/eval.json, eval/reconstructions.png, eval/*.wav)
@@ -28,7 +27,6 @@ TRACKS = ("image", "audio")
 CONFIG = "pipeline.yaml"
 SUMMARY = "summary.json"
 REPORT = "report.html"
-REPORT_FILES = "report_files"
 
 # stage -> folder inside a track, and the file whose presence means "finished"
 STAGES = ("tokenizer", "codes", "prior", "classifier", "samples", "random", "fid")

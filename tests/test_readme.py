@@ -76,3 +76,22 @@ def test_version_flag_reports_the_installed_distribution(capsys):
     except SystemExit as e:  # argparse's version action exits 0
         assert e.code == 0
     assert capsys.readouterr().out.strip() == f"hqvae {version('hqvae')}"
+
+
+def test_overrides_may_follow_flags_and_other_stray_words_are_errors(capsys):
+    import pytest
+
+    from hqvae.cli import parse_cli
+
+    # the README's own form: flags first, then overrides
+    args = parse_cli(["train-prior", "configs/prior/shapes.yaml", "a.b=1", "--level", "1", "train.steps=3000"])
+    assert args.config == "configs/prior/shapes.yaml" and args.level == [1]
+    assert args.overrides == ["a.b=1", "train.steps=3000"]
+    args = parse_cli(["train-prior", "--level", "0", "data.codes=x", "train.steps=2"])
+    assert args.config is None and args.overrides == ["data.codes=x", "train.steps=2"]
+    for argv in (["train-prior", "cfg.yaml", "--level", "1", "oops"],  # not key=value
+                 ["sample", "runs/p", "--out", "o", "train.steps=1"]):  # sample takes no overrides
+        with pytest.raises(SystemExit) as e:
+            parse_cli(argv)
+        assert e.value.code == 2
+        assert "unrecognized arguments" in capsys.readouterr().err
