@@ -118,6 +118,14 @@ class Prior:
             level_info = json.loads(meta.get("info", "{}"))
             check_identity(info["tokenizer_identity"], level_info.get("tokenizer_identity", "?"),
                            f"{path}", "it was trained in another run")
+            for key in ("num_classes", "code_shapes", "codebook_sizes"):
+                # a level retrained on other codes of the same tokenizer (say, another class
+                # count) would read the sampler's null label as a real class
+                mine, run = level_info.get(key), info.get(key)
+                if json.dumps(mine) != json.dumps(run):
+                    raise ValueError(
+                        f"{path}: {key} {mine} differs from {run} in {info_path}; the level was "
+                        f"trained on other codes: retrain it with `hqvae train-prior ... --level {level}`")
             config = from_dict(PriorConfig, json.loads(meta["config"]), source=str(path))
             model = build_level(config, level_info, level)
             missing, unexpected = model.load_state_dict(state, strict=False)

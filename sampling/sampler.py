@@ -72,8 +72,9 @@ def _per_level(name: str, value: PerLevel, num_levels: int, default) -> list:
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
     """Set the logits outside the top-k / nucleus to -inf (always keeps the best code)."""
     if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        # exactly k codes, ties at the k-th value included only up to k: top_k=1 is greedy
+        vals, idx = torch.topk(logits, top_k, dim=-1)
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, vals)
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
         probs = sorted_logits.softmax(-1)
@@ -142,6 +143,12 @@ class Sampler:
             raise ValueError(f"cfg_scale: must be a finite number, got {cfg_scale}")
         if cfg_scale != 1.0 and not prior.num_classes:
             raise ValueError("cfg_scale: classifier-free guidance needs a class-conditional prior")
+        # the null label is only a model of unconditional codes if training dropped labels to it
+        self._no_null = sorted(lv for lv, m in prior.levels.items() if m.num_classes and not m.label_dropout)
+        if cfg_scale != 1.0 and self._no_null:
+            raise ValueError(
+                f"cfg_scale: guidance needs the unconditional (null-label) model, which levels "
+                f"{self._no_null} never trained (label_dropout=0); use cfg_scale=1 or retrain with label_dropout > 0")
         self.cfg_scale = float(cfg_scale)
         if cache not in ("static", "dynamic", "none"):
             raise ValueError(f"cache: expected 'static', 'dynamic' or 'none', got {cache!r}")
@@ -165,6 +172,10 @@ class Sampler:
             tokenizer.model.to(self.device)
         self.stats = SampleStats()
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # -- labels ---------------------------------------------------------------------------
     def labels_for(self, n: int, labels: Union[int, Sequence[int], torch.Tensor, None]) -> Optional[torch.Tensor]:
         """(n,) label tensor (the null class when ``labels`` is None), or None for an
@@ -175,6 +186,10 @@ class Sampler:
                 raise ValueError("labels: this prior is not class-conditional")
             return None
         if labels is None:
+            if self._no_null:
+                raise ValueError(
+                    f"labels: sampling without labels needs the unconditional (null-label) model, "
+                    f"which levels {self._no_null} never trained (label_dropout=0); give a label or 'cycle'")
             return torch.full((n,), classes, dtype=torch.long)
         out = torch.as_tensor(labels, dtype=torch.long).flatten()
         if out.numel() == 1:
@@ -304,8 +319,10 @@ class Sampler:
                 lab = torch.cat([lab, lab[-1:].expand(rows - take)])
             codes: list[torch.Tensor] = []
             for level in range(self.num_levels):
+                self._sync()  # on a GPU, queued work would land in the wrong level's time
                 tl = time.perf_counter()
                 codes.append(self.sample_level(level, codes, lab, generator, rows))
+                self._sync()
                 self.stats.per_level_seconds[level] = (
                     self.stats.per_level_seconds.get(level, 0.0) + time.perf_counter() - tl)
                 bar.update(take * shapes[level][0] * shapes[level][1])

@@ -119,3 +119,10 @@ def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     assert cfg.train.mixed_precision == "no" and cfg.train.lr == 1e-3 and cfg.train.progress is False
     cfg = load_tokenizer_config(None, ["model.preset=sqvae", "train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+
+
+def test_hop_as_long_as_the_window_is_refused():
+    # hop = n_fft passes the STFT but the inverse (Griffin-Lim) fails at the end of a run
+    with pytest.raises(ConfigError, match=r"hop_length: must be in \(0, n_fft\)"):
+        load_tokenizer_config(None, ["model.preset=sqvae", "data.source=tones", "data.audio.n_fft=64",
+                                     "data.audio.hop_length=64"])

@@ -359,3 +359,41 @@ def test_audio_parquet_trains_without_setting_modality(audio_dir, tmp_path):
     assert "lsd_db" in metrics
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "modality: audio" in saved
+
+
+def test_audiofolder_labels_are_shared_across_splits(tmp_path):
+    # a class missing from the test split must not renumber the classes it has
+    root = tmp_path / "clips"
+    for split, classes in (("train", ("cat", "dog", "owl")), ("test", ("dog", "owl"))):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            (root / split / cls / "0.wav").write_bytes(wav_bytes(0.2, 8000, 1, 440.0))
+    cfg = DataConfig(source="audiofolder", path=str(root))
+    train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")
+    assert train.class_names == test.class_names == ["cat", "dog", "owl"]
+    assert sorted(test[i]["label"] for i in range(len(test))) == [1, 2]
+    (root / "validation" / "owl").mkdir(parents=True)  # a one-class split keeps its labels
+    (root / "validation" / "owl" / "0.wav").write_bytes(wav_bytes(0.2, 8000, 1, 440.0))
+    val = build_dataset(cfg, "validation")
+    assert val.num_classes == 3 and val[0]["label"] == 2
+
+
+def test_images_are_turned_upright_by_their_exif_orientation(tmp_path):
+    # a camera JPEG stored sideways: white left half in storage, upright it is the top half
+    (tmp_path / "a").mkdir()
+    arr = np.zeros((16, 32), dtype=np.uint8)
+    arr[:, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(arr).save(tmp_path / "a" / "0.jpg", exif=exif, quality=95)
+    ds = build_dataset(DataConfig(source="imagefolder", path=str(tmp_path), image_size=16, channels=1,
+                                  label_column=None), "train")
+    x = ds[0]["x"][0]
+    assert x[:4].mean() > 0.8 and x[-4:].mean() < -0.8  # bright top, dark bottom
+
+
+def test_a_named_label_column_must_exist(image_dir):
+    with pytest.raises(ValueError, match=r"data.label_column 'digit' not found; columns: .*label"):
+        build_dataset(DataConfig(source="parquet", path=str(image_dir), label_column="digit"), "train")
+    ds = build_dataset(DataConfig(source="parquet", path=str(image_dir), label_column=None), "train")
+    assert ds.num_classes is None

@@ -175,3 +175,26 @@ def test_eval_reports_sq_posterior_entropy(log_var, expected):
     assert 0 <= layers[1]["posterior_entropy"] <= math.log(layers[1]["codebook_size"]) + 1e-6
     vq = HQVAE(small_cfg("vqvae2").model, cfg.data.shape)
     assert all("posterior_entropy" not in la for la in evaluate_tokenizer(vq, data, layer_collapse=False)["layers"])
+
+
+def test_evaluation_spreads_a_capped_subset_over_the_split():
+    from tokenizer.evaluate import eval_indices
+
+    assert eval_indices(5, 100) == [0, 1, 2, 3, 4]
+    idx = eval_indices(1000, 4)  # folder datasets are ordered by class: not the first 4 rows
+    assert idx == [0, 333, 666, 999]
+    assert len(set(eval_indices(10, 7))) == 7
+
+
+def test_decoding_and_reconstruction_grids_keep_the_training_mode(tmp_path):
+    from tokenizer.evaluate import write_reconstructions
+    from tokenizer.pretrained import Tokenizer
+
+    cfg = small_cfg("sqvae2")
+    tok = Tokenizer.from_config(cfg)
+    tok.model.train()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    tok.decode_codes(tok.encode(x))
+    assert tok.model.training
+    write_reconstructions(tok.model, [{"x": xi} for xi in x], tmp_path, "image", n=2)
+    assert tok.model.training and (tmp_path / "reconstructions.png").is_file()

@@ -624,6 +624,18 @@ def test_from_pretrained_refuses_level_of_another_run(stage1, trained, tmp_path)
         Prior.from_pretrained(tmp_path)
 
 
+def test_from_pretrained_refuses_a_level_trained_on_another_class_count(trained, tmp_path):
+    # e.g. `--level 1` rerun on codes with one class fewer: the sampler's null label (taken
+    # from prior.json) would be a real class to the other level
+    run = tmp_path / "drift"
+    shutil.copytree(trained["run"], run)
+    info = json.loads((run / "prior.json").read_text())
+    info["num_classes"] = (info["num_classes"] or 0) + 1
+    (run / "prior.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"level_0.*num_classes .* differs from .*prior.json.*--level 0"):
+        Prior.from_pretrained(run)
+
+
 def test_train_prior_refuses_codes_of_another_tokenizer(stage1, tmp_path):
     cfg = prior_cfg(stage1["codes"], tmp_path / "run", "train.steps=1",
                     f"tokenizer={stage1['tok_b_dir']}")

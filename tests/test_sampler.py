@@ -213,6 +213,25 @@ def test_filter_logits_top_k_and_top_p():
     assert torch.isinf(filter_logits(shuffled, top_p=0.7)).tolist() == [[True, False, True, False]]
 
 
+def test_top_k_keeps_exactly_k_codes_even_among_ties():
+    logits = torch.tensor([[2.0, 2.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=1)).sum() == 1  # top_k=1 is greedy
+    assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
+    kept = filter_logits(logits, top_k=4)
+    assert torch.isfinite(kept).tolist() == [[True, True, True, True, False]]
+    torch.testing.assert_close(kept[torch.isfinite(kept)], logits[0, :4])
+
+
+def test_a_prior_without_label_dropout_has_no_unconditional_model(tok):
+    prior = make_prior(tok, 3, "label_dropout=0.0")
+    with pytest.raises(ValueError, match=r"cfg_scale: guidance needs .* levels \[0, 1\] never trained"):
+        Sampler(prior, tok, cfg_scale=2.0)
+    sampler = Sampler(prior, tok)
+    with pytest.raises(ValueError, match=r"labels: sampling without labels needs .*label_dropout=0"):
+        sampler.sample_codes(2, seed=0)
+    assert sampler.sample_codes(2, labels=1, seed=0)[0].shape[0] == 2
+
+
 def test_per_level_settings(prior):
     s = Sampler(prior, temperature=[1.0, 0.0], top_k={1: 5}, top_p=0.9)
     assert [x.temperature for x in s.settings] == [1.0, 0.0]

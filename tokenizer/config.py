@@ -162,8 +162,12 @@ class AudioConfig:
     def validate(self) -> None:
         if self.n_fft < 4 or self.n_fft % 2:
             raise ConfigError(f"n_fft: must be an even number >= 4, got {self.n_fft}")
-        if not 0 < self.hop_length <= self.n_fft:
-            raise ConfigError(f"hop_length: must be in (0, n_fft], got {self.hop_length}")
+        if not 0 < self.hop_length < self.n_fft:
+            # hop = n_fft leaves the Hann window's zero at every frame edge uncovered, so the
+            # inverse STFT behind Griffin-Lim cannot exist (NOLA condition)
+            raise ConfigError(
+                f"hop_length: must be in (0, n_fft) = (0, {self.n_fft}) so that spectrograms can "
+                f"be inverted to audio, got {self.hop_length}")
         if self.num_frames < 2:
             raise ConfigError(f"num_frames: must be >= 2, got {self.num_frames}")
         if self.db_max <= self.db_min:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from soundfile import available_formats as sf_formats
 from torch.utils.data import Dataset
 
@@ -489,11 +489,15 @@ def _scan_audiofolder(root: Path, split: str):
         raise FileNotFoundError(f"{folder}: no audio files ({', '.join(sorted(extensions))})")
     columns: dict[str, list] = {"audio": [str(p) for p in files]}
     features = {"audio": datasets.Value("string")}
-    parents = [p.parent.name for p in files]
-    if len(set(parents)) > 1 and len({len(p.relative_to(folder).parts) for p in files}) == 1:
-        classes = sorted(set(parents))
+    # labels come from the class folders of every split, as in HF's folder builder: a class
+    # missing from one split must not renumber the others, and a one-class split keeps labels
+    roots = [folder] if folder == root else sorted(
+        {folder} | {d for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_WORDS})
+    every = [(r, p) for r in roots for p in r.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
+    classes = sorted({p.parent.name for _, p in every})
+    if len(classes) > 1 and len({len(p.relative_to(r).parts) for r, p in every}) == 1:
         index = {name: i for i, name in enumerate(classes)}
-        columns["label"] = [index[name] for name in parents]
+        columns["label"] = [index[p.parent.name] for p in files]
         features["label"] = datasets.ClassLabel(names=classes)
     table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
     # string -> {bytes, path} storage: no decoding, no torchcodec
@@ -591,6 +595,11 @@ class HFDataset(Dataset):
         self.modality = modality
 
         label = cfg.label_column
+        if label is not None and label not in features and label != DataConfig.label_column:
+            # the default "label" is optional; a column the user named must exist
+            raise ValueError(
+                f"{self.where}: data.label_column {label!r} not found; columns: "
+                f"{_describe_columns(features)} (null for no labels)")
         self.label_column = label if label is not None and label in features else None
         self.num_classes: Optional[int] = None
         self.class_names: Optional[list[str]] = None
@@ -714,6 +723,8 @@ class HFDataset(Dataset):
                 raise ValueError("the cell holds neither bytes nor a path")
             img = Image.open(io.BytesIO(data) if data is not None else path)
         img.load()
+        if img.getexif().get(0x0112, 1) != 1:  # camera JPEGs: upright as HF's decoder makes them
+            img = ImageOps.exif_transpose(img)
         img = _convert_mode(img, self.cfg.channels)
         img = _resize(img, self.cfg.image_size, self.cfg.resize, self.train)
         return _image_to_tensor(np.array(img, dtype=np.uint8))  # a writable copy for torch

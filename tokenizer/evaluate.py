@@ -23,9 +23,18 @@ from tokenizer.model import HQVAE
 from tokenizer.quantizers import perplexity
 
 
+def eval_indices(total: int, max_examples: int) -> list[int]:
+    """All rows, or ``max_examples`` of them evenly spaced through the split: folder datasets
+    list their files class by class, so the first rows would all be one or two classes."""
+    n = min(total, max_examples)
+    if n >= total:
+        return list(range(total))
+    return [int(i) for i in torch.linspace(0, total - 1, n).round().long()]
+
+
 def _loader(dataset: Dataset, max_examples: int, batch_size: int) -> DataLoader:
-    n = min(len(dataset), max_examples)
-    return DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+    return DataLoader(Subset(dataset, eval_indices(len(dataset), max_examples)),
+                      batch_size=batch_size, shuffle=False)
 
 
 class _ErrorMeter:
@@ -157,8 +166,13 @@ def write_reconstructions(
     device = next(model.parameters()).device
     n = min(n, len(dataset))
     x = torch.stack([dataset[i]["x"] for i in range(n)]).to(device)
+    was = model.training
     model.eval()
-    y = model.decode_codes(model.encode(x)).clamp(-1, 1)
+    try:
+        with torch.no_grad():
+            y = model.decode_codes(model.encode(x)).clamp(-1, 1)
+    finally:
+        model.train(was)
     written = []
     pair = torch.cat([x, y])
     if modality == "audio":

@@ -132,8 +132,12 @@ class Tokenizer:
 
     @torch.no_grad()
     def decode_codes(self, codes: list[torch.Tensor], depth: int | None = None) -> torch.Tensor:
+        was = self.model.training
         self.model.eval()
-        return self.model.decode_codes([c.to(self.device) for c in codes], depth=depth)
+        try:
+            return self.model.decode_codes([c.to(self.device) for c in codes], depth=depth)
+        finally:
+            self.model.train(was)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
