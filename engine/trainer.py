@@ -462,6 +462,9 @@ def train(
     seconds = time.perf_counter() - t0
     if cfg.channels_last:  # hand the caller back a model in the default layout
         unwrapped.to(memory_format=torch.contiguous_format)
+    # ... and without the autocast wrapper Accelerate put on its forward: the final
+    # evaluation and every later use run float32, as the model will be loaded from disk
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     trained = step - start
     if trained > 0 or ckpt is None:
         checkpoint(step)

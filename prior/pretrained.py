@@ -63,6 +63,7 @@ def save_level(model: LevelPrior, config: PriorConfig, info: dict, run_dir: str 
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate_level(model: LevelPrior, dataset: Dataset, max_examples: int = 2000,
                    batch_size: int = 256) -> dict[str, float]:
     """Held-out NLL of one level in bits per token, next to the uniform baseline log2 K."""

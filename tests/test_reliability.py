@@ -653,3 +653,14 @@ def test_reliability_doc_names_existing_tests():
     missing = [f"{f}::{n}" for f, n in cited
                if f"def {n}(" not in (REPO / "tests" / f).read_text()]
     assert not missing, missing
+
+
+def test_a_bf16_run_hands_back_a_float32_model(tmp_path):
+    # evaluations after training (eval.json, prior bits/token) must not run under the
+    # autocast wrapper that mixed precision puts on the model's forward
+    model, _ = tiny_train(tmp_path / "bf16", steps=2, mixed_precision="bf16")
+    assert "_original_forward" not in model.__dict__
+    seen = []
+    model.lin.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    model(torch.randn(4, 4))
+    assert seen == [torch.float32]  # under the wrapper this matmul would be bfloat16
