@@ -25,6 +25,13 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
                 continue
             out += config_diff(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else k)
         return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        # per-layer / per-level entries (model.layers, levels): a new option inside one
+        # is no difference either
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += config_diff(x, y, f"{prefix}.{i}" if prefix else str(i))
+        return out
     return [] if a == b else [prefix]
 
 

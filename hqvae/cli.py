@@ -161,7 +161,8 @@ def _sample(args: argparse.Namespace) -> int:
         "label": args.label, "levels": [vars(s) for s in sampler.settings],
         "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
     }
-    write_samples(args.out, decoded, codes, labels, tokenizer, grid=args.grid,
+    # guidance 0 samples with the null label whatever --label says: no labels to score against
+    write_samples(args.out, decoded, codes, labels if args.cfg_scale != 0 else None, tokenizer, grid=args.grid,
                   class_names=prior.class_names, settings=settings,
                   griffin_lim_iters=args.griffin_lim_iters, batch_size=args.batch_size)
     kind = "clips" if tokenizer.modality == "audio" else "images"

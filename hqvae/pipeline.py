@@ -330,6 +330,7 @@ def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool 
     out = root / ("random" if random_codes else "samples")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
+    labels = labels if s.cfg_scale != 0 else None  # guidance 0 is unconditional: no labels
     write_samples(tmp, decoded, codes, labels, tok, class_names=prior.class_names, settings=settings,
                   griffin_lim_iters=s.griffin_lim_iters, batch_size=s.batch_size)
     shutil.rmtree(out, ignore_errors=True)
@@ -387,13 +388,14 @@ def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
 
 
 def _real_examples(data, n: int):
-    """The first ``n`` examples of the eval split as one tensor: the 'real data' row of the scores."""
+    """``n`` examples spread over the eval split as one tensor: the 'real data' row of the scores."""
     import torch
 
+    from engine.subsets import spread_indices
     from tokenizer.data import build_dataset
 
     ds = build_dataset(data, data.eval_split)
-    return torch.stack([ds[i]["x"] for i in range(min(n, len(ds)))])
+    return torch.stack([ds[i]["x"] for i in spread_indices(len(ds), n)])
 
 
 def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str) -> dict:
@@ -433,11 +435,13 @@ def _check_run_dir(cfg: PipelineConfig) -> None:
     new = to_dict(cfg)
     # sampling / scoring settings may change (those stages re-run); more training steps or
     # other evaluation sizes too (the stage resumes, or counts as finished)
-    allowed = ("device", "report") + tuple(
+    allowed = ("run_dir", "device", "report") + tuple(
         f"{t}.{s}" for t in layout.TRACKS
         for s in ("sample", "score", "tokenizer.train", "tokenizer.eval", "prior.train", "prior.eval",
                   "classifier.train", "classifier.eval"))
-    changed = [k for k in config_diff(old, new) if not k.startswith(allowed)]
+    # a track run alone or added later (`audio=null`) is the same run; its stages skip or run
+    changed = [k for k in config_diff(old, new) if not k.startswith(allowed)
+               and not (k in layout.TRACKS and (old.get(k) is None or new.get(k) is None))]
     if changed:
         raise ConfigError(f"run_dir: {run} holds a pipeline run with a different config "
                           f"({', '.join(changed[:5])}); choose another run_dir or delete it")
@@ -493,10 +497,19 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
               lambda: run_classifier(sc["classifier"]))
     # samples and scores follow the sampling / scoring settings: redo them when those change
     wanted = to_dict(track.sample)
+    upstream = {k for k in ("tokenizer", "encode", "prior") if stages[k]["status"] == "ran"}
     for key, rand in (("samples", False), ("random", True)):
         prev = _read_json(root / key / "samples.json") or {}
-        stage(key, prev.get("pipeline_sample") == wanted,
+        # random codes depend on the tokenizer and on n / seed / batch size, not on the prior
+        # or the sampling knobs: changing the temperature must not decode them again
+        keys = RANDOM_SAMPLE_KEYS if rand else tuple(wanted)
+        same = {k: (prev.get("pipeline_sample") or {}).get(k) for k in keys} == {k: wanted[k] for k in keys}
+        stale = upstream - ({"prior"} if rand else set())
+        stage(key, same and bool(prev) and not stale,
               lambda rand=rand: run_samples(track, root, device, random_codes=rand))
+    resampled = any(stages[k]["status"] == "ran" for k in ("samples", "random"))
+    if resampled and not track.score.enabled:
+        (root / "fid.json").unlink(missing_ok=True)  # it scored samples that are gone
     if track.score.enabled:
         prev = _read_json(root / "fid.json") or {}
         scored = {"sample": wanted, "score": to_dict(track.score)}
@@ -511,6 +524,10 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         stage("score", fresh and prev.get("settings") == scored, score)
     stages["headline"] = headline(root)
     return stages
+
+
+# the sample settings the random-codes baseline depends on
+RANDOM_SAMPLE_KEYS = ("n", "batch_size", "seed", "griffin_lim_iters")
 
 
 def _read_json(path: Path) -> Optional[dict]:

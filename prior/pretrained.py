@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from engine.checkpoint import load_weights, save_weights
 from engine.config import from_dict, to_dict
+from engine.subsets import spread_indices
 from prior.codes import check_identity, read_manifest
 from prior.config import PriorConfig
 from prior.model import LevelPrior
@@ -71,7 +72,7 @@ def evaluate_level(model: LevelPrior, dataset: Dataset, max_examples: int = 2000
     model.eval()
     device = next(model.parameters()).device
     n = min(len(dataset), max_examples)
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(Subset(dataset, spread_indices(len(dataset), n)), batch_size=batch_size, shuffle=False)
     nats, tokens = 0.0, 0
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}

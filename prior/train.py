@@ -149,6 +149,10 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
     summary_path = run_dir / "eval.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"levels": {}}
     summary["tokenizer_identity"] = info["tokenizer_identity"]
+    # every level finished so far, from its own eval.json: a run killed between levels and
+    # resumed with the rest must not lose the levels of the first call
+    for level_eval in sorted(run_dir.glob("level_*/eval.json")):
+        summary["levels"][level_eval.parent.name.removeprefix("level_")] = json.loads(level_eval.read_text())
     for level, metrics in results.items():
         summary["levels"][str(level)] = metrics
     summary_path.write_text(json.dumps(summary, indent=2))

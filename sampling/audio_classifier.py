@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.checkpoint import load_weights, save_weights
 from engine.config import ConfigError, from_dict, load_config, save_yaml, to_dict, validate
+from engine.subsets import spread_indices
 from engine.train_config import TrainConfig
 from tokenizer.config import DataConfig
 
@@ -419,7 +420,8 @@ def evaluate_classifier(
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     if n == 0:
         raise ValueError("evaluate_classifier: the dataset is empty")
-    subset = torch.utils.data.Subset(_Labelled(dataset, model.num_classes, "eval data"), range(n))
+    subset = torch.utils.data.Subset(_Labelled(dataset, model.num_classes, "eval data"),
+                                     spread_indices(len(dataset), n))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     was_training = model.training
     model.eval()

@@ -33,7 +33,9 @@ from typing import Any, Optional, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from engine.subsets import spread_indices
 from sampling.audio_classifier import AudioClassifier, accuracy_report
+from sampling.fid import default_kid_subset_size
 from tokenizer.config import AudioConfig, DataConfig
 
 EXTRACTOR_NAME = "hqvae-audio-classifier"
@@ -65,8 +67,8 @@ class SpectrogramSet(Dataset):
             raise ValueError(f"{name}: expected a tensor (N, 1, F, T) or a Dataset, got {type(source).__name__}")
         self.source = source
         self.name = name
-        n = len(source)
-        self.size = n if max_examples is None else min(n, max_examples)
+        self.rows = spread_indices(len(source), max_examples)  # a capped set spans the split
+        self.size = len(self.rows)
 
     def __len__(self) -> int:
         return self.size
@@ -74,7 +76,7 @@ class SpectrogramSet(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < self.size:
             raise IndexError(f"{self.name}: index {index} out of range for {self.size} items")
-        item = self.source[index]
+        item = self.source[self.rows[index]]
         if isinstance(item, dict):
             item = item["x"]
         if not torch.is_tensor(item):
@@ -220,11 +222,12 @@ def audio_fid(
     identity = model.identity
     kwargs: dict[str, Any] = {}
     if reference_cache_name:
-        kwargs["input2_cache_name"] = f"{reference_cache_name}-n{len(ref)}-{identity}"
+        # "spread": rows spread over the split (caches of the first-N rule are not reused)
+        kwargs["input2_cache_name"] = f"{reference_cache_name}-spread-n{len(ref)}-{identity}"
         if cache_root:
             kwargs["cache_root"] = str(cache_root)
         check_fidelity_cache(cache_root, kwargs["input2_cache_name"])
-    size = min(1000, len(gen), len(ref))
+    size = default_kid_subset_size(len(gen), len(ref))
     metrics = calculate_metrics(
         input1=gen, input2=ref, fid=True, kid=kid,
         feature_extractor=EXTRACTOR_NAME, feature_layer_fid=FEATURE_LAYER,
@@ -455,8 +458,11 @@ def score_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder of audio files")
+    sample_classes = None
     if labels is None and (folder / "labels.json").is_file():
         labels = folder / "labels.json"  # `hqvae sample` writes it beside audio/
+        record = folder / "samples.json"  # ... with the prior's class names beside it
+        sample_classes = json.loads(record.read_text()).get("class_names") if record.is_file() else None
     sample_layout = (folder / "audio").is_dir() and not any(
         p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.iterdir() if p.is_file()
     )
@@ -479,6 +485,12 @@ def score_folder(
     result["reference"] = {"source": data_cfg.source, "path": data_cfg.path, "split": split}
     result["folder"] = str(folder)
     if labels is not None:
+        if sample_classes and model.class_names and list(sample_classes) != list(model.class_names):
+            # class ids only mean the same class when both models number the classes alike
+            raise ValueError(
+                f"{labels}: the samples' classes {sample_classes} are not the classifier's "
+                f"{model.class_names} (same names in the same order); score accuracy with a "
+                f"classifier of the prior's data, or pass --labels mapped to its classes")
         ys = read_labels(labels, generated.names, model.class_names)
         result["labels"] = str(labels)
         result["accuracy"] = classifier_accuracy(model, generated, ys, batch_size=batch_size)

@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from engine.subsets import spread_indices
 from tokenizer.config import DataConfig
 
 KID_SUBSETS = 100  # torch-fidelity's default
@@ -106,6 +107,13 @@ def fid_from_features(features1: torch.Tensor | np.ndarray, features2: torch.Ten
     return float(diff.dot(diff) + tr1 + tr2 - 2 * tr_covmean)
 
 
+def default_kid_subset_size(n1: int, n2: int) -> int:
+    """min(1000, N1, N2), halved when that is a whole side: every subset of the smaller set
+    would then be the set itself and the reported std would be 0."""
+    size = min(KID_SUBSET_SIZE, n1, n2)
+    return size // 2 if size == min(n1, n2) and size >= 4 else size
+
+
 def kid_from_features(
     features1: torch.Tensor | np.ndarray,
     features2: torch.Tensor | np.ndarray,
@@ -114,12 +122,12 @@ def kid_from_features(
     seed: int = 2020,
 ) -> tuple[float, float]:
     """Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased), mean and std over
-    ``subsets`` random subsets of ``subset_size`` (default: min(1000, N1, N2)) per side."""
+    ``subsets`` random subsets of ``subset_size`` (default: :func:`default_kid_subset_size`) per side."""
     f1 = torch.as_tensor(_as_f64(features1))
     f2 = torch.as_tensor(_as_f64(features2))
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"kid: need two (N, D) matrices of equal D, got {tuple(f1.shape)}, {tuple(f2.shape)}")
-    size = subset_size or min(KID_SUBSET_SIZE, len(f1), len(f2))
+    size = subset_size or default_kid_subset_size(len(f1), len(f2))
     if size < 2 or size > min(len(f1), len(f2)):
         raise ValueError(f"kid: subset size {size} needs 2 <= size <= min(N1, N2) = {min(len(f1), len(f2))}")
     _fidelity()
@@ -156,7 +164,7 @@ def metrics_from_features(
 # images -> Inception features
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-REFERENCE_CACHE_VERSION = 1
+REFERENCE_CACHE_VERSION = 2  # 2: capped references spread over the split; EXIF orientation
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -226,13 +234,14 @@ class _Images(Dataset):
 
     def __init__(self, source: Union[torch.Tensor, Dataset], n: Optional[int] = None):
         self.source = source
-        self.n = min(len(source), n) if n is not None else len(source)
+        self.rows = spread_indices(len(source), n)  # a capped set spans the whole split
+        self.n = len(self.rows)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        item = self.source[index]
+        item = self.source[self.rows[index]]
         if isinstance(item, dict):
             item = item["x"]
         return to_uint8(item.unsqueeze(0))[0]
@@ -251,7 +260,7 @@ def extract_features(
     num_workers: int = 0,
     progress: bool = False,
 ) -> torch.Tensor:
-    """(N, 2048) float32 Inception pool3 features of the first ``max_examples`` images of a
+    """(N, 2048) float32 Inception pool3 features of ``max_examples`` images (spread evenly) of a
     folder, a (N, C, H, W) tensor (uint8, or float in [-1, 1]) or a dataset of either."""
     from sampling.inception import fid_feature_extractor
 
@@ -342,7 +351,7 @@ def reference_cache_path(data: DataConfig, split: str, n: int, fingerprint: str)
         "split": split, "n": n, "column": data.column, "image_size": data.image_size,
         "channels": data.channels, "resize": data.resize, "seed": data.seed,
         "num_train": data.num_train, "num_eval": data.num_eval, "train_split": data.train_split,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint, "skip_bad_examples": data.skip_bad_examples,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{_slug(Path(data.source).name or data.source)}-{_slug(split)}-{data.image_size}px-n{n}-{digest}"
@@ -386,7 +395,7 @@ def reference_features(
     cache: bool = True,
     progress: bool = False,
 ) -> tuple[torch.Tensor, Optional[Path]]:
-    """Inception features of the first ``ref.max_examples`` images of a split, from the
+    """Inception features of ``ref.max_examples`` images spread over a split, from the
     checksummed cache when present (-> (features, cache file or None))."""
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
@@ -480,8 +489,8 @@ def reconstruction_fid(
         dataclasses.replace(data, modality="image"), split)
     real, _ = reference_features(ref, dataset=dataset, batch_size=batch_size, device=device,
                                  cache=cache, progress=progress)
-    n = len(real)
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False)
+    n = len(real)  # the same rows as the reference features
+    loader = DataLoader(Subset(dataset, spread_indices(len(dataset), n)), batch_size=batch_size, shuffle=False)
     recon = []
     for batch in tqdm(loader, desc="rfid: reconstruct", disable=not progress, leave=False):
         y = tokenizer.reconstruct(batch["x"].to(device)).clamp(-1, 1)

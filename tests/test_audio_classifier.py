@@ -191,7 +191,7 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     x, _ = eval_batch
     first = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     cached = sorted(p.name for p in tmp_path.iterdir())
-    assert cached and all("tones-test-n64-" in name for name in cached)
+    assert cached and all("tones-test-spread-n64-" in name for name in cached)
     again = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     assert again["fid"] == first["fid"]
 
@@ -285,6 +285,16 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-ref", "16"]) == 0
     out = capsys.readouterr().out
     assert "vs 16 of split 'test'" in out and "accuracy" not in out
+    # labels of a prior that numbers its classes otherwise than the classifier are refused
+    from sampling.audio_classifier import AudioClassifier
+
+    names = AudioClassifier.from_pretrained(run).class_names
+    assert names and len(names) > 1
+    (samples / "samples.json").write_text(json.dumps({"class_names": names[::-1]}))
+    assert main(["audio-fid", str(samples), "--classifier", str(run), "--ref", "tones:test"]) == 2
+    assert "are not the classifier's" in capsys.readouterr().err
+    (samples / "samples.json").write_text(json.dumps({"class_names": names}))
+    assert main(["audio-fid", str(samples), "--classifier", str(run), "--ref", "tones:test"]) == 0
 
 
 @pytest.mark.parametrize("args, match", [

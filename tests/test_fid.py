@@ -6,6 +6,7 @@ shares one converted network (module fixture, temporary cache) and uses 8 images
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def extractor(cache):
 
 @pytest.fixture(scope="module")
 def shapes_ref():
-    return F.Reference(DataConfig(source="shapes", image_size=32), "test", N)
+    # a test split of exactly N images: the reference is the same images as shapes_images()
+    return F.Reference(DataConfig(source="shapes", image_size=32, num_eval=N), "test", N)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +211,7 @@ def test_torch_fidelity_calculate_metrics_with_registered_extractor(ref_features
     m = torch_fidelity.calculate_metrics(
         input1=str(a), input2=str(b), cuda=False, kid=True, kid_subset_size=N,
         feature_extractor=I.EXTRACTOR_NAME, cache=False, verbose=False, save_cpu_ram=True)
-    ours = F.metrics_from_features(ref_features[0], noisy[1][1], kid=True)
+    ours = F.metrics_from_features(ref_features[0], noisy[1][1], kid=True, kid_subset_size=N)
     assert m["kernel_inception_distance_mean"] == pytest.approx(ours["kid_mean"], rel=1e-3, abs=1e-5)
 
 
@@ -226,7 +228,12 @@ def write_pngs(folder, x):
 
 
 def test_cli_fid_on_png_folder(ref_features, tmp_path, capsys):
-    folder = write_pngs(tmp_path / "samples", shapes_images())
+    from engine.subsets import spread_indices
+
+    # `--max-examples N` takes N images spread over the whole test split: write exactly those
+    ds = F.build_reference_dataset(DataConfig(source="shapes", image_size=32, modality="image"), "test")
+    folder = write_pngs(tmp_path / "samples",
+                        torch.stack([ds[i]["x"] for i in spread_indices(len(ds), N)]))
     out = tmp_path / "fid.json"
     rc = main(["fid", str(folder), "--ref", "shapes:test", "--max-examples", str(N), "--kid",
                "--out", str(out)])
@@ -236,7 +243,7 @@ def test_cli_fid_on_png_folder(ref_features, tmp_path, capsys):
     result = json.loads(out.read_text())
     assert abs(result["fid"]) < 1e-2  # the PNGs are the reference images, losslessly
     assert result["num_samples"] == result["num_reference"] == N
-    assert result["reference_cache"] == str(ref_features[1])  # reused, not recomputed
+    assert Path(result["reference_cache"]).is_file()
     assert {"kid_mean", "kid_std"} <= set(result)
 
 
@@ -280,3 +287,23 @@ def test_eval_tokenizer_rfid(ref_features, tmp_path, capsys):
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert metrics["rfid_examples"] == N
     assert metrics["rfid"] > 1.0  # reconstructions of an untrained tokenizer are far off
+
+
+def test_kid_subsets_are_smaller_than_the_sets_so_its_std_means_something():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(60, 16, generator=g), torch.randn(60, 16, generator=g) + 0.3
+    assert F.default_kid_subset_size(60, 60) == 30 and F.default_kid_subset_size(5000, 20000) == 1000
+    assert F.default_kid_subset_size(1000, 50000) == 500
+    _, std = F.kid_from_features(a, b)
+    assert std > 1e-6  # subsets equal to the whole set would all give the same value
+
+
+def test_a_capped_reference_spans_the_whole_split():
+    from engine.subsets import spread_indices
+
+    assert spread_indices(10, None) == list(range(10)) and spread_indices(10, 0) == []
+    assert spread_indices(9, 3) == [0, 4, 8]
+    rows = [torch.full((3, 2, 2), float(i) / 10 - 1) for i in range(10)]
+    data = F._Images(torch.stack(rows), 3)
+    assert [int(data[i][0, 0, 0]) for i in range(3)] == [int(F.to_uint8(rows[j][None])[0, 0, 0, 0])
+                                                          for j in (0, 4, 9)]

@@ -178,7 +178,7 @@ def test_eval_reports_sq_posterior_entropy(log_var, expected):
 
 
 def test_evaluation_spreads_a_capped_subset_over_the_split():
-    from tokenizer.evaluate import eval_indices
+    from engine.subsets import spread_indices as eval_indices
 
     assert eval_indices(5, 100) == [0, 1, 2, 3, 4]
     idx = eval_indices(1000, 4)  # folder datasets are ordered by class: not the first 4 rows

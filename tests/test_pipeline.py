@@ -98,6 +98,17 @@ def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run,
     assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 12  # no stale files
     assert json.loads((run / "image" / "fid.json").read_text())["samples"]["num"] == 12
 
+    # another temperature redraws the samples but not the random-codes baseline; with scoring
+    # off the old scores (of samples now gone) are dropped; the run directory spelled another
+    # way and the audio track left out are still this run
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={run}/.", *TINY, "image.sample.n=12",
+                 "image.sample.compile=true", "image.sample.temperature=0.5",
+                 "image.score.enabled=false", "audio=null"]) == 0
+    tracks = _summary(run)["tracks"]
+    assert list(tracks) == ["image"]
+    assert {k for k, v in tracks["image"].items() if k != "headline" and v["status"] == "ran"} == {"samples"}
+    assert not (run / "image" / "fid.json").exists()
+
 
 def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "image.tokenizer.model.channels=16"])

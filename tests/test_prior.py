@@ -841,3 +841,14 @@ def test_out_of_range_training_labels_are_refused_before_training(stage1, tmp_pa
     with pytest.raises(ConfigError, match=r"'train' codes .* have labels -1\.\.\d+, outside 0\.\."):
         train_prior(prior_cfg(codes, tmp_path / "run", "class_cond=true", "train.steps=1"))
     assert not (tmp_path / "run" / "level_0").exists()
+
+
+def test_eval_json_keeps_the_levels_of_an_earlier_call(stage1, tmp_path):
+    # killed after level 0 finished but before the run's eval.json was written, then resumed
+    # with the remaining level: the summary must still hold both
+    run = tmp_path / "run"
+    cfg = prior_cfg(stage1["codes"], run, "train.steps=2")
+    train_prior(cfg, [0])
+    (run / "eval.json").unlink()
+    train_prior(cfg, [1])
+    assert sorted(json.loads((run / "eval.json").read_text())["levels"]) == ["0", "1"]

@@ -273,6 +273,10 @@ def test_runs_from_before_a_new_option_still_resume(tmp_path):
 
     assert config_diff({"data": {"a": 1}}, {"data": {"a": 1, "skip_bad_examples": False}}) == []
     assert config_diff({"data": {"a": 1}}, {"data": {"a": 2}}) == ["data.a"]
+    # ... inside per-layer / per-level lists too
+    assert config_diff({"levels": [{"a": 1}, {}]}, {"levels": [{"a": 1, "new": 2}, {}]}) == []
+    assert config_diff({"levels": [{"a": 1}, {}]}, {"levels": [{"a": 2}, {}]}) == ["levels.0.a"]
+    assert config_diff({"levels": [{}]}, {"levels": [{}, {}]}) == ["levels"]
     args = [f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", *TINY_TOK, "train.steps=1"]
     train_tokenizer(load_tokenizer_config(None, args))
     saved = tmp_path / "run" / "config.yaml"

@@ -317,6 +317,10 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert len(list((out / "images").glob("*.png"))) == 4
     assert json.loads((out / "labels.json").read_text()) == {
         "000000.png": 0, "000001.png": 1, "000002.png": 2, "000003.png": 0}
+    # guidance 0 samples unconditionally whatever --label says: no labels to score against
+    assert main(["sample", str(run), "--out", str(tmp_path / "uncond"), "--n", "2", "--label", "1",
+                 "--cfg-scale", "0"]) == 0
+    assert not (tmp_path / "uncond" / "labels.json").exists()
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
                        (["--temperature", "-1"], "temperature for level 0"),
                        (["--top-k", "1,2,3"], "3 values for a prior with 2 levels"),

@@ -18,22 +18,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from engine.subsets import spread_indices
 from tokenizer.media import save_grid, spectrogram_rows
 from tokenizer.model import HQVAE
 from tokenizer.quantizers import perplexity
 
 
-def eval_indices(total: int, max_examples: int) -> list[int]:
-    """All rows, or ``max_examples`` of them evenly spaced through the split: folder datasets
-    list their files class by class, so the first rows would all be one or two classes."""
-    n = min(total, max_examples)
-    if n >= total:
-        return list(range(total))
-    return [int(i) for i in torch.linspace(0, total - 1, n).round().long()]
-
-
 def _loader(dataset: Dataset, max_examples: int, batch_size: int) -> DataLoader:
-    return DataLoader(Subset(dataset, eval_indices(len(dataset), max_examples)),
+    return DataLoader(Subset(dataset, spread_indices(len(dataset), max_examples)),
                       batch_size=batch_size, shuffle=False)
 
 

@@ -1,0 +1,17 @@
+"""Which rows a capped evaluation or reference takes."""
+
+from __future__ import annotations
+
+import torch
+
+
+def spread_indices(total: int, n: int | None) -> list[int]:
+    """All ``total`` rows, or ``n`` of them evenly spaced through the split (first and last
+    included). Capped evaluations and references use it: folder datasets list their files
+    class by class, so the first ``n`` rows would hold one or two classes."""
+    n = total if n is None else min(total, n)
+    if n >= total:
+        return list(range(total))
+    if n <= 0:
+        return []
+    return [int(i) for i in torch.linspace(0, total - 1, n).round().long()]
