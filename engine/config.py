@@ -27,15 +27,19 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    # YAML 1.1's yes/no booleans and its octal / base-60 / binary / hex integers go (`seed: 010`
+    # is not 8, `1:30` not 90); decimal integers come back below
+    ch: [(tag, rx) for tag, rx in rs if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
     for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),  # a digit before e
     list("-+0123456789."),
 )
 
@@ -149,11 +153,22 @@ def _field_default(f: dataclasses.Field) -> Any:
     return f.default
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def merge(base: Any, override: Any) -> Any:
+    """``override`` laid over ``base``: mappings key by key; a mapping of list indices (what
+    an override such as ``model.layers.1.codebook_size=64`` becomes before the list it
+    addresses is read from a file) item by item over a list; anything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for k, v in override.items():
+            out[k] = merge(out[k], v) if k in out else v
+        return out
+    if (isinstance(base, list) and isinstance(override, dict) and override
+            and all(str(k).isdigit() and int(k) < len(base) for k in override)):
+        items = list(base)
+        for k, v in override.items():
+            items[int(k)] = merge(items[int(k)], v)
+        return items
+    return override
 
 
 def _build(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -174,7 +189,7 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
         if isinstance(value, dict) and dataclasses.is_dataclass(default):
             # a partial section starts from the field's own default (which may differ from
             # its class's defaults, e.g. the priors' TrainConfig), not from the class
-            value = _merge(to_dict(default), value)
+            value = merge(to_dict(default), value)
         kwargs[name] = _coerce(value, hints[name], full)
     try:
         obj = cls(**kwargs)
@@ -299,5 +314,27 @@ def load_config(
     return from_dict(cls, data, source=str(path) if path else None)
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes what :func:`yaml_load` reads back unchanged: a string such as "1e3" or "010"
+    that the loader would take for a number is quoted."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = None
+    try:
+        if yaml_load(text) != text:
+            style = "'"
+    except yaml.YAMLError:
+        style = "'"
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def yaml_dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
+
+
 def save_yaml(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    Path(path).write_text(yaml_dump(to_dict(obj)))

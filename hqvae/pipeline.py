@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from engine.config import ConfigError, load_config, save_yaml, to_dict
+from engine.config import ConfigError, load_config, merge, save_yaml, to_dict
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
 from sampling.audio_classifier import ClassifierConfig
@@ -162,7 +162,7 @@ def _prepare(data: dict) -> dict:
                         _drop(base, keys)
                 if section == "classifier":
                     base.pop("data", None)  # the classifier hears what the tokenizer hears
-                track[section] = _merge(base, node)
+                track[section] = merge(base, node)
         for section, keys in _OWNED:
             node = track.get(section)
             for k in keys[:-1]:
@@ -179,15 +179,8 @@ def _prepare(data: dict) -> dict:
         if isinstance(clf, dict) and isinstance(tok, dict):
             base = copy.deepcopy(tok.get("data") or {})
             base.setdefault("modality", "audio")
-            clf["data"] = _merge(base, clf.get("data") or {})
+            clf["data"] = merge(base, clf.get("data") or {})
     return data
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:

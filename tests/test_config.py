@@ -119,6 +119,25 @@ def test_yaml_scalars_follow_yaml_1_2(tmp_path):
     assert cfg.train.mixed_precision == "no" and cfg.train.lr == 1e-3 and cfg.train.progress is False
     cfg = load_tokenizer_config(None, ["model.preset=sqvae", "train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+    # no YAML 1.1 octal / base-60 integers, and an exponent needs a digit before it
+    from engine.config import yaml_load
+
+    assert yaml_load("a: 010\nb: 1:30\nc: .e5\nd: 12\ne: .5e3\nf: -3") == {
+        "a": "010", "b": "1:30", "c": ".e5", "d": 12, "e": 500.0, "f": -3}
+    with pytest.raises(ConfigError, match="train.seed"):
+        load_tokenizer_config(None, ["model.preset=sqvae", "train.seed=010"])
+
+
+def test_saved_configs_read_back_identically(tmp_path):
+    # a string the loader would take for a number is written quoted
+    from engine.config import save_yaml
+
+    cfg = load_tokenizer_config(None, ["model.preset=sqvae", 'data.eval_split="1e3"', "data.column=010",
+                                       "train.mixed_precision=no"])
+    assert cfg.data.eval_split == "1e3"
+    save_yaml(cfg, tmp_path / "c.yaml")
+    back = load_tokenizer_config(tmp_path / "c.yaml")
+    assert back.data.eval_split == "1e3" and back.data.column == "010" and back.train.mixed_precision == "no"
 
 
 def test_hop_as_long_as_the_window_is_refused():

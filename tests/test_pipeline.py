@@ -169,3 +169,14 @@ def test_stage_config_files_as_base(monkeypatch):
     assert a.prior.data.codes is None and a.prior.tokenizer is None  # the base file's paths are dropped
     with pytest.raises(ConfigError, match=r"audio\.prior\.base: .*not found"):
         load_pipeline_config("configs/pipeline/fsdd_sqvae2.yaml", ["audio.prior.base=nope.yaml"])
+
+
+def test_indexed_overrides_reach_list_items_of_a_base_file(tmp_path):
+    # `...layers.1.codebook_size=64` is read before the base file that holds the list: it
+    # must change that one item, not replace the list
+    base = tmp_path / "tok.yaml"
+    base.write_text("model:\n  layers:\n    - {kind: residual, factor: 4, codebook_size: 128}\n"
+                    "    - {kind: residual, factor: 4, codebook_size: 128}\n")
+    cfg = load_pipeline_config(QUICKSTART, [f"image.tokenizer.base={base}", "audio=null",
+                                            "image.tokenizer.model.layers.1.codebook_size=64"])
+    assert [la.codebook_size for la in cfg.image.tokenizer.model.layers] == [128, 64]
