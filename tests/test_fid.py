@@ -223,7 +223,7 @@ def write_pngs(folder, x):
     folder.mkdir(parents=True, exist_ok=True)
     u = F.to_uint8(x).permute(0, 2, 3, 1).numpy()
     for i, img in enumerate(u):
-        Image.fromarray(img).save(folder / f"{i:05d}.png")
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:05d}.png")
     return folder
 
 
@@ -307,3 +307,20 @@ def test_a_capped_reference_spans_the_whole_split():
     data = F._Images(torch.stack(rows), 3)
     assert [int(data[i][0, 0, 0]) for i in range(3)] == [int(F.to_uint8(rows[j][None])[0, 0, 0, 0])
                                                           for j in (0, 4, 9)]
+
+
+def test_fid_of_a_sample_folder_reads_the_reference_like_its_tokenizer(cache, extractor, tmp_path):
+    from engine.subsets import spread_indices
+
+    # a grey tokenizer's samples: the reference must be read grey too (not the RGB default)
+    cfg = load_tokenizer_config(None, ["model.preset=vqvae", "model.channels=16", "model.res_channels=8",
+                                       "model.res_blocks=1", "data.source=shapes", "data.channels=1"])
+    Tokenizer.from_config(cfg).save_pretrained(tmp_path / "tok")
+    grey = DataConfig(source="shapes", image_size=32, channels=1, modality="image")
+    ds = F.build_reference_dataset(grey, "test")
+    folder = write_pngs(tmp_path / "samples" / "images",
+                        torch.stack([ds[i]["x"] for i in spread_indices(len(ds), N)]))
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "tok")}))
+    result = F.score_folder(folder.parent, "shapes:test", max_examples=N)
+    assert result["reference"]["channels"] == 1
+    assert abs(result["fid"]) < 1e-2  # the grey samples are the grey reference images
