@@ -491,9 +491,10 @@ def _scan_audiofolder(root: Path, split: str):
     features = {"audio": datasets.Value("string")}
     # labels come from the class folders of every split, as in HF's folder builder: a class
     # missing from one split must not renumber the others, and a one-class split keeps labels
-    roots = [folder] if folder == root else sorted(
-        {folder} | {d for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_WORDS})
-    every = [(r, p) for r in roots for p in r.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
+    others = [] if folder == root else sorted(
+        d for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_WORDS and d != folder)
+    every = [(folder, p) for p in files] + [
+        (r, p) for r in others for p in r.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
     classes = sorted({p.parent.name for _, p in every})
     if len(classes) > 1 and len({len(p.relative_to(r).parts) for r, p in every}) == 1:
         index = {name: i for i, name in enumerate(classes)}
