@@ -284,11 +284,12 @@ def _read_text(path: Path) -> Optional[str]:
 
 
 def code_counts(codes_dir: Path, max_rows: int = MAX_CODE_ROWS) -> Optional[dict]:
-    """Code frequencies per level over the first ``max_rows`` rows of the codes' train split
+    """Code frequencies per level over ``max_rows`` rows (spread evenly) of the codes' train split
     (or the first split encoded): {"split", "rows", "levels": [(codebook size, counts)]}."""
     import datasets
     import numpy as np
 
+    from engine.subsets import spread_indices
     from prior.codes import level_column, read_manifest
 
     manifest = read_manifest(codes_dir)
@@ -298,7 +299,8 @@ def code_counts(codes_dir: Path, max_rows: int = MAX_CODE_ROWS) -> Optional[dict
     split = "train" if "train" in splits else splits[0]
     ds = datasets.load_from_disk(str(codes_dir / split))
     n = min(len(ds), max_rows)
-    table = ds.with_format("arrow")[:n]
+    # rows spread over the split: codes of folder datasets come class by class
+    table = ds.select(spread_indices(len(ds), n)).with_format("arrow")[:n]
     levels = []
     for lv, k in enumerate(manifest["codebook_sizes"]):
         column = table[level_column(lv)]
