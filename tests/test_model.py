@@ -67,6 +67,19 @@ def test_sq_encoding_is_deterministic_in_eval():
     assert model.training  # encode restores the mode it found
 
 
+@pytest.mark.parametrize("preset", ["vqvae2", "sqvae2", "rsqvae"])
+def test_encode_and_decode_codes_agree_with_the_full_pass_in_eval(preset):
+    """encode skips the decoder; its codes and their decoding are the eval forward pass's."""
+    torch.manual_seed(0)
+    cfg = small_cfg(preset)
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    run = model.run(x)
+    codes = model.encode(x)
+    assert all(torch.equal(c, q.codes) for c, q in zip(codes, run.quant))
+    torch.testing.assert_close(model.decode_codes(codes), run.recon, rtol=1e-4, atol=1e-4)
+
+
 def test_sq_recon_term_scales_as_gaussian_ml():
     """recon = (D_x / 2) log(sum ||x - x_hat||^2 / B): per example, not per element."""
     torch.manual_seed(0)

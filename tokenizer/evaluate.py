@@ -87,7 +87,7 @@ def evaluate_tokenizer(
     loader = _loader(dataset, max_examples, batch_size)
     for batch in tqdm(loader, desc="eval: encode", disable=not progress, leave=False):
         x = batch["x"].to(device)
-        quant = model.run(x).quant  # eval mode: the deterministic codes of encode()
+        quant = model.quantize(x)[1]  # eval mode: the deterministic codes of encode()
         codes = [q.codes for q in quant]
         full.add(x, model.decode_codes(codes), db_per_unit)
         for h, c in zip(hists, codes):

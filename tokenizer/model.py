@@ -121,6 +121,11 @@ class HQVAE(nn.Module):
     # -- passes ---------------------------------------------------------------------------
     def run(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> ForwardOutput:
         """Encode, quantize every layer top-down, decode."""
+        state, quant = self.quantize(x, step)
+        return ForwardOutput(self.decoder(state), quant)
+
+    def quantize(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> tuple[torch.Tensor, list[QuantizerOutput]]:
+        """Encoder and the top-down layers: the final state H_L and every layer's output."""
         feats = self.encoder(x)
         log_vars = self.log_variances() if self.is_stochastic else [None] * len(self.layers)
         state = self._h0(x.shape[0], x)
@@ -131,7 +136,7 @@ class HQVAE(nn.Module):
             q = layer.quantizer(z_hat, step, log_var) if self.is_stochastic else layer.quantizer(z_hat, step)
             quant.append(q)
             state = layer.combine(u, q.z_q.to(u.dtype))
-        return ForwardOutput(self.decoder(state), quant)
+        return state, quant
 
     def forward(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
         """Training objective and its parts (all scalars; 'loss' is what is minimised).
@@ -174,7 +179,8 @@ class HQVAE(nn.Module):
         was = self.training
         self.eval()
         try:
-            return [q.codes for q in self.run(x).quant]
+            # no decoder pass: code extraction only needs the top-down layers
+            return [q.codes for q in self.quantize(x)[1]]
         finally:
             self.train(was)
 
