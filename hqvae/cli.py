@@ -161,6 +161,7 @@ def _sample(args: argparse.Namespace) -> int:
         "label": args.label, "levels": [vars(s) for s in sampler.settings],
         "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
     }
+    replaced = (Path(args.out) / "samples.json").is_file()
     # guidance 0 samples with the null label whatever --label says: no labels to score against
     write_samples(args.out, decoded, codes, labels if args.cfg_scale != 0 else None, tokenizer, grid=args.grid,
                   class_names=prior.class_names, settings=settings,
@@ -169,7 +170,8 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"sampled {args.n} {kind} in {sampler.stats.seconds:.1f}s "
           f"({sampler.stats.tokens_per_second:.0f} tokens/s, {args.n / max(sampler.stats.seconds, 1e-9):.1f} {kind}/s)")
     print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
-          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None else ""))
+          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None else "")
+          + (" (replacing the sample set that was there)" if replaced else ""))
     return 0
 
 

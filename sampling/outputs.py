@@ -8,11 +8,16 @@ Layout of a sample directory::
     OUT/codes.safetensors      the sampled codes, one tensor per level (+ labels)
     OUT/labels.json            {file name: label} for class-conditional samples
     OUT/samples.json           settings, identities, counts and timings
+
+Writing into a folder that holds an earlier sample set replaces that set: its numbered
+files and the four files above are removed first (nothing else in the folder is touched),
+so a smaller second run never leaves the first run's extra files or labels to be scored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +26,30 @@ from safetensors.torch import save_file
 
 from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
+
+
+SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png")
+_NUMBERED = re.compile(r"\d{6,}")
+
+
+def clear_samples(out_dir: str | Path) -> int:
+    """Remove an earlier sample set written by :func:`write_samples` in ``out_dir`` (its
+    numbered PNG/WAV files and ``SAMPLE_FILES``); returns how many files went. samples.json
+    goes first, so an interrupted clear never leaves a record describing missing files."""
+    out = Path(out_dir)
+    removed = 0
+    for name in SAMPLE_FILES:
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    for sub, ext in (("images", ".png"), ("audio", ".wav")):
+        if (out / sub).is_dir():
+            for path in (out / sub).iterdir():
+                if path.suffix == ext and _NUMBERED.fullmatch(path.stem) and path.is_file():
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def write_samples(
@@ -39,6 +68,7 @@ def write_samples(
     """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clear_samples(out)  # an earlier, larger set's extra files would be scored with these
     audio = tokenizer.modality == "audio"
     n = decoded.shape[0]
     names: list[str] = []

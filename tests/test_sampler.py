@@ -281,6 +281,14 @@ def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
     assert torch.equal(saved["level_1"], codes[1]) and torch.equal(saved["label"], labels)
     assert json.loads((tmp_path / "labels.json").read_text())["000001.png"] == 1
     assert json.loads((tmp_path / "samples.json").read_text())["tokenizer_identity"] == tok.identity
+    # a second, smaller unconditional set replaces the first: no extra files or stale labels
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "images" / "mine.png").write_bytes(b"")
+    codes = s.sample_codes(2, seed=1)
+    write_samples(tmp_path, s.decode(codes), codes, None, tok)
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["000000.png", "000001.png", "mine.png"]
+    assert not (tmp_path / "labels.json").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    assert "label" not in load_file(str(tmp_path / "codes.safetensors"))
 
 
 def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
