@@ -27,7 +27,6 @@ from safetensors.torch import save_file
 from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
 
-
 SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png")
 _NUMBERED = re.compile(r"\d{6,}")
 
