@@ -81,7 +81,15 @@ class SpectrogramSet(Dataset):
             item = item["x"]
         if not torch.is_tensor(item):
             raise ValueError(f"{self.name} item {index}: expected a tensor, got {type(item).__name__}")
-        return item.float()
+        return from_uint8(item) if item.dtype == torch.uint8 else item.float()
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """8-bit spectrogram images (..., C, F, T) -> float in [-1, 1], one channel: undoes the
+    PNG quantisation (up to its 1/127.5 step); a grey image saved as RGB keeps its first
+    channel. Spectrograms have one channel, so that is all the classifier takes."""
+    x = x.float() / 127.5 - 1.0
+    return x[..., :1, :, :] if x.dim() >= 3 and x.shape[-3] == 3 else x
 
 
 def _check_input(data: SpectrogramSet, shape: tuple[int, ...], name: str, min_items: int = 2) -> None:
@@ -165,9 +173,7 @@ def extractor_class() -> type:
 
         def forward(self, x):
             if x.dtype == torch.uint8:  # 8-bit spectrogram images: undo the quantisation
-                x = x.float() / 127.5 - 1.0
-                if x.dim() == 4 and x.shape[1] == 3 and self.input_shape[0] == 1:
-                    x = x[:, :1]
+                x = from_uint8(x)
             features, logits = self.classifier.features_and_logits(x.float())
             out = {FEATURE_LAYER: features.double(), "logits": logits.double()}
             return tuple(out[name] for name in self.features_list)

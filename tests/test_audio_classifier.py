@@ -196,6 +196,17 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     assert again["fid"] == first["fid"]
 
 
+def test_8bit_spectrograms_are_mapped_back_to_the_float_range(trained, eval_batch):
+    """uint8 spectrogram images (grey, or grey saved as RGB) score like their float values."""
+    run, _, _ = trained
+    x, y = eval_batch
+    u8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    as_float = u8.float() / 127.5 - 1
+    for images in (u8, u8.expand(-1, 3, -1, -1)):
+        assert audio_fid(run, images, as_float, kid=False)["fid"] == pytest.approx(0.0, abs=1e-6)
+        assert classifier_accuracy(run, images, y)["accuracy"] == classifier_accuracy(run, as_float, y)["accuracy"]
+
+
 def test_classifier_accuracy_matches_eval(trained, eval_batch):
     run, _, metrics = trained
     x, y = eval_batch
