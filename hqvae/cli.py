@@ -170,7 +170,7 @@ def _sample(args: argparse.Namespace) -> int:
     print(f"sampled {args.n} {kind} in {sampler.stats.seconds:.1f}s "
           f"({sampler.stats.tokens_per_second:.0f} tokens/s, {args.n / max(sampler.stats.seconds, 1e-9):.1f} {kind}/s)")
     print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
-          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None else "")
+          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None and args.cfg_scale != 0 else "")
           + (" (replacing the sample set that was there)" if replaced else ""))
     return 0
 

@@ -21,13 +21,14 @@ import inspect
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -192,6 +193,11 @@ def list_images(root: Union[str, Path]) -> list[Path]:
     return files
 
 
+def _upright(img: Image.Image) -> Image.Image:
+    """Camera JPEGs turned upright by their EXIF orientation, as the reference side reads them."""
+    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+
+
 class ImageFolderSamples(Dataset):
     """A folder of same-sized images as uint8 (3, H, W) tensors, decoded on demand. Sizes
     are checked up front from the file headers, so mixed sizes fail at once, by name."""
@@ -205,7 +211,7 @@ class ImageFolderSamples(Dataset):
         for path in self.files:
             try:
                 with Image.open(path) as img:
-                    size = img.size
+                    size = _upright(img).size
             except Exception as err:  # PIL raises several types on bad files
                 raise ValueError(f"{path}: not a readable image ({err})") from None
             if first is None:
@@ -225,7 +231,7 @@ class ImageFolderSamples(Dataset):
 
         with Image.open(self.files[index]) as img:
             img.load()
-            rgb = _convert_mode(img, 3)  # alpha over white, 16-bit greys rescaled, as our data
+            rgb = _convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 
@@ -478,8 +484,8 @@ def reconstruction_fid(
     cache: bool = True,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """rFID of a tokenizer: FID of its reconstructions of a split's first ``max_examples``
-    images against those images (reference features cached like any reference).
+    """rFID of a tokenizer: FID of its reconstructions of ``max_examples`` images spread
+    evenly over a split against those images (reference features cached like any reference).
     Returns ``{"rfid", ["rkid_mean", "rkid_std"], "examples"}``."""
     if tokenizer.modality != "image":
         raise ValueError("rFID: the tokenizer works on audio; rFID needs an image tokenizer")
@@ -526,6 +532,11 @@ def _sample_tokenizer_data(folder: Path, root: Path) -> Optional[DataConfig]:
             run = json.loads(record.read_text()).get("tokenizer_run")
             if run and (Path(run) / "config.yaml").is_file():
                 return load_tokenizer_config(Path(run) / "config.yaml").data
+            if run:  # moved or relative to another folder: say so rather than guess quietly
+                warnings.warn(
+                    f"{record}: its tokenizer run {run!r} is not found from here (no config.yaml); "
+                    f"the reference is read with the default data settings (3 channels, centre crop)",
+                    stacklevel=3)
             return None
     return None
 

@@ -90,6 +90,9 @@ def draw(logits: torch.Tensor, settings: LevelSettings, generator: torch.Generat
     logits = logits.float()
     if settings.temperature == 0:
         return logits.argmax(-1)
+    # shifted so the best code sits at 0: a tiny temperature then sends the rest to -inf
+    # instead of overflowing every logit to inf (whose softmax is NaN)
+    logits = logits - logits.amax(-1, keepdim=True)
     logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
@@ -189,7 +192,8 @@ class Sampler:
             if self._no_null:
                 raise ValueError(
                     f"labels: sampling without labels needs the unconditional (null-label) model, "
-                    f"which levels {self._no_null} never trained (label_dropout=0); give a label or 'cycle'")
+                    f"which levels {self._no_null} never trained (label_dropout=0); give labels "
+                    "(on the command line: --label N or --label cycle)")
             return torch.full((n,), classes, dtype=torch.long)
         out = torch.as_tensor(labels, dtype=torch.long).flatten()
         if out.numel() == 1:

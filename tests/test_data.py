@@ -390,6 +390,13 @@ def test_images_are_turned_upright_by_their_exif_orientation(tmp_path):
                                   label_column=None), "train")
     x = ds[0]["x"][0]
     assert x[:4].mean() > 0.8 and x[-4:].mean() < -0.8  # bright top, dark bottom
+    # the FID samples side reads the same file upright too (32 tall, 16 wide)
+    from sampling.fid import ImageFolderSamples
+
+    samples = ImageFolderSamples(tmp_path / "a")
+    img = samples[0]
+    assert (samples.width, samples.height) == (16, 32) and img.shape == (3, 32, 16)
+    assert img[:, :8].float().mean() > 200 and img[:, -8:].float().mean() < 55
 
 
 def test_a_named_label_column_must_exist(image_dir):

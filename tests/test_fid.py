@@ -324,3 +324,7 @@ def test_fid_of_a_sample_folder_reads_the_reference_like_its_tokenizer(cache, ex
     result = F.score_folder(folder.parent, "shapes:test", max_examples=N)
     assert result["reference"]["channels"] == 1
     assert abs(result["fid"]) < 1e-2  # the grey samples are the grey reference images
+    # a sample folder whose tokenizer run has moved: scored with the defaults, and said so
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved")}))
+    with pytest.warns(UserWarning, match="tokenizer run .*moved.* is not found from here"):
+        assert F.score_folder(folder.parent, "shapes:test", max_examples=N)["reference"]["channels"] == 3

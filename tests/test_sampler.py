@@ -169,6 +169,11 @@ def test_top_k_1_is_greedy(prior):
     assert same(greedy, Sampler(prior, temperature=0).sample_codes(3, labels=1, seed=9))
 
 
+def test_a_tiny_temperature_samples_greedily_instead_of_failing(prior):
+    greedy = Sampler(prior, temperature=0).sample_codes(3, labels=1, seed=0)
+    assert same(greedy, Sampler(prior, temperature=1e-45).sample_codes(3, labels=1, seed=0))
+
+
 def test_greedy_follows_the_teacher_forced_argmax(prior):
     codes = Sampler(prior, temperature=0).sample_codes(2, labels=2, seed=0)
     labels = torch.full((2,), 2)
@@ -329,6 +334,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert main(["sample", str(run), "--out", str(tmp_path / "uncond"), "--n", "2", "--label", "1",
                  "--cfg-scale", "0"]) == 0
     assert not (tmp_path / "uncond" / "labels.json").exists()
+    assert "labels.json" not in capsys.readouterr().out
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
                        (["--temperature", "-1"], "temperature for level 0"),
                        (["--top-k", "1,2,3"], "3 values for a prior with 2 levels"),
