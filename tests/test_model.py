@@ -113,6 +113,38 @@ def test_residual_depth_decoding_and_continuous_kl():
         torch.testing.assert_close(q.losses["kl_continuous"], expected, rtol=1e-4, atol=1e-3)
 
 
+def test_every_rq_depth_commits_the_encoder_to_its_running_sum_with_one_straight_through():
+    """RQ-VAE's cumulative commitment: depth l pulls p toward sg(H_l) (not toward nothing,
+    as p - H_{l-1} would with H_{l-1} = p + sg(...)); the decoder's gradient reaches p once."""
+    torch.manual_seed(0)
+    cfg = small_cfg("rqvae", extra=["model.depth=3", "model.quantizer.ema=false"])
+    model = HQVAE(cfg.model, cfg.data.shape).train()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    projections = []  # p = proj(Ĥ), computed once per residual layer
+
+    def keep(module, inputs, out):
+        out.retain_grad()
+        projections.append(out)
+
+    model.proj["4"].register_forward_hook(keep)
+    state, quant = model.quantize(x)
+    p, partial = projections[0], torch.zeros_like(projections[0])
+    beta = cfg.model.quantizer.beta
+    for i, (layer, q) in enumerate(zip(model.layers, quant)):
+        partial = partial + layer.quantizer.lookup(q.codes)
+        torch.testing.assert_close(q.losses["commitment"], beta * (p - partial).pow(2).mean())
+        enc = torch.autograd.grad(q.losses["commitment"], model.encoder.parameters(), retain_graph=True,
+                                  allow_unused=True)
+        assert sum(float(g.abs().sum()) for g in enc if g is not None) > 0, f"depth {i + 1} commits nothing"
+    torch.testing.assert_close(state, partial)  # forward: the sum of the codewords
+    for q in projections:
+        q.grad = None  # (autograd.grad above fed the retained grads)
+    r = torch.randn_like(state)
+    (state * r).sum().backward()
+    grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in projections]
+    torch.testing.assert_close(sum(grads), r)  # backward: identity to p, once
+
+
 def test_decode_codes_rejects_bad_codes():
     cfg = small_cfg("vqvae2")
     model = HQVAE(cfg.model, cfg.data.shape)

@@ -8,6 +8,11 @@ Top-down, from H_0 = 0 at the coarsest grid, layer by layer (top = coarsest firs
 * residual layer  (RQ-VAE / RSQ-VAE):     ẑ_l = p(Ĥ_f) - H_{l-1};  z_l = Q_l(ẑ_l);
   H_l = H_{l-1} + z_l, so layer l's continuous KL is ||p(Ĥ_f) - H_l||^2 / (2 sigma_l^2),
   RQ-VAE's cumulative commitment with a learned precision instead of a fixed beta.
+  With VQ, H_{l-1} of a residual layer below another at the same grid already holds p's
+  straight-through (H = p + sg(...)), so p - H_{l-1} would carry no gradient and the
+  layer's commitment would pull on nothing: those layers see ẑ_l = p - sg(H_{l-1}) and add
+  sg(z_l), making the commitment beta ||p - sg(H_l)||^2 and the straight-through happen
+  once, as in RQ-VAE (Lee et al., 2022).
 
 The decoder maps H_L to the reconstruction. A single residual layer is plain VQ-VAE /
 SQ-VAE (H_0 = 0 makes ẑ = p(Ĥ)).
@@ -38,6 +43,10 @@ class TopDownLayer(nn.Module):
         layer = cfg.layers[index]
         self.kind, self.factor = layer.kind, layer.factor
         self.is_last = index == len(cfg.layers) - 1
+        prev_layer = cfg.layers[index - 1] if index > 0 else None
+        # VQ residual layer refining the residual layer above it (module docstring)
+        self.detach_state = (layer.kind == "residual" and cfg.quantizer.kind == "vq" and prev_layer is not None
+                             and prev_layer.kind == "residual" and prev_layer.factor == layer.factor)
         cs = cfg.resolved_state_channels
         # up(H_{l-1}): transposed convs when the previous state is on a coarser grid
         ratio = (prev_factor or layer.factor) // layer.factor
@@ -53,12 +62,12 @@ class TopDownLayer(nn.Module):
     def encoder_input(self, feat: torch.Tensor, u: torch.Tensor, proj: nn.Module | None) -> torch.Tensor:
         if self.kind == "injected":
             return self.g(torch.cat([feat, u], dim=1))
-        return proj(feat) - u
+        return proj(feat) - (u.detach() if self.detach_state else u)
 
     def combine(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if self.kind == "injected":
             return self.h(torch.cat([u, z], dim=1))
-        return u + z
+        return u + (z.detach() if self.detach_state else z)
 
 
 class HQVAE(nn.Module):
