@@ -107,7 +107,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """This process's random generators (torch, CUDA, Python, NumPy) as tensors + JSON."""
     tensors = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -123,7 +124,9 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 
 def _set_rng_state(tensors: dict[str, torch.Tensor], info: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    # by device number: as strings, rng.cuda.10 would sort before rng.cuda.2
+    cuda_keys = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    cuda = [tensors[k] for k in cuda_keys]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     if "python" in info:
@@ -143,7 +146,11 @@ def save_checkpoint(
     config: dict,
     extra: dict | None = None,
     keep_last: int = 2,
+    rng_states: list[tuple[dict[str, torch.Tensor], dict]] | None = None,
 ) -> Path:
+    """Write a checkpoint atomically (temporary folder, checksums, rename) and keep the
+    newest ``keep_last``. ``rng_states``: every process's :func:`rng_state`, rank order
+    (default: this process's only); rank 0's under ``rng.*``, rank r's under ``rng.rank{r}.*``."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:08d}"
@@ -152,7 +159,14 @@ def save_checkpoint(
     tmp.mkdir()
     save_weights(tmp / "model.safetensors", model_state, config, {"step": str(step)})
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    rng_tensors, rng_info = _rng_state()
+    rng_tensors, rng_info = {}, {}
+    for rank, (tensors, info) in enumerate(rng_states or [rng_state()]):
+        if rank == 0:
+            rng_tensors.update(tensors)
+            rng_info.update(info)
+        else:
+            rng_tensors.update({k.replace("rng.", f"rng.rank{rank}.", 1): v for k, v in tensors.items()})
+            rng_info.setdefault("ranks", {})[str(rank)] = info
     save_file(_contiguous({**opt_tensors, **rng_tensors}), str(tmp / "optimizer.safetensors"))
     sched = scheduler.state_dict() if scheduler else {}
     if "lr_lambdas" in sched:  # plain functions are rebuilt from the config, not stored
@@ -295,5 +309,16 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
     return state
 
 
-def restore_rng(ckpt: dict) -> None:
-    _set_rng_state(ckpt["rng_tensors"], ckpt.get("rng", {}))
+def restore_rng(ckpt: dict, rank: int = 0) -> bool:
+    """Restore process ``rank``'s generators from ``ckpt``; False (nothing changed) when
+    the checkpoint holds no state for that rank (it was written by fewer processes)."""
+    tensors, info = ckpt["rng_tensors"], ckpt.get("rng", {})
+    if rank == 0:
+        _set_rng_state({k: v for k, v in tensors.items() if not k.startswith("rng.rank")}, info)
+        return True
+    prefix = f"rng.rank{rank}."
+    mine = {k.replace(prefix, "rng.", 1): v for k, v in tensors.items() if k.startswith(prefix)}
+    if "rng.torch" not in mine:
+        return False
+    _set_rng_state(mine, info.get("ranks", {}).get(str(rank), {}))
+    return True

@@ -55,6 +55,10 @@ def check_writable(path: str | Path, key: str = "run_dir") -> None:
     """Fail before any work when ``path`` (a directory, created later by the run) cannot be
     created or written, naming ``key`` and the path. Probes by creating the missing folders
     and a file in the deepest one, then removes everything it created: no side effects."""
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        # one probe per machine: processes creating and removing the same probe folders at
+        # once would fail each other's probes
+        return
     path = Path(path).expanduser()
     created: list[Path] = []
     try:

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -32,8 +32,10 @@ from engine.checkpoint import (
     load_latest_checkpoint,
     quarantine,
     restore_rng,
+    rng_state,
     save_checkpoint,
 )
+from engine.distributed import use_cpu
 from engine.train_config import TrainConfig
 
 
@@ -82,6 +84,7 @@ class TrainResult:
     nonfinite_steps_skipped: int = 0  # optimizer steps withheld under nan_policy='skip'
     resumed_checkpoint: Optional[str] = None  # the checkpoint the run resumed from
     corrupt_checkpoints: list[str] = field(default_factory=list)  # newer ones that failed to load
+    processes: int = 1  # data-parallel processes that trained together
 
 
 class NonFiniteLossError(ValueError):
@@ -171,12 +174,15 @@ def train(
     # sync_with_dataloader=False: an epoch is cut to whole optimizer steps below, so a
     # partial accumulation never forces an extra step at an epoch's end
     accelerator = Accelerator(
+        cpu=use_cpu(),  # CPU-only multi-process runs: gloo (engine/distributed.py)
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=cfg.grad_accum, sync_with_dataloader=False
         ),
     )
-    set_seed(cfg.seed)
+    # per process (seed + rank): otherwise every process draws the same dropout, label
+    # dropout and Gumbel noise for its part of the batch; one process is seeded as before
+    set_seed(cfg.seed, device_specific=True)
     world = accelerator.num_processes
     main = accelerator.is_main_process
     micro = cfg.batch_size // cfg.grad_accum
@@ -188,10 +194,12 @@ def train(
     micro //= world
     if len(dataset) == 0:
         raise ValueError("the training dataset is empty")
-    if len(dataset) < micro * world:
+    if len(dataset) < cfg.batch_size:
+        # an optimizer step would span more than an epoch: epochs, schedules and resume
+        # positions are all counted in whole steps per epoch
         raise ValueError(
-            f"dataset has {len(dataset)} examples, fewer than one batch ({micro * world}); "
-            f"lower train.batch_size"
+            f"dataset has {len(dataset)} examples, fewer than one batch "
+            f"(train.batch_size={cfg.batch_size}); lower train.batch_size"
         )
     sampler = EpochSampler(len(dataset), cfg.seed)
     # The loader's own generator (re-seeded per epoch) supplies the seed a DataLoader
@@ -236,7 +244,12 @@ def train(
             ) from None
         scheduler.load_state_dict(ckpt["scheduler"])
         start = int(ckpt["step"])
-        restore_rng(ckpt)
+        if not restore_rng(ckpt, accelerator.process_index):
+            # written by fewer processes: no state of this one's to continue, so a fresh
+            # seed of its own (deterministic, and unlike every other process's)
+            set_seed(cfg.seed + 1_000_003 * start, device_specific=True)
+        if accelerator.scaler is not None and "grad_scaler" in ckpt:
+            accelerator.scaler.load_state_dict(ckpt["grad_scaler"])  # fp16 loss scale
         for key in counters:
             counters[key] = int(ckpt.get("counters", {}).get(key, 0))
         # a resumed run may ask for more steps or another lr, which reshapes the schedule;
@@ -316,12 +329,16 @@ def train(
         stop_if_nonfinite()
         run_counters = {"bad_examples_skipped": bad_examples_total(),
                         "nonfinite_steps_skipped": skipped_steps}
+        # every process's generators, so that each resumes with its own
+        rng_states = gather_object([rng_state()]) if world > 1 else [rng_state()]
+        extra = {"epoch": step // steps_per_epoch, "counters": run_counters}
+        if accelerator.scaler is not None:
+            extra["grad_scaler"] = accelerator.scaler.state_dict()
         accelerator.wait_for_everyone()
         if main:
             last_good = save_checkpoint(
                 run_dir, step, unwrapped.state_dict(), optimizer.optimizer, scheduler, config,
-                extra={"epoch": step // steps_per_epoch, "counters": run_counters},
-                keep_last=cfg.keep_last,
+                extra=extra, keep_last=cfg.keep_last, rng_states=rng_states,
             )
         else:
             last_good = run_dir / "checkpoints" / f"step_{step:08d}"
@@ -431,12 +448,18 @@ def train(
                 warnings.warn(f"train: non-finite loss at step {step + 1}; step skipped "
                               f"(train.nan_policy=skip; {skipped_steps} so far)", stacklevel=2)
             window_ok, saved_buffers = True, None
+            lr_used = optimizer.param_groups[0]["lr"]  # this step's, before the schedule moves on
             scheduler.step()
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == total:
                 stop_if_nonfinite()
                 now = time.perf_counter()
+                if world > 1 and sums:
+                    # the mean over all processes (each saw an equal share of the batch)
+                    keys = sorted(sums)
+                    mean = accelerator.reduce(torch.stack([sums[k] for k in keys]), "mean")
+                    sums = dict(zip(keys, mean.unbind()))
                 record = {k: float(v) / n_sum for k, v in sums.items()} if n_sum else {}
                 record.update(stats(unwrapped, step) if stats else {})
                 if skipped_steps:
@@ -445,7 +468,7 @@ def train(
                     record["bad_examples_skipped"] = bad_examples_total()
                 rate = seen / max(now - t_log, 1e-9)
                 last = record
-                log({"step": step, "epoch": epoch, "split": "train", "lr": scheduler.get_last_lr()[0],
+                log({"step": step, "epoch": epoch, "split": "train", "lr": lr_used,
                      "examples_per_s": rate, **record})
                 if "loss" in record:
                     bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
@@ -481,4 +504,5 @@ def train(
         bad_examples_skipped=n_bad, nonfinite_steps_skipped=skipped_steps,
         resumed_checkpoint=str(resumed_path) if resumed_path else None,
         corrupt_checkpoints=[str(p) for p in corrupt],
+        processes=world,
     )

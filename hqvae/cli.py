@@ -21,7 +21,8 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     if not metrics:  # a non-main process of a data-parallel run: the main one reports
         return 0
     t = metrics["train"]
-    print(f"trained {t['steps']} steps in {t['seconds']:.0f}s ({t['examples_per_s']:.0f} examples/s)")
+    procs = f" on {t['processes']} processes" if t.get("processes", 1) > 1 else ""
+    print(f"trained {t['steps']} steps in {t['seconds']:.0f}s{procs} ({t['examples_per_s']:.0f} examples/s)")
     print(format_summary(metrics, cfg.run_dir))
     print(f"weights: {Path(cfg.run_dir) / 'model.safetensors'}; eval: {Path(cfg.run_dir) / 'eval'}")
     return 0

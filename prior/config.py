@@ -7,7 +7,6 @@ makes only level 1 deeper). Level 0 is the top of the hierarchy.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,7 +107,9 @@ def merge_levels(data: dict) -> dict:
     base = data.get("model") or {}
     if not isinstance(base, dict):
         return data  # from_dict reports the bad `model` with its key
-    data = copy.copy(data)
+    # `model` is checked before `levels`, so a bad model key is reported as model.<key>,
+    # not as the levels.<i>.<key> it was copied into
+    data = {"model": base, **{k: v for k, v in data.items() if k != "model"}}
     merged = []
     for i, entry in enumerate(levels):
         if entry is None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from accelerate import PartialState
 
 from engine.config import ConfigError, save_yaml, to_dict
+from engine.distributed import process_state
 from engine.run_dir import check_run_dir, check_writable
 from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
@@ -96,7 +96,7 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
         if not 0 <= level < num_levels:
             raise ConfigError(f"--level {level}: the codes have levels 0..{num_levels - 1}")
     run_dir = Path(cfg.run_dir)
-    state = PartialState()
+    state = process_state()
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
@@ -115,7 +115,7 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
         def periodic_eval(m, step, eval_set=eval_set):
             if eval_set is None:
                 return {}
-            out = evaluate_level(m, eval_set, min(cfg.eval.max_examples, 1000), cfg.eval.batch_size)
+            out = evaluate_level(m, eval_set, cfg.eval.max_examples, cfg.eval.batch_size)
             return {"bits_per_token": out["bits_per_token"]}
 
         result = train(
@@ -135,6 +135,7 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
                 "tokens_per_s": result.examples_per_second * model.length,
                 "parameters": model.num_parameters(), "weights": str(path),
                 "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
+                "processes": result.processes,
             })
             (level_dir(run_dir, level) / "eval.json").write_text(json.dumps(metrics, indent=2))
             with (level_dir(run_dir, level) / "metrics.jsonl").open("a") as fh:
@@ -167,6 +168,7 @@ def format_summary(results: dict, run_dir: str | Path) -> str:
         lines.append(
             f"  level {level} ({m['shape'][0]}x{m['shape'][1]}, K={m['codebook_size']}): {held}; "
             f"{m['steps']} steps, {m['tokens_per_s']:.0f} tokens/s, {m['parameters'] / 1e6:.2f}M params"
+            + (f", {m['processes']} processes" if m.get("processes", 1) > 1 else "")
         )
     lines.append(f"wrote {run_dir}")
     return "\n".join(lines)

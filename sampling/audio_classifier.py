@@ -463,8 +463,7 @@ def resolve_data(cfg: ClassifierConfig, train_set: Dataset) -> ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    from accelerate import PartialState
-
+    from engine.distributed import process_state
     from engine.run_dir import check_run_dir, check_writable
     from engine.trainer import train
     from tokenizer.data import build_dataset
@@ -480,7 +479,7 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     class_names = getattr(train_set, "class_names", None)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = AudioClassifier(cfg, class_names)
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")

@@ -145,3 +145,13 @@ def test_hop_as_long_as_the_window_is_refused():
     with pytest.raises(ConfigError, match=r"hop_length: must be in \(0, n_fft\)"):
         load_tokenizer_config(None, ["model.preset=sqvae", "data.source=tones", "data.audio.n_fft=64",
                                      "data.audio.hop_length=64"])
+
+
+def test_a_bad_prior_model_key_is_named_under_model_whatever_the_order():
+    from prior.config import load_prior_config
+
+    for over in (["levels=[{}, {n_layer: 8}]", "model.n_layers=8"], ["model.n_layers=8", "levels=[{}, {}]"]):
+        with pytest.raises(ConfigError, match="unknown key 'model.n_layers'"):
+            load_prior_config(None, over)
+    with pytest.raises(ConfigError, match="model.n_layer: expected an integer"):
+        load_prior_config(None, ["levels=[{}]", "model.n_layer=x"])

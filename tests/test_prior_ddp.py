@@ -1,7 +1,9 @@
-"""`hqvae train-prior` under `accelerate launch --num_processes 2 --cpu` (gloo): one
-checkpoint writer, and the same optimisation as one process with the same global batch."""
+"""`hqvae train-prior` under `torchrun --nproc_per_node 2` on a CPU (gloo): really two
+processes, one checkpoint writer, the same optimisation as one process with the same global
+batch, and a resumed run that continues each process's random draws."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,10 +46,11 @@ def _losses(level_dir):
 
 
 def _cli(args, processes):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
-              str(processes), "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "-m", "hqvae.cli"]
-    return subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300)
+    # torchrun, not `accelerate launch --cpu --num_processes N`: that starts one process
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+              str(processes), "-m", "hqvae.cli"]
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    return subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_two_processes_match_one_with_the_same_global_batch(codes, tmp_path):
@@ -58,6 +61,8 @@ def test_two_processes_match_one_with_the_same_global_batch(codes, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         # one process reports; one process writes one final checkpoint per level
         assert out.stdout.count("level 1 (") == 1, out.stdout
+        assert (", 2 processes" in out.stdout) == (n == 2), out.stdout
+        assert json.loads((run / "level_1" / "eval.json").read_text())["processes"] == n
         for level in (0, 1):
             assert [p.name for p in list_checkpoints(run / f"level_{level}")] == ["step_00000003"]
         runs[n] = run
@@ -70,3 +75,23 @@ def test_two_processes_match_one_with_the_same_global_batch(codes, tmp_path):
     for level in (0, 1):
         for (name, pa), pb in zip(a.levels[level].state_dict().items(), b.levels[level].state_dict().values()):
             torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_resumed_two_process_run_continues_every_process_s_random_draws(codes, tmp_path):
+    """Dropout and label dropout draw from each process's own generator; a run stopped at
+    step 2 and resumed must continue those draws (not rank 0's everywhere) to match the
+    uninterrupted run."""
+    noisy = [*TINY_PRIOR, "model.dropout=0.2", "label_dropout=0.3", "train.schedule=constant",
+             "--level", "0"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for run, steps in ((whole, [4]), (split, [2, 4])):
+        for n_steps in steps:
+            out = _cli(["train-prior", f"data.codes={codes}", f"run_dir={run}", *noisy,
+                        f"train.steps={n_steps}"], 2)
+            assert out.returncode == 0, out.stderr[-3000:]
+    one, two = _losses(whole / "level_0"), _losses(split / "level_0")
+    assert len(one) == 4 and len(two) == 4
+    assert two == one  # steps 3 and 4 after the resume too, to the last bit
+    a, b = (Prior.from_pretrained(r, levels=[0]).levels[0] for r in (whole, split))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name

@@ -322,6 +322,18 @@ def test_unwritable_output_fails_before_work(unwritable, command, capsys):
         assert not path.exists()
 
 
+def test_only_the_first_process_of_a_machine_probes_the_output(unwritable, monkeypatch):
+    # the probe creates and removes folders: several processes doing it at once would fail
+    # each other's probes, so the other processes of a launch leave it to local rank 0
+    from engine.run_dir import check_writable
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    check_writable(unwritable[0], "run_dir")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ConfigError, match="run_dir: cannot write"):
+        check_writable(unwritable[0], "run_dir")
+
+
 # -- 3. bad data ------------------------------------------------------------------------------
 
 

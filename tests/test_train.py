@@ -122,18 +122,36 @@ def test_bf16_autocast_trains_with_float32_quantizer(tmp_path):
 
 
 def test_two_process_data_parallel_run(tmp_path):
-    """`accelerate launch` with 2 CPU processes (gloo): one writer, one checkpoint, one report."""
+    """torchrun with 2 CPU processes (gloo): really two, one writer, one checkpoint, one report."""
+    import os
     import subprocess
     import sys
 
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "hqvae.cli", "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
            "train.steps=2", *TINY]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("trained 2 steps") == 1
+    assert "on 2 processes" in out.stdout, out.stdout
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
     tok = Tokenizer.from_pretrained(run)
     assert tok.code_shapes == [(4, 4), (8, 8)]
+
+
+def test_logged_lr_is_the_rate_the_step_used(tmp_path):
+    cfg = cfg_for(tmp_path, "vqvae", "train.steps=3", "train.warmup_steps=2", "train.schedule=constant",
+                  "train.lr=0.01")
+    train_tokenizer(cfg)
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in lines if r["split"] == "train"]
+    assert lrs == pytest.approx([0.005, 0.01, 0.01])  # warm-up (step + 1) / 2, then the base rate
+
+
+def test_a_dataset_smaller_than_one_global_batch_is_refused(tmp_path):
+    # with grad_accum, one micro-batch fits, but an optimizer step would span several epochs
+    cfg = cfg_for(tmp_path, "vqvae", "train.steps=2", "data.num_train=6", "train.grad_accum=4")
+    with pytest.raises(ValueError, match=r"6 examples, fewer than one batch \(train.batch_size=8\)"):
+        train_tokenizer(cfg)

@@ -17,9 +17,9 @@ import math
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
 from engine.config import save_yaml, to_dict, validate
+from engine.distributed import process_state
 from engine.run_dir import check_run_dir, check_writable
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
@@ -84,7 +84,7 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     tok = Tokenizer.from_config(cfg)
     # under `accelerate launch` every process runs this; one of them writes files
-    main_process = PartialState().is_main_process
+    main_process = process_state().is_main_process
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
@@ -119,6 +119,7 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
         "parameters": tok.model.num_parameters(),
         "bad_examples_skipped": result.bad_examples_skipped,
         "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
+        "processes": result.processes,
     }
     (run_dir / "eval" / "eval.json").write_text(json.dumps(metrics, indent=2))
     final = {"step": result.step, "split": "eval", "final": True,
