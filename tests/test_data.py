@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tokenizer.audio import write_wav
 from tokenizer.config import AudioConfig, DataConfig
 from tokenizer.data import ShapesDataset, TonesDataset, build_dataset, data_shape
 
@@ -404,3 +405,18 @@ def test_a_named_label_column_must_exist(image_dir):
         build_dataset(DataConfig(source="parquet", path=str(image_dir), label_column="digit"), "train")
     ds = build_dataset(DataConfig(source="parquet", path=str(image_dir), label_column=None), "train")
     assert ds.num_classes is None
+
+
+@pytest.mark.parametrize("source", ["audiofolder", "imagefolder"])
+def test_files_directly_in_split_folders_have_no_labels(tmp_path, source):
+    """root/train/*.wav and root/test/*.wav: the folder names are splits, not classes."""
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+        for i in range(2):
+            if source == "audiofolder":
+                write_wav(tmp_path / split / f"{i}.wav", torch.zeros(800), 8000)
+            else:
+                Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / f"{i}.png")
+    for split in ("train", "test"):
+        ds = build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), split)
+        assert ds.num_classes is None and ds[0]["label"] == -1

@@ -402,6 +402,32 @@ def test_skip_gives_up_on_all_bad_data(tmp_path):
         ds[0]
 
 
+def test_adjacent_bad_rows_count_once_each_and_64_in_a_row_give_up(tmp_path):
+    from tokenizer.data import MAX_CONSECUTIVE_BAD
+
+    good = {"bytes": png_bytes(0), "path": None}
+    junk = {"bytes": b"junk", "path": None}
+    cells = [good] * 3 + [junk] * 2 + [good] * 3  # rows 3 and 4 bad, side by side
+    table = datasets.Dataset.from_dict({"image": cells}).cast_column("image", datasets.Image())
+    table.to_parquet(str(tmp_path / "train.parquet"))
+    ds = build_dataset(DataConfig(source="parquet", path=str(tmp_path), image_size=8,
+                                  skip_bad_examples=True), "train")
+    with pytest.warns(UserWarning):
+        counts = [ds[i]["bad_examples"] for i in range(len(ds))]  # one epoch
+    assert counts == [0, 0, 0, 1, 1, 0, 0, 0]  # two bad rows: 2, not 2 + 1
+    n = MAX_CONSECUTIVE_BAD
+    cells = [junk] * n + [good] * 2
+    table = datasets.Dataset.from_dict({"image": cells}).cast_column("image", datasets.Image())
+    (tmp_path / "many").mkdir()
+    table.to_parquet(str(tmp_path / "many" / "train.parquet"))
+    ds = build_dataset(DataConfig(source="parquet", path=str(tmp_path / "many"), image_size=8,
+                                  skip_bad_examples=True), "train")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=f"{n} consecutive rows from row 0"):
+        ds[0]
+    with pytest.warns(UserWarning):
+        assert ds[1]["bad_examples"] == 1  # 63 in a row from row 1: skipped
+
+
 def test_truncated_wav_is_an_error_naming_the_file_or_skipped(tmp_path):
     root = tmp_path / "clips"
     for label in ("a", "b"):

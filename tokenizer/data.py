@@ -451,9 +451,24 @@ def _load_table(cfg: DataConfig, split: str):
         table = datasets.load_dataset(**kwargs, split=split)
     except ValueError as err:  # e.g. an unknown split: add which data it was
         raise ValueError(f"{where}: cannot load split {split!r}: {err}") from err
+    if source == "imagefolder" and isinstance(table, datasets.Dataset):
+        table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
     if not isinstance(table, datasets.Dataset):
         raise ValueError(f"{where}: split {split!r} did not load as one map-style dataset")
     return table, where
+
+
+def _drop_split_name_labels(table, root: Path):
+    """HF's imagefolder builder takes the parent folder names as classes; with images directly
+    in split folders (root/train/*.png, root/test/*.png) those are the split names, not
+    classes. Such a label column is dropped."""
+    import datasets
+
+    feat = table.features.get("label")
+    if isinstance(feat, datasets.ClassLabel) and feat.names and all(
+            name.lower() in _SPLIT_WORDS and (root / name).is_dir() for name in feat.names):
+        return table.remove_columns("label")
+    return table
 
 
 def _scan_audiofolder(root: Path, split: str):
@@ -496,7 +511,10 @@ def _scan_audiofolder(root: Path, split: str):
     every = [(folder, p) for p in files] + [
         (r, p) for r in others for p in r.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
     classes = sorted({p.parent.name for _, p in every})
-    if len(classes) > 1 and len({len(p.relative_to(r).parts) for r, p in every}) == 1:
+    depths = {len(p.relative_to(r).parts) for r, p in every}
+    # class folders sit inside the split folder (or the root): files directly in the split
+    # folders would otherwise be labelled with their split's name
+    if len(classes) > 1 and len(depths) == 1 and depths.pop() >= 2:
         index = {name: i for i, name in enumerate(classes)}
         columns["label"] = [index[p.parent.name] for p in files]
         features["label"] = datasets.ClassLabel(names=classes)
@@ -656,19 +674,20 @@ class HFDataset(Dataset):
             self._report_bad(err)
             first = err
         n = len(self.table)
-        skipped = 1
-        for offset in range(1, min(n, MAX_CONSECUTIVE_BAD + 1)):
+        run = 1  # consecutive bad rows from `index` on
+        for offset in range(1, min(n, MAX_CONSECUTIVE_BAD)):
             j = (index + offset) % n
             try:
                 item = self._item(self.table[j], j)
-            except BadExampleError as err:
-                self._report_bad(err)
-                skipped += 1
+            except BadExampleError:
+                run += 1  # reported and counted when row j itself is asked for
                 continue
-            item["bad_examples"] = skipped
+            # this row only: every row is asked for once per epoch, so a bad row followed by
+            # bad rows is not counted again for each of them
+            item["bad_examples"] = 1
             return item
         raise BadExampleError(
-            f"{self.where} (split {self.split!r}): {skipped} consecutive rows from row {index} "
+            f"{self.where} (split {self.split!r}): {run} consecutive rows from row {index} "
             f"cannot be decoded, too many for data.skip_bad_examples to skip; first: {first}"
         )
 

@@ -130,7 +130,10 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _data_init(self, flat: torch.Tensor) -> None:
-        idx = torch.randint(0, flat.shape[0], (self.K,), device=flat.device)
+        n = flat.shape[0]
+        # distinct vectors when there are enough: a duplicate seed is a code that never wins
+        idx = (torch.randperm(n, device=flat.device)[: self.K] if n >= self.K
+               else torch.randint(0, n, (self.K,), device=flat.device))
         new = _broadcast(flat[idx].clone())
         self.codebook.data.copy_(new)
         if self.cfg.ema:
