@@ -187,6 +187,9 @@ def main() -> int:
     ]
     for dataset in args.datasets:
         rows = [m for (ds, _), m in done.items() if ds == dataset]
+        # the presets in their usual order, then the variant rows in the order they were run
+        rows.sort(key=lambda m: (bool(m.get("overrides")),
+                                 0 if m.get("overrides") else PRESETS.index(m["preset"].split(" ")[0])))
         if not rows:
             continue
         if dataset == "cifar10":
