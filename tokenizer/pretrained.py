@@ -115,9 +115,12 @@ class Tokenizer:
     @property
     def identity(self) -> str:
         """A hash of what defines the tokenizer as a function (the model config, the input
-        transform) and of the weights: codes are only meaningful for it. Training, eval and
-        data-loading settings are left out, and so is every key at its default, so a new
-        option (off by default) does not orphan the codes and priors of existing runs."""
+        transform) and of the weights: codes are only meaningful for it. The input transform
+        is the modality and input shape, plus for audio every ``data.audio`` key (crop and
+        Griffin-Lim settings included: they are part of the clip-to-spectrogram contract).
+        Training, eval and other data-loading settings are left out, and so is every key at
+        its default, so a new option (off by default) does not orphan the codes and priors
+        of existing runs."""
         h = hashlib.sha256(json.dumps(identity_config(self.config), sort_keys=True).encode())
         for name, t in sorted(self.model.state_dict().items()):
             h.update(name.encode())
