@@ -310,7 +310,12 @@ def load_config(
         keys, value = parse_override(text)
         apply_override(data, keys, value)
     if prepare is not None:
-        data = prepare(data)
+        try:
+            data = prepare(data)
+        except ConfigError as err:
+            if path is None:
+                raise
+            raise ConfigError(f"{path}: {err}") from None  # named like from_dict's errors
     return from_dict(cls, data, source=str(path) if path else None)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from engine.config import ConfigError, load_config, merge, save_yaml, to_dict
+from engine.config import ConfigError, load_config, merge, to_dict
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
 from sampling.audio_classifier import ClassifierConfig
@@ -171,10 +171,17 @@ def _prepare(data: dict) -> dict:
                 raise ConfigError(f"{name}.{section}.{'.'.join(keys)}: set by the pipeline "
                                   f"(everything goes under run_dir); remove it")
         tok = track.get("tokenizer")
+        # their errors name keys relative to the section: say which section
         if isinstance(tok, dict):
-            track["tokenizer"] = tok = expand_preset(tok)
+            try:
+                track["tokenizer"] = tok = expand_preset(tok)
+            except ConfigError as err:
+                raise ConfigError(f"{name}.tokenizer.{err}") from None
         if isinstance(track.get("prior"), dict):
-            track["prior"] = merge_levels(track["prior"])
+            try:
+                track["prior"] = merge_levels(track["prior"])
+            except ConfigError as err:
+                raise ConfigError(f"{name}.prior.{err}") from None
         clf = track.get("classifier")
         if isinstance(clf, dict) and isinstance(tok, dict):
             base = copy.deepcopy(tok.get("data") or {})
@@ -226,6 +233,26 @@ def _codes_done(codes_dir: Path, splits: Sequence[str]) -> bool:
         return False
     have = json.loads(manifest.read_text()).get("splits", {})
     return all(s in have and (codes_dir / s).is_dir() for s in splits)
+
+
+def _tokenizer_identity(tok_dir: Path) -> str:
+    from tokenizer.pretrained import Tokenizer
+
+    return Tokenizer.from_pretrained(tok_dir).identity
+
+
+def _recorded_identity(manifest: Path) -> Optional[str]:
+    """The tokenizer identity a codes.json / prior.json records (None: no such file)."""
+    record = _read_json(manifest)
+    return None if record is None else record.get("tokenizer_identity")
+
+
+def _fresh(folder: Path, keep: bool, log: Callable[[str], None]) -> Path:
+    """``folder``, emptied first unless ``keep``: its contents came from another tokenizer."""
+    if not keep and folder.exists():
+        log(f"   {folder}: made with an earlier tokenizer of this run; redoing it")
+        shutil.rmtree(folder)
+    return folder
 
 
 def _prior_done(prior_dir: Path, num_levels: int) -> list[int]:
@@ -440,12 +467,27 @@ def _check_run_dir(cfg: PipelineConfig) -> None:
                           f"({', '.join(changed[:5])}); choose another run_dir or delete it")
 
 
+def _save_config(cfg: PipelineConfig, path: Path) -> None:
+    """The config that produced the run directory: a track this invocation leaves out
+    (`audio=null`) keeps its earlier section, so bringing it back with other settings is
+    refused like any other change to a finished track."""
+    from engine.config import yaml_dump, yaml_load
+
+    new = to_dict(cfg)
+    if path.is_file():
+        old = yaml_load(path.read_text()) or {}
+        for track in layout.TRACKS:
+            if new.get(track) is None and old.get(track) is not None:
+                new[track] = old[track]
+    path.write_text(yaml_dump(new))
+
+
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage that is not finished yet; returns (and writes) the run summary."""
     _check_run_dir(cfg)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run / layout.CONFIG)
+    _save_config(cfg, run / layout.CONFIG)
     device = _device(cfg)
     summary: dict[str, Any] = {"run_dir": str(run), "tracks": {}}
     t_start = time.perf_counter()
@@ -480,9 +522,17 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         stages[key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 2), **result}
 
     stage("tokenizer", layout.is_done(cfg.run_dir, name, "tokenizer"), lambda: run_tokenizer(sc["tokenizer"]))
-    stage("encode", _codes_done(root / "codes", (data.train_split, data.eval_split)),
-          lambda: run_encode(sc["tokenizer"], track, root / "codes", device))
+    # codes and priors belong to one tokenizer (its identity: config + weights); those of an
+    # earlier tokenizer in this run directory (re-trained after its folder was removed) are
+    # redone rather than reused, or sampling would refuse them halfway through the run
+    tok_id = _tokenizer_identity(root / "tokenizer")
+    codes_ok = _recorded_identity(root / "codes" / "codes.json") in (None, tok_id)
+    stage("encode", codes_ok and _codes_done(root / "codes", (data.train_split, data.eval_split)),
+          lambda: run_encode(sc["tokenizer"], track, _fresh(root / "codes", codes_ok, log), device))
     num_levels = len(json.loads((root / "codes" / "codes.json").read_text())["codebook_sizes"])
+    prior_ok = _recorded_identity(root / "prior" / "prior.json") in (None, tok_id)
+    if not prior_ok:
+        _fresh(root / "prior", False, log)
     todo = _prior_done(root / "prior", num_levels)
     stage("prior", not todo and layout.is_done(cfg.run_dir, name, "prior"), lambda: run_prior(sc["prior"], todo))
     if name == "audio" and track.score.enabled and not track.score.classifier_run:
@@ -513,7 +563,8 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
             _write_json(root / "fid.json", out)
             return {"samples": out["samples"], "random": out["random"]}
 
-        fresh = not any(stages[k]["status"] == "ran" for k in ("samples", "random"))
+        # a re-trained classifier scores the same samples differently
+        fresh = not any(stages.get(k, {}).get("status") == "ran" for k in ("samples", "random", "classifier"))
         stage("score", fresh and prev.get("settings") == scored, score)
     stages["headline"] = headline(root)
     return stages

@@ -110,6 +110,41 @@ def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run,
     assert not (run / "image" / "fid.json").exists()
 
 
+def test_a_track_left_out_and_brought_back_with_other_settings_is_refused(quick_run):
+    # the last run left audio out: pipeline.yaml keeps audio's earlier section all the same
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "audio.tokenizer.model.channels=64"])
+    with pytest.raises(ConfigError, match=r"audio\.tokenizer\.model\.channels"):
+        run_pipeline(cfg)
+
+
+def test_codes_and_priors_of_an_earlier_tokenizer_are_redone(quick_run, capsys):
+    # as after re-training the tokenizer: the codes on disk name another tokenizer identity
+    manifest = quick_run / "image" / "codes" / "codes.json"
+    record = json.loads(manifest.read_text())
+    record["tokenizer_identity"] = "0" * 16
+    manifest.write_text(json.dumps(record))
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *TINY, "image.sample.n=12",
+                 "image.sample.compile=true", "image.sample.temperature=0.5",
+                 "image.score.enabled=false", "audio=null"]) == 0
+    image = _summary(quick_run)["tracks"]["image"]
+    assert {k for k, v in image.items() if k != "headline" and v["status"] == "ran"} == {
+        "encode", "samples", "random"}  # the prior's identity still matches the tokenizer
+    assert "made with an earlier tokenizer of this run; redoing it" in capsys.readouterr().out
+    tok_id = json.loads(manifest.read_text())["tokenizer_identity"]
+    assert tok_id != "0" * 16
+    # and a prior of another tokenizer is retrained from scratch
+    info = quick_run / "image" / "prior" / "prior.json"
+    record = json.loads(info.read_text())
+    info.write_text(json.dumps(dict(record, tokenizer_identity="1" * 16)))
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *TINY, "image.sample.n=12",
+                 "image.sample.compile=true", "image.sample.temperature=0.5",
+                 "image.score.enabled=false", "audio=null"]) == 0
+    image = _summary(quick_run)["tracks"]["image"]
+    assert {k for k, v in image.items() if k != "headline" and v["status"] == "ran"} == {
+        "prior", "samples"}
+    assert json.loads(info.read_text())["tokenizer_identity"] == tok_id
+
+
 def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "image.tokenizer.model.channels=16"])
     with pytest.raises(ConfigError, match=r"image\.tokenizer\.model\.channels"):
@@ -135,6 +170,9 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("image.prior.class_cond=false image.sample.label=3", r"image\.sample\.label: the prior is not class-conditional"),
     ("image.sample.label=seven", r"label: expected 'cycle', a class id or null"),
     ("image.smaple.n=3", r"unknown key 'image\.smaple' \(did you mean 'sample'\?\)"),
+    ("image.prior.levels=5", r"quickstart\.yaml: image\.prior\.levels: expected a list"),
+    ("audio.prior.levels=[{},3]", r"quickstart\.yaml: audio\.prior\.levels\.1: expected a mapping"),
+    ("image.tokenizer.model.preset=nope", r"quickstart\.yaml: image\.tokenizer\.model\.preset: unknown preset"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
