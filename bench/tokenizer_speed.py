@@ -17,6 +17,7 @@ speed, not the objective (compiled random numbers differ, so SQ losses match onl
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ VARIANTS = {"eager": (None, False, False), "channels_last": (None, True, False),
 GPU_ONLY = {"compile+channels_last+bf16", "compile(reduce-overhead)+channels_last+bf16"}
 
 
-def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> dict:
+def measure(preset: str, batch: int, variant: str, warmup: int, timed: int, blocks: int) -> dict:
     import torch
     import torch._dynamo
 
@@ -73,15 +74,23 @@ def measure(preset: str, batch: int, variant: str, warmup: int, timed: int) -> d
 
     for i in range(warmup):
         step(i)
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    losses = [step(warmup + i) for i in range(timed)]  # kept on device: no sync per step
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    return {"images_per_s": batch * timed / seconds, "loss": float(torch.stack(losses).mean()),
-            **device_stats()}
+    # The timed steps run as `blocks` equal blocks and the median block rate is reported:
+    # on a shared 2-core machine a burst of other load can halve one block's rate, and a
+    # single long timing (the first version of this script) let one burst decide a row.
+    losses, rates, i = [], [], warmup
+    per_block = max(1, timed // blocks)
+    for _ in range(blocks):
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(per_block):
+            losses.append(step(i))  # kept on device: no sync per step
+            i += 1
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        rates.append(batch * per_block / (time.perf_counter() - t0))
+    return {"images_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
+            "loss": float(torch.stack(losses).mean()), **device_stats()}
 
 
 def main() -> int:
@@ -90,24 +99,27 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="+", default=PRESETS)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--timed", type=int, default=60)
+    p.add_argument("--timed", type=int, default=100)
+    p.add_argument("--blocks", type=int, default=5, help="timed steps split into this many blocks; "
+                   "the median block's images/s is reported, with the range beside it")
     p.add_argument("--tag", default="cpu")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     args = p.parse_args()
     cuda = torch.cuda.is_available()
     batches = [32, 128, 512] if cuda else [32]
     variants = list(VARIANTS) if cuda else [v for v in VARIANTS if v not in GPU_ONLY]
-    lines = ["| preset | batch | variant | images/s | × eager | mean loss | peak MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | batch | variant | images/s | block range | × eager | mean loss | peak MB |",
+             "|---|---|---|---|---|---|---|---|"]
     device = "?"
     for preset in args.presets:
         for batch in batches:
             base = None
             for variant in variants:
-                m = measure(preset, batch, variant, args.warmup, args.timed)
+                m = measure(preset, batch, variant, args.warmup, args.timed, args.blocks)
                 base = base or m["images_per_s"]
                 device = m["device"]
                 lines.append(f"| {preset} | {batch} | {variant} | {m['images_per_s']:.0f} "
+                             f"| {m['min']:.0f}–{m['max']:.0f} "
                              f"| {m['images_per_s'] / base:.2f} | {m['loss']:.4g} | {m['peak_mem_mb']:.0f} |")
                 print(lines[-1], flush=True)
     text = "\n".join([
@@ -115,7 +127,9 @@ def main() -> int:
         f"Command: `python bench/tokenizer_speed.py {' '.join(sys.argv[1:])}`; machine: {device}; "
         f"date {time.strftime('%Y-%m-%d')}. "
         f"{args.warmup} warm-up + {args.timed} timed steps (forward + backward + AdamW) on "
-        "synthetic 3×32×32 images; CPU peak memory is the process's max RSS (cumulative).",
+        f"synthetic 3×32×32 images, timed in {args.blocks} blocks: images/s is the median "
+        "block's, the range the slowest and fastest block's; CPU peak memory is the process's "
+        "max RSS (cumulative).",
         "" if cuda else "GPU columns (batch 128 / 512, bf16) are not measured here: no GPU was "
         "available. The ≥ 5× over eager fp32 target is a GPU target.", "", *lines])
     write_section(Path(args.out), f"tokenizer-speed-{args.tag}", text)

@@ -22,7 +22,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
     grad_accum: int = 1
     clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (loss-scaled) needs a GPU; bf16 also on CPU
     seed: int = 0
     log_every: int = 50  # steps between metric lines (the only host syncs of the loop)
     eval_every: int = 0  # steps between evaluations; 0 = only at the end

@@ -180,6 +180,11 @@ def train(
             num_steps=cfg.grad_accum, sync_with_dataloader=False
         ),
     )
+    if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # Accelerate has no fp16 autocast or loss scaler on CPU and would train in float32
+        # without a word; bf16 is the CPU's autocast type
+        warnings.warn("train.mixed_precision=fp16 needs a GPU: on this CPU the run trains in "
+                      "float32 (train.mixed_precision=bf16 autocasts on CPU)", stacklevel=2)
     # per process (seed + rank): otherwise every process draws the same dropout, label
     # dropout and Gumbel noise for its part of the batch; one process is seeded as before
     set_seed(cfg.seed, device_specific=True)

@@ -121,6 +121,36 @@ def test_bf16_autocast_trains_with_float32_quantizer(tmp_path):
     assert metrics["train"]["steps"] == 2
 
 
+def test_fp16_on_cpu_says_it_trains_in_float32(tmp_path):
+    cfg = cfg_for(tmp_path, "vqvae", "train.steps=1", "train.mixed_precision=fp16")
+    with pytest.warns(UserWarning, match="fp16 needs a GPU"):
+        train_tokenizer(cfg)
+
+
+def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path, monkeypatch):
+    """The GradScaler's state travels with the checkpoint. CPU Accelerate has no scaler, so
+    a CPU GradScaler is put in its place (as Accelerate's own is on a GPU under fp16)."""
+    import accelerate
+
+    import engine.trainer
+
+    made = []
+
+    class ScaledAccelerator(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # doubles the scale after every finite step, so the scale counts the steps
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+            made.append(self)
+
+    monkeypatch.setattr(engine.trainer, "Accelerator", ScaledAccelerator)
+    train_tokenizer(cfg_for(tmp_path, "vqvae", "train.steps=2", "train.ckpt_every=2"))
+    assert made[-1].scaler.get_scale() == 2.0**10
+    resumed = train_tokenizer(cfg_for(tmp_path, "vqvae", "train.steps=4", "train.ckpt_every=2"))
+    assert resumed["train"]["resumed_from"] == 2
+    assert made[-1].scaler.get_scale() == 2.0**12  # a fresh scaler would be at 2**10
+
+
 def test_two_process_data_parallel_run(tmp_path):
     """torchrun with 2 CPU processes (gloo): really two, one writer, one checkpoint, one report."""
     import os
