@@ -454,11 +454,12 @@ def _check_run_dir(cfg: PipelineConfig) -> None:
     old = yaml_load(saved.read_text()) or {}
     new = to_dict(cfg)
     # sampling / scoring settings may change (those stages re-run); more training steps or
-    # other evaluation sizes too (the stage resumes, or counts as finished)
+    # other evaluation sizes too (the stage resumes, or counts as finished); the encoding
+    # batch size changes no code (eval mode, per-example), so finished codes stay
     allowed = ("run_dir", "device", "report") + tuple(
         f"{t}.{s}" for t in layout.TRACKS
         for s in ("sample", "score", "tokenizer.train", "tokenizer.eval", "prior.train", "prior.eval",
-                  "classifier.train", "classifier.eval"))
+                  "classifier.train", "classifier.eval", "encode.batch_size"))
     # a track run alone or added later (`audio=null`) is the same run; its stages skip or run
     changed = [k for k in config_diff(old, new) if not k.startswith(allowed)
                and not (k in layout.TRACKS and (old.get(k) is None or new.get(k) is None))]
