@@ -306,8 +306,8 @@ def load_config(
     ``prepare`` may expand the raw mapping (e.g. presets) before it is type-checked.
     """
     data = read_yaml(path) if path is not None else {}
-    for text in overrides:
-        keys, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    for keys, value in parsed:
         apply_override(data, keys, value)
     if prepare is not None:
         try:
@@ -316,7 +316,30 @@ def load_config(
             if path is None:
                 raise
             raise ConfigError(f"{path}: {err}") from None  # named like from_dict's errors
-    return from_dict(cls, data, source=str(path) if path else None)
+    obj = from_dict(cls, data, source=str(path) if path else None)
+    _check_ignored_steps(obj, [keys for keys, _ in parsed], path)
+    return obj
+
+
+def _check_ignored_steps(obj: Any, override_keys: list[list[str]], path: str | Path | None) -> None:
+    """A ``...train.steps=N`` override on a config whose train section sets ``epochs`` would
+    be ignored (epochs decide the run's length): refuse it rather than train another length."""
+    for keys in override_keys:
+        if keys[-1] != "steps" or keys[:-1] + ["epochs"] in override_keys:
+            continue
+        section: Any = obj
+        for part in keys[:-1]:
+            if isinstance(section, (list, tuple)) and part.isdigit() and int(part) < len(section):
+                section = section[int(part)]
+            else:
+                section = getattr(section, part, None)
+        epochs = getattr(section, "epochs", None)
+        if dataclasses.is_dataclass(section) and epochs is not None:
+            where = f" (from {path})" if path else ""
+            name = ".".join(keys[:-1])
+            raise ConfigError(
+                f"{'.'.join(keys)}: has no effect while {name}.epochs={epochs}{where} sets the "
+                f"run's length; add {name}.epochs=null to train by steps")
 
 
 class _Dumper(yaml.SafeDumper):

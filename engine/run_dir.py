@@ -35,16 +35,26 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def holds_work(folder: str | Path) -> bool:
+    """Whether a run folder holds anything a run produced: a checkpoint or final weights
+    (its own, or one level down: a prior's ``level_L/``), or encoded codes."""
+    folder = Path(folder)
+    patterns = ("model.safetensors", "*/model.safetensors", "checkpoints/step_*",
+                "*/checkpoints/step_*", "codes.json")
+    return folder.is_dir() and any(next(folder.glob(pat), None) is not None for pat in patterns)
+
+
 def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -> None:
     """Refuse a run directory whose ``config.yaml`` differs from ``config`` outside the
     top-level sections in ``resumable`` (those may change between a run and its resumption:
-    more steps, other evaluation sizes)."""
+    more steps, other evaluation sizes). A run that stopped before its first checkpoint (a
+    config or data error) left nothing to protect: the corrected config may take its place."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return
     old = yaml_load(path.read_text()) or {}
     changed = [k for k in config_diff(old, config) if k.split(".")[0] not in resumable]
-    if changed:
+    if changed and holds_work(run_dir):
         raise ConfigError(
             f"run_dir {str(run_dir)!r} already holds a run with a different config "
             f"({', '.join(changed[:6])}); choose another run_dir or delete it"

@@ -10,7 +10,7 @@ from engine.config import ConfigError
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps (ignored when `epochs` is set)
+    steps: int = 1000  # optimizer steps (unused when `epochs` is set; a steps override is then refused)
     epochs: Optional[int] = None  # if set, steps = epochs * batches per epoch
     batch_size: int = 32  # global batch per optimizer step, before gradient accumulation split
     lr: float = 1e-3

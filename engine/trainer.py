@@ -500,8 +500,9 @@ def train(
         eval_metrics = run_eval(step) or eval_metrics
     n_bad = bad_examples_total()
     if n_bad and main:
-        warnings.warn(f"train: {n_bad} bad examples were skipped (data.skip_bad_examples); "
-                      f"the warnings above name the first rows", stacklevel=2)
+        warnings.warn(f"train: {n_bad} bad examples were skipped (data.skip_bad_examples; a bad "
+                      f"row counts once per epoch it is met in); the warnings above name the "
+                      f"first rows", stacklevel=2)
     return TrainResult(
         step=step, resumed_from=start, seconds=seconds,
         examples_per_second=trained * cfg.batch_size / max(seconds, 1e-9),

@@ -89,7 +89,9 @@ def _encode(args: argparse.Namespace) -> int:
             max_examples=args.max_examples, source=source, overwrite=args.overwrite,
             tokenizer_run=args.tokenizer_run,
         )
-        print(f"{split}: {entry['num_examples']} examples -> {Path(args.out) / split}")
+        bad = entry.get("bad_examples_skipped", 0)
+        skipped = f" ({bad} bad rows skipped: data.skip_bad_examples)" if bad else ""
+        print(f"{split}: {entry['num_examples']} examples{skipped} -> {Path(args.out) / split}")
     shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
     print(f"codes of tokenizer {tok.identity} (levels {shapes}, K {tok.codebook_sizes}); "
           f"manifest: {Path(args.out) / 'codes.json'}")

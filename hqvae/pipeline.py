@@ -462,10 +462,25 @@ def _check_run_dir(cfg: PipelineConfig) -> None:
                   "classifier.train", "classifier.eval", "encode.batch_size"))
     # a track run alone or added later (`audio=null`) is the same run; its stages skip or run
     changed = [k for k in config_diff(old, new) if not k.startswith(allowed)
-               and not (k in layout.TRACKS and (old.get(k) is None or new.get(k) is None))]
+               and not (k in layout.TRACKS and (old.get(k) is None or new.get(k) is None))
+               and _stage_holds_work(run, k)]
     if changed:
         raise ConfigError(f"run_dir: {run} holds a pipeline run with a different config "
                           f"({', '.join(changed[:5])}); choose another run_dir or delete it")
+
+
+def _stage_holds_work(run: Path, key: str) -> bool:
+    """Whether the stage a changed key ``track.section...`` configures has produced anything.
+    A stage that failed before its first checkpoint (a typo'd column, a bad path) protects
+    nothing, so its corrected settings are the same run."""
+    from engine.run_dir import holds_work
+
+    parts = key.split(".")
+    folder = {"tokenizer": "tokenizer", "encode": "codes", "prior": "prior",
+              "classifier": "classifier"}.get(parts[1] if len(parts) > 1 else "")
+    if parts[0] not in layout.TRACKS or folder is None:
+        return True
+    return holds_work(run / parts[0] / folder)
 
 
 def _save_config(cfg: PipelineConfig, path: Path) -> None:

@@ -137,11 +137,23 @@ def encode_split(
     subset = torch.utils.data.Subset(dataset, range(n))
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     label_max = [-1]
+    written, skipped = [0], [0]
     tokenizer.model.eval()
 
     def rows():
         bar = tqdm(total=n, desc=f"encode {split}", unit="ex", disable=not progress, dynamic_ncols=True)
         for batch in loader:
+            bar.update(len(batch["x"]))
+            stand_in = batch.get("bad_examples")
+            if stand_in is not None and bool(stand_in.any()):
+                # data.skip_bad_examples puts the next good row in place of an undecodable
+                # one; that row is encoded at its own index, so its stand-in copy is dropped
+                # (else the prior would train on a duplicate)
+                keep = stand_in == 0
+                skipped[0] += int((~keep).sum())
+                batch = {k: v[keep] for k, v in batch.items()}
+                if not len(batch["x"]):
+                    continue
             codes = tokenizer.encode(batch["x"])
             flat = [c.flatten(1).cpu().numpy() for c in codes]
             labels = batch["label"].tolist() if has_label else None
@@ -151,7 +163,7 @@ def encode_split(
                     row["label"] = labels[i]
                     label_max[0] = max(label_max[0], labels[i])
                 yield row
-            bar.update(len(batch["x"]))
+            written[0] += len(batch["x"])
         bar.close()
 
     codes_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +200,8 @@ def encode_split(
             if names and len(names) == manifest["num_classes"]:
                 manifest["class_names"] = list(names)
     entry = {
-        "num_examples": n,
+        "num_examples": written[0],
+        "bad_examples_skipped": skipped[0],
         "has_label": has_label,
         "seconds": time.perf_counter() - t0,
         "source": source or {},

@@ -155,3 +155,22 @@ def test_a_bad_prior_model_key_is_named_under_model_whatever_the_order():
             load_prior_config(None, over)
     with pytest.raises(ConfigError, match="model.n_layer: expected an integer"):
         load_prior_config(None, ["levels=[{}]", "model.n_layer=x"])
+
+
+def test_a_steps_override_that_epochs_would_ignore_is_refused(tmp_path):
+    from hqvae.pipeline import load_pipeline_config
+
+    p = write(tmp_path, "model:\n  preset: vqvae\ntrain:\n  epochs: 25\n")
+    with pytest.raises(ConfigError, match=r"train\.steps: has no effect while train\.epochs=25 "
+                                          r".*add train\.epochs=null"):
+        load_tokenizer_config(p, ["train.steps=20"])
+    assert load_tokenizer_config(p, ["train.steps=20", "train.epochs=null"]).train.steps == 20
+    assert load_tokenizer_config(p, ["train.epochs=3"]).train.epochs == 3
+    # the same for a stage of a pipeline whose section starts from such a file
+    pipe = tmp_path / "pipe.yaml"
+    pipe.write_text(f"image:\n  tokenizer:\n    base: {p}\n    data: {{source: shapes}}\n"
+                    "  prior: {}\n  score: {enabled: false}\n")
+    with pytest.raises(ConfigError, match=r"image\.tokenizer\.train\.steps: has no effect"):
+        load_pipeline_config(pipe, ["image.tokenizer.train.steps=5"])
+    assert load_pipeline_config(pipe, ["image.tokenizer.train.steps=5",
+                                       "image.tokenizer.train.epochs=null"]).image.tokenizer.train.steps == 5

@@ -200,7 +200,8 @@ def test_classifier_data_follows_the_tokenizer():
 def test_stage_config_files_as_base(monkeypatch):
     monkeypatch.chdir(QUICKSTART.parent.parent)  # `base:` paths are relative to the repository
     cfg = load_pipeline_config("configs/pipeline/fsdd_sqvae2.yaml",
-                               ["audio.tokenizer.data.path=/data/fsdd", "audio.prior.train.steps=7"])
+                               ["audio.tokenizer.data.path=/data/fsdd", "audio.prior.train.steps=7",
+                                "audio.prior.train.epochs=null"])
     a = cfg.audio
     assert a.tokenizer.model.layers[0].kind == "injected" and a.tokenizer.data.path == "/data/fsdd"
     assert a.classifier.data.path == "/data/fsdd"  # follows the tokenizer, not the base file

@@ -267,6 +267,43 @@ def test_tokenizer_resume_with_incompatible_checkpoint(tmp_path):
                                                      "train.steps=2"]))
 
 
+def test_a_run_that_failed_before_any_work_takes_the_corrected_config(bad_images, tmp_path):
+    """A bad row met in the first step stops a run before its first checkpoint: its run_dir
+    holds only config.yaml, so the corrected command is not refused as "another run"."""
+    run = tmp_path / "run"
+    args = [f"run_dir={run}", *TINY_TOK, "model.preset=vqvae", "data.source=parquet",
+            f"data.path={bad_images}", "data.image_size=8", "model.downsample=2",
+            "train.batch_size=16", "train.steps=1", "eval.max_examples=4"]
+    with pytest.raises(ValueError, match=r"row [39] \(file img[39]\.png\): cannot decode"):
+        train_tokenizer(load_tokenizer_config(None, args))
+    assert (run / "config.yaml").is_file()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fixed = train_tokenizer(load_tokenizer_config(None, [*args, "data.skip_bad_examples=true"]))
+    assert fixed["train"]["steps"] == 1
+    # once the run has weights, another config is another run
+    with pytest.raises(ConfigError, match=r"already holds a run with a different config \(model\.channels"):
+        train_tokenizer(load_tokenizer_config(None, [*args, "data.skip_bad_examples=true",
+                                                     "model.channels=8"]))
+
+
+def test_a_pipeline_stage_that_produced_nothing_takes_corrected_settings(tmp_path):
+    from engine.config import save_yaml
+    from hqvae.pipeline import _check_run_dir, load_pipeline_config
+
+    base = [f"run_dir={tmp_path / 'pipe'}", "audio=null"]
+    typo = load_pipeline_config(Path("configs/quickstart.yaml"), [*base, "image.tokenizer.data.column=img"])
+    (tmp_path / "pipe").mkdir()
+    save_yaml(typo, tmp_path / "pipe" / "pipeline.yaml")  # as the failed run left it
+    fixed = load_pipeline_config(Path("configs/quickstart.yaml"), base)
+    _check_run_dir(fixed)  # the tokenizer stage holds no work: accepted
+    weights = tmp_path / "pipe" / "image" / "tokenizer" / "model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"image\.tokenizer\.data\.column"):
+        _check_run_dir(fixed)
+
+
 def test_runs_from_before_a_new_option_still_resume(tmp_path):
     """A config.yaml written before an option existed lacks its key: not another run."""
     from engine.run_dir import config_diff
@@ -392,6 +429,27 @@ def test_skip_bad_examples_counts_them_in_the_summary(bad_images, tmp_path):
     text = "\n".join(str(w.message) for w in caught)
     assert "row 3 (file img3.png)" in text and "row 9 (file img9.png)" in text
     assert "4 bad examples were skipped" in text
+
+
+def test_encoding_drops_the_stand_ins_of_bad_rows_and_counts_them(bad_images, tmp_path):
+    """Encoded codes hold every good row once: the row standing in for a bad one (a copy of
+    the next good row, which is encoded at its own index) is not written twice."""
+    from tokenizer.pretrained import Tokenizer
+
+    cfg = load_tokenizer_config(None, [
+        *TINY_TOK, "model.preset=vqvae", "data.source=parquet", f"data.path={bad_images}",
+        "data.image_size=8", "data.skip_bad_examples=true", "model.downsample=2"])
+    tok = Tokenizer.from_config(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        entry = encode_split(tok, build_dataset(cfg.data, "train"), tmp_path / "codes", "train",
+                             batch_size=5, progress=False)
+    assert entry["num_examples"] == 14 and entry["bad_examples_skipped"] == 2
+    table = datasets.load_from_disk(str(tmp_path / "codes" / "train"))
+    good = [i for i in range(16) if i not in (3, 9)]
+    assert table["label"] == [i % 2 for i in good]
+    expected = tok.encode(torch.stack([build_dataset(cfg.data, "train")[i]["x"] for i in good]))[0]
+    assert torch.equal(torch.tensor(table["level_0"]).long(), expected.flatten(1))
 
 
 def test_skip_gives_up_on_all_bad_data(tmp_path):
