@@ -381,8 +381,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if os.environ.get("HQVAE_DEBUG"):  # the full traceback, for bug reports
             raise
+        _close_progress_bars()
         print(f"hqvae {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """A bar the error interrupted would leave its line unfinished, and the error message
+    would start in the middle of it: close open bars first (each ends its line)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -630,8 +630,9 @@ def format_summary(summary: dict) -> str:
             parts.append("bits/token " + " · ".join(f"{b:.2f}" for b in h["bits_per_token"] if b is not None))
         if "fid" in h:
             kind = "audio FID" if name == "audio" else "FID"
-            real = f", real {h['fid_real_data']:.2f}" if "fid_real_data" in h else ""
-            parts.append(f"{kind} {h['fid']:.2f} (random codes {h['fid_random_codes']:.2f}{real})")
+            # 3 significant digits: audio FIDs of real data are ~1e-3, image FIDs ~10-300
+            real = f", real {h['fid_real_data']:.3g}" if "fid_real_data" in h else ""
+            parts.append(f"{kind} {h['fid']:.3g} (random codes {h['fid_random_codes']:.3g}{real})")
         if "accuracy" in h:
             parts.append(f"digit/class accuracy {h['accuracy']:.2f}")
         lines.append(f"{name}: {'; '.join(parts) or 'no metrics'}")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from engine.checkpoint import load_weights, save_weights
 from engine.config import from_dict, to_dict
 from engine.subsets import spread_indices
-from prior.codes import check_identity, read_manifest
+from prior.codes import IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
 from prior.model import LevelPrior
 
@@ -164,8 +164,10 @@ class Prior:
 
     def check_tokenizer(self, tokenizer) -> None:
         """Refuse a tokenizer other than the one whose codes these priors model."""
-        check_identity(self.tokenizer_identity, tokenizer.identity, "this tokenizer",
-                       "its codes are not the ones these priors were trained on")
+        if tokenizer.identity != self.tokenizer_identity:
+            raise IdentityError(
+                f"the tokenizer given is {tokenizer.identity}, but these priors were trained on "
+                f"codes of tokenizer {self.tokenizer_identity}; its codes are not the ones they model")
 
     def check_codes(self, codes_dir: str | Path) -> None:
         manifest = read_manifest(codes_dir)

@@ -506,7 +506,10 @@ def score_folder(
 def format_report(result: dict[str, Any]) -> str:
     ref = result["reference"]
     where = ref["source"] + (f" {ref['path']}" if ref["path"] else "")
-    line = f"audio FID {result['fid']:.4f}"
+    # "+ 0.0" and the clamp at -5e-5: a rounding-level negative distance (a set against
+    # itself) prints as 0.0000, not -0.0000; larger negative values are shown as they are
+    fid = result["fid"] if result["fid"] <= -5e-5 else max(result["fid"], 0.0) + 0.0
+    line = f"audio FID {fid:.4f}"
     if "kid" in result:
         line += f"  KID {result['kid']:.5f} ± {result['kid_std']:.5f}"
     lines = [

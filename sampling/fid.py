@@ -523,6 +523,16 @@ def parse_reference(text: str, default_split: Optional[str] = "test") -> tuple[s
     return text, default_split
 
 
+def _location(source: str, path: Optional[str]) -> tuple[str, Optional[str]]:
+    """Where a data source reads from, so that `parquet` + a path and the same folder given
+    as a plain path (read as Parquet), relative or absolute, count as one dataset."""
+    if path is not None and source in ("parquet", "imagefolder", "audiofolder"):
+        return source, str(Path(path).expanduser().resolve())
+    if path is None and Path(source).expanduser().exists():
+        return "parquet", str(Path(source).expanduser().resolve())
+    return source, path
+
+
 def _sample_tokenizer_data(folder: Path, root: Path) -> Optional[DataConfig]:
     """The data config of the tokenizer named by a `hqvae sample` folder's samples.json."""
     from tokenizer.config import load_tokenizer_config
@@ -572,7 +582,7 @@ def score_folder(
     if tok_data is not None:
         # samples of `hqvae sample` name their tokenizer: read the reference the way its data
         # was read (grey, resize policy; all of it when it is the same dataset)
-        same = (tok_data.source, tok_data.path) == (source, path)
+        same = _location(tok_data.source, tok_data.path) == _location(source, path)
         data = dataclasses.replace(tok_data if same else data, channels=tok_data.channels,
                                    resize=tok_data.resize, image_size=image_size, modality="image")
     ref = Reference(data, split, max_examples)

@@ -285,6 +285,11 @@ def test_parquet_audio_clips_become_spectrograms(audio_dir):
 def test_audio_needs_audio_modality_and_rates_when_resampling_is_off(audio_dir):
     with pytest.raises(ValueError, match="data.modality=audio"):
         build_dataset(DataConfig(source="parquet", path=str(audio_dir)), "train")
+    # asked for images explicitly: the message names the audio column and the key to set
+    # (not "no image column found; set data.column")
+    with pytest.raises(ValueError, match=r"column 'audio' holds audio data but data\.modality is "
+                                         r"'image'; set data\.modality=audio"):
+        build_dataset(DataConfig(source="parquet", path=str(audio_dir), modality="image"), "train")
     cfg = DataConfig(
         source="parquet",
         path=str(audio_dir),
@@ -314,6 +319,14 @@ def test_imagefolder_offline(tmp_path):
         check_item(item, (3, 16, 16), 2)
         red = item["x"][0].mean() > 0.9
         assert red == (item["label"] == 0)
+    # no test/ folder: the error says how to get one
+    with pytest.raises(ValueError, match=r"cannot load split 'test'.*make a test/ folder, or hold "
+                                         r"out a slice such as data\.eval_split='train\[90%:\]'"):
+        build_dataset(DataConfig(source="imagefolder", path=str(root), image_size=16), "test")
+    # the folder given as a plain path (read as Parquet): the error names the right source
+    with pytest.raises(FileNotFoundError, match=r"no parquet files.*it holds image files: read it "
+                                                r"as data\.source=imagefolder"):
+        build_dataset(DataConfig(source=str(root), image_size=16), "train")
 
 
 def test_audiofolder_with_split_folders(tmp_path):

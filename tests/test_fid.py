@@ -328,3 +328,15 @@ def test_fid_of_a_sample_folder_reads_the_reference_like_its_tokenizer(cache, ex
     (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved")}))
     with pytest.warns(UserWarning, match="tokenizer run .*moved.* is not found from here"):
         assert F.score_folder(folder.parent, "shapes:test", max_examples=N)["reference"]["channels"] == 3
+
+
+def test_the_tokenizer_s_own_parquet_folder_is_recognised_however_it_is_spelled(tmp_path, monkeypatch):
+    """`--ref DIR:test` for a tokenizer trained with `source: parquet, path: DIR` (relative
+    or absolute) is its own dataset, so every data setting of the tokenizer applies."""
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    own = F._location("parquet", "data")
+    assert F._location("data", None) == own
+    assert F._location(str(tmp_path / "data"), None) == own
+    assert F._location("parquet", str(tmp_path / "data/../data")) == own
+    assert F._location("imagefolder", "data") != own and F._location("shapes", None) != own

@@ -185,3 +185,23 @@ def test_a_dataset_smaller_than_one_global_batch_is_refused(tmp_path):
     cfg = cfg_for(tmp_path, "vqvae", "train.steps=2", "data.num_train=6", "train.grad_accum=4")
     with pytest.raises(ValueError, match=r"6 examples, fewer than one batch \(train.batch_size=8\)"):
         train_tokenizer(cfg)
+
+
+def test_an_error_mid_progress_bar_starts_its_own_line(monkeypatch, capsys):
+    """The bar the error interrupted is closed first, so the message is not glued to it."""
+    from tqdm import tqdm
+
+    import hqvae.cli as cli
+
+    def failing(args):
+        bar = tqdm(total=10, desc="train")
+        bar.update(3)
+        raise ValueError("row 7 (file x.png): cannot decode")
+
+    args = cli.parse_cli(["train-tokenizer", "model.preset=vqvae"])
+    args.func = failing
+    monkeypatch.setattr(cli, "parse_cli", lambda argv: args)
+    assert cli.main([]) == 2
+    err = capsys.readouterr().err
+    assert "\nhqvae train-tokenizer: error: row 7" in err
+    assert not list(getattr(tqdm, "_instances", ()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import io
+import itertools
 import math
 import re
 import warnings
@@ -410,10 +411,24 @@ def _parquet_files(path: str, split: str) -> list[str]:
             return sorted(set(found))
     present = sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
     listing = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") or "none"
+    hint = ""
+    if not present:  # a folder of media files given as a plain path (read as Parquet)
+        suffixes = {f.suffix.lower() for f in itertools.islice(root.rglob("*.*"), 2000)}
+        for kind, known in (("image", _IMAGE_SUFFIXES), ("audio", _AUDIO_SUFFIXES)):
+            if suffixes & known:
+                hint = (f"; it holds {kind} files: read it as data.source={kind}folder "
+                        f"data.path={path}")
+                if kind == "image":
+                    hint += f" (hqvae fid: --ref imagefolder:{base} --path {path})"
+                break
     raise FileNotFoundError(
         f"{path}: no parquet files for split {base!r} (looked for {base}.parquet, "
-        f"{base}-*.parquet, {base}/*.parquet, also under data/); parquet files found: {listing}"
+        f"{base}-*.parquet, {base}/*.parquet, also under data/); parquet files found: {listing}{hint}"
     )
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
 
 
 def _is_local_parquet(source: str) -> bool:
@@ -450,7 +465,12 @@ def _load_table(cfg: DataConfig, split: str):
     try:
         table = datasets.load_dataset(**kwargs, split=split)
     except ValueError as err:  # e.g. an unknown split: add which data it was
-        raise ValueError(f"{where}: cannot load split {split!r}: {err}") from err
+        hint = ""
+        if source == "imagefolder" and "Unknown split" in str(err):
+            # the same layout advice audiofolder gives (_scan_audiofolder)
+            hint = (f" (without DIR/{base}/ folders every image is in split 'train'; make a "
+                    f"{base}/ folder, or hold out a slice such as data.eval_split='train[90%:]')")
+        raise ValueError(f"{where}: cannot load split {split!r}: {err}{hint}") from err
     if source == "imagefolder" and isinstance(table, datasets.Dataset):
         table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
     if not isinstance(table, datasets.Dataset):
@@ -603,6 +623,10 @@ class HFDataset(Dataset):
                 and (wanted is None or _feature_modality(feat) == wanted)
             ]
             if not candidates:
+                other = [(name, _feature_modality(feat)) for name, feat in features.items()
+                         if _feature_modality(feat) is not None]
+                if other:  # only media of the other kind: the modality is what is wrong
+                    _check_modality(cfg, other[0][1], f"{self.where} column {other[0][0]!r}")
                 kind = f"{wanted} " if wanted else "Image or Audio "
                 raise ValueError(
                     f"{self.where}: no {kind}column found; set data.column to one of: "
