@@ -150,10 +150,16 @@ def _sample(args: argparse.Namespace) -> int:
         if args.label == "cycle":  # balanced classes: 0, 1, ..., K-1, 0, 1, ...
             labels = torch.arange(args.n) % prior.num_classes
         else:
-            try:
-                labels = torch.full((args.n,), int(args.label))
-            except ValueError:
-                raise ValueError(f"--label: expected a class id or 'cycle', got {args.label!r}") from None
+            names = prior.class_names or []
+            if args.label in names:  # a class name of the data (e.g. a folder name)
+                labels = torch.full((args.n,), names.index(args.label))
+            else:
+                try:
+                    labels = torch.full((args.n,), int(args.label))
+                except ValueError:
+                    known = f", or a class name: {', '.join(names)}" if names else ""
+                    raise ValueError(f"--label: expected a class id, 'cycle'{known}; "
+                                     f"got {args.label!r}") from None
     codes = sampler.sample_codes(args.n, labels=labels, seed=args.seed, batch_size=args.batch_size,
                                  progress=True)
     decoded = sampler.decode(codes, batch_size=args.batch_size)
@@ -288,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prior_run", help="prior run directory (from train-prior)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--label", help="class id for every sample, or 'cycle' for balanced classes "
+    p.add_argument("--label", help="class id (or class name) for every sample, or 'cycle' for balanced classes "
                    "(class-conditional priors; default: unconditional)")
     p.add_argument("--temperature", help="sampling temperature: one value or one per level, e.g. 1.0,0.9 (0 = greedy)")
     p.add_argument("--top-k", help="keep the k most likely codes: one value or one per level (0 = off)")

@@ -483,6 +483,23 @@ def _stage_holds_work(run: Path, key: str) -> bool:
     return holds_work(run / parts[0] / folder)
 
 
+def _check_sample_labels(cfg: PipelineConfig) -> None:
+    """A class id beyond the data's classes would fail only at sampling, after the tokenizer
+    and the priors have trained: look at the data's class count first (the table is
+    memory-mapped and the tokenizer stage reads it anyway)."""
+    from tokenizer.data import build_dataset
+
+    for name in layout.TRACKS:
+        track = getattr(cfg, name)
+        if track is None or not isinstance(track.sample.label, int):
+            continue
+        data = track.tokenizer.data
+        classes = getattr(build_dataset(data, data.train_split), "num_classes", None)
+        if classes is not None and track.sample.label >= classes:
+            raise ConfigError(f"{name}.sample.label: {track.sample.label} is out of range: the "
+                              f"{name} data has classes 0..{classes - 1}")
+
+
 def _save_config(cfg: PipelineConfig, path: Path) -> None:
     """The config that produced the run directory: a track this invocation leaves out
     (`audio=null`) keeps its earlier section, so bringing it back with other settings is
@@ -501,6 +518,7 @@ def _save_config(cfg: PipelineConfig, path: Path) -> None:
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage that is not finished yet; returns (and writes) the run summary."""
     _check_run_dir(cfg)
+    _check_sample_labels(cfg)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, run / layout.CONFIG)

@@ -180,6 +180,15 @@ def test_config_errors_name_the_key(override, message):
         load_pipeline_config(QUICKSTART, override.split())
 
 
+def test_a_class_id_beyond_the_data_is_refused_before_any_stage(tmp_path):
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null",
+                                            "image.sample.label=5"])
+    with pytest.raises(ConfigError, match=r"image\.sample\.label: 5 is out of range: the image "
+                                          r"data has classes 0\.\.4"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "image").exists()  # nothing trained
+
+
 def test_no_track_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="at least one track"):
         load_pipeline_config(None, [f"run_dir={tmp_path}"])

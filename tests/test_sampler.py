@@ -317,7 +317,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     from prior.pretrained import INFO, save_level
 
     run = tmp_path / "prior"
-    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"))
+    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"), class_names=["red", "green", "blue"])
     run.mkdir()
     (run / INFO).write_text(json.dumps(info))
     for model in prior.levels.values():
@@ -335,7 +335,11 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
                  "--cfg-scale", "0"]) == 0
     assert not (tmp_path / "uncond" / "labels.json").exists()
     assert "labels.json" not in capsys.readouterr().out
+    # a class given by its name
+    assert main(["sample", str(run), "--out", str(tmp_path / "blue"), "--n", "2", "--label", "blue"]) == 0
+    assert set(json.loads((tmp_path / "blue" / "labels.json").read_text()).values()) == {2}
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
+                       (["--label", "purple"], "or a class name: red, green, blue; got 'purple'"),
                        (["--temperature", "-1"], "temperature for level 0"),
                        (["--top-k", "1,2,3"], "3 values for a prior with 2 levels"),
                        (["--temperature", "hot"], "--temperature")]:
