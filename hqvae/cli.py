@@ -225,6 +225,7 @@ def _fid(args: argparse.Namespace) -> int:
         args.dir, args.ref, path=args.path, image_size=args.image_size,
         max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,
         device=args.device, cache=not args.no_cache, progress=True,
+        skip_bad_examples=args.skip_bad_examples,
     )
     return _report_result(format_report(result), result, args.out)
 
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid", action="store_true", help="also report KID (mean ± std over subsets)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
+    p.add_argument("--skip-bad-examples", action="store_true",
+                   help="skip undecodable reference rows (warned about) instead of failing on the first")
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_fid)

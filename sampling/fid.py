@@ -562,11 +562,13 @@ def score_folder(
     device: Union[str, torch.device, None] = None,
     cache: bool = True,
     progress: bool = False,
+    skip_bad_examples: bool = False,
 ) -> dict[str, Any]:
     """FID (and KID) of the images in ``folder`` against a dataset split named as
     ``DATASET[:split]`` (``data.source`` syntax; ``path`` is ``data.path``). The reference is
     read at the samples' size unless ``image_size`` is given; ``max_examples`` caps both
-    sides. Every input error is raised before any network runs."""
+    sides; ``skip_bad_examples`` skips undecodable reference rows (as ``data.skip_bad_examples``).
+    Every input error is raised before any network runs."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     samples = ImageFolderSamples(folder)
     if image_size is None:
@@ -577,14 +579,16 @@ def score_folder(
             )
         image_size = samples.width
     source, split = parse_reference(reference)
-    data = DataConfig(source=source, path=path, image_size=image_size, modality="image")
+    data = DataConfig(source=source, path=path, image_size=image_size, modality="image",
+                      skip_bad_examples=skip_bad_examples)
     tok_data = _sample_tokenizer_data(Path(folder), samples.root)
     if tok_data is not None:
         # samples of `hqvae sample` name their tokenizer: read the reference the way its data
         # was read (grey, resize policy; all of it when it is the same dataset)
         same = _location(tok_data.source, tok_data.path) == _location(source, path)
         data = dataclasses.replace(tok_data if same else data, channels=tok_data.channels,
-                                   resize=tok_data.resize, image_size=image_size, modality="image")
+                                   resize=tok_data.resize, image_size=image_size, modality="image",
+                                   skip_bad_examples=skip_bad_examples or (same and tok_data.skip_bad_examples))
     ref = Reference(data, split, max_examples)
     ref_set = build_reference_dataset(data, split)
     f_samples = extract_features(samples, max_examples=max_examples, batch_size=batch_size,

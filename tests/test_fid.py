@@ -340,3 +340,26 @@ def test_the_tokenizer_s_own_parquet_folder_is_recognised_however_it_is_spelled(
     assert F._location(str(tmp_path / "data"), None) == own
     assert F._location("parquet", str(tmp_path / "data/../data")) == own
     assert F._location("imagefolder", "data") != own and F._location("shapes", None) != own
+
+
+def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp_path, capsys):
+    import io
+
+    import datasets
+
+    def png(seed):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    cells = [{"bytes": png(i), "path": f"img{i}.png"} for i in range(6)]
+    cells[2] = {"bytes": b"not an image", "path": "img2.png"}
+    table = datasets.Dataset.from_dict({"image": cells}).cast_column("image", datasets.Image())
+    table.to_parquet(str(tmp_path / "test.parquet"))
+    folder = write_pngs(tmp_path / "samples", torch.rand(4, 3, 16, 16) * 2 - 1)
+    args = ["fid", str(folder), "--ref", "parquet:test", "--path", str(tmp_path), "--no-cache"]
+    assert main(args) == 2
+    assert "row 2 (file img2.png): cannot decode" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=r"skipped a bad example.*row 2"):
+        assert main([*args, "--skip-bad-examples"]) == 0
+    assert "FID" in capsys.readouterr().out
