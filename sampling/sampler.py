@@ -242,8 +242,8 @@ class Sampler:
                 # the position as a tensor: an int would be a constant of the compiled step
                 hidden = step(x, torch.full((1, 1), i, device=self.device), cache)
             elif self.cache == "dynamic":
-                out = model.backbone(inputs_embeds=x, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                # the DynamicCache grows in place; the output's copy of it is not needed
+                out = model.backbone(inputs_embeds=x, use_cache=True, **_cache_kwarg(model.backbone, cache))
                 hidden = out.last_hidden_state[:, -1]
             else:  # the whole prefix again
                 inputs = x if inputs is None else torch.cat([inputs, x], dim=1)
@@ -280,9 +280,10 @@ class Sampler:
         its position (1, 1) and the static cache holding the positions before it."""
         if level not in self._steps:
             backbone = self.prior.levels[level].backbone
+            cache_name = next(iter(_cache_kwarg(backbone, None)))
 
             def step(x: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
-                out = backbone(inputs_embeds=x, position_ids=position, past_key_values=cache, use_cache=True)
+                out = backbone(inputs_embeds=x, position_ids=position, use_cache=True, **{cache_name: cache})
                 return out.last_hidden_state[:, -1]
 
             self._steps[level] = torch.compile(step, mode=self.compile_mode) if self.compile else step
@@ -347,6 +348,15 @@ class Sampler:
             chunk = [c[lo : lo + batch_size].to(self.device) for c in codes]
             parts.append(self.tokenizer.decode_codes(chunk).clamp(-1, 1).cpu())
         return torch.cat(parts)
+
+
+def _cache_kwarg(backbone: torch.nn.Module, cache) -> dict:
+    """The backbone's keyword for a KV cache: transformers 5.25 renamed ``past_key_values``
+    to ``cache`` (the old name warns, and goes in 5.40); older releases know only the old one."""
+    import inspect
+
+    params = inspect.signature(backbone.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
 
 
 def _new_cache(model: LevelPrior):

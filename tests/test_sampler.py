@@ -91,6 +91,19 @@ def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
     assert same(runs["static"], runs["none"]) and same(runs["dynamic"], runs["none"])
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arch):
+    """transformers 5.25 renamed ``past_key_values`` to ``cache`` and drops the old name in
+    5.40: passing the old one warns now and would stop caching then."""
+    import warnings
+
+    prior = make_prior(tok, 0, f"model.arch={arch}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        for cache in ("static", "dynamic"):
+            Sampler(prior, cache=cache).sample_codes(2, seed=0)
+
+
 def test_static_cache_is_reused_across_batches_and_reset(tok):
     """Three batches of two rows (the last one padded) through one sampler: the cache of a
     level is allocated once, and a reused cache holds nothing of the previous batch."""
