@@ -1,4 +1,4 @@
-"""`hqvae train-prior` under `torchrun --nproc_per_node 2` on a CPU (gloo): really two
+"""`hqvae train-prior` under `accelerate launch --multi_gpu --num_processes 2` on a CPU (gloo): really two
 processes, one checkpoint writer, the same optimisation as one process with the same global
 batch, and a resumed run that continues each process's random draws."""
 
@@ -46,9 +46,15 @@ def _losses(level_dir):
 
 
 def _cli(args, processes):
-    # torchrun, not `accelerate launch --cpu --num_processes N`: that starts one process
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-              str(processes), "-m", "hqvae.cli"]
+    # several processes through `accelerate launch --multi_gpu` (its torchrun launcher, gloo on
+    # a CPU), not `--cpu --num_processes N`, which starts one; --multi_gpu needs N >= 2
+    if processes > 1:
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                  "-m", "hqvae.cli"]
+    else:
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                  "-m", "hqvae.cli"]
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     return subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300, env=env)
 

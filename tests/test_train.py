@@ -151,15 +151,21 @@ def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path, monkeypatch):
     assert made[-1].scaler.get_scale() == 2.0**12  # a fresh scaler would be at 2**10
 
 
-def test_two_process_data_parallel_run(tmp_path):
-    """torchrun with 2 CPU processes (gloo): really two, one writer, one checkpoint, one report."""
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_data_parallel_run(tmp_path, launcher):
+    """2 CPU processes (gloo): really two, one writer, one checkpoint, one report. Accelerate's
+    route to several CPU processes is its torchrun launcher (``--multi_gpu``); ``--cpu`` starts one."""
     import os
     import subprocess
     import sys
 
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "hqvae.cli", "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
+    launch = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    }[launcher]
+    cmd = [*launch, "-m", "hqvae.cli", "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
            "train.steps=2", *TINY]
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
