@@ -266,10 +266,13 @@ class Sampler:
             model = self.prior.levels[level]
             cache = StaticCache(config=model.backbone.config, max_cache_len=model.length)
             # allocated now rather than on the first write, so a compiled step sees one
-            # cache state from its first call (no recompilation after step 0)
+            # cache state from its first call (no recompilation after step 0). The method is
+            # not public API in every transformers release; without it the cache allocates
+            # on its first write, which is still correct (a compiled step may recompile once).
             heads = model.cfg.n_head
-            cache.early_initialization(rows, heads, model.cfg.n_embd // heads,
-                                       model.head.weight.dtype, self.device)
+            early = getattr(cache, "early_initialization", None)
+            if callable(early):
+                early(rows, heads, model.cfg.n_embd // heads, model.head.weight.dtype, self.device)
             self._static[key] = cache
         else:
             self._static[key].reset()

@@ -117,6 +117,25 @@ def test_static_cache_is_reused_across_batches_and_reset(tok):
     assert same(a, Sampler(prior, cache="none").sample_codes(5, seed=3, batch_size=2))
 
 
+def test_static_cache_works_without_early_initialization(tok, monkeypatch):
+    """``StaticCache.early_initialization`` is not public API in every transformers release;
+    without it the cache allocates on its first write and draws the same tokens."""
+    import transformers
+
+    calls = []
+    original = getattr(transformers.StaticCache, "early_initialization", None)
+    if original is not None:
+        monkeypatch.setattr(transformers.StaticCache, "early_initialization",
+                            lambda self, *a, **k: (calls.append(a), original(self, *a, **k))[1])
+    prior = make_prior(tok, 0)
+    with_early = Sampler(prior, cache="static").sample_codes(3, seed=4, batch_size=3)
+    assert original is None or calls  # the patched method was really the one in use
+    monkeypatch.setattr(transformers.StaticCache, "early_initialization", None, raising=False)
+    without = Sampler(prior, cache="static").sample_codes(3, seed=4, batch_size=3)
+    assert same(with_early, without)
+    assert same(without, Sampler(prior, cache="none").sample_codes(3, seed=4, batch_size=3))
+
+
 def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
     """n = 7 at batch_size 4 runs two batches of 4 (not 4 + 3): the 7 samples are the first 7
     of n = 8, and the padding row of the last batch repeats the last label."""
