@@ -3,12 +3,11 @@ processes, one checkpoint writer, the same optimisation as one process with the 
 batch, and a resumed run that continues each process's random draws."""
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
+from launchers import launch_command, launch_env  # tests/launchers.py
 
 from engine.checkpoint import list_checkpoints
 from prior.codes import encode_split
@@ -46,16 +45,8 @@ def _losses(level_dir):
 
 
 def _cli(args, processes):
-    # several processes through `accelerate launch --multi_gpu` (its torchrun launcher, gloo on
-    # a CPU), not `--cpu --num_processes N`, which starts one; --multi_gpu needs N >= 2
-    if processes > 1:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                  str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "-m", "hqvae.cli"]
-    else:
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
-                  "-m", "hqvae.cli"]
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    launch = launch_command("accelerate", processes)
+    env = launch_env()
     return subprocess.run([*launch, *args], capture_output=True, text=True, timeout=300, env=env)
 
 

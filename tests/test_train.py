@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from launchers import launch_command, launch_env  # tests/launchers.py
 
 from engine.checkpoint import list_checkpoints
 from engine.config import ConfigError
@@ -155,19 +156,12 @@ def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path, monkeypatch):
 def test_two_process_data_parallel_run(tmp_path, launcher):
     """2 CPU processes (gloo): really two, one writer, one checkpoint, one report. Accelerate's
     route to several CPU processes is its torchrun launcher (``--multi_gpu``); ``--cpu`` starts one."""
-    import os
     import subprocess
-    import sys
 
     run = tmp_path / "ddp"
-    launch = {
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-        "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
-    }[launcher]
-    cmd = [*launch, "-m", "hqvae.cli", "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
+    cmd = [*launch_command(launcher, 2), "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
            "train.steps=2", *TINY]
-    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    env = launch_env()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("trained 2 steps") == 1

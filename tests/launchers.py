@@ -1,0 +1,24 @@
+"""Commands that start several CPU training processes (gloo), shared by the data-parallel tests."""
+
+import os
+import sys
+
+
+def launch_command(launcher: str, processes: int) -> list[str]:
+    """The argv prefix that runs ``-m hqvae.cli`` under ``launcher`` with ``processes`` processes.
+
+    Accelerate's route to several CPU processes is its torchrun launcher (``--multi_gpu``);
+    ``accelerate launch --cpu --num_processes N`` starts one. ``--multi_gpu`` needs N >= 2."""
+    if launcher == "accelerate" and processes > 1:
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    elif launcher in ("torchrun", "accelerate"):
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    else:
+        raise ValueError(f"unknown launcher {launcher!r}")
+    return [*head, "-m", "hqvae.cli"]
+
+
+def launch_env() -> dict[str, str]:
+    """This environment without ACCELERATE_USE_CPU, which would make every process skip gloo setup."""
+    return {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
