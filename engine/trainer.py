@@ -2,7 +2,8 @@
 
 A stage hands over a model whose ``forward(batch, step)`` returns a dict of scalar
 terms with the objective under ``"loss"`` (going through ``forward`` keeps DDP's gradient
-hooks in play), a map-style dataset, and optional evaluation/statistics callbacks.
+hooks in play), a map-style dataset, and optional evaluation/statistics callbacks. A model
+with a ``set_total_steps(n)`` method is told the run's length before its first step.
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic
 evaluation, checkpoints, resume, progress, JSON-lines metrics -- lives here, once.
 """
@@ -218,6 +219,8 @@ def train(
     )
     steps_per_epoch = max(1, len(loader) // world // cfg.grad_accum)
     total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
+    if callable(getattr(model, "set_total_steps", None)):
+        model.set_total_steps(total)  # schedules inside the model that span the run (SQ temperature)
 
     if cfg.channels_last:
         # before the optimizer exists, so its state is created in the same format; the

@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from tokenizer.config import PRESETS, load_tokenizer_config
 from tokenizer.model import HQVAE
@@ -101,16 +104,63 @@ def test_residual_depth_decoding_and_continuous_kl():
     outs = [model.decode_codes(codes, depth=d) for d in (1, 2, 3)]
     assert not torch.equal(outs[0], outs[2])
     torch.testing.assert_close(outs[2], model.decode_codes(codes))
-    # layer l's continuous KL is ||p(H) - H_l||^2 / (2 sigma_l^2): cumulative residual
+    # one continuous term for the run, at its last depth: ||p(H) - H_L||^2 / (2 sum_l sigma_l^2)
+    with torch.no_grad():
+        for layer, v in zip(model.layers, (0.5, 1.0, 2.0)):
+            layer.quantizer.log_var.fill_(math.log(v))
     feats = model.encoder(x)
     target = model.proj["4"](feats[4])
-    state = torch.zeros_like(target)
     run = model.run(x)
-    for _i, (layer, q) in enumerate(zip(model.layers, run.quant)):
-        state = state + layer.quantizer.lookup(q.codes)
-        var = layer.quantizer.log_var.exp()
-        expected = (target - state).pow(2).sum() / (2 * var) / x.shape[0]
-        torch.testing.assert_close(q.losses["kl_continuous"], expected, rtol=1e-4, atol=1e-3)
+    state = sum(layer.quantizer.lookup(q.codes) for layer, q in zip(model.layers, run.quant))
+    assert [("kl_continuous" in q.losses) for q in run.quant] == [False, False, True]
+    expected = (target - state).pow(2).sum() / (2 * 3.5) / x.shape[0]
+    torch.testing.assert_close(run.quant[-1].losses["kl_continuous"], expected, rtol=1e-4, atol=1e-3)
+
+
+class _FixedFeatures(nn.Module):
+    """Stands in for the encoder: the same features whatever the input."""
+
+    def __init__(self, feats: dict[int, torch.Tensor]):
+        super().__init__()
+        self.feats = feats
+
+    def forward(self, x):
+        return self.feats
+
+
+def test_rsq_objective_matches_a_hand_computed_case():
+    """Two residual SQ depths, K = 2, D = 1, one position: the objective by hand."""
+    cfg = load_tokenizer_config(None, [
+        "model.preset=rsqvae", "model.depth=2", "model.channels=2", "model.res_channels=1",
+        "model.res_blocks=0", "model.layers.0.codebook_size=2", "model.layers.1.codebook_size=2",
+        "model.layers.0.codebook_dim=1", "model.layers.1.codebook_dim=1", "data.image_size=4",
+        "data.channels=1"])
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    model.encoder = _FixedFeatures({4: torch.tensor([1.6, 0.0]).view(1, 2, 1, 1)})
+    with torch.no_grad():
+        model.proj["4"].weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+        model.proj["4"].bias.zero_()
+        q1, q2 = (layer.quantizer for layer in model.layers)
+        q1.codebook.copy_(torch.tensor([[0.0], [2.0]]))
+        q2.codebook.copy_(torch.tensor([[-0.5], [0.5]]))
+        q1.log_var.fill_(math.log(1.0))
+        q2.log_var.fill_(math.log(0.25))
+    terms = model(torch.zeros(1, 1, 4, 4))
+
+    def neg_entropy(logits):
+        p = [math.exp(v) for v in logits]
+        p = [v / sum(p) for v in p]
+        return sum(v * math.log(v) for v in p)
+
+    # depth 1 sees 1.6: distances 2.56 and 0.16, sigma^2 = 1 -> code 1 (2.0), residual -0.4
+    # depth 2 sees -0.4: distances 0.01 and 0.81, sigma^2 = 0.25 -> code 0 (-0.5), H_L = 1.5
+    # one continuous term: (1.6 - 1.5)^2 / (2 * (1 + 0.25)) = 0.004
+    assert terms["l0/kl_discrete"].item() == pytest.approx(neg_entropy([-2.56 / 2, -0.16 / 2]), abs=1e-6)
+    assert terms["l1/kl_discrete"].item() == pytest.approx(neg_entropy([-0.01 / 0.5, -0.81 / 0.5]), abs=1e-6)
+    assert "l0/kl_continuous" not in terms
+    assert terms["l1/kl_continuous"].item() == pytest.approx(0.004, abs=1e-6)
+    kl = terms["l0/kl_discrete"] + terms["l1/kl_discrete"] + terms["l1/kl_continuous"]
+    torch.testing.assert_close(terms["loss"] - terms["recon"], kl)
 
 
 def test_every_rq_depth_commits_the_encoder_to_its_running_sum_with_one_straight_through():

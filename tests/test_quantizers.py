@@ -177,6 +177,19 @@ def test_temperature_schedule():
     assert q.temperature(10**6) == 0.5
 
 
+def test_run_temperature_schedule_spans_the_run():
+    q = StochasticQuantizer(4, 2, QuantizerConfig(tau_schedule="run", tau_init=2.0, tau_end=0.02))
+    with pytest.raises(RuntimeError, match="set_total_steps"):
+        q.temperature(0)
+    q.set_total_steps(101)  # steps 0..100
+    assert q.temperature(0) == pytest.approx(2.0)
+    assert q.temperature(50) == pytest.approx(0.2)  # geometric: halfway in log tau
+    assert q.temperature(100) == pytest.approx(0.02)  # the last step trains at tau_end
+    assert q.temperature(1000) == pytest.approx(0.02)  # a resumed run past its length stays at tau_end
+    for step in (0, 37, 100, 150):
+        assert float(q.temperature(torch.tensor(step))) == pytest.approx(q.temperature(step), rel=1e-6)
+
+
 def test_quantizer_math_is_float32_under_autocast():
     q = StochasticQuantizer(8, 4, QuantizerConfig()).train()
     z = torch.randn(2, 4, 3, 3)

@@ -180,6 +180,17 @@ def test_logged_lr_is_the_rate_the_step_used(tmp_path):
     assert lrs == pytest.approx([0.005, 0.01, 0.01])  # warm-up (step + 1) / 2, then the base rate
 
 
+def test_run_temperature_schedule_goes_from_tau_init_to_tau_end_over_the_run(tmp_path):
+    cfg = cfg_for(tmp_path, "rsqvae", "model.depth=2", "train.epochs=2",
+                  "model.quantizer.tau_schedule=run", "model.quantizer.tau_end=0.01")
+    train_tokenizer(cfg)  # 64 examples / batch 8 = 8 steps an epoch: 16 steps
+    lines = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    taus = {r["step"]: r["tau"] for r in lines if r["split"] == "train"}
+    assert max(taus) == 16
+    for step, tau in taus.items():  # logged after `step` steps: the next step's temperature
+        assert tau == pytest.approx(0.01 ** min(step / 15, 1.0), rel=1e-5), step
+
+
 def test_a_dataset_smaller_than_one_global_batch_is_refused(tmp_path):
     # with grad_accum, one micro-batch fits, but an optimizer step would span several epochs
     cfg = cfg_for(tmp_path, "vqvae", "train.steps=2", "data.num_train=6", "train.grad_accum=4")

@@ -54,9 +54,16 @@ class QuantizerConfig:
     # and on CIFAR-10 sigma^2 = 1 learns fast where 20 (and 0.1) collapse (docs/benchmarks.md)
     var_init: float = 1.0
     variance: Literal["independent", "monotone"] = "independent"  # monotone: s_l^2 = s_{l-1}^2 * sigmoid(a_l)
-    tau_init: float = 1.0  # Gumbel temperature tau = max(tau_init * exp(-tau_decay * step), tau_min)
-    tau_decay: float = 1e-5
-    tau_min: float = 0.0
+    # Gumbel temperature. 'exp' is SQ-VAE's per-step decay, tau = max(tau_init *
+    # exp(-tau_decay * step), tau_min), tuned there for ~150k steps (at a few thousand it
+    # never anneals). 'run' spans the run whatever its length: tau goes geometrically from
+    # tau_init at step 0 to tau_end at the last step (train.steps / epochs), so the soft
+    # codes the decoder trains on end close to the hard codes it is scored on
+    tau_schedule: Literal["exp", "run"] = "exp"
+    tau_init: float = 1.0
+    tau_decay: float = 1e-5  # 'exp' only
+    tau_min: float = 0.0  # 'exp' only
+    tau_end: float = 0.1  # 'run' only
 
     def validate(self) -> None:
         if self.kind == "sq":
@@ -92,6 +99,8 @@ class QuantizerConfig:
             raise ConfigError(f"tau_decay: must be >= 0, got {self.tau_decay}")
         if self.tau_min < 0:
             raise ConfigError(f"tau_min: must be >= 0, got {self.tau_min}")
+        if not 0 < self.tau_end <= self.tau_init:
+            raise ConfigError(f"tau_end: must be in (0, tau_init={self.tau_init}], got {self.tau_end}")
 
 
 @dataclass

@@ -6,13 +6,19 @@ Top-down, from H_0 = 0 at the coarsest grid, layer by layer (top = coarsest firs
 * injected layer  (VQ-VAE-2 / SQ-VAE-2):  U = up(H_{l-1});  ẑ_l = g_l([Ĥ_f, U]);
   z_l = Q_l(ẑ_l);  H_l = h_l([U, z_l])
 * residual layer  (RQ-VAE / RSQ-VAE):     ẑ_l = p(Ĥ_f) - H_{l-1};  z_l = Q_l(ẑ_l);
-  H_l = H_{l-1} + z_l, so layer l's continuous KL is ||p(Ĥ_f) - H_l||^2 / (2 sigma_l^2),
-  RQ-VAE's cumulative commitment with a learned precision instead of a fixed beta.
-  With VQ, H_{l-1} of a residual layer below another at the same grid already holds p's
+  H_l = H_{l-1} + z_l. With SQ, depth l's posterior uses its own sigma_l^2 on its residual
+  and every depth has its discrete term, but the dequantisation noise of the depths adds
+  up (p(Ĥ_f) ≈ sum_l z_l + noise of variance sum_l sigma_l^2), so a run of consecutive
+  residual layers has one continuous term, ||p(Ĥ_f) - H_L||^2 / (2 sum_l sigma_l^2), at its
+  last depth (HQ-VAE, Takida et al. 2024, the residual top-down path; issue 18). One term
+  per depth instead pulls every partial sum toward p(Ĥ_f) and each sigma_l^2 up, which
+  left the early depths broad and barely used (docs/benchmarks.md, "HQ-VAE objective").
+  With VQ, every depth commits the encoder to its running sum, beta ||p(Ĥ_f) - sg(H_l)||^2,
+  as RQ-VAE does (Lee et al., 2022). With VQ, H_{l-1} of a residual layer below another at the same grid already holds p's
   straight-through (H = p + sg(...)), so p - H_{l-1} would carry no gradient and the
   layer's commitment would pull on nothing: those layers see ẑ_l = p - sg(H_{l-1}) and add
   sg(z_l), making the commitment beta ||p - sg(H_l)||^2 and the straight-through happen
-  once, as in RQ-VAE (Lee et al., 2022).
+  once.
 
 The decoder maps H_L to the reconstruction. A single residual layer is plain VQ-VAE /
 SQ-VAE (H_0 = 0 makes ẑ = p(Ĥ)).
@@ -94,6 +100,17 @@ class HQVAE(nn.Module):
             }
         )
         self.decoder = Decoder(cs, c, cfg.channels, cfg.res_channels, cfg.res_blocks, factors[-1], cfg.norm)
+        # residual runs: maximal sequences of consecutive residual layers (one grid each, as
+        # validated). With SQ, a run's continuous term sits at its last depth, with the
+        # variance summed over the run; every other layer keeps its own term.
+        self.residual_runs: list[list[int]] = []
+        for i, la in enumerate(cfg.layers):
+            if la.kind != "residual":
+                continue
+            if self.residual_runs and self.residual_runs[-1][-1] == i - 1:
+                self.residual_runs[-1].append(i)
+            else:
+                self.residual_runs.append([i])
         self.monotone = cfg.quantizer.kind == "sq" and cfg.quantizer.variance == "monotone"
         if self.monotone:
             # deeper layers store a_l with sigma_l^2 = sigma_{l-1}^2 * sigmoid(a_l); a_l = 0 halves it
@@ -127,6 +144,18 @@ class HQVAE(nn.Module):
             out.append(out[-1] + F.logsigmoid(p) if self.monotone and i > 0 else p)
         return out
 
+    def continuous_terms(self, log_vars: list[torch.Tensor]) -> list[tuple[bool, torch.Tensor | None]]:
+        """Per SQ layer: whether it carries a continuous term, and that term's log variance
+        (None: the layer's own). The last depth of a residual run takes log sum_l sigma_l^2
+        over the run; its other depths take none."""
+        out: list[tuple[bool, torch.Tensor | None]] = [(True, None)] * len(self.layers)
+        for run in self.residual_runs:
+            for i in run[:-1]:
+                out[i] = (False, None)
+            if len(run) > 1:
+                out[run[-1]] = (True, torch.logsumexp(torch.stack([log_vars[i] for i in run]), 0))
+        return out
+
     # -- passes ---------------------------------------------------------------------------
     def run(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> ForwardOutput:
         """Encode, quantize every layer top-down, decode."""
@@ -136,13 +165,19 @@ class HQVAE(nn.Module):
     def quantize(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> tuple[torch.Tensor, list[QuantizerOutput]]:
         """Encoder and the top-down layers: the final state H_L and every layer's output."""
         feats = self.encoder(x)
-        log_vars = self.log_variances() if self.is_stochastic else [None] * len(self.layers)
+        if self.is_stochastic:
+            log_vars = self.log_variances()
+            terms = self.continuous_terms(log_vars)
         state = self._h0(x.shape[0], x)
         quant = []
-        for layer, log_var in zip(self.layers, log_vars):
+        for i, layer in enumerate(self.layers):
             u = layer.up(state)
             z_hat = layer.encoder_input(feats[layer.factor], u, self.proj[str(layer.factor)] if layer.kind == "residual" else None)
-            q = layer.quantizer(z_hat, step, log_var) if self.is_stochastic else layer.quantizer(z_hat, step)
+            if self.is_stochastic:
+                continuous, term_log_var = terms[i]
+                q = layer.quantizer(z_hat, step, log_vars[i], continuous, term_log_var)
+            else:
+                q = layer.quantizer(z_hat, step)
             quant.append(q)
             state = layer.combine(u, q.z_q.to(u.dtype))
         return state, quant
@@ -172,6 +207,13 @@ class HQVAE(nn.Module):
         terms["recon"] = rec.detach()
         terms["loss"] = total
         return terms
+
+    def set_total_steps(self, total: int) -> None:
+        """The run's length in optimizer steps (the trainer calls this before the first step):
+        what the SQ temperature schedule 'run' spans."""
+        if self.is_stochastic:
+            for layer in self.layers:
+                layer.quantizer.set_total_steps(total)
 
     def train_stats(self, step: int) -> dict[str, float]:
         """Cheap per-layer scalars for logging (temperature, sigma^2)."""

@@ -221,14 +221,30 @@ class StochasticQuantizer(nn.Module):
         # SQ-VAE initialises its codebook with a unit Gaussian
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
         self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init)))
+        self.total_steps: int | None = None  # set_total_steps; what tau_schedule='run' spans
+
+    def set_total_steps(self, total: int) -> None:
+        """The run's length in optimizer steps, which tau_schedule='run' spans."""
+        self.total_steps = int(total)
 
     def temperature(self, step: int | torch.Tensor) -> float | torch.Tensor:
-        """tau_init * exp(-tau_decay * step), floored at tau_min.
+        """'exp': tau_init * exp(-tau_decay * step), floored at tau_min; 'run': tau_init *
+        (tau_end / tau_init) ** (step / (total_steps - 1)), tau_end from the last step on.
 
         ``step`` may be a 0-d tensor (the trainer passes one under train.compile): a Python
         number here would be baked into the compiled graph and recompile it every step.
         """
         cfg = self.cfg
+        if cfg.tau_schedule == "run":
+            if self.total_steps is None:
+                raise RuntimeError(
+                    "tau_schedule='run' needs the run's length: call set_total_steps(n) before "
+                    "training (the trainer does)")
+            # log tau falls linearly from log tau_init (step 0) to log tau_end (the last step)
+            rate = math.log(cfg.tau_end / cfg.tau_init) / max(self.total_steps - 1, 1)
+            if torch.is_tensor(step):
+                return (cfg.tau_init * torch.exp(rate * step.double())).clamp_min(cfg.tau_end).float()
+            return max(cfg.tau_init * math.exp(rate * step), cfg.tau_end)
         if torch.is_tensor(step):
             return (cfg.tau_init * torch.exp(-cfg.tau_decay * step.double())).clamp_min(cfg.tau_min).float()
         return max(cfg.tau_init * math.exp(-cfg.tau_decay * step), cfg.tau_min)
@@ -237,9 +253,17 @@ class StochasticQuantizer(nn.Module):
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(
-        self, z: torch.Tensor, step: int | torch.Tensor = 0, log_var: torch.Tensor | None = None
+        self, z: torch.Tensor, step: int | torch.Tensor = 0, log_var: torch.Tensor | None = None,
+        continuous: bool = True, continuous_log_var: torch.Tensor | None = None,
     ) -> QuantizerOutput:
-        """``log_var`` replaces this layer's own log sigma^2 (monotone parameterisation)."""
+        """``log_var`` replaces this layer's own log sigma^2 (monotone parameterisation).
+
+        ``continuous=False`` leaves out the Gaussian dequantisation term: a residual depth
+        that is not the last of its run on one grid has none of its own (HQ-VAE's residual
+        path has one term per run, see tokenizer/model.py). ``continuous_log_var`` is the
+        log variance of that term where it differs from the posterior's: log sum_l sigma_l^2
+        at the last depth of a residual run.
+        """
         b = z.shape[0]
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
@@ -265,9 +289,11 @@ class StochasticQuantizer(nn.Module):
             losses = {
                 # sum_n sum_k P log P: KL to the uniform prior up to the constant log K
                 "kl_discrete": (probs * log_probs).sum() / b,
-                # Gaussian dequantisation term sum_n ||z - z_tilde||^2 / (2 sigma^2)
-                "kl_continuous": 0.5 * precision * (z - z_q).pow(2).sum() / b,
             }
+            if continuous:
+                # Gaussian dequantisation term sum_n ||z - z_tilde||^2 / (2 sigma^2)
+                term_precision = precision if continuous_log_var is None else torch.exp(-continuous_log_var.float())
+                losses["kl_continuous"] = 0.5 * term_precision * (z - z_q).pow(2).sum() / b
             # not bincount: its output size depends on the data, which breaks a compiled graph
             counts = torch.zeros(self.K, device=codes.device).index_add_(
                 0, codes, torch.ones_like(codes, dtype=torch.float32))
