@@ -4,6 +4,7 @@ Here torchvision is the PyPI CUDA build on a CPU torch, so its own ops cannot lo
 shim must be what makes torchvision, torch-fidelity and transformers importable.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(code: str) -> str:
+def run(code: str, pythonpath: Path | None = None) -> str:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), str(ROOT)])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
 
@@ -93,3 +97,41 @@ def test_native_when_ops_already_registered_or_torchvision_imported():
         print(how, defined)
     """)
     assert out == "native False"
+
+
+def test_a_torchvision_whose_own_ops_load_is_left_alone(tmp_path):
+    # a build that registers its own operators on import, from a library file of any name
+    # (torchvision 0.29 ships _C_stable.so, not _C.so): defining the schemas before it
+    # aborted the interpreter with "Tried to register an operator ... multiple times"
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "_C_stable.so").write_bytes(b"")
+    (pkg / "__init__.py").write_text(textwrap.dedent("""
+        import torch
+        _lib = torch.library.Library("torchvision", "DEF")
+        _lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        OWN = True
+    """))
+    out = run("""
+        from engine.torchvision_compat import ensure_torchvision
+        how = ensure_torchvision()
+        import torchvision
+        print(how, torchvision.OWN)
+    """, pythonpath=tmp_path)
+    assert out == "native True"
+
+
+def test_other_torchvision_import_errors_are_not_hidden(tmp_path):
+    pkg = tmp_path / "torchvision"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('some other breakage')\n")
+    out = run("""
+        from engine.torchvision_compat import ensure_torchvision
+        import torch
+        try:
+            ensure_torchvision()
+        except RuntimeError as err:
+            print("raised", err)
+    """, pythonpath=tmp_path)
+    assert out == "raised some other breakage"
