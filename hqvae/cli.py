@@ -67,7 +67,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     from engine.config import validate
     from engine.run_dir import check_writable
-    from prior.codes import encode_split
+    from prior.codes import check_codes_dir, encode_split
     from tokenizer.data import build_dataset
     from tokenizer.pretrained import Tokenizer
 
@@ -81,6 +81,8 @@ def _encode(args: argparse.Namespace) -> int:
     if data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {data.shape} differs from the tokenizer's {tok.input_shape}")
     splits = args.split or [data.train_split, data.eval_split]
+    for split in dict.fromkeys(splits):
+        check_codes_dir(args.out, split)  # before any encoding: refuse a folder that is not ours
     source = {"source": data.source, "path": data.path, "column": data.column}
     for split in dict.fromkeys(splits):
         dataset = build_dataset(data, split, train=False)
@@ -126,11 +128,12 @@ def _sample(args: argparse.Namespace) -> int:
 
     from engine.run_dir import check_writable
     from prior.pretrained import Prior
-    from sampling.outputs import write_samples
+    from sampling.outputs import check_sample_dir, write_samples
     from sampling.sampler import Sampler
     from tokenizer.pretrained import Tokenizer
 
     check_writable(args.out, "--out")
+    replaced = check_sample_dir(args.out)  # before any sampling: refuse a folder not ours
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prior = Prior.from_pretrained(args.prior_run, device=device)
     tok_run = args.tokenizer or prior.info.get("tokenizer_run")
@@ -170,7 +173,6 @@ def _sample(args: argparse.Namespace) -> int:
         "label": args.label, "levels": [vars(s) for s in sampler.settings],
         "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
     }
-    replaced = (Path(args.out) / "samples.json").is_file()
     # guidance 0 samples with the null label whatever --label says: no labels to score against
     write_samples(args.out, decoded, codes, labels if args.cfg_scale != 0 else None, tokenizer, grid=args.grid,
                   class_names=prior.class_names, settings=settings,

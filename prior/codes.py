@@ -61,6 +61,29 @@ def read_manifest(codes_dir: str | Path) -> dict:
     return manifest
 
 
+def check_codes_dir(codes_dir: str | Path, split: str) -> None:
+    """Refuse to write codes where that would replace what this tool did not write: the
+    folder must be new, empty, or a codes directory (it holds codes.json), and a ``split``
+    folder in it that the manifest does not list must be a dataset this tool saved."""
+    codes_dir = Path(codes_dir)
+    if not codes_dir.exists():
+        return
+    if not codes_dir.is_dir():
+        raise ValueError(f"codes folder {codes_dir}: exists and is not a folder")
+    if not (codes_dir / MANIFEST).is_file():
+        if any(codes_dir.iterdir()):
+            raise ValueError(
+                f"codes folder {codes_dir}: not empty and not a codes directory (no {MANIFEST}); "
+                f"nothing was written. Choose a new or empty folder")
+        return
+    final = codes_dir / split
+    listed = split in read_manifest(codes_dir)["splits"]
+    if final.exists() and not listed and not (final / "state.json").is_file():
+        raise ValueError(
+            f"codes folder {codes_dir}: {final} was not written by this tool; nothing was "
+            f"written. Move it away or choose another folder")
+
+
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -98,6 +121,7 @@ def encode_split(
     codes_dir = Path(codes_dir)
     identity = tokenizer.identity
     manifest_path = codes_dir / MANIFEST
+    check_codes_dir(codes_dir, split)
     if manifest_path.is_file():
         manifest = read_manifest(codes_dir)
         check_identity(
@@ -167,6 +191,9 @@ def encode_split(
         bar.close()
 
     codes_dir.mkdir(parents=True, exist_ok=True)
+    if not manifest_path.is_file():
+        # the manifest goes first: a folder that a killed run leaves behind is provably ours
+        _write_json_atomic(manifest_path, manifest)
     cache = codes_dir / f".cache-{split}"
     tmp = codes_dir / f".tmp-{split}"
     for p in (cache, tmp):

@@ -12,6 +12,8 @@ Layout of a sample directory::
 Writing into a folder that holds an earlier sample set replaces that set: its numbered
 files and the four files above are removed first (nothing else in the folder is touched),
 so a smaller second run never leaves the first run's extra files or labels to be scored.
+Any other non-empty folder is refused before sampling: only a set this tool wrote (its
+samples.json, or the marker file it writes before the first sample) is ever replaced.
 """
 
 from __future__ import annotations
@@ -28,7 +30,35 @@ from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
 
 SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png")
+# written into a sample folder before anything else: a set interrupted before its
+# samples.json is still provably this tool's to replace
+OWNER_MARK = ".hqvae-samples"
 _NUMBERED = re.compile(r"\d{6,}")
+
+
+def _is_sample_record(path: Path) -> bool:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "num_samples" in record and "tokenizer_identity" in record
+
+
+def check_sample_dir(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds an earlier sample set of this tool's (which writing there
+    replaces). A folder that is neither new, empty nor such a set is refused, naming it."""
+    out = Path(out_dir)
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise ValueError(f"sample folder {out}: exists and is not a folder")
+    if (out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json"):
+        return True
+    if any(out.iterdir()):
+        raise ValueError(
+            f"sample folder {out}: not empty and holds no sample set written by hqvae "
+            f"(no samples.json); nothing was written. Choose a new or empty folder")
+    return False
 
 
 def clear_samples(out_dir: str | Path) -> int:
@@ -66,7 +96,9 @@ def write_samples(
 ) -> dict:
     """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record."""
     out = Path(out_dir)
+    check_sample_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / OWNER_MARK).write_text("sample set written by hqvae (sampling/outputs.py)\n")
     clear_samples(out)  # an earlier, larger set's extra files would be scored with these
     audio = tokenizer.modality == "audio"
     n = decoded.shape[0]

@@ -771,6 +771,34 @@ def test_cli_encode_and_train_prior(stage1, tmp_path, capsys):
     assert list(json.loads((run / "eval.json").read_text())["levels"]) == ["0"]
 
 
+def test_cli_encode_never_replaces_folders_it_did_not_write(stage1, tmp_path, capsys):
+    # issue 22: a folder of images laid out by split was deleted by `hqvae encode --out`
+    victim = tmp_path / "victim"
+    (victim / "train" / "a").mkdir(parents=True)
+    (victim / "train" / "a" / "img.png").write_bytes(b"precious")
+    rc = main(["encode", str(stage1["tok_dir"]), "--out", str(victim), "--max-examples", "4"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "not a codes directory" in err and err.count("\n") == 1
+    assert (victim / "train" / "a" / "img.png").read_bytes() == b"precious"
+    assert sorted(p.name for p in victim.iterdir()) == ["train"]
+    # a codes directory of ours, with a split folder it never wrote: refused as well
+    codes = tmp_path / "codes"
+    assert main(["encode", str(stage1["tok_dir"]), "--out", str(codes), "--split", "train",
+                 "--max-examples", "4"]) == 0
+    (codes / "test").mkdir()
+    (codes / "test" / "mine.txt").write_text("mine")
+    assert main(["encode", str(stage1["tok_dir"]), "--out", str(codes), "--split", "test",
+                 "--max-examples", "4"]) == 2
+    assert "was not written by this tool" in capsys.readouterr().err
+    assert (codes / "test" / "mine.txt").read_text() == "mine"
+    # what it wrote itself it replaces (--overwrite), and a run killed before its first split
+    # finished left a manifest behind, so the folder is still recognised as ours
+    assert main(["encode", str(stage1["tok_dir"]), "--out", str(codes), "--split", "train",
+                 "--max-examples", "3", "--overwrite"]) == 0
+    assert read_manifest(codes)["splits"]["train"]["num_examples"] == 3
+
+
 @pytest.mark.parametrize("override, key", [
     ("model.n_layers=2", "n_layers"),
     ("train.stepz=3", "train.stepz"),

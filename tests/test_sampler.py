@@ -379,6 +379,40 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
         assert match in capsys.readouterr().err
 
 
+def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, prior):
+    # issue 22: sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
+    from prior.pretrained import INFO, save_level
+
+    run = tmp_path / "prior"
+    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"))
+    run.mkdir()
+    (run / INFO).write_text(json.dumps(info))
+    for model in prior.levels.values():
+        save_level(model, prior.config, info, run)
+    tok.save_pretrained(tmp_path / "tok")
+    victim = tmp_path / "photos"
+    (victim / "images").mkdir(parents=True)
+    for name in ("images/000000.png", "labels.json", "grid.png"):
+        (victim / name).write_bytes(b"precious")
+    assert main(["sample", str(run), "--out", str(victim), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(victim) in err and "no sample set written by hqvae" in err
+    for name in ("images/000000.png", "labels.json", "grid.png"):
+        assert (victim / name).read_bytes() == b"precious"
+    assert sorted(p.name for p in victim.iterdir()) == ["grid.png", "images", "labels.json"]
+    # a set of its own it replaces, and says so
+    out = tmp_path / "mine"
+    assert main(["sample", str(run), "--out", str(out), "--n", "3"]) == 0
+    assert "replacing" not in capsys.readouterr().out
+    assert main(["sample", str(run), "--out", str(out), "--n", "2"]) == 0
+    assert "replacing the sample set that was there" in capsys.readouterr().out
+    assert len(list((out / "images").glob("*.png"))) == 2
+    # a set killed before its samples.json still carries the marker written first
+    (out / "samples.json").unlink()
+    assert main(["sample", str(run), "--out", str(out), "--n", "1"]) == 0
+    assert len(list((out / "images").glob("*.png"))) == 1
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_own_decode_loop_matches_stock_generate(tok, arch):
     """Cross-check against transformers' own generate() on the same weights: greedy top-level
