@@ -9,7 +9,9 @@ benchmarks' sections stay).
 
 Numbers: RMSE / PSNR on the test split (images: 0-255 pixel units; audio: normalised
 spectrogram units + log-spectral distance in dB), per-layer perplexity and codes used,
-the layer-collapse measures, training examples/s and peak memory.
+the layer-collapse measures, for SQ layers the posterior entropy and learned sigma^2,
+training examples/s and peak memory. ``--seeds 0 1 2`` trains each preset once per seed
+and reports mean ± std over the seeds (rows of one preset and variant are grouped).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -32,12 +36,12 @@ PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]
 MARK = "tokenizers-{tag}"
 
 
-def overrides_for(dataset: str, preset: str, args) -> list[str]:
+def overrides_for(dataset: str, preset: str, args, seed: int) -> list[str]:
     common = [
         f"model.preset={preset}", f"model.channels={args.channels}", "model.res_blocks=2",
         "model.res_channels=32", f"model.depth={args.depth}", f"train.lr={args.lr}",
         "train.eval_every=0", "train.ckpt_every=0", "train.log_every=50",
-        f"train.seed={args.seed}", f"eval.max_examples={args.eval_examples}",
+        f"train.seed={seed}", f"eval.max_examples={args.eval_examples}",
         f"train.mixed_precision={args.mixed_precision}",
         *args.set,
     ]
@@ -69,34 +73,64 @@ def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> di
     return metrics
 
 
-def layer_cells(m: dict, digits: int) -> tuple[str, str, str]:
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values)
+
+
+def _pm(values: list[float], digits: int) -> str:
+    """'m' for one value, 'm ± s' (sample standard deviation) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{_mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def layer_cells(runs: list[dict], digits: int) -> dict[str, str]:
+    """Per-layer cells of one preset's runs (one per seed): means over the seeds."""
+    m = runs[0]
+    n_layers = len(m["layers"])
+    per = [[r["layers"][i] for r in runs] for i in range(n_layers)]
     sizes = {la["codebook_size"] for la in m["layers"]}
     grids = " + ".join(f"{la['grid'][0]}×{la['grid'][1]}" + ("" if len(sizes) == 1 else f" (K {la['codebook_size']})")
                        for la in m["layers"])
     if len(sizes) == 1:
         grids += f" (K {sizes.pop()})"
-    usage = " · ".join(f"{la['perplexity']:.1f} ({la['codes_used']})" for la in m["layers"])
-    if all(la["kind"] == "residual" for la in m["layers"]) and len(m["layers"]) > 1:
-        collapse = "depth 1..L: " + " → ".join(f"{la['rmse_depth']:.{digits}f}" for la in m["layers"])
+    usage = " · ".join(f"{_mean([la['perplexity'] for la in ls]):.1f} ({_mean([la['codes_used'] for la in ls]):.0f})"
+                       for ls in per)
+    if all(la["kind"] == "residual" for la in m["layers"]) and n_layers > 1:
+        collapse = "depth 1..L: " + " → ".join(
+            f"{_mean([la['rmse_depth'] for la in ls]):.{digits}f}" for ls in per)
     else:
         collapse = "substituted: " + " · ".join(
-            f"{la['rmse_substituted']:.{digits}f}" for la in m["layers"])
-    return grids, usage, collapse
+            f"{_mean([la['rmse_substituted'] for la in ls]):.{digits}f}" for ls in per)
+    cells = {"grids": grids, "usage": usage, "collapse": collapse, "entropy": "–", "variance": "–"}
+    if "posterior_entropy" in m["layers"][0]:
+        cells["entropy"] = " · ".join(
+            f"{_mean([la['posterior_entropy'] for la in ls]):.2f}" for ls in per) + \
+            f" of {math.log(m['layers'][0]['codebook_size']):.2f}"
+    if m.get("variances"):
+        cells["variance"] = " · ".join(
+            f"{_mean([r['variances'][i] for r in runs]):.3g}" for i in range(len(m["variances"])))
+    return cells
 
 
-def table(results: list[dict], audio: bool) -> str:
-    head = "| preset | codes | params | RMSE | PSNR |" + (" LSD dB |" if audio else "")
-    head += " per-layer perplexity (codes used of K) | layer collapse (RMSE) | train ex/s | peak MB |"
+def table(groups: list[list[dict]], audio: bool) -> str:
+    """One row per preset (and variant); ``groups`` holds each row's runs, one per seed."""
+    head = "| preset | seeds | codes | params | RMSE | PSNR |" + (" LSD dB |" if audio else "")
+    head += (" per-layer perplexity (codes used of K) | layer collapse (RMSE) | SQ posterior "
+             "entropy (nats) | SQ σ² | train ex/s | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for m in results:
+    for runs in groups:
+        m = runs[0]
         digits = 3 if audio else 2  # audio errors are in [-1, 1] units, images in 0-255
-        grids, usage, collapse = layer_cells(m, digits)
-        row = (f"| {m['preset']} | {grids} | {m['train']['parameters'] / 1e6:.2f} M "
-               f"| {m['rmse']:.{digits}f} | {m['psnr']:.2f} |")
+        c = layer_cells(runs, digits)
+        seeds = ",".join(str(r.get("seed", 0)) for r in runs)
+        row = (f"| {m['preset']} | {seeds} | {c['grids']} | {m['train']['parameters'] / 1e6:.2f} M "
+               f"| {_pm([r['rmse'] for r in runs], digits)} | {_pm([r['psnr'] for r in runs], 2)} |")
         if audio:
-            row += f" {m.get('lsd_db', float('nan')):.2f} |"
-        row += (f" {usage} | {collapse} | {m['train']['examples_per_s']:.0f} "
-                f"| {m['peak_mem_mb']:.0f} |")
+            row += f" {_pm([r.get('lsd_db', float('nan')) for r in runs], 2)} |"
+        row += (f" {c['usage']} | {c['collapse']} | {c['entropy']} | {c['variance']} "
+                f"| {_mean([r['train']['examples_per_s'] for r in runs]):.0f} "
+                f"| {max(r['peak_mem_mb'] for r in runs):.0f} |")
         lines.append(row)
     return "\n".join(lines)
 
@@ -117,7 +151,9 @@ def main() -> int:
     p.add_argument("--eval-examples", type=int, default=10000)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train every preset once per seed; the table reports mean ± std (default: 0)")
     p.add_argument("--runs", default="runs/bench")
     p.add_argument("--results", default=None, help="JSON lines file of raw results")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -129,14 +165,23 @@ def main() -> int:
                    help="write the section from the results file; train nothing")
     p.add_argument("--one", nargs=3, metavar=("DATASET", "PRESET", "JSON_OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.seed is not None and args.seeds is not None:
+        p.error("give --seed or --seeds, not both")
+    seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
+
+    def run_dir(dataset: str, preset: str, seed: int) -> str:
+        suffix = f"_{args.variant}" if args.variant else ""
+        # seed 0 keeps the run folder name of the single-seed benchmark
+        return f"{args.runs}/{dataset}_{preset}{suffix}" + (f"_s{seed}" if seed else "")
 
     if args.one:
         dataset, preset, json_out = args.one
-        suffix = f"_{args.variant}" if args.variant else ""
-        m = run_one(dataset, preset, f"{args.runs}/{dataset}_{preset}{suffix}", overrides_for(dataset, preset, args))
+        (seed,) = seeds
+        m = run_one(dataset, preset, run_dir(dataset, preset, seed), overrides_for(dataset, preset, args, seed))
         if args.variant:
             m["preset"] = f"{preset} ({args.variant})"
         m["overrides"] = list(args.set)
+        m["seed"] = seed
         Path(json_out).write_text(json.dumps(m))
         return 0
 
@@ -146,30 +191,40 @@ def main() -> int:
     if results_path.exists():  # resume a partly finished benchmark
         for line in results_path.read_text().splitlines():
             m = json.loads(line)
-            done[(m["dataset"], m["preset"])] = m
-    passthrough = list(sys.argv[1:])
+            done[(m["dataset"], m["preset"], m.get("seed", 0))] = m
+    # the parent's own seed options are replaced by one --seed per child process
+    passthrough, skip = [], False
+    for a in sys.argv[1:]:
+        if a in ("--seed", "--seeds"):
+            skip = True
+            continue
+        if skip and a.lstrip("-").isdigit():
+            continue
+        skip = False
+        passthrough.append(a)
     names = {pr: f"{pr} ({args.variant})" if args.variant else pr for pr in args.presets}
     for dataset in [] if args.report_only else args.datasets:
         for preset in args.presets:
-            if (dataset, names[preset]) in done:
-                continue
-            tmp = results_path.with_suffix(f".{dataset}_{preset}.json")
-            t0 = time.time()
-            cmd = [sys.executable, __file__, *passthrough, "--one", dataset, preset, str(tmp)]
-            print(f"== {dataset} {preset}", flush=True)
-            rc = subprocess.call(cmd)
-            if rc != 0:
-                print(f"!! {dataset} {preset} failed with exit code {rc}", flush=True)
-                continue
-            m = json.loads(tmp.read_text())
-            m["wall_s"] = time.time() - t0
-            done[(dataset, m["preset"])] = m
-            with results_path.open("a") as fh:
-                fh.write(json.dumps(m) + "\n")
-            tmp.unlink()
-            print(f"   rmse {m['rmse']:.3f} psnr {m['psnr']:.2f} ({m['wall_s']:.0f}s)", flush=True)
+            for seed in seeds:
+                if (dataset, names[preset], seed) in done:
+                    continue
+                tmp = results_path.with_suffix(f".{dataset}_{preset}_s{seed}.json")
+                t0 = time.time()
+                cmd = [sys.executable, __file__, *passthrough, "--seed", str(seed), "--one", dataset, preset, str(tmp)]
+                print(f"== {dataset} {names[preset]} seed {seed}", flush=True)
+                rc = subprocess.call(cmd)
+                if rc != 0:
+                    print(f"!! {dataset} {preset} seed {seed} failed with exit code {rc}", flush=True)
+                    continue
+                m = json.loads(tmp.read_text())
+                m["wall_s"] = time.time() - t0
+                done[(dataset, m["preset"], seed)] = m
+                with results_path.open("a") as fh:
+                    fh.write(json.dumps(m) + "\n")
+                tmp.unlink()
+                print(f"   rmse {m['rmse']:.3f} psnr {m['psnr']:.2f} ({m['wall_s']:.0f}s)", flush=True)
 
-    cmdline = "python bench/stage1_tokenizers.py " + " ".join(passthrough)
+    cmdline = "python bench/stage1_tokenizers.py " + " ".join(sys.argv[1:])
     device = next(iter(done.values()))["device"] if done else "?"
     parts = [
         f"## Tokenizers: presets with matched architecture and budget ({args.tag})",
@@ -179,17 +234,22 @@ def main() -> int:
         f"date {dt.date.today().isoformat()}.  ",
         f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
         f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
-        f"(constant), seed {args.seed}, mixed precision `{args.mixed_precision}`. "
+        f"(constant), seeds as listed per row (mean ± sample std over them), mixed precision "
+        f"`{args.mixed_precision}`. "
         f"Evaluation: deterministic encoding of {args.eval_examples} test examples (the whole split "
         "when it is no larger; else spread evenly over it) "
         "(variant rows: see the notes under the tables).",
         "",
     ]
     for dataset in args.datasets:
-        rows = [m for (ds, _), m in done.items() if ds == dataset]
+        grouped: dict[str, list[dict]] = {}
+        for (ds, name, _), m in done.items():
+            if ds == dataset:
+                grouped.setdefault(name, []).append(m)
+        rows = [sorted(g, key=lambda m: m.get("seed", 0)) for g in grouped.values()]
         # the presets in their usual order, then the variant rows in the order they were run
-        rows.sort(key=lambda m: (bool(m.get("overrides")),
-                                 0 if m.get("overrides") else PRESETS.index(m["preset"].split(" ")[0])))
+        rows.sort(key=lambda g: (bool(g[0].get("overrides")),
+                                 0 if g[0].get("overrides") else PRESETS.index(g[0]["preset"].split(" ")[0])))
         if not rows:
             continue
         if dataset == "cifar10":
