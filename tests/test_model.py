@@ -293,3 +293,22 @@ def test_decoding_and_reconstruction_grids_keep_the_training_mode(tmp_path):
     assert tok.model.training
     write_reconstructions(tok.model, [{"x": xi} for xi in x], tmp_path, "image", n=2)
     assert tok.model.training and (tmp_path / "reconstructions.png").is_file()
+
+
+@pytest.mark.parametrize("preset", ["sqvae2", "rsqvae", "hqvae"])
+def test_code_norm_puts_every_quantizer_input_on_the_codebook_scale(preset):
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32) * 2 - 1
+    rms = {}
+    for norm in ("none", "batch"):
+        cfg = small_cfg(preset, extra=[f"model.code_norm={norm}", "model.depth=2", "model.channels=64"])
+        model = HQVAE(cfg.model, cfg.data.shape).train()
+        seen = []
+        hooks = [layer.quantizer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+                 for layer in model.layers]
+        model(x)
+        for h in hooks:
+            h.remove()
+        rms[norm] = float(seen[0].pow(2).mean().sqrt())  # the top layer's input
+    assert rms["none"] < 0.5  # the plain 1x1 projection starts far below the N(0, 1) codebook
+    assert rms["batch"] == pytest.approx(1.0, abs=0.05)

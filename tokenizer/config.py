@@ -115,6 +115,11 @@ class ModelConfig:
     res_channels: int = 32  # bottleneck width inside a residual block
     state_channels: Optional[int] = None  # top-down state width; default: D of residual layers, else `channels`
     norm: Literal["none", "batch"] = "none"  # normalisation inside residual blocks
+    # normalisation of every quantizer input (the output of a layer's 1x1 projection): 'batch'
+    # keeps it on the unit scale of the N(0, 1) codebook, as SQ-VAE's batch-normalised
+    # encoder does, so a sigma^2 initialisation means the same thing whatever the encoder's
+    # scale (docs/benchmarks.md, "HQ-VAE objective")
+    code_norm: Literal["none", "batch"] = "none"
 
     def validate(self) -> None:
         if not self.layers:

@@ -43,6 +43,16 @@ class ForwardOutput:
     quant: list[QuantizerOutput]
 
 
+def code_projection(c_in: int, c_out: int, norm: str) -> nn.Module:
+    """The 1x1 conv that makes a quantizer's input, batch-normalised when asked.
+
+    The normalisation's epsilon is far below BatchNorm's default 1e-5: at initialisation the
+    coarsest features vary by ~1e-5 across positions (the stacked default-initialised convs
+    shrink them), and an epsilon of that size would leave them far below unit scale."""
+    conv = nn.Conv2d(c_in, c_out, 1)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out, eps=1e-8)) if norm == "batch" else conv
+
+
 class TopDownLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int, prev_factor: int | None):
         super().__init__()
@@ -58,7 +68,7 @@ class TopDownLayer(nn.Module):
         ratio = (prev_factor or layer.factor) // layer.factor
         self.up = upsampler(cs, cs, ratio) if ratio > 1 else nn.Identity()
         if layer.kind == "injected":
-            self.g = nn.Conv2d(cfg.channels + cs, layer.codebook_dim, 1)
+            self.g = code_projection(cfg.channels + cs, layer.codebook_dim, cfg.code_norm)
             h = [nn.Conv2d(cs + layer.codebook_dim, cs, 3, padding=1)]
             if not self.is_last:  # the decoder has its own residual blocks after the last
                 h.append(res_stack(cs, cfg.res_channels, cfg.res_blocks, cfg.norm))
@@ -95,7 +105,7 @@ class HQVAE(nn.Module):
         # (consecutive residual layers share it: they all refine the same target)
         self.proj = nn.ModuleDict(
             {
-                str(f): nn.Conv2d(cfg.channels, cs, 1)
+                str(f): code_projection(cfg.channels, cs, cfg.code_norm)
                 for f in sorted({la.factor for la in cfg.layers if la.kind == "residual"})
             }
         )
