@@ -312,3 +312,25 @@ def test_code_norm_puts_every_quantizer_input_on_the_codebook_scale(preset):
         rms[norm] = float(seen[0].pow(2).mean().sqrt())  # the top layer's input
     assert rms["none"] < 0.5  # the plain 1x1 projection starts far below the N(0, 1) codebook
     assert rms["batch"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_additive_injection_sums_upsampled_codewords_in_codebook_space():
+    torch.manual_seed(0)
+    cfg = small_cfg("sqvae2", extra=["model.injection=add"])
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    state, quant = model.quantize(x)
+    top, bottom = model.layers
+    expected = bottom.up(top.quantizer.lookup(quant[0].codes)) + bottom.quantizer.lookup(quant[1].codes)
+    torch.testing.assert_close(state, expected)
+    assert model.state_channels == cfg.model.layers[0].codebook_dim
+    terms = model.train()(x)
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_additive_injection_needs_one_codebook_dim():
+    from engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="injection: 'add'"):
+        small_cfg("sqvae2", extra=["model.injection=add", "model.layers.1.codebook_dim=32"])

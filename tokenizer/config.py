@@ -120,6 +120,11 @@ class ModelConfig:
     # encoder does, so a sigma^2 initialisation means the same thing whatever the encoder's
     # scale (docs/benchmarks.md, "HQ-VAE objective")
     code_norm: Literal["none", "batch"] = "none"
+    # how an injected layer builds its state: 'concat' (VQ-VAE-2 style) H_l = h([up(H_{l-1}),
+    # z_l]) with convs and residual blocks; 'add' (the public port of HQ-VAE's code)
+    # ẑ_l = conv1x1(relu(conv3x3([Ĥ, up(H_{l-1})]))) and H_l = up(H_{l-1}) + z_l, the state
+    # then living in codebook space (one codebook_dim for every layer)
+    injection: Literal["concat", "add"] = "concat"
 
     def validate(self) -> None:
         if not self.layers:
@@ -137,6 +142,15 @@ class ModelConfig:
                     f"layers.{i}.factor: a residual layer refines the state at the same "
                     f"resolution, so its factor must equal layers.{i - 1}.factor={prev.factor}"
                 )
+        if self.injection == "add":
+            dims = {la.codebook_dim for la in self.layers}
+            if len(dims) > 1:
+                raise ConfigError(
+                    f"injection: 'add' sums every layer's codewords into one state, so the layers "
+                    f"need one codebook_dim; got {sorted(dims)}")
+            if self.state_channels is not None and self.state_channels != dims.pop():
+                raise ConfigError("state_channels: injection 'add' keeps the state in codebook space "
+                                  "(state_channels == codebook_dim)")
         residual_dims = {la.codebook_dim for la in self.layers if la.kind == "residual"}
         if len(residual_dims) > 1:
             raise ConfigError(
@@ -153,6 +167,8 @@ class ModelConfig:
 
     @property
     def resolved_state_channels(self) -> int:
+        if self.injection == "add":
+            return self.layers[0].codebook_dim
         residual_dims = [la.codebook_dim for la in self.layers if la.kind == "residual"]
         if residual_dims:
             return residual_dims[0]

@@ -4,7 +4,8 @@ Bottom-up: the encoder yields features Ĥ_f at each code-grid factor f.
 Top-down, from H_0 = 0 at the coarsest grid, layer by layer (top = coarsest first):
 
 * injected layer  (VQ-VAE-2 / SQ-VAE-2):  U = up(H_{l-1});  ẑ_l = g_l([Ĥ_f, U]);
-  z_l = Q_l(ẑ_l);  H_l = h_l([U, z_l])
+  z_l = Q_l(ẑ_l);  H_l = h_l([U, z_l])  (model.injection='concat'), or H_l = U + z_l with
+  the state in codebook space ('add', as the public port of the HQ-VAE authors' code)
 * residual layer  (RQ-VAE / RSQ-VAE):     ẑ_l = p(Ĥ_f) - H_{l-1};  z_l = Q_l(ẑ_l);
   H_l = H_{l-1} + z_l. With SQ, depth l's posterior uses its own sigma_l^2 on its residual
   and every depth has its discrete term, but the dequantisation noise of the depths adds
@@ -67,7 +68,11 @@ class TopDownLayer(nn.Module):
         # up(H_{l-1}): transposed convs when the previous state is on a coarser grid
         ratio = (prev_factor or layer.factor) // layer.factor
         self.up = upsampler(cs, cs, ratio) if ratio > 1 else nn.Identity()
-        if layer.kind == "injected":
+        self.additive = layer.kind == "injected" and cfg.injection == "add"
+        if self.additive:
+            self.g = nn.Sequential(nn.Conv2d(cfg.channels + cs, cfg.channels, 3, padding=1), nn.ReLU(),
+                                   code_projection(cfg.channels, layer.codebook_dim, cfg.code_norm))
+        elif layer.kind == "injected":
             self.g = code_projection(cfg.channels + cs, layer.codebook_dim, cfg.code_norm)
             h = [nn.Conv2d(cs + layer.codebook_dim, cs, 3, padding=1)]
             if not self.is_last:  # the decoder has its own residual blocks after the last
@@ -81,6 +86,8 @@ class TopDownLayer(nn.Module):
         return proj(feat) - (u.detach() if self.detach_state else u)
 
     def combine(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.additive:
+            return u + z
         if self.kind == "injected":
             return self.h(torch.cat([u, z], dim=1))
         return u + (z.detach() if self.detach_state else z)
