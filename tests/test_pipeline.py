@@ -48,6 +48,7 @@ def _summary(run: Path) -> dict:
     return json.loads((run / layout.SUMMARY).read_text())
 
 
+@pytest.mark.smoke
 def test_quickstart_writes_every_artifact(quick_run):
     run = quick_run
     assert (run / layout.CONFIG).is_file() and (run / layout.REPORT).is_file()
