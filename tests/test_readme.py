@@ -95,3 +95,14 @@ def test_overrides_may_follow_flags_and_other_stray_words_are_errors(capsys):
             parse_cli(argv)
         assert e.value.code == 2
         assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
+    section = README.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, "no python block in the README's Python API section"
+    monkeypatch.chdir(tmp_path)  # its runs/ folder lands here
+    monkeypatch.setenv("HQVAE_CACHE", str(tmp_path / "cache"))
+    for code in blocks:
+        exec(compile(code, "README.md (Python API)", "exec"), {"__name__": "readme"})
+    assert (tmp_path / "runs" / "api" / "prior").is_dir()
