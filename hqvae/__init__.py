@@ -24,6 +24,7 @@ _EXPORTS = {
     "evaluate_tokenizer": "tokenizer.evaluate",
     "VectorQuantizer": "tokenizer.quantizers",
     "StochasticQuantizer": "tokenizer.quantizers",
+    "ResidualQuantizer": "tokenizer.quantizers",
     "QuantizerConfig": "tokenizer.config",
     "build_dataset": "tokenizer.data",
     # stage two: codes and priors

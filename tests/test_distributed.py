@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, out: str, cfg: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)  # the same initial codebook everywhere, as DDP would broadcast
-    q = VectorQuantizer(16, 4, QuantizerConfig(**cfg)).train()
+    q = VectorQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(**cfg)).train()
     torch.manual_seed(1234 + rank)  # restart draws differ per process unless broadcast
     for step in range(STEPS):
         q(_data(rank, step))
@@ -49,7 +49,7 @@ def test_codebooks_identical_across_processes(tmp_path, cfg):
     if cfg is EMA:
         # equal to one process that saw both processes' batches
         torch.manual_seed(0)
-        single = VectorQuantizer(16, 4, QuantizerConfig(**cfg)).train()
+        single = VectorQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(**cfg)).train()
         for step in range(STEPS):
             single(torch.cat([_data(0, step), _data(1, step)]))
         torch.testing.assert_close(a["codebook"], single.codebook, rtol=1e-5, atol=1e-5)

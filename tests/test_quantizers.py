@@ -5,6 +5,7 @@ import torch
 
 from tokenizer.config import QuantizerConfig
 from tokenizer.quantizers import (
+    ResidualQuantizer,
     StochasticQuantizer,
     VectorQuantizer,
     code_scores,
@@ -40,7 +41,7 @@ def test_code_scores_pick_the_nearest_code_and_give_the_distance_posterior():
 
 def test_vq_straight_through_and_losses():
     torch.manual_seed(0)
-    q = VectorQuantizer(16, 4, QuantizerConfig(kind="vq"))
+    q = VectorQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(kind="vq"))
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     out = q(z)
     assert out.codes.shape == (2, 3, 3) and out.z_q.shape == z.shape
@@ -55,7 +56,7 @@ def test_vq_straight_through_and_losses():
 
 def test_ema_moves_used_codes_toward_assigned_vectors():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True, ema_decay=0.9))
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", ema=True, ema_decay=0.9))
     assert not isinstance(q.codebook, torch.nn.Parameter)
     target = torch.randn(4) * 3
     z = target.view(1, 4, 1, 1).expand(2, 4, 5, 5).contiguous()
@@ -82,7 +83,7 @@ def test_ema_count_init_decides_where_unused_codes_go(count_init):
     outputs can pick them again."""
     torch.manual_seed(0)
     cfg = QuantizerConfig(kind="vq", ema=True, ema_decay=0.9, ema_count_init=count_init)
-    q = VectorQuantizer(8, 4, cfg).train()
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=cfg).train()
     before = q.codebook.clone()
     z = before[0].view(1, 4, 1, 1).expand(2, 4, 3, 3).contiguous()  # every vector picks code 0
     q(z)
@@ -98,7 +99,7 @@ def test_ema_count_init_decides_where_unused_codes_go(count_init):
 
 
 def test_ema_not_updated_in_eval():
-    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True)).eval()
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", ema=True)).eval()
     before = q.codebook.clone()
     q(torch.randn(2, 4, 3, 3))
     torch.testing.assert_close(q.codebook, before)
@@ -107,7 +108,7 @@ def test_ema_not_updated_in_eval():
 def test_dead_code_restart_reseeds_unused_codes():
     torch.manual_seed(0)
     cfg = QuantizerConfig(kind="vq", restart_threshold=0.5, usage_decay=0.5)
-    q = VectorQuantizer(32, 4, cfg).train()
+    q = VectorQuantizer(dim=4, codebook_size=32, cfg=cfg).train()
     z = torch.randn(4, 4, 4, 4) * 5  # far from the tiny initial codebook
     for _ in range(5):
         q(z)
@@ -119,7 +120,7 @@ def test_dead_code_restart_reseeds_unused_codes():
 
 def test_data_init_takes_batch_vectors():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", data_init=True)).train()
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", data_init=True)).train()
     z = torch.randn(2, 4, 4, 4) + 10
     q(z)
     assert bool(q.initialised)
@@ -128,7 +129,7 @@ def test_data_init_takes_batch_vectors():
 
 def test_sq_eval_is_deterministic_and_hard():
     torch.manual_seed(0)
-    q = StochasticQuantizer(16, 4, QuantizerConfig()).eval()
+    q = StochasticQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig()).eval()
     z = torch.randn(2, 4, 5, 5)
     a, b = q(z), q(z)
     assert torch.equal(a.codes, b.codes) and torch.equal(a.z_q, b.z_q)
@@ -137,7 +138,7 @@ def test_sq_eval_is_deterministic_and_hard():
 
 def test_sq_training_is_stochastic_soft_mixture():
     torch.manual_seed(0)
-    q = StochasticQuantizer(16, 4, QuantizerConfig(var_init=50.0)).train()
+    q = StochasticQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(var_init=50.0)).train()
     z = torch.randn(2, 4, 5, 5)
     a, b = q(z), q(z)
     assert not torch.equal(a.z_q, b.z_q)
@@ -146,7 +147,7 @@ def test_sq_training_is_stochastic_soft_mixture():
 def test_sq_loss_terms_sum_over_positions_and_average_over_batch():
     """Would fail if the KL terms were averaged over positions (the classic bug)."""
     torch.manual_seed(0)
-    q = StochasticQuantizer(16, 4, QuantizerConfig()).eval()
+    q = StochasticQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig()).eval()
     z = torch.randn(2, 4, 3, 3)
     base = q(z).losses
     tiled = q(z.repeat(1, 1, 2, 2)).losses  # 4x the positions, same content
@@ -157,7 +158,7 @@ def test_sq_loss_terms_sum_over_positions_and_average_over_batch():
 
 
 def test_sq_kl_values_match_definition():
-    q = StochasticQuantizer(3, 2, QuantizerConfig(var_init=2.0)).eval()
+    q = StochasticQuantizer(dim=2, codebook_size=3, cfg=QuantizerConfig(var_init=2.0)).eval()
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
     z = torch.tensor([[0.5, 0.5]]).view(1, 2, 1, 1)
@@ -171,14 +172,14 @@ def test_sq_kl_values_match_definition():
 
 
 def test_temperature_schedule():
-    q = StochasticQuantizer(4, 2, QuantizerConfig(tau_init=2.0, tau_decay=1e-3, tau_min=0.5))
+    q = StochasticQuantizer(dim=2, codebook_size=4, cfg=QuantizerConfig(tau_init=2.0, tau_decay=1e-3, tau_min=0.5))
     assert q.temperature(0) == 2.0
     assert math.isclose(q.temperature(100), 2.0 * math.exp(-0.1))
     assert q.temperature(10**6) == 0.5
 
 
 def test_run_temperature_schedule_spans_the_run():
-    q = StochasticQuantizer(4, 2, QuantizerConfig(tau_schedule="run", tau_init=2.0, tau_end=0.02))
+    q = StochasticQuantizer(dim=2, codebook_size=4, cfg=QuantizerConfig(tau_schedule="run", tau_init=2.0, tau_end=0.02))
     with pytest.raises(RuntimeError, match="set_total_steps"):
         q.temperature(0)
     q.set_total_steps(101)  # steps 0..100
@@ -191,7 +192,7 @@ def test_run_temperature_schedule_spans_the_run():
 
 
 def test_quantizer_math_is_float32_under_autocast():
-    q = StochasticQuantizer(8, 4, QuantizerConfig()).train()
+    q = StochasticQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig()).train()
     z = torch.randn(2, 4, 3, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = q(z.bfloat16())
@@ -222,7 +223,7 @@ def test_incompatible_options_rejected():
 def test_restart_leaves_live_codes_alone():
     torch.manual_seed(0)
     cfg = QuantizerConfig(kind="vq", restart_threshold=0.5, usage_decay=0.5)
-    q = VectorQuantizer(8, 4, cfg).train()
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=cfg).train()
     q.usage[:4], q.usage[4:] = 10.0, 0.0  # codes 0-3 alive, 4-7 dead
     before = q.codebook.detach().clone()
     q(torch.randn(2, 4, 3, 3) * 5)
@@ -232,7 +233,7 @@ def test_restart_leaves_live_codes_alone():
 
 def test_data_init_runs_once_and_again_after_loading_an_uninitialised_state():
     torch.manual_seed(0)
-    q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", data_init=True)).train()
+    q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", data_init=True)).train()
     fresh = {k: v.clone() for k, v in q.state_dict().items()}
     q(torch.randn(2, 4, 4, 4) + 10)
     first = q.codebook.detach().clone()
@@ -244,7 +245,7 @@ def test_data_init_runs_once_and_again_after_loading_an_uninitialised_state():
 
 
 def test_sq_temperature_accepts_a_tensor_step():
-    q = StochasticQuantizer(8, 4, QuantizerConfig(tau_init=1.0, tau_decay=1e-3, tau_min=0.1))
+    q = StochasticQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(tau_init=1.0, tau_decay=1e-3, tau_min=0.1))
     for step in (0, 7, 1000, 10**6):
         assert float(q.temperature(torch.tensor(step))) == pytest.approx(q.temperature(step), rel=1e-6)
     z = torch.randn(2, 4, 3, 3)
@@ -264,10 +265,10 @@ def test_quantizer_steps_compile_as_one_graph_without_recompiling(kind):
 
     torch.manual_seed(0)
     if kind == "sq":
-        q = StochasticQuantizer(16, 4, QuantizerConfig())
+        q = StochasticQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig())
     else:
         opts = {"restart_threshold": 0.5} if kind == "vq_restart" else {"data_init": True, "ema": True}
-        q = VectorQuantizer(16, 4, QuantizerConfig(kind="vq", **opts))
+        q = VectorQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(kind="vq", **opts))
     q.train()
     z = torch.randn(2, 4, 3, 3)
     if kind == "vq_data_init":
@@ -293,7 +294,7 @@ def test_inductor_compiled_ema_and_restart_updates_match_eager():
 
     torch.manual_seed(0)
     cfg = QuantizerConfig(kind="vq", ema=True, restart_threshold=0.01)
-    eager = VectorQuantizer(64, 8, cfg).train()
+    eager = VectorQuantizer(dim=8, codebook_size=64, cfg=cfg).train()
     compiled = copy.deepcopy(eager)
     torch._dynamo.reset()
     step = torch.compile(compiled)
@@ -306,3 +307,88 @@ def test_inductor_compiled_ema_and_restart_updates_match_eager():
         assert torch.equal(a.codes, b.codes)
     for name in ("ema_sum", "ema_count", "usage"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-4, atol=1e-5)
+
+
+# -- standalone use: keyword construction, any layout, one call ---------------------------
+
+def test_keyword_construction_and_incompatible_options_are_refused():
+    from engine.config import ConfigError
+
+    q = StochasticQuantizer(dim=8, codebook_size=32, var_init=2.0, tau=0.5)
+    assert q.cfg.kind == "sq" and q.temperature(10**6) == 0.5 and q.variance() == pytest.approx(2.0)
+    vq = VectorQuantizer(dim=8, codebook_size=32, ema=True, restart_threshold=1.0)
+    assert vq.cfg.ema and vq.cfg.restart_threshold == 1.0
+    for make, match in [
+        (lambda: StochasticQuantizer(dim=8, codebook_size=32, ema=True), "applies to kind 'vq' only"),
+        (lambda: VectorQuantizer(dim=8, codebook_size=32, ema_count_init=1.0), "set ema=true"),
+        (lambda: VectorQuantizer(dim=8, codebook_size=32, betta=0.3), "unknown quantizer option"),
+        (lambda: StochasticQuantizer(dim=8, codebook_size=32, tau=0.5, tau_decay=1e-3), "tau"),
+        (lambda: VectorQuantizer(dim=8, codebook_size=32, cfg=QuantizerConfig(kind="sq")), "kind"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            make()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VectorQuantizer(dim=6, codebook_size=16),
+    lambda: StochasticQuantizer(dim=6, codebook_size=16),
+    lambda: ResidualQuantizer(dim=6, codebook_size=16, depth=3, kind="vq"),
+    lambda: ResidualQuantizer(dim=6, codebook_size=16, depth=3, kind="sq"),
+])
+def test_sequences_and_maps_give_the_same_codes(make):
+    torch.manual_seed(0)
+    q = make().eval()
+    seq = torch.randn(2, 5, 6)  # (B, N, D)
+    as_map = seq.transpose(1, 2).unsqueeze(-1)  # (B, D, N, 1)
+    quantized, indices, loss = q(seq)
+    ref = q(as_map)
+    assert quantized.shape == seq.shape and indices.shape[:2] == (2, 5)
+    torch.testing.assert_close(quantized, ref.z_q.squeeze(-1).transpose(1, 2))
+    assert torch.equal(indices, ref.codes.squeeze(2))
+    torch.testing.assert_close(loss, ref.loss)
+    with pytest.raises(ValueError, match=r"expected \(B, 6, H, W\) or \(B, N, 6\)"):
+        q(torch.randn(2, 5, 7))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: VectorQuantizer(dim=4, codebook_size=32, data_init=True),
+    lambda: StochasticQuantizer(dim=4, codebook_size=32, tau=0.5),
+    lambda: ResidualQuantizer(dim=4, codebook_size=32, depth=2, kind="vq", data_init=True),
+    lambda: ResidualQuantizer(dim=4, codebook_size=32, depth=2, kind="sq", tau=0.5),
+])
+def test_a_short_fit_on_random_data_lowers_the_quantization_error(make):
+    """Gradients reach the codebook (and sigma^2) through the one-call loss: fitting the
+    codebook to a fixed cloud of points by that loss alone brings the codes closer."""
+    torch.manual_seed(0)
+    q = make().train()
+    data = torch.randn(256, 4) * 3 + 1  # off the N(0, 1) codebook's scale and centre
+    opt = torch.optim.Adam(q.parameters(), lr=0.05)
+
+    def error():
+        with torch.no_grad():
+            return float((q.eval()(data.unsqueeze(0)).z_q - data).pow(2).mean())
+
+    before = error()
+    for _ in range(60):
+        q.train()
+        out = q(data.unsqueeze(0))
+        recon = (out.z_q - data).pow(2).sum()
+        opt.zero_grad()
+        (recon + out.loss).backward()
+        assert all(p.grad is not None for p in q.parameters() if p.requires_grad)
+        opt.step()
+    assert error() < 0.5 * before
+
+
+def test_residual_sq_stack_has_one_continuous_term_with_the_summed_variance():
+    torch.manual_seed(0)
+    q = ResidualQuantizer(dim=3, codebook_size=8, depth=3, kind="sq").eval()
+    with torch.no_grad():
+        for d, v in zip(q.depths, (0.5, 1.0, 2.0)):
+            d.log_var.fill_(math.log(v))
+    z = torch.randn(2, 3, 4, 4)
+    out = q(z)
+    assert sorted(k for k in out.losses if "continuous" in k) == ["d2/kl_continuous"]
+    expected = (z - q.lookup(out.codes)).pow(2).sum() / (2 * 3.5) / 2
+    torch.testing.assert_close(out.losses["d2/kl_continuous"], expected)
+    torch.testing.assert_close(out.z_q, q.lookup(out.codes))

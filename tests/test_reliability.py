@@ -201,7 +201,7 @@ class TinyVQ(nn.Module):
         from tokenizer.quantizers import VectorQuantizer
 
         self.lin = nn.Linear(4, 4)
-        self.q = VectorQuantizer(8, 4, QuantizerConfig(kind="vq", ema=True, data_init=True))
+        self.q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", ema=True, data_init=True))
         self.nan_steps = set(nan_steps)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:

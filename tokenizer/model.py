@@ -35,7 +35,7 @@ from torch import nn
 
 from tokenizer.config import ModelConfig
 from tokenizer.nets import Decoder, Encoder, res_stack, upsampler
-from tokenizer.quantizers import QuantizerOutput, build_quantizer
+from tokenizer.quantizers import QuantizerOutput, build_quantizer, run_log_variance
 
 
 @dataclass
@@ -170,7 +170,7 @@ class HQVAE(nn.Module):
             for i in run[:-1]:
                 out[i] = (False, None)
             if len(run) > 1:
-                out[run[-1]] = (True, torch.logsumexp(torch.stack([log_vars[i] for i in run]), 0))
+                out[run[-1]] = (True, run_log_variance([log_vars[i] for i in run]))
         return out
 
     # -- passes ---------------------------------------------------------------------------

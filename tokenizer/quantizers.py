@@ -1,8 +1,17 @@
-"""One-layer quantizers: deterministic VQ and stochastic SQ (DESIGN.md section 2).
+"""Quantizers: deterministic VQ, stochastic SQ, and residual stacks of either.
 
-Both take encoder output z (B, D, H, W) and return a :class:`QuantizerOutput` with the
-vector the decoder sees, the code indices (B, H, W), a dict of loss terms and the code
-histogram of the batch. All of their math runs in float32, even under autocast: bf16
+Usable on their own, on any tensor of vectors::
+
+    vq = VectorQuantizer(dim=64, codebook_size=512, ema=True)
+    sq = StochasticQuantizer(dim=64, codebook_size=512, var_init=1.0, tau=0.5)
+    quantized, indices, loss = sq(x)        # x: (B, D, H, W) maps or (B, N, D) sequences
+    out = sq(x); out.losses                 # the loss terms by name
+
+Every option is a keyword of :class:`tokenizer.config.QuantizerConfig` (off by default;
+incompatible ones are refused at construction). The tokenizer builds the same classes from
+its config. A :class:`QuantizerOutput` holds the vector the decoder sees (in the layout of
+the input), the code indices ((B, H, W) or (B, N)), a dict of loss terms, their sum and the
+code histogram of the batch. All of their math runs in float32, even under autocast: bf16
 distances and EMA statistics are a known source of NaNs and drifting codebooks.
 """
 
@@ -16,15 +25,56 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from engine.config import ConfigError
 from tokenizer.config import QuantizerConfig
 
 
 @dataclass
 class QuantizerOutput:
-    z_q: torch.Tensor  # (B, D, H, W), what the decoder / top-down path sees
-    codes: torch.Tensor  # (B, H, W) long
+    z_q: torch.Tensor  # (B, D, H, W) or (B, N, D) as the input: what the decoder sees
+    codes: torch.Tensor  # (B, H, W) or (B, N) long (residual stacks: a last axis of depths)
     losses: dict[str, torch.Tensor]  # scalar loss terms (already weighted)
     counts: torch.Tensor  # (K,) code histogram of this batch (float, no grad)
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The sum of every loss term: what to add to a training objective."""
+        return sum(self.losses.values(), torch.zeros((), device=self.z_q.device))
+
+    def __iter__(self):
+        # quantized, indices, loss = quantizer(x)
+        return iter((self.z_q, self.codes, self.loss))
+
+
+def resolve_config(kind: str, cfg: QuantizerConfig | None, options: dict) -> QuantizerConfig:
+    """A quantizer's config: ``cfg`` as given, or built from keyword ``options`` (the fields
+    of QuantizerConfig); either way validated, so incompatible options fail here."""
+    if cfg is not None and options:
+        raise ConfigError(f"give a QuantizerConfig or keyword options, not both (got {sorted(options)})")
+    if cfg is None:
+        known = set(QuantizerConfig.__dataclass_fields__) - {"kind"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown quantizer option(s) {unknown}; known: {sorted(known)}")
+        cfg = QuantizerConfig(kind=kind, **options)
+    elif cfg.kind != kind:
+        raise ConfigError(f"kind: this quantizer is {kind!r}, the config says {cfg.kind!r}")
+    cfg.validate()
+    return cfg
+
+
+def _to_map(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, bool]:
+    """(B, D, H, W) as it is, or (B, N, D) as the map (B, D, N, 1); True for a sequence."""
+    if z.dim() == 4 and z.shape[1] == dim:
+        return z, False
+    if z.dim() == 3 and z.shape[2] == dim:
+        return z.transpose(1, 2).unsqueeze(-1), True
+    raise ValueError(f"quantizer input: expected (B, {dim}, H, W) or (B, N, {dim}), got {tuple(z.shape)}")
+
+
+def _from_map(out: QuantizerOutput) -> QuantizerOutput:
+    # codes (B, N, 1) -> (B, N); a residual stack's (B, N, 1, depth) -> (B, N, depth)
+    return QuantizerOutput(out.z_q.squeeze(-1).transpose(1, 2), out.codes.squeeze(2), out.losses, out.counts)
 
 
 def squared_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -97,8 +147,9 @@ class VectorQuantizer(nn.Module):
       * ``data_init``: the first training batch seeds the codebook with encoder vectors.
     """
 
-    def __init__(self, codebook_size: int, dim: int, cfg: QuantizerConfig):
+    def __init__(self, dim: int, codebook_size: int, cfg: QuantizerConfig | None = None, **options):
         super().__init__()
+        cfg = resolve_config("vq", cfg, options)
         self.K, self.D, self.cfg = codebook_size, dim, cfg
         if cfg.ema:
             # VQ-VAE-2's EMA codebook starts from a unit Gaussian, with zero counts unless
@@ -182,6 +233,7 @@ class VectorQuantizer(nn.Module):
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
+        z, sequence = _to_map(z, self.D)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
@@ -202,7 +254,8 @@ class VectorQuantizer(nn.Module):
                     self._restart_dead(flat.detach(), _all_reduce_sum(counts.clone()))
             # straight-through: forward value z_q, gradient to the encoder as identity
             out = z + (z_q - z).detach()
-        return QuantizerOutput(out, codes.view(z.shape[0], *z.shape[2:]), losses, counts)
+        result = QuantizerOutput(out, codes.view(z.shape[0], *z.shape[2:]), losses, counts)
+        return _from_map(result) if sequence else result
 
 
 class StochasticQuantizer(nn.Module):
@@ -215,8 +268,16 @@ class StochasticQuantizer(nn.Module):
     too makes them ~H*W times too weak, the usual cause of collapse in re-implementations.
     """
 
-    def __init__(self, codebook_size: int, dim: int, cfg: QuantizerConfig):
+    def __init__(self, dim: int, codebook_size: int, cfg: QuantizerConfig | None = None,
+                 tau: float | None = None, **options):
+        """``tau`` is a constant Gumbel temperature (shorthand for tau_init=tau, tau_decay=0)."""
         super().__init__()
+        if tau is not None:
+            clash = sorted(k for k in options if k.startswith("tau_"))
+            if clash or cfg is not None:
+                raise ConfigError(f"tau: a constant temperature; do not also give {clash or 'a config'}")
+            options.update(tau_init=tau, tau_decay=0.0)
+        cfg = resolve_config("sq", cfg, options)
         self.K, self.D, self.cfg = codebook_size, dim, cfg
         # SQ-VAE initialises its codebook with a unit Gaussian
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
@@ -264,6 +325,7 @@ class StochasticQuantizer(nn.Module):
         log variance of that term where it differs from the posterior's: log sum_l sigma_l^2
         at the last depth of a residual run.
         """
+        z, sequence = _to_map(z, self.D)
         b = z.shape[0]
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
@@ -297,7 +359,8 @@ class StochasticQuantizer(nn.Module):
             # not bincount: its output size depends on the data, which breaks a compiled graph
             counts = torch.zeros(self.K, device=codes.device).index_add_(
                 0, codes, torch.ones_like(codes, dtype=torch.float32))
-        return QuantizerOutput(z_q, codes.view(b, *z.shape[2:]), losses, counts)
+        result = QuantizerOutput(z_q, codes.view(b, *z.shape[2:]), losses, counts)
+        return _from_map(result) if sequence else result
 
     def variance(self) -> torch.Tensor:
         return self.log_var.detach().exp()
@@ -305,5 +368,68 @@ class StochasticQuantizer(nn.Module):
 
 def build_quantizer(codebook_size: int, dim: int, cfg: QuantizerConfig) -> nn.Module:
     if cfg.kind == "vq":
-        return VectorQuantizer(codebook_size, dim, cfg)
-    return StochasticQuantizer(codebook_size, dim, cfg)
+        return VectorQuantizer(dim, codebook_size, cfg)
+    return StochasticQuantizer(dim, codebook_size, cfg)
+
+
+def run_log_variance(log_vars: list[torch.Tensor]) -> torch.Tensor:
+    """log sum_l sigma_l^2: the variance of a residual run's continuous term. The
+    dequantisation noise of the depths adds up (HQ-VAE, Takida et al. 2024), so the run
+    has one term, ||target - sum_l z_l||^2 / (2 sum_l sigma_l^2), at its last depth."""
+    return torch.logsumexp(torch.stack(log_vars), 0)
+
+
+class ResidualQuantizer(nn.Module):
+    """A residual stack (RQ-VAE / RSQ-VAE): depth l quantizes what depths < l left over,
+    r_l = z - sum_{j<l} z_j, and the output is sum_l z_l.
+
+    * ``kind='vq'``: every depth commits the input to its running sum (RQ-VAE's cumulative
+      commitment, beta ||z - sg(sum_{j<=l} z_j)||^2), one straight-through for the sum.
+    * ``kind='sq'``: every depth's posterior uses its own sigma_l^2 on its residual and has
+      its discrete term; one continuous term for the stack (:func:`run_log_variance`).
+
+    Codes come back with a last axis of depths: (B, H, W, depth) or (B, N, depth).
+    Options as for :class:`VectorQuantizer` / :class:`StochasticQuantizer`, shared by all
+    depths (each has its own codebook)."""
+
+    def __init__(self, dim: int, codebook_size: int, depth: int, kind: str = "sq",
+                 cfg: QuantizerConfig | None = None, **options):
+        super().__init__()
+        if depth < 1:
+            raise ConfigError(f"depth: must be >= 1, got {depth}")
+        if kind not in ("vq", "sq"):
+            raise ConfigError(f"kind: 'vq' or 'sq', got {kind!r}")
+        cls = VectorQuantizer if kind == "vq" else StochasticQuantizer
+        self.kind, self.D = kind, dim
+        self.depths = nn.ModuleList(cls(dim, codebook_size, cfg, **options) for _ in range(depth))
+
+    def set_total_steps(self, total: int) -> None:
+        if self.kind == "sq":
+            for q in self.depths:
+                q.set_total_steps(total)
+
+    def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
+        z, sequence = _to_map(z, self.D)
+        z = z.float()
+        state = torch.zeros_like(z)
+        outs: list[QuantizerOutput] = []
+        last = len(self.depths) - 1
+        for i, q in enumerate(self.depths):
+            if self.kind == "vq":
+                # depths after the first see z - sg(state) and add sg(z_i): the first depth's
+                # straight-through carries the gradient of the sum once
+                out = q(z - (state.detach() if i else state), step)
+                state = state + (out.z_q.detach() if i else out.z_q)
+            else:
+                term = run_log_variance([d.log_var for d in self.depths]) if i == last and last else None
+                out = q(z - state, step, continuous=i == last, continuous_log_var=term)
+                state = state + out.z_q
+            outs.append(out)
+        losses = {f"d{i}/{name}": v for i, o in enumerate(outs) for name, v in o.losses.items()}
+        codes = torch.stack([o.codes for o in outs], dim=-1)
+        result = QuantizerOutput(state, codes, losses, torch.stack([o.counts for o in outs]))
+        return _from_map(result) if sequence else result
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, H, W, depth) -> sum of codewords (B, D, H, W)."""
+        return sum(q.lookup(codes[..., i]) for i, q in enumerate(self.depths))
