@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.config import ConfigError
+from engine.devices import resolve_device
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -31,14 +32,12 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 def _eval_tokenizer(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from engine.config import validate
     from tokenizer.data import build_dataset
     from tokenizer.pretrained import Tokenizer
     from tokenizer.train import format_summary, run_evaluation
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     tok = Tokenizer.from_pretrained(args.run_dir, device=device)
     cfg = tok.config
     data = cfg.data
@@ -63,8 +62,6 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace) -> int:
     import dataclasses
 
-    import torch
-
     from engine.config import validate
     from engine.run_dir import check_writable
     from prior.codes import check_codes_dir, encode_split
@@ -72,7 +69,7 @@ def _encode(args: argparse.Namespace) -> int:
     from tokenizer.pretrained import Tokenizer
 
     check_writable(args.out, "--out")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     tok = Tokenizer.from_pretrained(args.tokenizer_run, device=device)
     data = tok.config.data
     if args.data:
@@ -134,7 +131,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "--out")
     replaced = check_sample_dir(args.out)  # before any sampling: refuse a folder not ours
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     prior = Prior.from_pretrained(args.prior_run, device=device)
     tok_run = args.tokenizer or prior.info.get("tokenizer_run")
     if not tok_run:
@@ -200,9 +197,11 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _audio_fid(args: argparse.Namespace) -> int:
     from sampling.audio_fid import format_report, score_folder
 
+    if args.max_ref is not None:
+        raise ValueError("--max-ref: renamed --max-examples (at most N on each side, as in `hqvae fid`)")
     result = score_folder(
         args.dir, args.classifier, reference=args.ref, path=args.path, labels=args.labels,
-        max_reference=args.max_ref, batch_size=args.batch_size, device=args.device,
+        max_examples=args.max_examples, batch_size=args.batch_size, device=resolve_device(args.device),
         recursive=args.recursive,
     )
     return _report_result(format_report(result), result, args.out)
@@ -226,7 +225,7 @@ def _fid(args: argparse.Namespace) -> int:
     result = score_folder(
         args.dir, args.ref, path=args.path, image_size=args.image_size,
         max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,
-        device=args.device, cache=not args.no_cache, progress=True,
+        device=resolve_device(args.device), cache=not args.no_cache, progress=True,
         skip_bad_examples=args.skip_bad_examples,
     )
     return _report_result(format_report(result), result, args.out)
@@ -238,6 +237,55 @@ def _pipeline(args: argparse.Namespace) -> int:
     cfg = load_pipeline_config(args.config, args.overrides)
     summary = run_pipeline(cfg)
     print(format_summary(summary))
+    return 0
+
+
+CONFIG_KINDS = ("tokenizer", "prior", "classifier", "pipeline")
+
+
+def _config_kind(data: dict) -> str:
+    """Which stage a config file is for, from its keys."""
+    if "image" in data or "audio" in data:
+        return "pipeline"
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    if "augment" in data or "widths" in model:
+        return "classifier"
+    codes = isinstance(data.get("data"), dict) and "codes" in data["data"]
+    if codes or "levels" in data or "class_cond" in data or "tokenizer" in data:
+        return "prior"
+    return "tokenizer"
+
+
+def _config(args: argparse.Namespace) -> int:
+    from engine.config import read_yaml, to_dict, yaml_dump
+    from tokenizer.config import PRESETS
+
+    target, overrides = args.target, list(args.overrides)
+    if target in PRESETS:  # a tokenizer preset: its config with every default filled in
+        kind, path, overrides = args.kind or "tokenizer", None, [f"model.preset={target}", *overrides]
+        if kind != "tokenizer":
+            raise ValueError(f"--kind {kind}: {target!r} is a tokenizer preset")
+    elif "=" in target:  # overrides alone, on the defaults of --kind
+        kind, path, overrides = args.kind or "tokenizer", None, [target, *overrides]
+    else:
+        path = Path(target)
+        if not path.is_file():
+            raise ConfigError(f"{target}: neither a config file nor a tokenizer preset "
+                              f"({', '.join(PRESETS)})")
+        kind = args.kind or _config_kind(read_yaml(path))
+    if kind == "tokenizer":
+        from tokenizer.config import load_tokenizer_config as load
+    elif kind == "prior":
+        from prior.config import load_prior_config as load
+    elif kind == "classifier":
+        from sampling.audio_classifier import load_classifier_config as load
+    else:
+        from hqvae.pipeline import load_pipeline_config as load
+    cfg = load(path, overrides)
+    print(f"# hqvae config: the resolved {kind} config" + (f" of {path}" if path else "")
+          + (f" with {' '.join(args.overrides)}" if args.overrides else "")
+          + "; every key with its value (defaults filled in)")
+    print(yaml_dump(to_dict(cfg)), end="")
     return 0
 
 
@@ -331,11 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="data path of the reference (parquet / audiofolder sources)")
     p.add_argument("--labels", help="JSON {file name: label} of class-conditional samples: also report "
                    "the classifier's accuracy (default: DIR/labels.json when present)")
-    p.add_argument("--max-ref", type=int, help="use at most this many reference examples")
+    p.add_argument("--max-examples", type=int, help="use at most this many files / examples on each side")
+    p.add_argument("--max-ref", type=int, help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--recursive", action="store_true", help="also take audio files in subfolders of DIR")
     p.add_argument("--out", help="also write the results as JSON here")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_audio_fid)
 
     p = sub.add_parser("fid", help="image FID / KID of a folder of PNGs against a dataset split")
@@ -354,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_fid)
+
+    p = sub.add_parser("config", help="print a fully resolved config: every key with its value and default")
+    p.add_argument("target", help="a config file, a tokenizer preset (rsqvae, sqvae2, ...) or key=value")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, as for the command that takes the config")
+    p.add_argument("--kind", choices=CONFIG_KINDS,
+                   help="which stage's config (default: told by the file's keys; tokenizer for a preset)")
+    p.set_defaults(func=_config)
 
     p = sub.add_parser("pipeline", help="tokenizer -> encode -> priors -> sample -> FID -> report, "
                        "skipping finished stages")
@@ -389,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_cli(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ConfigError, FileNotFoundError, ValueError) as err:
         if os.environ.get("HQVAE_DEBUG"):  # the full traceback, for bug reports
             raise

@@ -218,9 +218,9 @@ def stage_configs(cfg: PipelineConfig, name: str) -> dict[str, Any]:
 
 
 def _device(cfg: PipelineConfig) -> str:
-    import torch
+    from engine.devices import resolve_device
 
-    return cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(cfg.device, "device")
 
 
 # ---------------------------------------------------------------------------------------

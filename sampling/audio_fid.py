@@ -450,10 +450,12 @@ def score_folder(
     batch_size: int = 64,
     device: Optional[str] = None,
     recursive: bool = False,
+    max_examples: Optional[int] = None,
 ) -> dict[str, Any]:
     """What ``hqvae audio-fid`` reports: audio FID / KID of the audio files in ``folder``
     against a reference split (default: the classifier's own data and eval split) and,
-    given ``labels``, the classifier's accuracy on them.
+    given ``labels``, the classifier's accuracy on them. ``max_examples`` caps both sides of
+    the FID (as in image FID), ``max_reference`` the reference side only.
 
     ``folder`` may be a ``hqvae sample`` output folder: its ``audio/`` files are scored and
     its ``labels.json`` is used unless ``labels`` names another file."""
@@ -487,7 +489,10 @@ def score_folder(
     elif path is not None:
         data_cfg = dataclasses.replace(data_cfg, path=path)
     ref_set = build_dataset(data_cfg, split, train=False)
-    result = audio_fid(model, generated, ref_set, batch_size=batch_size, max_reference=max_reference)
+    if max_examples is not None:
+        max_reference = max_examples if max_reference is None else min(max_reference, max_examples)
+    result = audio_fid(model, generated, ref_set, batch_size=batch_size, max_reference=max_reference,
+                       max_generated=max_examples)
     result["reference"] = {"source": data_cfg.source, "path": data_cfg.path, "split": split}
     result["folder"] = str(folder)
     if labels is not None:

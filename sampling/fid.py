@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from engine.devices import resolve_device
 from engine.subsets import spread_indices
 from tokenizer.config import DataConfig
 
@@ -569,7 +570,7 @@ def score_folder(
     read at the samples' size unless ``image_size`` is given; ``max_examples`` caps both
     sides; ``skip_bad_examples`` skips undecodable reference rows (as ``data.skip_bad_examples``).
     Every input error is raised before any network runs."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device) if device is None or isinstance(device, str) else device
     samples = ImageFolderSamples(folder)
     if image_size is None:
         if samples.width != samples.height:

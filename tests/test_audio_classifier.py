@@ -293,9 +293,18 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     assert result["num_generated"] == 8 and result["num_reference"] == 64
     assert result["reference"]["split"] == "test" and result["accuracy"]["num_examples"] == 8
     # a plain folder, the classifier's own reference data by default, no labels
-    assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-ref", "16"]) == 0
+    assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-examples", "16"]) == 0
     out = capsys.readouterr().out
     assert "vs 16 of split 'test'" in out and "accuracy" not in out
+    # one spelling across commands: --max-examples caps both sides, as `hqvae fid` does
+    assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-examples", "4"]) == 0
+    assert "4 files in" in capsys.readouterr().out
+    assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-ref", "4"]) == 2
+    assert "renamed --max-examples" in capsys.readouterr().err
+    for bad in ("nosuch", "cuda:7" if torch.cuda.is_available() else "cuda"):
+        assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--device", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--device" in err and err.count("\n") == 1
     # labels of a prior that numbers its classes otherwise than the classifier are refused
     from sampling.audio_classifier import AudioClassifier
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from engine.config import ConfigError, from_dict, load_config, parse_override, to_dict
@@ -174,3 +176,24 @@ def test_a_steps_override_that_epochs_would_ignore_is_refused(tmp_path):
         load_pipeline_config(pipe, ["image.tokenizer.train.steps=5"])
     assert load_pipeline_config(pipe, ["image.tokenizer.train.steps=5",
                                        "image.tokenizer.train.epochs=null"]).image.tokenizer.train.steps == 5
+
+
+def test_cli_config_prints_every_key_of_a_preset_or_file(capsys):
+    import yaml
+
+    from hqvae.cli import main
+
+    assert main(["config", "rsqvae", "model.depth=2", "train.lr=3e-4"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["model"]["preset"] == "rsqvae" and len(cfg["model"]["layers"]) == 2
+    assert cfg["train"]["lr"] == 3e-4
+    assert cfg["model"]["quantizer"]["tau_schedule"] and "var_init" in cfg["model"]["quantizer"]
+    root = Path(__file__).resolve().parent.parent / "configs"
+    for path, key in [("quickstart.yaml", "image"), ("prior/shapes.yaml", "class_cond"),
+                      ("classifier/tones.yaml", "augment"), ("tokenizer/cifar10_vqvae2.yaml", "eval")]:
+        assert main(["config", str(root / path)]) == 0
+        assert key in yaml.safe_load(capsys.readouterr().out), path
+    assert main(["config", "rsqvae", "model.nosuch=1"]) == 2
+    assert "model.nosuch" in capsys.readouterr().err
+    assert main(["config", "nosuch"]) == 2
+    assert "neither a config file nor a tokenizer preset" in capsys.readouterr().err

@@ -106,3 +106,19 @@ def test_the_python_api_example_runs_as_written(tmp_path, monkeypatch):
     for code in blocks:
         exec(compile(code, "README.md (Python API)", "exec"), {"__name__": "readme"})
     assert (tmp_path / "runs" / "api" / "prior").is_dir()
+
+
+def test_license_matches_pyproject_and_citation_names_the_papers():
+    import tomllib
+
+    import yaml
+
+    licence = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    assert (ROOT / "LICENSE").read_text().startswith(f"{licence} License")
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["license"] == licence and cff["version"] == tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["version"]
+    titles = " | ".join(r["title"] for r in cff["references"])
+    for paper in ("HQ-VAE", "SQ-VAE", "Neural Discrete Representation Learning", "VQ-VAE-2",
+                  "Residual Quantization"):
+        assert paper in titles, paper
