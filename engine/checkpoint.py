@@ -250,6 +250,8 @@ def verify_checkpoint(path: str | Path) -> None:
         files = json.loads(manifest.read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CorruptCheckpointError(f"checkpoint {path}: unreadable {CHECKSUMS} ({err})") from None
+    if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
+        raise CorruptCheckpointError(f"checkpoint {path}: {CHECKSUMS} is not a mapping of file records")
     for name, want in files.items():
         f = path / name
         if not f.is_file():
@@ -264,17 +266,31 @@ def verify_checkpoint(path: str | Path) -> None:
             raise CorruptCheckpointError(f"checkpoint {path}: {name} fails its SHA-256 checksum")
 
 
+class NoUsableCheckpointError(CorruptCheckpointError):
+    """Every checkpoint of a run is damaged: resuming would silently start over."""
+
+
 def load_latest_checkpoint(run_dir: str | Path) -> tuple[dict | None, Path | None, list[Path]]:
     """(state, path) of the newest checkpoint that verifies and loads, and the newer ones
-    that did not (each reported with a warning naming it and why). (None, None, bad) when
-    there is no good checkpoint."""
+    that did not (each reported with a warning naming it and why). (None, None, []) when the
+    run has no checkpoint. When it has some and none loads, :class:`NoUsableCheckpointError`:
+    starting again from step 0 would overwrite the run's metrics and weights."""
     bad: list[Path] = []
-    for path in reversed(list_checkpoints(run_dir)):
+    errors: list[str] = []
+    paths = list(reversed(list_checkpoints(run_dir)))
+    for i, path in enumerate(paths):
         try:
             return load_checkpoint(path), path, bad
         except CorruptCheckpointError as err:
-            warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
+            if i + 1 < len(paths):
+                warnings.warn(f"{err}; falling back to the previous checkpoint", stacklevel=2)
             bad.append(path)
+            errors.append(str(err))
+    if bad:
+        raise NoUsableCheckpointError(
+            f"{run_dir}: no checkpoint can be resumed ({'; '.join(errors)}); nothing was changed. "
+            f"Starting over would replace this run's metrics and weights: move "
+            f"{Path(run_dir) / 'checkpoints'} away (or use another run_dir) to start from step 0")
     return None, None, bad
 
 
@@ -299,12 +315,21 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
         verify_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("state.json is not a mapping")
+        step = state.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"state.json: 'step' is {step!r}, not a step number")
+        for key in ("optimizer", "scheduler"):
+            if not isinstance(state.get(key), dict):
+                raise ValueError(f"state.json: {key!r} is missing or not a mapping")
         model_state, _ = load_weights(path / "model.safetensors")
         tensors = load_weights(path / "optimizer.safetensors")[0]
-    except (OSError, ValueError) as err:
+        state["model"] = model_state
+        state["optimizer"] = _unflatten_optimizer(tensors, state["optimizer"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        # any damage that got past the checksums (or a checkpoint written without them)
         raise CorruptCheckpointError(f"checkpoint {path} is unreadable: {err}") from None
-    state["model"] = model_state
-    state["optimizer"] = _unflatten_optimizer(tensors, state["optimizer"])
     state["rng_tensors"] = {k: v for k, v in tensors.items() if k.startswith("rng.")}
     return state
 

@@ -1,11 +1,15 @@
-"""Run directories: a resumed run must be the same run, not another one in the same place,
-and an output folder must be writable before any work starts."""
+"""Run directories: a resumed run must be the same run, not another one in the same place;
+an output folder must be writable before any work starts; and one process at a time
+writes a folder (:func:`run_lock`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +69,15 @@ def check_writable(path: str | Path, key: str = "run_dir") -> None:
     """Fail before any work when ``path`` (a directory, created later by the run) cannot be
     created or written, naming ``key`` and the path. Probes by creating the missing folders
     and a file in the deepest one, then removes everything it created: no side effects."""
+    if not str(path).strip():
+        raise ConfigError(f"{key}: empty; give a folder to write to")
+    path = Path(path).expanduser()
+    if path.resolve() == Path(path.resolve().anchor):
+        raise ConfigError(f"{key}: {str(path)!r} is the filesystem root; give a folder of its own")
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         # one probe per machine: processes creating and removing the same probe folders at
         # once would fail each other's probes
         return
-    path = Path(path).expanduser()
     created: list[Path] = []
     try:
         missing = []
@@ -100,3 +108,47 @@ def check_writable(path: str | Path, key: str = "run_dir") -> None:
                 folder.rmdir()
             except OSError:
                 pass
+
+
+# in every folder a command writes: held (flock) by the process writing it. The kernel
+# drops the lock when that process dies, however it dies, so a stale file locks nothing.
+LOCK_FILE = ".hqvae.lock"
+_held: dict[str, list] = {}  # resolved folder -> [fd, depth]: re-entrant within a process
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | Path, key: str = "run_dir") -> Iterator[None]:
+    """Hold ``folder`` for this process: another process (a second command on the same
+    run_dir) is refused at once, naming the folder and the holder. Only the first process
+    of a data-parallel run takes it (the others write nothing of their own)."""
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+        yield
+        return
+    path = Path(folder).expanduser().resolve()
+    held = _held.get(str(path))
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"{key}: {folder} is in use by {holder}; wait for it to finish or use another "
+            f"folder (two runs writing one folder would corrupt each other)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"hqvae process {os.getpid()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+    _held[str(path)] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[str(path)]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.config import ConfigError
 from engine.devices import resolve_device
+from engine.run_dir import run_lock
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -64,8 +65,7 @@ def _encode(args: argparse.Namespace) -> int:
 
     from engine.config import validate
     from engine.run_dir import check_writable
-    from prior.codes import check_codes_dir, encode_split
-    from tokenizer.data import build_dataset
+    from prior.codes import check_codes_dir
     from tokenizer.pretrained import Tokenizer
 
     check_writable(args.out, "--out")
@@ -80,6 +80,14 @@ def _encode(args: argparse.Namespace) -> int:
     splits = args.split or [data.train_split, data.eval_split]
     for split in dict.fromkeys(splits):
         check_codes_dir(args.out, split)  # before any encoding: refuse a folder that is not ours
+    with run_lock(args.out, "--out"):  # a second process writing these codes is refused
+        return _encode_splits(args, tok, data, splits)
+
+
+def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> int:
+    from prior.codes import encode_split
+    from tokenizer.data import build_dataset
+
     source = {"source": data.source, "path": data.path, "column": data.column}
     for split in dict.fromkeys(splits):
         dataset = build_dataset(data, split, train=False)
@@ -121,16 +129,23 @@ def _per_level_arg(text: str | None, cast, name: str):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import torch
-
     from engine.run_dir import check_writable
-    from prior.pretrained import Prior
-    from sampling.outputs import check_sample_dir, write_samples
-    from sampling.sampler import Sampler
-    from tokenizer.pretrained import Tokenizer
+    from sampling.outputs import check_sample_dir
 
     check_writable(args.out, "--out")
     replaced = check_sample_dir(args.out)  # before any sampling: refuse a folder not ours
+    with run_lock(args.out, "--out"):  # a second process writing this folder is refused
+        return _sample_into(args, replaced)
+
+
+def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
+    import torch
+
+    from prior.pretrained import Prior
+    from sampling.outputs import write_samples
+    from sampling.sampler import Sampler
+    from tokenizer.pretrained import Tokenizer
+
     device = resolve_device(args.device)
     prior = Prior.from_pretrained(args.prior_run, device=device)
     tok_run = args.tokenizer or prior.info.get("tokenizer_run")

@@ -519,6 +519,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     """Run every stage that is not finished yet; returns (and writes) the run summary."""
     _check_run_dir(cfg)
     _check_sample_labels(cfg)
+    from engine.run_dir import run_lock
+
+    with run_lock(cfg.run_dir):  # a second pipeline on this run_dir is refused
+        return _run_stages(cfg, log)
+
+
+def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     _save_config(cfg, run / layout.CONFIG)

@@ -26,6 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from engine.run_dir import LOCK_FILE
+
 MANIFEST = "codes.json"
 
 
@@ -71,7 +73,7 @@ def check_codes_dir(codes_dir: str | Path, split: str) -> None:
     if not codes_dir.is_dir():
         raise ValueError(f"codes folder {codes_dir}: exists and is not a folder")
     if not (codes_dir / MANIFEST).is_file():
-        if any(codes_dir.iterdir()):
+        if any(p.name != LOCK_FILE for p in codes_dir.iterdir()):  # the lock is this tool's
             raise ValueError(
                 f"codes folder {codes_dir}: not empty and not a codes directory (no {MANIFEST}); "
                 f"nothing was written. Choose a new or empty folder")

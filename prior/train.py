@@ -15,7 +15,7 @@ import torch
 
 from engine.config import ConfigError, save_yaml, to_dict
 from engine.distributed import process_state
-from engine.run_dir import check_run_dir, check_writable
+from engine.run_dir import check_run_dir, check_writable, run_lock
 from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
@@ -95,6 +95,11 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
     for level in levels:
         if not 0 <= level < num_levels:
             raise ConfigError(f"--level {level}: the codes have levels 0..{num_levels - 1}")
+    with run_lock(cfg.run_dir):  # a second process on this run_dir is refused
+        return _train_levels(cfg, info, levels)
+
+
+def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
     run_dir = Path(cfg.run_dir)
     state = process_state()
     if state.is_main_process:

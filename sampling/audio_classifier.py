@@ -463,9 +463,7 @@ def resolve_data(cfg: ClassifierConfig, train_set: Dataset) -> ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    from engine.distributed import process_state
-    from engine.run_dir import check_run_dir, check_writable
-    from engine.trainer import train
+    from engine.run_dir import check_run_dir, check_writable, run_lock
     from tokenizer.data import build_dataset
 
     check_writable(cfg.run_dir, "run_dir")
@@ -476,6 +474,15 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
         raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
     cfg = resolve_data(cfg, train_set)
     check_run_dir(run_dir, to_dict(cfg), RESUMABLE_CHANGES)
+    with run_lock(run_dir):  # a second process on this run_dir is refused
+        return _train_classifier(cfg, train_set, eval_set)
+
+
+def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, Any]:
+    from engine.distributed import process_state
+    from engine.trainer import train
+
+    run_dir = Path(cfg.run_dir)
     class_names = getattr(train_set, "class_names", None)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     model = AudioClassifier(cfg, class_names)

@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from safetensors.torch import save_file
 
+from engine.run_dir import LOCK_FILE
 from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
 
@@ -54,7 +55,7 @@ def check_sample_dir(out_dir: str | Path) -> bool:
         raise ValueError(f"sample folder {out}: exists and is not a folder")
     if (out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json"):
         return True
-    if any(out.iterdir()):
+    if any(p.name != LOCK_FILE for p in out.iterdir()):  # the lock is this tool's
         raise ValueError(
             f"sample folder {out}: not empty and holds no sample set written by hqvae "
             f"(no samples.json); nothing was written. Choose a new or empty folder")

@@ -27,6 +27,7 @@ from torch import nn
 
 from engine.checkpoint import (
     CorruptCheckpointError,
+    NoUsableCheckpointError,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -145,6 +146,43 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, damage):
     assert (run / "checkpoints" / "step_00000006.corrupt").is_dir()  # kept for inspection
     assert logged(run) == pytest.approx(logged(ref), rel=1e-6)  # steps 5, 6 re-run once
     assert sorted(logged(run)) == list(range(1, 9))
+
+
+def test_no_readable_checkpoint_stops_and_touches_nothing(tmp_path):
+    """issue 22: with every kept checkpoint damaged, a resume started over from step 0,
+    truncating metrics.jsonl and overwriting the run's files."""
+    run = tmp_path / "run"
+    tiny_train(run, steps=4, keep_last=1)  # one checkpoint: step 4
+    ckpt = run / "checkpoints" / "step_00000004"
+    target = ckpt / "model.safetensors"
+    data = target.read_bytes()
+    target.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one flipped byte
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(NoUsableCheckpointError, match=r"no checkpoint can be resumed.*nothing was changed"):
+        tiny_train(run, steps=8, keep_last=1)
+    after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert after == before  # metrics, weights and the damaged checkpoint as they were
+
+
+@pytest.mark.parametrize("damage", ["empty_state", "step_not_a_number", "checksums_not_records"])
+def test_checkpoints_damaged_past_the_checksums_count_as_corrupt(tmp_path, damage):
+    run = tmp_path / "run"
+    tiny_train(run, steps=4)  # checkpoints 2, 4
+    newest = run / "checkpoints" / "step_00000004"
+    state = json.loads((newest / "state.json").read_text())
+    if damage == "empty_state":
+        (newest / "state.json").write_text("{}")
+    elif damage == "step_not_a_number":
+        (newest / "state.json").write_text(json.dumps({**state, "step": "four"}))
+    else:
+        (newest / "checksums.json").write_text(json.dumps({"files": {"state.json": 3}}))
+    if damage != "checksums_not_records":  # the checksums would catch these edits: drop them
+        (newest / "checksums.json").unlink()
+    with pytest.raises(CorruptCheckpointError, match="step_00000004"):
+        load_checkpoint(newest)
+    with pytest.warns(UserWarning, match="falling back"):
+        _, result = tiny_train(run, steps=6)
+    assert result.resumed_from == 2
 
 
 def test_resume_in_a_later_epoch_keeps_the_data_order(tmp_path):
@@ -764,3 +802,55 @@ def test_a_bf16_run_hands_back_a_float32_model(tmp_path):
     model.lin.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     model(torch.randn(4, 4))
     assert seen == [torch.float32]  # under the wrapper this matmul would be bfloat16
+
+
+# -- one writer per folder ------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from engine.run_dir import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_a_run_dir_is_refused_and_a_dead_holder_frees_it(tmp_path, capsys):
+    """issue 22: two train-tokenizer runs on one run_dir both 'succeeded', interleaving steps."""
+    run = tmp_path / "run"
+    cfg = load_tokenizer_config(None, [f"run_dir={run}", "model.preset=vqvae", "model.channels=8",
+                                       "model.res_channels=4", "model.res_blocks=1", "data.num_train=16",
+                                       "data.num_eval=8", "train.batch_size=8", "train.steps=2",
+                                       "train.progress=false", "eval.max_examples=8"])
+    holder = _holder(run)
+    try:
+        with pytest.raises(ConfigError, match=r"run_dir: .* is in use by hqvae process \d+"):
+            train_tokenizer(cfg)
+        assert not (run / "metrics.jsonl").exists()
+        # the commands that write other folders hold them too
+        out = tmp_path / "samples"
+        holder2 = _holder(out)
+        try:
+            assert main(["sample", str(tmp_path / "no-prior"), "--out", str(out), "--n", "2"]) == 2
+            assert "is in use by" in capsys.readouterr().err
+        finally:
+            holder2.kill()
+            holder2.wait()
+    finally:
+        holder.kill()  # SIGKILL: no chance to clean up; the kernel drops the lock
+        holder.wait()
+    assert (run / ".hqvae.lock").is_file()  # left behind, and locks nothing
+    assert train_tokenizer(cfg)["train"]["steps"] == 2
+
+
+@pytest.mark.parametrize("run_dir, match", [("", "run_dir: empty"), ("/", "filesystem root")])
+def test_an_empty_or_root_run_dir_is_refused(run_dir, match, capsys):
+    assert main(["train-tokenizer", "model.preset=vqvae", f"run_dir={run_dir}"]) == 2
+    assert match in capsys.readouterr().err

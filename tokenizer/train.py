@@ -20,7 +20,7 @@ import torch
 
 from engine.config import save_yaml, to_dict, validate
 from engine.distributed import process_state
-from engine.run_dir import check_run_dir, check_writable
+from engine.run_dir import check_run_dir, check_writable, run_lock
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
@@ -76,6 +76,11 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
     check_writable(cfg.run_dir, "run_dir")
     cfg = resolve_modality(cfg)
     check_run_dir(cfg.run_dir, to_dict(cfg), RESUMABLE_CHANGES)
+    with run_lock(cfg.run_dir):  # a second process on this run_dir is refused
+        return _train_tokenizer(cfg)
+
+
+def _train_tokenizer(cfg: TokenizerConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
     eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
