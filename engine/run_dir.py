@@ -65,6 +65,15 @@ def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -
         )
 
 
+def check_output_file(path: str | Path, key: str = "--out") -> None:
+    """Fail before any work when the file ``path`` could not be written: it names a folder,
+    or its folder cannot be created or written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{key}: {str(path)!r} is a folder; give a file name")
+    check_writable(path.parent, key)
+
+
 def check_writable(path: str | Path, key: str = "run_dir") -> None:
     """Fail before any work when ``path`` (a directory, created later by the run) cannot be
     created or written, naming ``key`` and the path. Probes by creating the missing folders

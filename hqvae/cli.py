@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.config import ConfigError
 from engine.devices import resolve_device
-from engine.run_dir import run_lock
+from engine.run_dir import check_output_file, check_writable, run_lock
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -38,6 +38,8 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     from tokenizer.pretrained import Tokenizer
     from tokenizer.train import format_summary, run_evaluation
 
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    check_writable(out, "--out")  # before the evaluation, not after it
     device = resolve_device(args.device)
     tok = Tokenizer.from_pretrained(args.run_dir, device=device)
     cfg = tok.config
@@ -54,7 +56,6 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     if cfg.data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
     dataset = build_dataset(cfg.data, cfg.data.eval_split, train=False)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     metrics = run_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))
     return 0
@@ -64,7 +65,6 @@ def _encode(args: argparse.Namespace) -> int:
     import dataclasses
 
     from engine.config import validate
-    from engine.run_dir import check_writable
     from prior.codes import check_codes_dir
     from tokenizer.pretrained import Tokenizer
 
@@ -129,7 +129,6 @@ def _per_level_arg(text: str | None, cast, name: str):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from engine.run_dir import check_writable
     from sampling.outputs import check_sample_dir
 
     check_writable(args.out, "--out")
@@ -212,6 +211,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
 def _audio_fid(args: argparse.Namespace) -> int:
     from sampling.audio_fid import format_report, score_folder
 
+    if args.out:
+        check_output_file(args.out)  # before the scoring, not after it
     if args.max_ref is not None:
         raise ValueError("--max-ref: renamed --max-examples (at most N on each side, as in `hqvae fid`)")
     result = score_folder(
@@ -228,8 +229,11 @@ def _report_result(text: str, result: dict, out: str | None) -> int:
 
     print(text)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, path)  # never a half-written result file
         print(f"wrote {out}")
     return 0
 
@@ -237,6 +241,8 @@ def _report_result(text: str, result: dict, out: str | None) -> int:
 def _fid(args: argparse.Namespace) -> int:
     from sampling.fid import format_report, score_folder
 
+    if args.out:
+        check_output_file(args.out)  # before the scoring, not after it
     result = score_folder(
         args.dir, args.ref, path=args.path, image_size=args.image_size,
         max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,

@@ -72,12 +72,20 @@ class ScoreConfig:
     def validate(self) -> None:
         if self.max_reference is not None and self.max_reference < 2:
             raise ConfigError(f"max_reference: must be >= 2, got {self.max_reference}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
 
 
 @dataclass
 class EncodeConfig:
     batch_size: int = 256
     max_examples: Optional[int] = None  # per split; null = all
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"max_examples: must be >= 1 (null = all), got {self.max_examples}")
 
 
 @dataclass

@@ -363,3 +363,26 @@ def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp
     with pytest.warns(UserWarning, match=r"skipped a bad example.*row 2"):
         assert main([*args, "--skip-bad-examples"]) == 0
     assert "FID" in capsys.readouterr().out
+
+
+def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
+    """issue 22: an unwritable --out was found only after the whole score was computed."""
+    import sampling.audio_fid
+    import sampling.fid
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("scoring ran before the output path was checked")
+
+    monkeypatch.setattr(sampling.fid, "score_folder", must_not_run)
+    monkeypatch.setattr(sampling.audio_fid, "score_folder", must_not_run)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for cmd in (["fid", str(tmp_path), "--ref", "shapes:test"],
+                ["audio-fid", str(tmp_path), "--classifier", str(tmp_path)]):
+        assert main([*cmd, "--out", str(blocker / "result.json")]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and "a-file" in err and err.count("\n") == 1
+        assert main([*cmd, "--out", str(tmp_path)]) == 2
+        assert "is a folder" in capsys.readouterr().err
+    assert main(["eval-tokenizer", str(tmp_path / "no-run"), "--out", str(blocker / "eval")]) == 2
+    assert "--out" in capsys.readouterr().err

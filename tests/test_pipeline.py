@@ -175,6 +175,10 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("image.prior.levels=5", r"quickstart\.yaml: image\.prior\.levels: expected a list"),
     ("audio.prior.levels=[{},3]", r"quickstart\.yaml: audio\.prior\.levels\.1: expected a mapping"),
     ("image.tokenizer.model.preset=nope", r"quickstart\.yaml: image\.tokenizer\.model\.preset: unknown preset"),
+    # issue 22: these failed only after tokenizer, prior and sampling had run
+    ("image.score.batch_size=0", r"image\.score\.batch_size: must be >= 1"),
+    ("image.encode.batch_size=0", r"image\.encode\.batch_size: must be >= 1"),
+    ("audio.encode.max_examples=0", r"audio\.encode\.max_examples: must be >= 1"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
