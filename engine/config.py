@@ -365,4 +365,6 @@ def yaml_dump(data: Any) -> str:
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml_dump(to_dict(obj)))
+    from engine.files import write_text_atomic
+
+    write_text_atomic(path, yaml_dump(to_dict(obj)))  # a truncated config.yaml would block resume

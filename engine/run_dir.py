@@ -39,6 +39,20 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix]
 
 
+def read_saved_config(path: str | Path) -> dict:
+    """The config a run saved, or a one-line error naming the file when it is damaged."""
+    import yaml
+
+    try:
+        data = yaml_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: damaged ({type(err).__name__}); restore it or move the run "
+                          f"folder away") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: damaged (not a mapping of keys); restore it or move the run folder away")
+    return data or {}
+
+
 def holds_work(folder: str | Path) -> bool:
     """Whether a run folder holds anything a run produced: a checkpoint or final weights
     (its own, or one level down: a prior's ``level_L/``), or encoded codes."""
@@ -56,7 +70,7 @@ def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return
-    old = yaml_load(path.read_text()) or {}
+    old = read_saved_config(path)
     changed = [k for k in config_diff(old, config) if k.split(".")[0] not in resumable]
     if changed and holds_work(run_dir):
         raise ConfigError(

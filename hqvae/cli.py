@@ -229,11 +229,11 @@ def _report_result(text: str, result: dict, out: str | None) -> int:
 
     print(text)
     if out:
+        from engine.files import write_text_atomic
+
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, path)  # never a half-written result file
+        write_text_atomic(path, json.dumps(result, indent=2))  # never a half-written result
         print(f"wrote {out}")
     return 0
 

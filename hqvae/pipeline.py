@@ -435,9 +435,9 @@ def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: st
 
 def _write_json(path: Path, obj: Any) -> None:
     """Write-then-rename: a crash never leaves a half-written marker that reads as done."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+    from engine.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,10 +456,9 @@ def _check_run_dir(cfg: PipelineConfig) -> None:
             raise ConfigError(f"run_dir: {run} is not empty and holds no {layout.CONFIG}; "
                               "choose another run_dir")
         return
-    from engine.config import yaml_load
-    from engine.run_dir import config_diff
+    from engine.run_dir import config_diff, read_saved_config
 
-    old = yaml_load(saved.read_text()) or {}
+    old = read_saved_config(saved)
     new = to_dict(cfg)
     # sampling / scoring settings may change (those stages re-run); more training steps or
     # other evaluation sizes too (the stage resumes, or counts as finished); the encoding

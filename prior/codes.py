@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from engine.files import write_text_atomic
 from engine.run_dir import LOCK_FILE
 
 MANIFEST = "codes.json"
@@ -87,9 +88,7 @@ def check_codes_dir(codes_dir: str | Path, split: str) -> None:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _code_dtype(codebook_size: int) -> str:

@@ -854,3 +854,31 @@ def test_a_second_process_on_a_run_dir_is_refused_and_a_dead_holder_frees_it(tmp
 def test_an_empty_or_root_run_dir_is_refused(run_dir, match, capsys):
     assert main(["train-tokenizer", "model.preset=vqvae", f"run_dir={run_dir}"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_a_damaged_config_yaml_is_reported_by_path_and_config_is_written_atomically(tmp_path, capsys, monkeypatch):
+    import engine.files
+
+    run = tmp_path / "run"
+    args = ["train-tokenizer", "model.preset=vqvae", "model.channels=8", "model.res_channels=4",
+            "model.res_blocks=1", "data.num_train=16", "data.num_eval=8", "train.batch_size=8",
+            "train.steps=2", "train.progress=false", "eval.max_examples=8", f"run_dir={run}"]
+    assert main(args) == 0
+    capsys.readouterr()
+    (run / "config.yaml").write_text("model:\n  preset: [vqvae\n")  # truncated mid-write
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(run / "config.yaml") in err and "damaged" in err and err.count("\n") == 1
+    # a write that dies midway leaves the old file whole (write to a temporary, then rename)
+    (run / "config.yaml").write_text("old: true\n")
+
+    def dying_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.files.os, "replace", dying_replace)
+    from engine.config import save_yaml
+
+    with pytest.raises(OSError):
+        save_yaml({"new": True}, run / "config.yaml")
+    assert (run / "config.yaml").read_text() == "old: true\n"
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
