@@ -37,6 +37,7 @@ from engine.checkpoint import (
     save_checkpoint,
 )
 from engine.distributed import use_cpu
+from engine.signals import StopSignals, TrainingInterrupted
 from engine.train_config import TrainConfig
 
 
@@ -381,113 +382,132 @@ def train(
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (main and cfg.progress),
                dynamic_ncols=True, unit="step")
     model.train()
-    while step < total:
-        sampler.set_epoch(epoch)
-        loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        if hasattr(batches, "set_epoch"):
-            # accelerate's loaders set the sampler's epoch from their own count of passes
-            # when iterated; the skipping loader a resumed run starts with counts from 0,
-            # which would replay epoch 0's order in the middle of a later epoch
-            batches.set_epoch(epoch)
-        remaining = steps_per_epoch * cfg.grad_accum - skip
-        skip = 0
-        for batch in batches:
-            if remaining <= 0:
-                break
-            remaining -= 1
-            if isinstance(batch, dict) and "bad_examples" in batch:
-                has_bad_field = True
-                bad_examples += batch["bad_examples"].sum()  # on device: no host sync
-            if cfg.nan_policy == "skip" and saved_buffers is None:
-                # the forward pass updates buffers (EMA codebooks, BatchNorm statistics): a
-                # withheld step must leave them as they were too
-                saved_buffers = [b.detach().clone() for b in unwrapped.buffers()]
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    inputs = batch[batch_key] if batch_key else batch
-                    if cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
-                        inputs = inputs.contiguous(memory_format=torch.channels_last)
-                    try:
-                        if step_tensor is not None:
-                            step_tensor.fill_(step)
-                        terms = forward(inputs, step=step if step_tensor is None else step_tensor)
-                    except Exception:
-                        # a NaN that got into the weights can make a later forward fail
-                        # (e.g. sampling from NaN probabilities): report the NaN, not that
-                        stop_if_nonfinite()
-                        raise
-                loss = terms["loss"]
-                finite = True
-                if cfg.nan_policy == "skip":
-                    flag = torch.isfinite(loss.detach()).all().float().reshape(1)
-                    if world > 1:  # every process must agree, or DDP's collectives deadlock
-                        flag = accelerator.reduce(flag, "sum") / world
-                    finite = bool(flag.item() == 1.0)  # the one host sync of 'skip'
-                    window_ok = window_ok and finite
-                else:
-                    bad_step = torch.where(
-                        (bad_step < 0) & ~torch.isfinite(loss.detach()).all(),
-                        torch.full_like(bad_step, step + 1), bad_step,
-                    )
-                if finite:
-                    accelerator.backward(loss)
-                if accelerator.sync_gradients and not window_ok:
-                    # withhold the update: drop the gradients, put the buffers back
+    # Ctrl-C / SIGTERM (a scheduler's pre-emption) saves a checkpoint of the last finished
+    # step and stops with one line saying how to resume, instead of losing those steps
+    signals = StopSignals().__enter__()
+    try:
+        while step < total:
+            sampler.set_epoch(epoch)
+            loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
+            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+            if hasattr(batches, "set_epoch"):
+                # accelerate's loaders set the sampler's epoch from their own count of passes
+                # when iterated; the skipping loader a resumed run starts with counts from 0,
+                # which would replay epoch 0's order in the middle of a later epoch
+                batches.set_epoch(epoch)
+            remaining = steps_per_epoch * cfg.grad_accum - skip
+            skip = 0
+            for batch in batches:
+                if remaining <= 0:
+                    break
+                remaining -= 1
+                if isinstance(batch, dict) and "bad_examples" in batch:
+                    has_bad_field = True
+                    bad_examples += batch["bad_examples"].sum()  # on device: no host sync
+                if cfg.nan_policy == "skip" and saved_buffers is None:
+                    # the forward pass updates buffers (EMA codebooks, BatchNorm statistics): a
+                    # withheld step must leave them as they were too
+                    saved_buffers = [b.detach().clone() for b in unwrapped.buffers()]
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        inputs = batch[batch_key] if batch_key else batch
+                        if cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
+                            inputs = inputs.contiguous(memory_format=torch.channels_last)
+                        try:
+                            if step_tensor is not None:
+                                step_tensor.fill_(step)
+                            terms = forward(inputs, step=step if step_tensor is None else step_tensor)
+                        except Exception:
+                            # a NaN that got into the weights can make a later forward fail
+                            # (e.g. sampling from NaN probabilities): report the NaN, not that
+                            stop_if_nonfinite()
+                            raise
+                    loss = terms["loss"]
+                    finite = True
+                    if cfg.nan_policy == "skip":
+                        flag = torch.isfinite(loss.detach()).all().float().reshape(1)
+                        if world > 1:  # every process must agree, or DDP's collectives deadlock
+                            flag = accelerator.reduce(flag, "sum") / world
+                        finite = bool(flag.item() == 1.0)  # the one host sync of 'skip'
+                        window_ok = window_ok and finite
+                    else:
+                        bad_step = torch.where(
+                            (bad_step < 0) & ~torch.isfinite(loss.detach()).all(),
+                            torch.full_like(bad_step, step + 1), bad_step,
+                        )
+                    if finite:
+                        accelerator.backward(loss)
+                    if accelerator.sync_gradients and not window_ok:
+                        # withhold the update: drop the gradients, put the buffers back
+                        optimizer.zero_grad(set_to_none=True)
+                        with torch.no_grad():
+                            for buf, old in zip(unwrapped.buffers(), saved_buffers):
+                                buf.copy_(old)
+                    else:
+                        if accelerator.sync_gradients and cfg.clip_grad > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                        optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    with torch.no_grad():
-                        for buf, old in zip(unwrapped.buffers(), saved_buffers):
-                            buf.copy_(old)
+                if finite:
+                    for k, v in terms.items():
+                        # accumulated on device: no host sync until the next log line
+                        sums[k] = sums.get(k, 0) + v.detach().float()
+                    n_sum += 1
+                seen += micro * world
+                if not accelerator.sync_gradients:
+                    continue
+                if not window_ok:
+                    skipped_steps += 1
+                    warnings.warn(f"train: non-finite loss at step {step + 1}; step skipped "
+                                  f"(train.nan_policy=skip; {skipped_steps} so far)", stacklevel=2)
+                window_ok, saved_buffers = True, None
+                lr_used = optimizer.param_groups[0]["lr"]  # this step's, before the schedule moves on
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == total:
+                    stop_if_nonfinite()
+                    now = time.perf_counter()
+                    if world > 1 and sums:
+                        # the mean over all processes (each saw an equal share of the batch)
+                        keys = sorted(sums)
+                        mean = accelerator.reduce(torch.stack([sums[k] for k in keys]), "mean")
+                        sums = dict(zip(keys, mean.unbind()))
+                    record = {k: float(v) / n_sum for k, v in sums.items()} if n_sum else {}
+                    record.update(stats(unwrapped, step) if stats else {})
+                    if skipped_steps:
+                        record["nonfinite_steps_skipped"] = skipped_steps
+                    if has_bad_field:
+                        record["bad_examples_skipped"] = bad_examples_total()
+                    rate = seen / max(now - t_log, 1e-9)
+                    last = record
+                    log({"step": step, "epoch": epoch, "split": "train", "lr": lr_used,
+                         "examples_per_s": rate, **record})
+                    if "loss" in record:
+                        bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
+                    sums, n_sum, seen, t_log = {}, 0, 0, now
+                if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
+                    eval_metrics = run_eval(step)
+                if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != total:
+                    checkpoint(step)
+                if world == 1:
+                    stop = signals.received is not None
+                elif step % cfg.log_every == 0:
+                    # processes agree at log steps (where they sync anyway), or the checkpoint's
+                    # collectives would wait on a process that went on training
+                    flag = torch.tensor([1.0 if signals.received else 0.0], device=accelerator.device)
+                    stop = float(accelerator.reduce(flag, "sum")) > 0
                 else:
-                    if accelerator.sync_gradients and cfg.clip_grad > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if finite:
-                for k, v in terms.items():
-                    # accumulated on device: no host sync until the next log line
-                    sums[k] = sums.get(k, 0) + v.detach().float()
-                n_sum += 1
-            seen += micro * world
-            if not accelerator.sync_gradients:
-                continue
-            if not window_ok:
-                skipped_steps += 1
-                warnings.warn(f"train: non-finite loss at step {step + 1}; step skipped "
-                              f"(train.nan_policy=skip; {skipped_steps} so far)", stacklevel=2)
-            window_ok, saved_buffers = True, None
-            lr_used = optimizer.param_groups[0]["lr"]  # this step's, before the schedule moves on
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total:
-                stop_if_nonfinite()
-                now = time.perf_counter()
-                if world > 1 and sums:
-                    # the mean over all processes (each saw an equal share of the batch)
-                    keys = sorted(sums)
-                    mean = accelerator.reduce(torch.stack([sums[k] for k in keys]), "mean")
-                    sums = dict(zip(keys, mean.unbind()))
-                record = {k: float(v) / n_sum for k, v in sums.items()} if n_sum else {}
-                record.update(stats(unwrapped, step) if stats else {})
-                if skipped_steps:
-                    record["nonfinite_steps_skipped"] = skipped_steps
-                if has_bad_field:
-                    record["bad_examples_skipped"] = bad_examples_total()
-                rate = seen / max(now - t_log, 1e-9)
-                last = record
-                log({"step": step, "epoch": epoch, "split": "train", "lr": lr_used,
-                     "examples_per_s": rate, **record})
-                if "loss" in record:
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
-                sums, n_sum, seen, t_log = {}, 0, 0, now
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != total:
-                eval_metrics = run_eval(step)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step != total:
-                checkpoint(step)
-            if step >= total:
-                break
-        epoch += 1
+                    stop = False
+                if stop and step < total:
+                    bar.close()
+                    checkpoint(step)
+                    raise TrainingInterrupted(step, last_good, signals.received or "a stop signal")
+                if step >= total:
+                    break
+            epoch += 1
+    finally:
+        signals.__exit__(None, None, None)
     stop_if_nonfinite()
     bar.close()
     seconds = time.perf_counter() - t0

@@ -463,9 +463,15 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.signals import TrainingInterrupted
+
     args = parse_cli(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as err:  # Ctrl-C / SIGTERM: a checkpoint was saved first
+        _close_progress_bars()
+        print(f"hqvae {args.command}: {err}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -748,6 +748,34 @@ def test_sigkill_tokenizer_resumes_with_identical_losses(tok_reference, tmp_path
         assert losses[step] == pytest.approx(tok_reference[step], rel=1e-5, abs=1e-7), step
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tok_reference, tmp_path, sig):
+    """issue 22: Ctrl-C printed a 24-frame traceback and lost the steps since the last
+    checkpoint. Now the last finished step is checkpointed, one line says how to resume, and
+    the resumed run has the uninterrupted run's losses."""
+    run = tmp_path / "run"
+    args = ["train-tokenizer", f"run_dir={run}", *KILL_TOK, "train.ckpt_every=1000"]
+    proc = hqvae(*args)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or len(logged(run)) < 15:  # mid-run, no checkpoint
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{signal.Signals(sig).name}: stopped after step" in lines[0] and "again to resume" in lines[0]
+    stopped = int(re.search(r"after step (\d+)", lines[0]).group(1))
+    assert stopped >= 15 and [p.name for p in list_checkpoints(run)] == [f"step_{stopped:08d}"]
+    finish(hqvae(*args))
+    losses = logged(run)
+    assert sorted(losses) == list(range(1, 121))
+    for step in range(1, 121):
+        assert losses[step] == pytest.approx(tok_reference[step], rel=1e-5, abs=1e-7), step
+
+
 KILL_PRIOR = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.cond_channels=16",
               "model.cond_blocks=1", "model.dropout=0.1", "train.batch_size=8", "train.log_every=1",
               "train.lr=1e-3", "train.schedule=constant", "train.warmup_steps=2",

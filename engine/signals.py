@@ -1,0 +1,50 @@
+"""Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption):
+the loop saves a checkpoint of its last finished step, then raises :class:`TrainingInterrupted`,
+whose message says how to resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped a run: a checkpoint of its last step was saved first."""
+
+    def __init__(self, step: int, checkpoint: Path, signal_name: str):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved at {checkpoint}. "
+                         f"Run the same command again to resume from it")
+
+
+class StopSignals:
+    """While installed, SIGINT / SIGTERM only raise a flag that the loop reads after each
+    optimizer step (then saves a checkpoint and stops); a second signal stops at once.
+    Only the main thread can install handlers: elsewhere it does nothing."""
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        self.received = signal.Signals(signum).name
+        for sig, old in self._old.items():  # the next one is not deferred
+            signal.signal(sig, old)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
