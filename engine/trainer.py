@@ -94,6 +94,10 @@ class NonFiniteLossError(ValueError):
     CLI reports it as an error line (exit status 2), not a traceback."""
 
 
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose tensors do not fit the model (written under another config)."""
 
@@ -345,10 +349,19 @@ def train(
             extra["grad_scaler"] = accelerator.scaler.state_dict()
         accelerator.wait_for_everyone()
         if main:
-            last_good = save_checkpoint(
-                run_dir, step, unwrapped.state_dict(), optimizer.optimizer, scheduler, config,
-                extra=extra, keep_last=cfg.keep_last, rng_states=rng_states,
-            )
+            try:
+                last_good = save_checkpoint(
+                    run_dir, step, unwrapped.state_dict(), optimizer.optimizer, scheduler, config,
+                    extra=extra, keep_last=cfg.keep_last, rng_states=rng_states,
+                )
+            except OSError as err:  # disk full, folder made read-only, ...
+                clean_stale(run_dir)  # the half-written temporary folder
+                kept = (f"the previous checkpoint {last_good} is intact; once that is fixed, run the "
+                        f"same command again to resume from it" if last_good
+                        else "there is no earlier checkpoint")
+                raise CheckpointWriteError(
+                    f"train: the checkpoint of step {step} could not be written to "
+                    f"{run_dir / 'checkpoints'} ({err.strerror or err}); {kept}") from None
         else:
             last_good = run_dir / "checkpoints" / f"step_{step:08d}"
         accelerator.wait_for_everyone()

@@ -185,6 +185,28 @@ def test_checkpoints_damaged_past_the_checksums_count_as_corrupt(tmp_path, damag
     assert result.resumed_from == 2
 
 
+def test_a_failed_checkpoint_write_says_what_failed_and_that_the_last_one_is_intact(tmp_path, monkeypatch):
+    import engine.trainer as trainer
+
+    real = trainer.save_checkpoint
+
+    def disk_full_at_step_4(run_dir, step, *args, **kwargs):
+        if step == 4:
+            tmp = Path(run_dir) / "checkpoints" / ".tmp-step_00000004-1"
+            tmp.mkdir()
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+        return real(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", disk_full_at_step_4)
+    run = tmp_path / "run"
+    with pytest.raises(trainer.CheckpointWriteError,
+                       match=r"step 4 could not be written .*No space left on device.*step_00000002 is intact"):
+        tiny_train(run, steps=6)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]
+    load_checkpoint(run / "checkpoints" / "step_00000002")
+
+
 def test_resume_in_a_later_epoch_keeps_the_data_order(tmp_path):
     """Regression: the skipping loader of a resumed run restarted accelerate's epoch count
     at 0, replaying epoch 0's order in the middle of epoch 2."""
