@@ -45,6 +45,8 @@ class TrainConfig:
     channels_last: bool = False
 
     def validate(self) -> None:
+        import os
+
         positive = ("steps", "batch_size", "grad_accum", "log_every", "keep_last")
         for name in positive:
             if getattr(self, name) < 1:
@@ -54,6 +56,14 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        # bounds that keep a typo from becoming a run that never ends or a fork bomb
+        if self.steps > 10**9:
+            raise ConfigError(f"steps: at most 1e9, got {self.steps}")
+        if self.epochs is not None and self.epochs > 10**6:
+            raise ConfigError(f"epochs: at most 1e6, got {self.epochs}")
+        cap = max(16, 4 * (os.cpu_count() or 1))
+        if self.num_workers > cap:
+            raise ConfigError(f"num_workers: at most {cap} (4 per CPU core here), got {self.num_workers}")
         if self.compile_mode != "default" and not self.compile:
             raise ConfigError(f"compile_mode: '{self.compile_mode}' needs compile=true")
         if self.lr <= 0:

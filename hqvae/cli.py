@@ -319,6 +319,20 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hqvae {_version()}")
@@ -334,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
     p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
     p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
-    p.add_argument("--max-examples", type=int, help="evaluate at most this many examples")
+    p.add_argument("--max-examples", type=_positive_int, help="evaluate at most this many examples")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--rfid", action="store_true",
@@ -348,9 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
     p.add_argument("--split", action="append",
                    help="split to encode (repeatable; default: the run's train and eval splits)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-examples", type=int, help="encode at most this many examples per split")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding the data")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--max-examples", type=_positive_int, help="encode at most this many examples per split")
+    p.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader workers decoding the data")
     p.add_argument("--overwrite", action="store_true", help="re-encode splits already in --out")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_encode)
@@ -365,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample new images / audio from trained priors")
     p.add_argument("prior_run", help="prior run directory (from train-prior)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--label", help="class id (or class name) for every sample, or 'cycle' for balanced classes "
                    "(class-conditional priors; default: unconditional)")
     p.add_argument("--temperature", help="sampling temperature: one value or one per level, e.g. 1.0,0.9 (0 = greedy)")
@@ -374,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--cache", choices=["static", "dynamic", "none"], default="static",
                    help="key/value cache: preallocated (static), growing (dynamic), or none (re-run "
                    "the prefix each step; slow, for checking); all draw the same codes")
@@ -382,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the one-token step (with CUDA graphs on a GPU); pays off "
                    "for many samples, the first batch pays the compilation")
     p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
-    p.add_argument("--grid", type=int, default=64, help="samples shown in grid.png")
+    p.add_argument("--grid", type=_positive_int, default=64, help="samples shown in grid.png")
     p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_sample)
@@ -400,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", help="data path of the reference (parquet / audiofolder sources)")
     p.add_argument("--labels", help="JSON {file name: label} of class-conditional samples: also report "
                    "the classifier's accuracy (default: DIR/labels.json when present)")
-    p.add_argument("--max-examples", type=int, help="use at most this many files / examples on each side")
+    p.add_argument("--max-examples", type=_positive_int, help="use at most this many files / examples on each side")
     p.add_argument("--max-ref", type=int, help=argparse.SUPPRESS)  # renamed: refused with a hint
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--recursive", action="store_true", help="also take audio files in subfolders of DIR")
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
@@ -413,11 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", required=True, help="reference as DATASET[:split] (data.source syntax: "
                    "shapes, a parquet file or folder, imagefolder, a hub name; default split: test)")
     p.add_argument("--path", help="data path of the reference (parquet / imagefolder sources)")
-    p.add_argument("--image-size", type=int,
+    p.add_argument("--image-size", type=_positive_int,
                    help="read the reference at this size (default: the samples' size)")
-    p.add_argument("--max-examples", type=int, help="use at most this many images on each side")
+    p.add_argument("--max-examples", type=_positive_int, help="use at most this many images on each side")
     p.add_argument("--kid", action="store_true", help="also report KID (mean ± std over subsets)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
     p.add_argument("--skip-bad-examples", action="store_true",
                    help="skip undecodable reference rows (warned about) instead of failing on the first")

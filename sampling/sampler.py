@@ -142,8 +142,9 @@ class Sampler:
         self.settings = [LevelSettings(float(t), int(k), float(p)) for t, k, p in zip(temps, ks, ps)]
         for level, s in enumerate(self.settings):
             s.validate(level)
-        if not math.isfinite(cfg_scale):
-            raise ValueError(f"cfg_scale: must be a finite number, got {cfg_scale}")
+        if not math.isfinite(cfg_scale) or abs(cfg_scale) > 1000:
+            # beyond this the guided logits overflow float32 (1e308 gave a raw traceback)
+            raise ValueError(f"cfg_scale: must be a number in [-1000, 1000], got {cfg_scale}")
         if cfg_scale != 1.0 and not prior.num_classes:
             raise ValueError("cfg_scale: classifier-free guidance needs a class-conditional prior")
         # the null label is only a model of unconditional codes if training dropped labels to it

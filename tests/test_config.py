@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_wrong_type_named():
 
 
 def test_codebook_size_below_two():
-    with pytest.raises(ConfigError, match=r"model\.layers\.0\.codebook_size: must be >= 2"):
+    with pytest.raises(ConfigError, match=r"model\.layers\.0\.codebook_size: must be in \[2, "):
         load_tokenizer_config(None, ["model.preset=vqvae", "model.layers.0.codebook_size=1"])
 
 
@@ -197,3 +198,32 @@ def test_cli_config_prints_every_key_of_a_preset_or_file(capsys):
     assert "model.nosuch" in capsys.readouterr().err
     assert main(["config", "nosuch"]) == 2
     assert "neither a config file nor a tokenizer preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=100000000000000000000000", "train.steps: at most 1e9"),
+    ("train.num_workers=100000", "train.num_workers: at most"),  # forked 1,246 processes
+    ("model.layers.0.codebook_size=100000000", "codebook_size: must be in [2, 1048576]"),
+    ("model.layers.0.codebook_dim=100000", "codebook_dim: must be in [1, 4096]"),
+    ("model.channels=1000000", "model.channels: at most 4096"),
+    ("data.image_size=100000", "data.image_size: must be in [1, 4096]"),
+])
+def test_resource_bombs_are_refused_at_load_time(override, message):
+    """issue 22: these ended in fork storms or allocator tracebacks instead of an error."""
+    from tokenizer.config import load_tokenizer_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_tokenizer_config(None, ["model.preset=rsqvae", override])
+
+
+def test_duplicate_yaml_keys_and_non_utf8_files_are_errors_naming_the_file(tmp_path):
+    from tokenizer.config import load_tokenizer_config
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  steps: 3\n  lr: 0.1\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml: the key 'steps' appears twice \(lines 2 and 4\)"):
+        load_tokenizer_config(dup)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not a UTF-8 text file"):
+        load_tokenizer_config(latin)

@@ -932,3 +932,25 @@ def test_a_damaged_config_yaml_is_reported_by_path_and_config_is_written_atomica
         save_yaml({"new": True}, run / "config.yaml")
     assert (run / "config.yaml").read_text() == "old: true\n"
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "x", "--out", "y", "--grid", "0"], "--grid: must be >= 1"),
+    (["eval-tokenizer", "x", "--max-examples", "0"], "--max-examples: must be >= 1"),  # was 'default'
+    (["encode", "x", "--out", "y", "--num-workers", "-1"], "--num-workers: must be >= 0"),
+    (["fid", "x", "--ref", "shapes", "--batch-size", "0"], "--batch-size: must be >= 1"),
+])
+def test_nonsense_counts_on_the_command_line_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_absurd_guidance_scale_is_a_clear_error():
+    from sampling.sampler import Sampler
+
+    class FakePrior:
+        codebook_sizes, levels, num_classes = [4], {0: None}, 3
+
+    with pytest.raises(ValueError, match=r"cfg_scale: must be a number in \[-1000, 1000\], got 1e\+308"):
+        Sampler(FakePrior(), cfg_scale=1e308)

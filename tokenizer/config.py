@@ -24,10 +24,10 @@ class LayerConfig:
     codebook_dim: int = 64  # D
 
     def validate(self) -> None:
-        if self.codebook_size < 2:
-            raise ConfigError(f"codebook_size: must be >= 2, got {self.codebook_size}")
-        if self.codebook_dim < 1:
-            raise ConfigError(f"codebook_dim: must be >= 1, got {self.codebook_dim}")
+        if not 2 <= self.codebook_size <= 2**20:
+            raise ConfigError(f"codebook_size: must be in [2, 1048576], got {self.codebook_size}")
+        if not 1 <= self.codebook_dim <= 4096:
+            raise ConfigError(f"codebook_dim: must be in [1, 4096], got {self.codebook_dim}")
         if self.factor < 1 or self.factor & (self.factor - 1):
             raise ConfigError(f"factor: must be a power of 2 (1, 2, 4, ...), got {self.factor}")
 
@@ -131,6 +131,9 @@ class ModelConfig:
             raise ConfigError("layers: at least one layer is required (or set `preset`)")
         if self.channels < 1 or self.res_channels < 1 or self.res_blocks < 0:
             raise ConfigError("channels/res_channels must be >= 1 and res_blocks >= 0")
+        for name, cap in (("channels", 4096), ("res_channels", 4096), ("res_blocks", 64)):
+            if getattr(self, name) > cap:
+                raise ConfigError(f"{name}: at most {cap}, got {getattr(self, name)}")
         for i, (prev, layer) in enumerate(zip(self.layers, self.layers[1:]), start=1):
             if layer.factor > prev.factor:
                 raise ConfigError(
@@ -247,8 +250,8 @@ class DataConfig:
     def validate(self) -> None:
         if self.channels not in (1, 3):
             raise ConfigError(f"channels: must be 1 or 3, got {self.channels}")
-        if self.image_size < 1:
-            raise ConfigError(f"image_size: must be >= 1, got {self.image_size}")
+        if not 1 <= self.image_size <= 4096:
+            raise ConfigError(f"image_size: must be in [1, 4096], got {self.image_size}")
         if self.num_train < 1 or self.num_eval < 1:
             raise ConfigError("num_train / num_eval: must be >= 1")
 
