@@ -24,7 +24,10 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
         return 0
     t = metrics["train"]
     procs = f" on {t['processes']} processes" if t.get("processes", 1) > 1 else ""
-    print(f"trained {t['steps']} steps in {t['seconds']:.0f}s{procs} ({t['examples_per_s']:.0f} examples/s)")
+    resumed = t.get("resumed_from") or 0
+    done = (f"trained {t['steps'] - resumed} steps (resumed at step {resumed}; {t['steps']} in all)"
+            if resumed else f"trained {t['steps']} steps")
+    print(f"{done} in {t['seconds']:.0f}s{procs} ({t['examples_per_s']:.0f} examples/s)")
     print(format_summary(metrics, cfg.run_dir))
     print(f"weights: {Path(cfg.run_dir) / 'model.safetensors'}; eval: {Path(cfg.run_dir) / 'eval'}")
     return 0

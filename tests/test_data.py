@@ -433,3 +433,11 @@ def test_files_directly_in_split_folders_have_no_labels(tmp_path, source):
     for split in ("train", "test"):
         ds = build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), split)
         assert ds.num_classes is None and ds[0]["label"] == -1
+
+
+def test_procedural_sources_refuse_a_split_they_do_not_have():
+    """issue 22: `--split nosuch` on shapes / tones silently generated a new split."""
+    for source in ("shapes", "tones"):
+        with pytest.raises(ValueError, match=r"source '\w+' has the splits 'train', 'test', 'validation'; got 'nosuch'"):
+            build_dataset(DataConfig(source=source), "nosuch")
+        assert len(build_dataset(DataConfig(source=source, num_eval=7), "validation")) == 7

@@ -216,3 +216,11 @@ def test_an_error_mid_progress_bar_starts_its_own_line(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "\nhqvae train-tokenizer: error: row 7" in err
     assert not list(getattr(tqdm, "_instances", ()))
+
+
+def test_cli_says_how_many_steps_a_resumed_run_trained(tmp_path, capsys):
+    args = ["train-tokenizer", "model.preset=vqvae", f"run_dir={tmp_path / 'run'}", *TINY]
+    assert main([*args, "train.steps=2"]) == 0
+    assert "trained 2 steps in" in capsys.readouterr().out
+    assert main([*args, "train.steps=5"]) == 0
+    assert "trained 3 steps (resumed at step 2; 5 in all)" in capsys.readouterr().out

@@ -860,6 +860,12 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
     Split names may carry a datasets slice, e.g. ``train[:95%]``.
     """
     cfg.validate()
+    if cfg.source in ("shapes", "tones"):
+        # generated on demand, so any name would "exist": only the usual ones do
+        known = dict.fromkeys([cfg.train_split, cfg.eval_split, "train", "validation", "test"])
+        if split not in known:
+            raise ValueError(f"data: source {cfg.source!r} has the splits {', '.join(map(repr, known))}; "
+                             f"got {split!r}")
     if cfg.source == "shapes":
         _check_modality(cfg, "image", "source 'shapes'")
         size = cfg.num_train if split == cfg.train_split else cfg.num_eval
