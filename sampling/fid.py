@@ -189,6 +189,11 @@ def list_images(root: Union[str, Path]) -> list[Path]:
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder (expected a folder of PNG images)")
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    others = sorted(p.name for p in root.iterdir()
+                    if p.is_file() and p.suffix.lower() in (".gif", ".bmp", ".webp", ".tif", ".tiff"))
+    if others:  # leaving them out silently would score another set than the folder holds
+        raise ValueError(f"{root}: {', '.join(others[:3])}{' ...' if len(others) > 3 else ''} "
+                         f"not scored: FID reads {', '.join(IMAGE_EXTENSIONS)} files; convert or move them")
     if not files:
         raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return files
@@ -230,9 +235,12 @@ class ImageFolderSamples(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         from tokenizer.data import _convert_mode
 
-        with Image.open(self.files[index]) as img:
-            img.load()
-            rgb = _convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
+        try:
+            with Image.open(self.files[index]) as img:
+                img.load()
+                rgb = _convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
+        except Exception as err:  # a truncated file passes the header check at start
+            raise ValueError(f"{self.files[index]}: not a readable image ({err})") from None
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
 
 

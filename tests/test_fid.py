@@ -4,6 +4,7 @@ Inception-v3 runs at 299x299 whatever the input size, which is slow on CPU: ever
 shares one converted network (module fixture, temporary cache) and uses 8 images a side.
 """
 
+import io
 import json
 import math
 from pathlib import Path
@@ -386,3 +387,21 @@ def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, 
         assert "is a folder" in capsys.readouterr().err
     assert main(["eval-tokenizer", str(tmp_path / "no-run"), "--out", str(blocker / "eval")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_a_truncated_or_unscored_image_among_samples_is_named(tmp_path):
+    """issue 22: a truncated JPEG gave a traceback naming no file; a GIF was left out silently."""
+    from sampling.fid import ImageFolderSamples
+
+    folder = write_pngs(tmp_path / "s", shapes_images(3))
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, format="JPEG")
+    (folder / "broken.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ValueError, match=r"broken\.jpg: not a readable image"):
+        samples = ImageFolderSamples(folder)  # at the size check, or else when decoded
+        for i in range(len(samples)):
+            samples[i]
+    (folder / "broken.jpg").unlink()
+    Image.new("RGB", (32, 32)).save(folder / "extra.gif")
+    with pytest.raises(ValueError, match=r"extra\.gif not scored"):
+        ImageFolderSamples(folder)
