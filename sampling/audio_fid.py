@@ -362,7 +362,10 @@ class WavFolder(Dataset):
                     f"{path}: sample rate {rate} Hz differs from the classifier's "
                     f"{self.audio.sample_rate} Hz and its data.audio.resample is false"
                 )
-            x = resample(x, rate, self.audio.sample_rate)
+            try:
+                x = resample(x, rate, self.audio.sample_rate)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
         mode = self.audio.crop if self.audio.crop != "random" else "start"
         return fit_length(x, self.audio.num_samples, mode)
 

@@ -20,7 +20,8 @@ from tokenizer.audio import (
     resample,
     write_wav,
 )
-from tokenizer.config import AudioConfig
+from tokenizer.config import AudioConfig, DataConfig
+from tokenizer.data import build_dataset
 
 SR = 8000
 
@@ -216,3 +217,21 @@ def test_read_audio_errors_name_the_file(tmp_path):
     missing = tmp_path / "nope.wav"
     with pytest.raises(ValueError, match="nope.wav: cannot read audio"):
         read_audio(missing)
+
+
+def test_an_implausible_sample_rate_is_refused_before_allocating(tmp_path):
+    """issue 22: a WAV whose header claims 1 Hz made resampling allocate ~6 GB per row."""
+    import soundfile as sf
+
+    from tokenizer.audio import MAX_RESAMPLED, resample
+
+    with pytest.raises(ValueError, match="sample rate is implausible"):
+        resample(torch.zeros(8000), 1, 8000)  # would be 64M samples
+    assert resample(torch.zeros(8000), 16000, 8000).shape == (4000,)
+    assert MAX_RESAMPLED >= 8000 * 3600  # an hour of 8 kHz audio still resamples
+    folder = tmp_path / "clips" / "train" / "a"
+    folder.mkdir(parents=True)
+    sf.write(str(folder / "odd.wav"), np.zeros(8000, dtype=np.float32), 1, format="WAV")
+    ds = build_dataset(DataConfig(source="audiofolder", path=str(tmp_path / "clips"), modality="audio"), "train")
+    with pytest.raises(ValueError, match=r"odd\.wav.*implausible"):
+        ds[0]

@@ -258,6 +258,9 @@ class Spectrogram(torch.nn.Module):
 # waveform utilities
 
 
+MAX_RESAMPLED = 2**25  # samples after resampling: over an hour at 8 kHz, 128 MB of float32
+
+
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling along the last axis of a (T,) or (B, T) tensor.
 
@@ -272,6 +275,10 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
         raise ValueError(f"resample: sample rates must be positive, got {orig_sr} -> {new_sr}")
     n = wave.shape[-1]
     m = max(1, int(round(n * new_sr / orig_sr)))
+    if m > MAX_RESAMPLED:
+        # a header claiming a 1 Hz rate made one clip ~6 GB here: refuse before allocating
+        raise ValueError(f"resampling {n} samples from {orig_sr} Hz to {new_sr} Hz would make {m} "
+                         f"samples (more than {MAX_RESAMPLED}); the file's sample rate is implausible")
     spec = torch.fft.rfft(wave.float(), n=n)
     keep = min(spec.shape[-1], m // 2 + 1)
     out = torch.zeros(*spec.shape[:-1], m // 2 + 1, dtype=spec.dtype, device=spec.device)

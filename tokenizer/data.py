@@ -793,7 +793,10 @@ class HFDataset(Dataset):
                 )
             # The whole clip is resampled before cropping: clips here are seconds long,
             # and cropping first would put the FFT resampler's edge effects inside the crop.
-            x = resample(x, rate, audio.sample_rate)
+            try:
+                x = resample(x, rate, audio.sample_rate)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
         mode = audio.crop if (audio.crop != "random" or self.train) else "start"
         x = fit_length(x, audio.num_samples, mode)
         return self.spectrogram(x)
