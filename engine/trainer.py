@@ -47,16 +47,20 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
+        # how many of the epoch's rows to hand out: the loop cuts an epoch to the batches it
+        # trains on, so no loader (nor accelerate's one-batch look-ahead) reads a row it
+        # would not use; the order of those it does use stays the full epoch's
+        self.limit = n
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        return iter(torch.randperm(self.n, generator=g)[: self.limit].tolist())
 
     def __len__(self) -> int:
-        return self.n
+        return self.limit
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -408,10 +412,16 @@ def train(
                 # when iterated; the skipping loader a resumed run starts with counts from 0,
                 # which would replay epoch 0's order in the middle of a later epoch
                 batches.set_epoch(epoch)
-            remaining = steps_per_epoch * cfg.grad_accum - skip
+            remaining = min(steps_per_epoch * cfg.grad_accum - skip, (total - step) * cfg.grad_accum)
+            # the sampler hands out only the rows of the micro-batches trained on: a row
+            # beyond them (prefetched by a worker or by accelerate's look-ahead) could be a
+            # bad one that the run never needed
+            sampler.limit = (skip + remaining) * micro * world
             skip = 0
-            for batch in batches:
-                if remaining <= 0:
+            batch_iter = iter(batches)
+            while remaining > 0:
+                batch = next(batch_iter, None)
+                if batch is None:
                     break
                 remaining -= 1
                 if isinstance(batch, dict) and "bad_examples" in batch:

@@ -473,6 +473,43 @@ def test_bad_image_rows_fail_naming_split_row_and_file(bad_images):
         ds.__getitems__([8, 9, 10])
 
 
+def test_a_bad_row_in_the_eval_split_stops_the_run_before_training(tmp_path):
+    """issue 22: it was found only at the first evaluation, after the whole training."""
+    good = [{"bytes": png_bytes(i), "path": f"img{i}.png"} for i in range(16)]
+    bad = list(good)
+    bad[5] = {"bytes": b"not an image", "path": "img5.png"}
+    for split, cells in (("train", good), ("test", bad)):
+        table = datasets.Dataset.from_dict({"image": cells, "label": [0] * 16})
+        table.cast_column("image", datasets.Image()).to_parquet(str(tmp_path / f"{split}.parquet"))
+    run = tmp_path / "run"
+    cfg = load_tokenizer_config(None, [
+        *TINY_TOK, f"run_dir={run}", "model.preset=vqvae", "data.source=parquet",
+        f"data.path={tmp_path}", "data.image_size=8", "model.downsample=2", "train.steps=3"])
+    with pytest.raises(ValueError, match=r"split 'test'\) row 5 \(file img5\.png\)"):
+        train_tokenizer(cfg)
+    assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
+
+
+def test_a_bad_row_in_a_batch_the_run_never_trains_on_is_never_read(tmp_path):
+    """issue 22: the micro-batch after an epoch's last optimizer step was fetched anyway,
+    and a bad row in it killed a run that never needed it."""
+    seed = 0
+    perm = torch.randperm(18, generator=torch.Generator().manual_seed(seed * 1_000_003))
+    unused = {int(perm[16]), int(perm[17])}  # 9 micro-batches of 2, 4 steps of 2 use 8
+
+    class BadTail(Points):
+        def __getitem__(self, i):
+            if i in unused:
+                raise ValueError(f"row {i} is bad")
+            return super().__getitem__(i)
+
+    torch.manual_seed(0)
+    tc = TrainConfig(steps=4, batch_size=4, grad_accum=2, lr=0.05, progress=False, log_every=1,
+                     ckpt_every=0, seed=seed)
+    result = train(model=Tiny(), dataset=BadTail(n=18), cfg=tc, run_dir=tmp_path / "run", config={})
+    assert result.step == 4
+
+
 def test_skip_bad_examples_counts_them_in_the_summary(bad_images, tmp_path):
     cfg = load_tokenizer_config(None, [
         *TINY_TOK, f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", "data.source=parquet",

@@ -21,6 +21,7 @@ import torch
 from engine.config import save_yaml, to_dict, validate
 from engine.distributed import process_state
 from engine.run_dir import check_run_dir, check_writable, run_lock
+from engine.subsets import spread_indices
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
@@ -60,6 +61,16 @@ def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path,
     return metrics
 
 
+def check_rows(dataset, max_examples: int, split: str) -> None:
+    """Decode the rows an evaluation will read before training starts: a bad file there
+    (with data.skip_bad_examples off) is reported now, naming it, not after the training."""
+    from tqdm.auto import tqdm
+
+    rows = spread_indices(len(dataset), max_examples)
+    for i in tqdm(rows, desc=f"check {split}", unit="ex", leave=False, disable=len(rows) < 2000):
+        dataset[i]
+
+
 def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
     """Fill in ``data.modality`` from the data itself when the config leaves it unset, so
     the model's input shape (and the saved config) match what the dataset holds."""
@@ -86,6 +97,7 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
     eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
     if len(train_set) == 0:
         raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
+    check_rows(eval_set, cfg.eval.max_examples, cfg.data.eval_split)
     torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
     tok = Tokenizer.from_config(cfg)
     # under `accelerate launch` every process runs this; one of them writes files
