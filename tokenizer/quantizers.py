@@ -18,6 +18,7 @@ distances and EMA statistics are a known source of NaNs and drifting codebooks.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -283,6 +284,7 @@ class StochasticQuantizer(nn.Module):
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
         self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init)))
         self.total_steps: int | None = None  # set_total_steps; what tau_schedule='run' spans
+        self._warned_no_length = False
 
     def set_total_steps(self, total: int) -> None:
         """The run's length in optimizer steps, which tau_schedule='run' spans."""
@@ -298,9 +300,13 @@ class StochasticQuantizer(nn.Module):
         cfg = self.cfg
         if cfg.tau_schedule == "run":
             if self.total_steps is None:
-                raise RuntimeError(
-                    "tau_schedule='run' needs the run's length: call set_total_steps(n) before "
-                    "training (the trainer does)")
+                # a training loop of the user's own that never said how long it runs
+                if not self._warned_no_length:
+                    warnings.warn("tau_schedule='run' without the run's length: the temperature "
+                                  "stays at tau_init until set_total_steps(n) is called (the "
+                                  "toolkit's trainer calls it)", stacklevel=3)
+                    self._warned_no_length = True
+                return cfg.tau_init if not torch.is_tensor(step) else torch.tensor(cfg.tau_init)
             # log tau falls linearly from log tau_init (step 0) to log tau_end (the last step)
             rate = math.log(cfg.tau_end / cfg.tau_init) / max(self.total_steps - 1, 1)
             if torch.is_tensor(step):
