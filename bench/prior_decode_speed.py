@@ -10,7 +10,7 @@ weights also run as a stock ``GPT2LMHeadModel`` / ``LlamaForCausalLM``, see prio
 
 Models: ``gpt2-25m``, an unconditional one-level prior with a 25.6 M-parameter GPT-2
 (n_embd 512, 8 layers, 8 heads, codebook 512) over 256 tokens: the model size and length
-of the ``generate()`` timings in DESIGN.md §8 (random weights: speed does not depend on
+of the stock ``generate()`` timings in docs/benchmarks.md (random weights: speed does not depend on
 them); and the top level of any trained prior passed with ``--prior``.
 
 Sampling at temperature 1 from the same seed: ours draws identical codes with every

@@ -1,4 +1,4 @@
-"""A small spectrogram CNN classifier: the feature network of audio FID (DESIGN.md §6).
+"""A small spectrogram CNN classifier: the feature network of audio FID (README, "Audio FID").
 
 Inception-v3 has never seen a spectrogram, so audio FID uses the penultimate features of a
 classifier the project trains on the reference data itself (as spoken-digit generation

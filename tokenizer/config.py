@@ -303,7 +303,7 @@ class TokenizerConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# presets: the table of DESIGN.md section 3, all from one implementation
+# presets: the table of the README's "Presets" section, all from one implementation
 
 PRESETS = {
     # name: (layer kinds as a function of (downsample, depth), quantizer defaults)
