@@ -441,3 +441,15 @@ def test_procedural_sources_refuse_a_split_they_do_not_have():
         with pytest.raises(ValueError, match=r"source '\w+' has the splits 'train', 'test', 'validation'; got 'nosuch'"):
             build_dataset(DataConfig(source=source), "nosuch")
         assert len(build_dataset(DataConfig(source=source, num_eval=7), "validation")) == 7
+
+
+def test_an_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
+    """issue 22: a hub name with no network ended in a raw ConnectionError traceback."""
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'someone/nothing' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError, match=r"data\.source 'someone/nothing': not a local file or folder.*ConnectionError"):
+        build_dataset(DataConfig(source="someone/nothing"), "train")

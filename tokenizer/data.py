@@ -471,6 +471,14 @@ def _load_table(cfg: DataConfig, split: str):
             hint = (f" (without DIR/{base}/ folders every image is in split 'train'; make a "
                     f"{base}/ folder, or hold out a slice such as data.eval_split='train[90%:]')")
         raise ValueError(f"{where}: cannot load split {split!r}: {err}{hint}") from err
+    except Exception as err:  # a hub name: no network, no such repository, ...
+        if kwargs.get("path") != source:
+            raise
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(
+            f"data.source {source!r}: not a local file or folder, and it could not be loaded "
+            f"from the Hugging Face Hub ({type(err).__name__}: {reason}); for local data set "
+            f"data.source to parquet / imagefolder / audiofolder with data.path") from None
     if source == "imagefolder" and isinstance(table, datasets.Dataset):
         table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
     if not isinstance(table, datasets.Dataset):
