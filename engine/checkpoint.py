@@ -83,6 +83,21 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
 
 
+def load_matching_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load ``state`` into a model built from the config stored beside it, or a one-line error
+    naming ``path`` when they do not fit (missing, extra or differently shaped tensors)."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # "size mismatch for ...": the tensors are not this config's
+        first = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), str(err)[:200])
+        raise ValueError(f"{path}: weights do not match the stored config ({first})") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match the stored config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+
+
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine.checkpoint import load_weights, save_weights
+from engine.checkpoint import load_matching_state, load_weights, save_weights
 from engine.config import from_dict, to_dict
 from engine.subsets import spread_indices
 from prior.codes import IdentityError, check_identity, read_manifest
@@ -130,12 +130,7 @@ class Prior:
                         f"trained on other codes: retrain it with `hqvae train-prior ... --level {level}`")
             config = from_dict(PriorConfig, json.loads(meta["config"]), source=str(path))
             model = build_level(config, level_info, level)
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            if missing or unexpected:
-                raise ValueError(
-                    f"{path}: weights do not match the stored config "
-                    f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-                )
+            load_matching_state(model, state, path)
             models[level] = model.to(device).eval()
         if config is None:
             raise ValueError("levels: choose at least one level")

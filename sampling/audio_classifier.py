@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import load_weights, save_weights
+from engine.checkpoint import load_matching_state, load_weights, save_weights
 from engine.config import ConfigError, from_dict, load_config, save_yaml, to_dict, validate
 from engine.subsets import spread_indices
 from engine.train_config import TrainConfig
@@ -264,12 +264,7 @@ class AudioClassifier(nn.Module):
         config = from_dict(ClassifierConfig, json.loads(meta["config"]), source=str(path))
         names = json.loads(meta["class_names"]) if meta.get("class_names") else None
         model = cls(config, names)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: weights do not match the stored config "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
+        load_matching_state(model, state, path)
         return model.to(device).eval()
 
     def save_pretrained(self, run_dir: str | Path) -> Path:

@@ -991,3 +991,22 @@ def test_an_absurd_guidance_scale_is_a_clear_error():
 
     with pytest.raises(ValueError, match=r"cfg_scale: must be a number in \[-1000, 1000\], got 1e\+308"):
         Sampler(FakePrior(), cfg_scale=1e308)
+
+
+def test_weights_whose_stored_config_does_not_fit_them_are_named(tmp_path):
+    """issue 22: a stored config that does not match the tensors gave a raw 'size mismatch'."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "run"
+    cfg = load_tokenizer_config(None, [f"run_dir={run}", "model.preset=vqvae", *TINY_TOK, "train.steps=1"])
+    train_tokenizer(cfg)
+    path = run / "model.safetensors"
+    with safe_open(str(path), framework="pt") as fh:
+        meta = dict(fh.metadata())
+    stored = json.loads(meta["config"])
+    stored["model"]["channels"] = 24  # a config edited after the weights were written
+    meta["config"] = json.dumps(stored)
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match the stored config \(size mismatch"):
+        Tokenizer.from_pretrained(run)

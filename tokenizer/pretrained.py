@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_weights, save_weights
+from engine.checkpoint import load_matching_state, load_weights, save_weights
 from engine.config import from_dict, save_yaml, to_dict
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import HQVAE
@@ -73,12 +73,7 @@ class Tokenizer:
             raise ValueError(f"{path}: no tokenizer config in the weights' metadata")
         config = from_dict(TokenizerConfig, json.loads(meta["config"]), source=str(path))
         tok = cls.from_config(config)
-        missing, unexpected = tok.model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path}: weights do not match the stored config "
-                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
-            )
+        load_matching_state(tok.model, state, path)
         tok.model.to(device).eval()
         return tok
 
