@@ -34,6 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from engine.files import write_atomic
+
 CKPT_RE = re.compile(r"^step_(\d{8})$")
 CHECKSUMS = "checksums.json"
 FILES = ("model.safetensors", "optimizer.safetensors", "state.json")
@@ -65,9 +67,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], config: dict 
     if config is not None:
         meta["config"] = json.dumps(config)
     meta.update(extra or {})
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_contiguous(state), str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: save_file(_contiguous(state), str(tmp), metadata=meta))
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

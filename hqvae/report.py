@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import quote
 
+from engine.files import write_text_atomic
 from hqvae import layout
 
 MAX_CODE_ROWS = 20_000  # rows of the codes' train split read for the code-frequency curves
@@ -866,9 +867,7 @@ def write_report(run_dir: str | Path, out: Optional[str | Path] = None) -> Path:
     returns its path. Plots are inline SVG: the page needs no asset folder and no network."""
     target, text = render_report(run_dir, out)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_text_atomic(target, text)
     return target
 
 

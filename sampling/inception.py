@@ -38,6 +38,7 @@ import torch.nn as nn
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from engine.files import write_bytes_atomic
 from engine.torchvision_compat import ensure_torchvision
 
 ensure_torchvision()  # before torch_fidelity, which imports torchvision (engine/torchvision_compat.py)
@@ -85,19 +86,12 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_checked(path: Path, data: bytes) -> str:
     """Write ``data`` and its SHA-256 (in ``path.sha256``), both atomically; the checksum
     goes last, so a file without a matching checksum is never taken for a complete one."""
     digest = hashlib.sha256(data).hexdigest()
-    _atomic_write(path, data)
-    _atomic_write(checksum_path(path), f"{digest}  {path.name}\n".encode())
+    write_bytes_atomic(path, data)
+    write_bytes_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
     return digest
 
 
