@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from engine.devices import resolve_device
 from engine.subsets import spread_indices
 from tokenizer.config import DataConfig
+from tokenizer.media import quantize_uint8
 
 KID_SUBSETS = 100  # torch-fidelity's default
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped at the smaller set's size
@@ -169,7 +170,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 REFERENCE_CACHE_VERSION = 2  # 2: capped references spread over the split; EXIF orientation
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
+def inception_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images (B, C, H, W) -> uint8 (B, 3, H, W) for Inception: floats are taken to be in
     [-1, 1] (our datasets and decoders) and rounded; one channel is repeated to three."""
     if x.dim() != 4 or x.shape[1] not in (1, 3):
@@ -177,7 +178,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     if x.dtype != torch.uint8:
         if not x.is_floating_point():
             raise ValueError(f"images: expected uint8 or float in [-1, 1], got {x.dtype}")
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        x = quantize_uint8(x)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
@@ -259,11 +260,11 @@ class _Images(Dataset):
         item = self.source[self.rows[index]]
         if isinstance(item, dict):
             item = item["x"]
-        return to_uint8(item.unsqueeze(0))[0]
+        return inception_uint8(item.unsqueeze(0))[0]
 
 
 def _collate(items: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([to_uint8(t.unsqueeze(0))[0] for t in items])
+    return torch.stack([inception_uint8(t.unsqueeze(0))[0] for t in items])
 
 
 @torch.no_grad()
@@ -509,7 +510,7 @@ def reconstruction_fid(
     recon = []
     for batch in tqdm(loader, desc="rfid: reconstruct", disable=not progress, leave=False):
         y = tokenizer.reconstruct(batch["x"].to(device)).clamp(-1, 1)
-        recon.append(to_uint8(y.float().cpu()))
+        recon.append(inception_uint8(y.float().cpu()))
     fake = extract_features(torch.cat(recon), batch_size=batch_size, device=device, progress=progress)
     m = metrics_from_features(fake, real, kid=kid)
     out: dict[str, Any] = {"rfid": m["fid"], "examples": n}

@@ -91,7 +91,7 @@ def test_frechet_distance_matches_closed_form():
 def test_converted_features_match_torchscript(extractor):
     g = torch.Generator().manual_seed(1)
     noise = torch.randint(0, 256, (1, 3, 299, 299), generator=g, dtype=torch.uint8)
-    shape = F.to_uint8(torch.stack([ShapesDataset(1, 299)[0]["x"]]))
+    shape = F.inception_uint8(torch.stack([ShapesDataset(1, 299)[0]["x"]]))
     report = I.verify_conversion(torch.cat([noise, shape]), extractor)
     assert report["max_abs_feature"] > 0.1  # real features, not zeros
     assert report["max_rel_diff"] < 1e-4, report
@@ -222,7 +222,7 @@ def test_torch_fidelity_calculate_metrics_with_registered_extractor(ref_features
 
 def write_pngs(folder, x):
     folder.mkdir(parents=True, exist_ok=True)
-    u = F.to_uint8(x).permute(0, 2, 3, 1).numpy()
+    u = F.inception_uint8(x).permute(0, 2, 3, 1).numpy()
     for i, img in enumerate(u):
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{i:05d}.png")
     return folder
@@ -306,7 +306,7 @@ def test_a_capped_reference_spans_the_whole_split():
     assert spread_indices(9, 3) == [0, 4, 8]
     rows = [torch.full((3, 2, 2), float(i) / 10 - 1) for i in range(10)]
     data = F._Images(torch.stack(rows), 3)
-    assert [int(data[i][0, 0, 0]) for i in range(3)] == [int(F.to_uint8(rows[j][None])[0, 0, 0, 0])
+    assert [int(data[i][0, 0, 0]) for i in range(3)] == [int(F.inception_uint8(rows[j][None])[0, 0, 0, 0])
                                                           for j in (0, 4, 9)]
 
 

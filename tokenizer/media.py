@@ -10,10 +10,15 @@ import torch
 from PIL import Image
 
 
+def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Values in [-1, 1] -> uint8 0..255, rounded, same layout: the one pixel mapping that
+    PNGs, grids and FID inputs share."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) or (N, C, H, W) in [-1, 1] -> uint8 HWC / NHWC."""
-    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    return x.movedim(-3, -1).numpy()
+    """(C, H, W) or (N, C, H, W) in [-1, 1] -> uint8 HWC / NHWC arrays (for PIL)."""
+    return quantize_uint8(x).cpu().movedim(-3, -1).numpy()
 
 
 def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
