@@ -227,3 +227,20 @@ def test_duplicate_yaml_keys_and_non_utf8_files_are_errors_naming_the_file(tmp_p
     latin.write_bytes("run_dir: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin\.yaml: not a UTF-8 text file"):
         load_tokenizer_config(latin)
+
+
+def test_sq_presets_anneal_over_the_run_unless_a_config_sets_the_exp_schedule():
+    from tokenizer.config import PRESETS, SQ_SCHEDULE, load_tokenizer_config
+
+    for preset, (kind, _, _) in PRESETS.items():
+        q = load_tokenizer_config(None, [f"model.preset={preset}"]).model.quantizer
+        if kind == "sq":
+            assert (q.tau_schedule, q.tau_end) == (SQ_SCHEDULE["tau_schedule"], SQ_SCHEDULE["tau_end"])
+        else:
+            assert q.tau_schedule == "exp"  # unused by VQ
+    # SQ-VAE's per-step decay, asked for by its own keys, stays what it was
+    q = load_tokenizer_config(None, ["model.preset=rsqvae", "model.quantizer.tau_decay=1e-3",
+                                     "model.quantizer.tau_min=0.1"]).model.quantizer
+    assert (q.tau_schedule, q.tau_decay, q.tau_min) == ("exp", 1e-3, 0.1)
+    q = load_tokenizer_config(None, ["model.preset=sqvae2", "model.quantizer.tau_end=0.2"]).model.quantizer
+    assert (q.tau_schedule, q.tau_end) == ("run", 0.2)

@@ -305,16 +305,22 @@ class TokenizerConfig:
 # ---------------------------------------------------------------------------------------
 # presets: the table of the README's "Presets" section, all from one implementation
 
+# The SQ presets anneal the Gumbel temperature over the run, whatever its length: SQ-VAE's
+# per-step decay (tau_decay 1e-5) was tuned for ~150k steps and barely moves in a few
+# thousand. tau_end is the measured best (docs/benchmarks.md, "HQ-VAE objective"); a config
+# that sets tau_decay / tau_min itself keeps the 'exp' schedule those keys belong to.
+SQ_SCHEDULE = {"tau_schedule": "run", "tau_end": 0.5}
+
 PRESETS = {
     # name: (layer kinds as a function of (downsample, depth), quantizer defaults)
     "vqvae": ("vq", lambda d, n: [("residual", d)], {}),
-    "sqvae": ("sq", lambda d, n: [("residual", d)], {}),
+    "sqvae": ("sq", lambda d, n: [("residual", d)], SQ_SCHEDULE),
     "vqvae2": ("vq", lambda d, n: [("injected", 2 * d), ("injected", d)], {"ema": True}),
-    "sqvae2": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d)], {}),
+    "sqvae2": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d)], SQ_SCHEDULE),
     "rqvae": ("vq", lambda d, n: [("residual", d)] * n, {"ema": True}),
-    "rsqvae": ("sq", lambda d, n: [("residual", d)] * n, {}),
+    "rsqvae": ("sq", lambda d, n: [("residual", d)] * n, SQ_SCHEDULE),
     # general HQ-VAE: injected top layer, then a residual refinement of the bottom layer
-    "hqvae": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d), ("residual", d)], {}),
+    "hqvae": ("sq", lambda d, n: [("injected", 2 * d), ("injected", d), ("residual", d)], SQ_SCHEDULE),
 }
 
 
@@ -360,7 +366,11 @@ def expand_preset(data: dict) -> dict:
             f"model.quantizer.kind: preset {preset!r} uses {qkind!r}, got {quant['kind']!r}"
         )
     quant["kind"] = qkind
-    for key, value in qdefaults.items():
+    defaults = dict(qdefaults)
+    if "tau_schedule" not in quant and {"tau_decay", "tau_min"} & set(quant):
+        defaults.pop("tau_schedule", None)  # the user's 'exp' settings keep their schedule
+        defaults.pop("tau_end", None)
+    for key, value in defaults.items():
         quant.setdefault(key, value)
     return data
 
