@@ -344,17 +344,22 @@ def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
     assert json.loads((tmp_path / "samples.json").read_text())["sample_rate"] == audio.sample_rate
 
 
-def test_cli_sample(tmp_path, capsys, tok, prior):
-    # a prior run on disk: save each level the way train-prior does
+def save_prior_run(tmp_path, tok, prior, **info):
+    """A prior run on disk (each level saved the way train-prior does) beside its tokenizer."""
     from prior.pretrained import INFO, save_level
 
     run = tmp_path / "prior"
-    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"), class_names=["red", "green", "blue"])
+    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"), **info)
     run.mkdir()
     (run / INFO).write_text(json.dumps(info))
     for model in prior.levels.values():
         save_level(model, prior.config, info, run)
     tok.save_pretrained(tmp_path / "tok")
+    return run
+
+
+def test_cli_sample(tmp_path, capsys, tok, prior):
+    run = save_prior_run(tmp_path, tok, prior, class_names=["red", "green", "blue"])
     out = tmp_path / "samples"
     assert main(["sample", str(run), "--out", str(out), "--n", "4", "--label", "cycle",
                  "--temperature", "1.0,0.8", "--cfg-scale", "2", "--batch-size", "3"]) == 0
@@ -381,15 +386,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
 
 def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, prior):
     # issue 22: sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
-    from prior.pretrained import INFO, save_level
-
-    run = tmp_path / "prior"
-    info = dict(prior.info, tokenizer_run=str(tmp_path / "tok"))
-    run.mkdir()
-    (run / INFO).write_text(json.dumps(info))
-    for model in prior.levels.values():
-        save_level(model, prior.config, info, run)
-    tok.save_pretrained(tmp_path / "tok")
+    run = save_prior_run(tmp_path, tok, prior)
     victim = tmp_path / "photos"
     (victim / "images").mkdir(parents=True)
     for name in ("images/000000.png", "labels.json", "grid.png"):
