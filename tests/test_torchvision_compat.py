@@ -51,42 +51,38 @@ def test_shim_makes_torchvision_fidelity_and_transformers_import():
         assert out in ("shimmed", "native")
 
 
+# run ensure_torchvision(), then print what it did and whether torchvision::nms exists
+ENSURE_AND_REPORT = """
+from engine.torchvision_compat import ensure_torchvision
+import torch
+how = ensure_torchvision()
+try:
+    torch.ops.torchvision.nms
+    defined = True
+except (AttributeError, RuntimeError):
+    defined = False
+print(how, defined)
+"""
+
+
 def test_absent_when_torchvision_cannot_be_imported():
-    out = run("""
+    out = run(textwrap.dedent("""
         import sys
         sys.modules["torchvision"] = None  # Python's own 'not importable' marker
-        from engine.torchvision_compat import ensure_torchvision
-        import torch
-        how = ensure_torchvision()
-        try:
-            torch.ops.torchvision.nms
-            defined = True
-        except (AttributeError, RuntimeError):
-            defined = False
-        print(how, defined)
-    """)
+    """) + ENSURE_AND_REPORT)
     assert out == "absent False"  # nothing defined
 
 
 @pytest.mark.skipif(not torchvision_installed(), reason="torchvision not installed")
 def test_native_when_torchvision_is_already_imported():
     # imported by someone else already: nothing is defined (too late to shim anyway)
-    out = run("""
+    out = run(textwrap.dedent("""
         import importlib.machinery, importlib.util, sys, types
         stub = types.ModuleType("torchvision")
         stub.__spec__ = importlib.machinery.ModuleSpec(
             "torchvision", None, origin=importlib.util.find_spec("torchvision").origin)
         sys.modules["torchvision"] = stub
-        from engine.torchvision_compat import ensure_torchvision
-        import torch
-        how = ensure_torchvision()
-        try:
-            torch.ops.torchvision.nms
-            defined = True
-        except (AttributeError, RuntimeError):
-            defined = False
-        print(how, defined)
-    """)
+    """) + ENSURE_AND_REPORT)
     assert out == "native False"
 
 
