@@ -337,9 +337,26 @@ details{margin:4px 0}summary{cursor:pointer}
 """
 
 
+class _Details(dict):
+    """A stage's extra numbers, shown as named values (``samples fid 231.8 · kid 0.13``)
+    rather than as the raw JSON they were recorded in."""
+
+    def html(self) -> str:
+        parts = []
+        for key, value in _flatten(dict(self)):
+            if isinstance(value, float):
+                value = _fmt_num(value) if math.isfinite(value) else str(value)
+            elif isinstance(value, (dict, list)):
+                value = json.dumps(_rounded(value))
+            parts.append(f"{esc(key.replace('.', ' '))} <b>{esc(str(value))}</b>")
+        return " · ".join(parts)
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return '<td class="num">–</td>'
+    if isinstance(v, _Details):
+        return f"<td>{v.html()}</td>"
     if isinstance(v, bool):
         return f"<td>{esc(str(v).lower())}</td>"
     if isinstance(v, int):
@@ -792,7 +809,7 @@ def _summary(summary: Any) -> str:
                     headline = info
                 elif isinstance(info, dict):
                     rest = {k: v for k, v in info.items() if k not in ("status", "seconds")}
-                    rows.append([stage, info.get("status"), info.get("seconds"), rest or None])
+                    rows.append([stage, info.get("status"), info.get("seconds"), _Details(rest) if rest else None])
                 else:
                     rows.append([stage, info, None, None])
             parts.append(f"<h4>{esc(str(name))}</h4>")

@@ -270,6 +270,8 @@ def test_report_tables(tmp_path):
     # summary.json: one row per stage, the headline numbers
     assert '<tr><td>tokenizer</td><td>ran</td><td class="num">1.5</td>' in text
     assert '<td>fid_random_codes</td><td class="num">250</td>' in text
+    # a stage's details are named values, not raw JSON (issue 23)
+    assert "<td>samples fid <b>12.5</b></td>" in text and '{"fid"' not in text.split("<h4>")[1]
     # per-layer codebook usage, prior bits per token
     assert '<td class="num">31.25</td>' in text  # 5 of 16 codes used
     assert "<th>bits/token (held out)</th>" in text
