@@ -262,7 +262,14 @@ class CodesDataset(Dataset):
         for lv in self.levels:
             if not 0 <= lv < num_levels:
                 raise ValueError(f"level {lv}: the codes have levels 0..{num_levels - 1}")
-        table = datasets.load_from_disk(str(path))
+        try:
+            table = datasets.load_from_disk(str(path))
+            if len(table):  # reading a row touches the Arrow data, not just its header
+                table[len(table) - 1]
+        except Exception as err:  # a truncated or altered .arrow file (pyarrow raises several types)
+            raise ValueError(
+                f"{path}: the encoded split is damaged ({type(err).__name__}); re-encode it with "
+                f"`hqvae encode ... --split {split} --overwrite`") from None
         self.has_label = "label" in table.column_names
         keep = [level_column(lv) for lv in self.levels] + (["label"] if self.has_label else [])
         self.table = table.select_columns(keep).with_format("numpy")

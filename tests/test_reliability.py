@@ -856,6 +856,31 @@ def prior_reference(tmp_path_factory):
     return root / "codes", {0: logged(root / "ref" / "level_0")}
 
 
+def test_damaged_prior_json_and_codes_are_named(prior_reference, tmp_path):
+    """issue 22: a prior.json of the wrong shape and a truncated codes .arrow file gave raw
+    tracebacks."""
+    import shutil
+
+    from prior.codes import CodesDataset
+    from prior.pretrained import INFO, Prior
+
+    codes_src, _ = prior_reference
+    run = codes_src.parent / "ref"
+    Prior.from_pretrained(run, levels=[0])  # as trained
+    broken = tmp_path / "prior"
+    shutil.copytree(run, broken)
+    for text in ("[]", "{}", "{\"codebook_sizes\": 3}"):
+        (broken / INFO).write_text(text)
+        with pytest.raises(ValueError, match=r"prior\.json: damaged"):
+            Prior.from_pretrained(broken, levels=[0])
+    codes = tmp_path / "codes"
+    shutil.copytree(codes_src, codes)
+    arrow = next((codes / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"the encoded split is damaged.*--overwrite"):
+        CodesDataset(codes, "train")
+
+
 def test_sigkill_prior_resumes_with_identical_losses(prior_reference, tmp_path):
     codes, ref = prior_reference
     run = tmp_path / "run"
