@@ -59,7 +59,8 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     if cfg.data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
     dataset = build_dataset(cfg.data, cfg.data.eval_split, train=False)
-    metrics = run_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
+    with run_lock(out, "--out"):  # a second evaluation writing this folder is refused
+        metrics = run_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))
     return 0
 
