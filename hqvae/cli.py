@@ -191,7 +191,7 @@ def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
     # guidance 0 samples with the null label whatever --label says: no labels to score against
     write_samples(args.out, decoded, codes, labels if args.cfg_scale != 0 else None, tokenizer, grid=args.grid,
                   class_names=prior.class_names, settings=settings,
-                  griffin_lim_iters=args.griffin_lim_iters, batch_size=args.batch_size)
+                  griffin_lim_iters=args.griffin_lim_iters, batch_size=args.batch_size, npz=args.npz)
     kind = "clips" if tokenizer.modality == "audio" else "images"
     print(f"sampled {args.n} {kind} in {sampler.stats.seconds:.1f}s "
           f"({sampler.stats.tokens_per_second:.0f} tokens/s, {args.n / max(sampler.stats.seconds, 1e-9):.1f} {kind}/s)")
@@ -401,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "for many samples, the first batch pays the compilation")
     p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
     p.add_argument("--grid", type=_positive_int, default=64, help="samples shown in grid.png")
+    p.add_argument("--npz", action="store_true",
+                   help="also write samples.npz: the uint8 (N, H, W, 3) arr_0 batch of the ADM / "
+                   "guided-diffusion evaluator (images)")
     p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_sample)

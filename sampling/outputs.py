@@ -23,14 +23,16 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from engine.files import write_atomic
 from engine.run_dir import LOCK_FILE
 from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
 
-SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png")
+SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png", "samples.npz")
 # written into a sample folder before anything else: a set interrupted before its
 # samples.json is still provably this tool's to replace
 OWNER_MARK = ".hqvae-samples"
@@ -94,9 +96,16 @@ def write_samples(
     settings: Optional[dict] = None,
     griffin_lim_iters: Optional[int] = None,
     batch_size: int = 64,
+    npz: bool = False,
 ) -> dict:
-    """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record."""
+    """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record.
+
+    ``npz`` (images) also writes ``samples.npz``: the uint8 (N, H, W, 3) batch under
+    ``arr_0`` that the ADM / guided-diffusion evaluator reads (the one LlamaGen and others
+    report with), grey images repeated to three channels."""
     out = Path(out_dir)
+    if npz and tokenizer.modality != "image":
+        raise ValueError("--npz: the ADM evaluator's batch holds images; these samples are audio")
     check_sample_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / OWNER_MARK).write_text("sample set written by hqvae (sampling/outputs.py)\n")
@@ -119,6 +128,15 @@ def write_samples(
             name = f"images/{i:06d}.png"
             save_png(images[i], out / name)
             names.append(name)
+    if npz:
+        batch = to_uint8(decoded)  # (N, H, W, C)
+        if batch.shape[-1] == 1:
+            batch = np.repeat(batch, 3, axis=-1)
+        def save_npz(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+                np.savez(fh, arr_0=batch)
+
+        write_atomic(out / "samples.npz", save_npz)
     shown = decoded[:grid]
     save_grid(spectrogram_rows(shown) if audio else shown, out / "grid.png")
     tensors = {f"level_{lv}": c.contiguous() for lv, c in enumerate(codes)}

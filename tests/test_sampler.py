@@ -404,6 +404,15 @@ def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, 
     assert main(["sample", str(run), "--out", str(out), "--n", "2"]) == 0
     assert "replacing the sample set that was there" in capsys.readouterr().out
     assert len(list((out / "images").glob("*.png"))) == 2
+    # --npz: the uint8 (N, H, W, 3) arr_0 batch of the ADM evaluator, replaced with the set
+    assert main(["sample", str(run), "--out", str(out), "--n", "3", "--npz"]) == 0
+    with np.load(out / "samples.npz") as f:
+        assert list(f.keys()) == ["arr_0"] and f["arr_0"].dtype == np.uint8
+        assert f["arr_0"].shape == (3, *tok.input_shape[1:], 3)
+        first = np.asarray(Image.open(out / "images" / "000000.png"))
+        assert np.array_equal(f["arr_0"][0], first)  # the same pixels as the PNG
+    assert main(["sample", str(run), "--out", str(out), "--n", "2"]) == 0
+    assert not (out / "samples.npz").exists()  # no stale batch beside a new set
     # a set killed before its samples.json still carries the marker written first
     (out / "samples.json").unlink()
     assert main(["sample", str(run), "--out", str(out), "--n", "1"]) == 0
