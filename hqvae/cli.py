@@ -256,6 +256,15 @@ def _fid(args: argparse.Namespace) -> int:
     return _report_result(format_report(result), result, args.out)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from hqvae.report import count_media, write_report
+
+    path = write_report(args.run_dir, args.out)
+    n = count_media(path.read_text(encoding="utf-8"))
+    print(f"wrote {path} ({n['images']} images, {n['audio']} audio players, {n['plots']} plots)")
+    return 0
+
+
 def _pipeline(args: argparse.Namespace) -> int:
     from hqvae.pipeline import format_summary, load_pipeline_config, run_pipeline
 
@@ -459,9 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. image.sample.n=500")
     p.set_defaults(func=_pipeline)
 
-    from hqvae.report import add_parser as add_report_parser
-
-    add_report_parser(sub)
+    p = sub.add_parser("report", help="write a static HTML report of a pipeline run (opens offline)")
+    p.add_argument("run_dir", help="pipeline run directory (from `hqvae pipeline`)")
+    p.add_argument("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.set_defaults(func=_report)
     return parser
 
 

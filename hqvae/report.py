@@ -13,7 +13,6 @@ marked "not run"; the page is still written.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import html
 import json
@@ -893,19 +892,3 @@ def count_media(text: str) -> dict[str, int]:
     so only the page's own tags match)."""
     return {"images": text.count("<img "), "audio": text.count("<audio "),
             "plots": text.count('<svg class="plot"')}
-
-
-def _report(args: argparse.Namespace) -> int:
-    path = write_report(args.run_dir, args.out)
-    n = count_media(path.read_text(encoding="utf-8"))
-    print(f"wrote {path} ({n['images']} images, {n['audio']} audio players, {n['plots']} plots)")
-    return 0
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``hqvae report RUN_DIR [--out PATH]`` on the ``hqvae`` subcommands."""
-    p = sub.add_parser("report", help="write a static HTML report of a pipeline run (opens offline)")
-    p.add_argument("run_dir", help="pipeline run directory (from `hqvae pipeline`)")
-    p.add_argument("--out", help=f"HTML file to write (default: RUN_DIR/{layout.REPORT})")
-    p.set_defaults(func=_report)
-    return p

@@ -2,7 +2,6 @@
 decodes, every audio player loads its WAV, every plot is drawn), partial runs, escaping and
 the command line."""
 
-import argparse
 import json
 import re
 import shutil
@@ -307,17 +306,14 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
 
 
 def test_report_command(tmp_path, capsys):
-    from hqvae.report import add_parser
+    from hqvae.cli import main
 
     run = make_run(tmp_path)
-    parser = argparse.ArgumentParser(prog="hqvae")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", str(run)])
-    assert args.func(args) == 0
+    assert main(["report", str(run)]) == 0
     out = capsys.readouterr().out
     assert f"wrote {run / layout.REPORT} (6 images, 10 audio players," in out
-    args = parser.parse_args(["report", str(run), "--out", str(tmp_path / "r.html")])
-    assert args.func(args) == 0 and (tmp_path / "r.html").is_file()
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").is_file()
 
 
 def test_report_through_the_hqvae_cli(tmp_path, capsys):
