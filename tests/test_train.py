@@ -48,18 +48,21 @@ def test_train_writes_run_and_from_pretrained_round_trips(tmp_path):
     assert len(tok.identity) == 16
 
 
-@pytest.mark.parametrize("preset", ["vqvae2", "sqvae2"])  # sqvae2 draws Gumbel noise every step
-def test_resume_continues_from_saved_step_with_identical_losses(tmp_path, preset):
+# sqvae2 draws Gumbel noise every step; its per-step temperature schedule ('exp') does not
+# depend on the run's length, which this test changes (3 steps, then 6): under the presets'
+# 'run' schedule a longer run anneals differently from its first step on
+@pytest.mark.parametrize("preset, extra", [("vqvae2", ()), ("sqvae2", ("model.quantizer.tau_schedule=exp",))])
+def test_resume_continues_from_saved_step_with_identical_losses(tmp_path, preset, extra):
     # uninterrupted reference run: 6 steps
-    ref = cfg_for(tmp_path / "a", preset, "train.steps=6", "train.ckpt_every=3")
+    ref = cfg_for(tmp_path / "a", preset, "train.steps=6", "train.ckpt_every=3", *extra)
     train_tokenizer(ref)
     ref_losses = train_losses(tmp_path / "a" / "run")
     # interrupted run: stop after 3 steps, then ask for 6 on the same run_dir
-    first = cfg_for(tmp_path / "b", preset, "train.steps=3", "train.ckpt_every=3")
+    first = cfg_for(tmp_path / "b", preset, "train.steps=3", "train.ckpt_every=3", *extra)
     train_tokenizer(first)
     run = tmp_path / "b" / "run"
     assert [p.name for p in list_checkpoints(run)] == ["step_00000003"]
-    resumed = train_tokenizer(cfg_for(tmp_path / "b", preset, "train.steps=6", "train.ckpt_every=3"))
+    resumed = train_tokenizer(cfg_for(tmp_path / "b", preset, "train.steps=6", "train.ckpt_every=3", *extra))
     assert resumed["train"]["resumed_from"] == 3 and resumed["train"]["steps"] == 6
     losses = train_losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
@@ -224,3 +227,34 @@ def test_cli_says_how_many_steps_a_resumed_run_trained(tmp_path, capsys):
     assert "trained 2 steps in" in capsys.readouterr().out
     assert main([*args, "train.steps=5"]) == 0
     assert "trained 3 steps (resumed at step 2; 5 in all)" in capsys.readouterr().out
+
+
+def test_a_killed_run_resumed_with_the_same_length_matches_under_the_run_schedule(tmp_path):
+    """The presets' 'run' temperature depends on the run's length, not on where it resumed:
+    the same 6 steps, interrupted after 3 and resumed, give the uninterrupted losses."""
+    ref = cfg_for(tmp_path / "a", "sqvae2", "train.steps=6", "train.ckpt_every=3")
+    assert ref.model.quantizer.tau_schedule == "run"
+    train_tokenizer(ref)
+    run = tmp_path / "b" / "run"
+    cfg = cfg_for(tmp_path / "b", "sqvae2", "train.steps=6", "train.ckpt_every=3")
+    import engine.trainer as trainer
+
+    real = trainer.save_checkpoint
+
+    def stop_after_first(run_dir, step, *args, **kwargs):  # a crash right after step 3's checkpoint
+        path = real(run_dir, step, *args, **kwargs)
+        if step == 3:
+            raise KeyboardInterrupt
+        return path
+
+    trainer.save_checkpoint = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_tokenizer(cfg)
+    finally:
+        trainer.save_checkpoint = real
+    train_tokenizer(cfg)
+    losses, ref_losses = train_losses(run), train_losses(tmp_path / "a" / "run")
+    assert sorted(losses) == list(range(1, 7))
+    for step in range(1, 7):
+        assert losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
