@@ -304,7 +304,7 @@ def test_code_norm_puts_every_quantizer_input_on_the_codebook_scale(preset):
         cfg = small_cfg(preset, extra=[f"model.code_norm={norm}", "model.depth=2", "model.channels=64"])
         model = HQVAE(cfg.model, cfg.data.shape).train()
         seen = []
-        hooks = [layer.quantizer.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        hooks = [layer.quantizer.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args[0]))
                  for layer in model.layers]
         model(x)
         for h in hooks:
