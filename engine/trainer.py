@@ -401,8 +401,7 @@ def train(
     model.train()
     # Ctrl-C / SIGTERM (a scheduler's pre-emption) saves a checkpoint of the last finished
     # step and stops with one line saying how to resume, instead of losing those steps
-    signals = StopSignals().__enter__()
-    try:
+    with StopSignals() as signals:
         while step < total:
             sampler.set_epoch(epoch)
             loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -529,8 +528,6 @@ def train(
                 if step >= total:
                     break
             epoch += 1
-    finally:
-        signals.__exit__(None, None, None)
     stop_if_nonfinite()
     bar.close()
     seconds = time.perf_counter() - t0
