@@ -329,6 +329,31 @@ def test_additive_injection_sums_upsampled_codewords_in_codebook_space():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("injection", ["concat", "add"])
+def test_mixed_hierarchy_gives_an_additive_injected_layer_and_its_refinement_one_term(injection):
+    # hqvae: injected top (4x coarser), injected bottom, residual refinement of the bottom
+    cfg = small_cfg("hqvae", extra=[f"model.injection={injection}"])
+    model = HQVAE(cfg.model, cfg.data.shape).eval()
+    with torch.no_grad():
+        for la, v in zip(model.layers, (0.5, 1.0, 2.0)):
+            la.quantizer.log_var.fill_(math.log(v))
+    _, quant = model.quantize(torch.rand(2, 3, 32, 32) * 2 - 1)
+    has_term = ["kl_continuous" in q.losses for q in quant]
+    if injection == "concat":
+        # h([up(H), z]) is not a sum of codewords: every layer keeps its own term
+        assert model.residual_runs == [[2]] and has_term == [True, True, True]
+        return
+    # up(H) + z_1 + z_2: the bottom injected layer's noise and its refinement's add up
+    assert model.residual_runs == [[0], [1, 2]] and has_term == [True, False, True]
+    # its value: ||H_hat - H_L||^2 / (2 (sigma_1^2 + sigma_2^2)), summed, over the batch
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = model.encoder(x)
+    state, quant = model.quantize(x)
+    h_hat = model.proj[str(cfg.model.layers[2].factor)](feats[cfg.model.layers[2].factor])
+    expected = (h_hat - state).pow(2).sum() / (2 * (1.0 + 2.0)) / 2
+    torch.testing.assert_close(quant[2].losses["kl_continuous"], expected)
+
+
 def test_additive_injection_needs_one_codebook_dim():
     from engine.config import ConfigError
 

@@ -117,12 +117,18 @@ class HQVAE(nn.Module):
             }
         )
         self.decoder = Decoder(cs, c, cfg.channels, cfg.res_channels, cfg.res_blocks, factors[-1], cfg.norm)
-        # residual runs: maximal sequences of consecutive residual layers (one grid each, as
-        # validated). With SQ, a run's continuous term sits at its last depth, with the
-        # variance summed over the run; every other layer keeps its own term.
+        # residual runs: maximal sequences of layers that add codewords to one state on one
+        # grid: consecutive residual layers (one grid each, as validated), headed under
+        # injection='add' by the injected layer they refine (its state is up(H) + z, so its
+        # noise adds up with theirs; the public port of HQ-VAE's code groups them the same
+        # way, a term at the last layer before each change of grid). With SQ, a run's
+        # continuous term sits at its last layer, with the variance summed over the run;
+        # every other layer keeps its own term.
         self.residual_runs: list[list[int]] = []
         for i, la in enumerate(cfg.layers):
             if la.kind != "residual":
+                if cfg.injection == "add":
+                    self.residual_runs.append([i])  # a run of one unless residual layers follow
                 continue
             if self.residual_runs and self.residual_runs[-1][-1] == i - 1:
                 self.residual_runs[-1].append(i)
