@@ -234,7 +234,7 @@ class ImageFolderSamples(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from tokenizer.data import _convert_mode
+        from tokenizer.data.transforms import convert_mode as _convert_mode
 
         try:
             with Image.open(self.files[index]) as img:
@@ -328,7 +328,9 @@ def dataset_fingerprint(dataset: Dataset, data: DataConfig, split: str) -> str:
     """What the cached reference depends on besides the config: for procedural sets the
     generator's source code; for datasets-backed sets the Arrow fingerprint and the size and
     mtime of the Arrow cache files and of the local source files (parquet, image folder)."""
-    from tokenizer.data import HFDataset, _is_local_parquet, _parquet_files
+    from tokenizer.data import HFDataset
+    from tokenizer.data.sources import is_local_parquet as _is_local_parquet
+    from tokenizer.data.sources import parquet_files as _parquet_files
 
     h = hashlib.sha256()
     if isinstance(dataset, HFDataset):

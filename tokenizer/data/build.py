@@ -1,0 +1,67 @@
+"""The entry point: the dataset a config names for a split, and the modality it holds."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from torch.utils.data import Dataset
+
+from tokenizer.config import DataConfig
+from tokenizer.data.hf_dataset import HFDataset
+from tokenizer.data.modality import check_modality, feature_modality
+from tokenizer.data.procedural import ShapesDataset, TonesDataset
+from tokenizer.data.sources import load_table
+
+
+def data_shape(cfg: DataConfig) -> tuple[int, int, int]:
+    """(C, H, W) of one model input."""
+    return cfg.shape
+
+
+def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
+    """The dataset for ``split`` (usually ``cfg.train_split`` or ``cfg.eval_split``).
+
+    ``train=True`` allows random crops (``resize: random_crop``, ``audio.crop: random``);
+    otherwise every item is deterministic. For the procedural sources the split named
+    ``cfg.train_split`` has ``num_train`` items and any other split ``num_eval``.
+    Split names may carry a datasets slice, e.g. ``train[:95%]``.
+    """
+    cfg.validate()
+    if cfg.source in ("shapes", "tones"):
+        # generated on demand, so any name would "exist": only the usual ones do
+        known = dict.fromkeys([cfg.train_split, cfg.eval_split, "train", "validation", "test"])
+        if split not in known:
+            raise ValueError(f"data: source {cfg.source!r} has the splits {', '.join(map(repr, known))}; "
+                             f"got {split!r}")
+    if cfg.source == "shapes":
+        check_modality(cfg, "image", "source 'shapes'")
+        size = cfg.num_train if split == cfg.train_split else cfg.num_eval
+        return ShapesDataset(size, cfg.image_size, cfg.channels, cfg.seed, split)
+    if cfg.source == "tones":
+        check_modality(cfg, "audio", "source 'tones'")
+        size = cfg.num_train if split == cfg.train_split else cfg.num_eval
+        return TonesDataset(size, cfg.audio, cfg.seed, split)
+    table, where = load_table(cfg, split)
+    if len(table) == 0:
+        raise ValueError(f"{where}: split {split!r} has no rows (an empty dataset)")
+    return HFDataset(table, cfg, split=split, train=train, where=where)
+
+
+def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
+    """The modality the data actually holds: ``cfg.modality`` when set, else the kind of
+    the named (or first) Image/Audio column of ``split``. Reading the schema is cheap
+    (Arrow files are memory-mapped), and it lets an audio Parquet dataset such as FSDD
+    work without ``data.modality=audio``."""
+    if cfg.modality is not None or cfg.source in ("shapes", "tones"):
+        return cfg.resolved_modality
+    if cfg.source == "audiofolder":
+        return "audio"
+    table, _ = load_table(cfg, split or cfg.train_split)
+    features = table.features
+    if cfg.column is not None and cfg.column in features:
+        return feature_modality(features[cfg.column]) or cfg.resolved_modality
+    for feature in features.values():
+        kind = feature_modality(feature)
+        if kind is not None:
+            return kind
+    return cfg.resolved_modality

@@ -1,0 +1,197 @@
+"""Where a split's rows come from: local Parquet files and folders, imagefolder /
+audiofolder trees and hub names, loaded as one memory-mapped HF ``datasets.Dataset``."""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from soundfile import available_formats as sf_formats
+
+from tokenizer.config import DataConfig
+
+_SPLIT_WORDS = ("train", "test", "validation", "valid", "val", "eval", "dev")
+
+
+def _split_base(split: str) -> str:
+    """'train[:90%]' -> 'train': files are matched by name, the slice goes to datasets."""
+    return split.split("[", 1)[0].strip()
+
+
+def parquet_files(path: str, split: str) -> list[str]:
+    """The parquet files behind ``split`` under ``path`` (a file or a folder).
+
+    A folder is searched (and then its ``data/`` subfolder, the hub's layout) for
+    ``{split}.parquet``, ``{split}-*.parquet`` (shards) and ``{split}/*.parquet``.
+    A single file serves every split.
+    """
+    base = _split_base(split)
+    root = Path(path).expanduser()
+    if root.is_file():
+        stem = root.name[: -len(".parquet")] if root.name.endswith(".parquet") else root.stem
+        word = re.split(r"[-_.]", stem, maxsplit=1)[0].lower()
+        if word in _SPLIT_WORDS and word != base.lower():
+            warnings.warn(
+                f"{root}: one file serves every split, so split {split!r} reads this "
+                f"{word!r} file; point data.path at the folder to pick files by split name",
+                stacklevel=3,
+            )
+        return [str(root)]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{path}: no such parquet file or folder")
+    esc = glob.escape(base)
+    for folder in (root, root / "data"):
+        found: list[str] = []
+        for pattern in (f"{esc}.parquet", f"{esc}-*.parquet", f"{esc}/*.parquet"):
+            found += glob.glob(str(folder / pattern))
+        if found:
+            return sorted(set(found))
+    present = sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
+    listing = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") or "none"
+    hint = ""
+    if not present:  # a folder of media files given as a plain path (read as Parquet)
+        suffixes = {f.suffix.lower() for f in itertools.islice(root.rglob("*.*"), 2000)}
+        for kind, known in (("image", _IMAGE_SUFFIXES), ("audio", _AUDIO_SUFFIXES)):
+            if suffixes & known:
+                hint = (f"; it holds {kind} files: read it as data.source={kind}folder "
+                        f"data.path={path}")
+                if kind == "image":
+                    hint += f" (hqvae fid: --ref imagefolder:{base} --path {path})"
+                break
+    raise FileNotFoundError(
+        f"{path}: no parquet files for split {base!r} (looked for {base}.parquet, "
+        f"{base}-*.parquet, {base}/*.parquet, also under data/); parquet files found: {listing}{hint}"
+    )
+
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+_AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+
+
+def is_local_parquet(source: str) -> bool:
+    p = Path(source).expanduser()
+    return source.endswith(".parquet") or p.is_dir()
+
+
+def load_table(cfg: DataConfig, split: str):
+    """-> (HF ``datasets.Dataset``, a short description of where it came from)."""
+    import datasets
+
+    source = cfg.source
+    base = _split_base(split)
+    kwargs: dict[str, Any]
+    if source in ("imagefolder", "audiofolder"):
+        if not cfg.path:
+            raise ValueError(f"data.path: source {source!r} needs a folder (data_dir)")
+        if not Path(cfg.path).expanduser().is_dir():
+            raise FileNotFoundError(f"{cfg.path}: no such folder for source {source!r}")
+        where = f"{source} {cfg.path}"
+        if source == "audiofolder":
+            return _scan_audiofolder(Path(cfg.path).expanduser(), split), where
+        kwargs = {"path": source, "data_dir": str(Path(cfg.path).expanduser())}
+    elif source == "parquet" or is_local_parquet(source):
+        path = cfg.path if source == "parquet" else source
+        if not path:
+            raise ValueError("data.path: source 'parquet' needs a parquet file or folder")
+        files = parquet_files(path, split)
+        where = f"parquet {path}"
+        kwargs = {"path": "parquet", "data_files": {base: files}}
+    else:
+        where = source  # a hub name; needs the network or a populated HF cache
+        kwargs = {"path": source}
+    try:
+        table = datasets.load_dataset(**kwargs, split=split)
+    except ValueError as err:  # e.g. an unknown split: add which data it was
+        hint = ""
+        if source == "imagefolder" and "Unknown split" in str(err):
+            # the same layout advice audiofolder gives (_scan_audiofolder)
+            hint = (f" (without DIR/{base}/ folders every image is in split 'train'; make a "
+                    f"{base}/ folder, or hold out a slice such as data.eval_split='train[90%:]')")
+        raise ValueError(f"{where}: cannot load split {split!r}: {err}{hint}") from err
+    except Exception as err:  # a hub name: no network, no such repository, ...
+        if kwargs.get("path") != source:
+            raise
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise ValueError(
+            f"data.source {source!r}: not a local file or folder, and it could not be loaded "
+            f"from the Hugging Face Hub ({type(err).__name__}: {reason}); for local data set "
+            f"data.source to parquet / imagefolder / audiofolder with data.path") from None
+    if source == "imagefolder" and isinstance(table, datasets.Dataset):
+        table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
+    if not isinstance(table, datasets.Dataset):
+        raise ValueError(f"{where}: split {split!r} did not load as one map-style dataset")
+    return table, where
+
+
+def _drop_split_name_labels(table, root: Path):
+    """HF's imagefolder builder takes the parent folder names as classes; with images directly
+    in split folders (root/train/*.png, root/test/*.png) those are the split names, not
+    classes. Such a label column is dropped."""
+    import datasets
+
+    feat = table.features.get("label")
+    if isinstance(feat, datasets.ClassLabel) and feat.names and all(
+            name.lower() in _SPLIT_WORDS and (root / name).is_dir() for name in feat.names):
+        return table.remove_columns("label")
+    return table
+
+
+def _scan_audiofolder(root: Path, split: str):
+    """An audiofolder as a table of file paths (+ labels), built without ``datasets``'
+    ``audiofolder`` builder: since datasets 4 that builder encodes every row through
+    torchcodec, which needs FFmpeg and is absent here, although only paths are stored.
+
+    Same layout rules as the builder: ``root/<split>/...`` when split folders exist, else
+    every file belongs to split 'train'; labels are the parent folder names when there is
+    more than one and all files sit at the same depth. Slices (``train[:90%]``) work.
+    """
+    import datasets
+
+    base = _split_base(split)
+    extensions = {f".{fmt.lower()}" for fmt in sf_formats()} | {".opus", ".mp3"}
+    folder = root / base
+    if not folder.is_dir():
+        split_dirs = sorted(
+            d.name for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_WORDS
+        )
+        if split_dirs:
+            raise FileNotFoundError(
+                f"{root}: no folder for split {base!r}; split folders found: {', '.join(split_dirs)}"
+            )
+        if base != "train":
+            raise FileNotFoundError(
+                f"{root}: has no split folders, so all its files form split 'train' and split "
+                f"{base!r} does not exist (a slice such as 'train[90%:]' can serve as one)"
+            )
+        folder = root
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no audio files ({', '.join(sorted(extensions))})")
+    columns: dict[str, list] = {"audio": [str(p) for p in files]}
+    features = {"audio": datasets.Value("string")}
+    # labels come from the class folders of every split, as in HF's folder builder: a class
+    # missing from one split must not renumber the others, and a one-class split keeps labels
+    others = [] if folder == root else sorted(
+        d for d in root.iterdir() if d.is_dir() and d.name.lower() in _SPLIT_WORDS and d != folder)
+    every = [(folder, p) for p in files] + [
+        (r, p) for r in others for p in r.rglob("*") if p.suffix.lower() in extensions and p.is_file()]
+    classes = sorted({p.parent.name for _, p in every})
+    depths = {len(p.relative_to(r).parts) for r, p in every}
+    # class folders sit inside the split folder (or the root): files directly in the split
+    # folders would otherwise be labelled with their split's name
+    if len(classes) > 1 and len(depths) == 1 and depths.pop() >= 2:
+        index = {name: i for i, name in enumerate(classes)}
+        columns["label"] = [index[p.parent.name] for p in files]
+        features["label"] = datasets.ClassLabel(names=classes)
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    # string -> {bytes, path} storage: no decoding, no torchcodec
+    table = table.cast_column("audio", datasets.Audio(decode=False))
+    if "[" in split:
+        spans = datasets.ReadInstruction.from_spec(split).to_absolute({base: len(table)})
+        parts = [table.select(range(span.from_, span.to)) for span in spans]
+        table = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return table
