@@ -68,8 +68,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from engine.config import validate
-    from prior.codes import check_codes_dir
+    from prior.codes import check_encoding
     from tokenizer.pretrained import Tokenizer
 
     check_writable(args.out, "--out")
@@ -78,31 +77,18 @@ def _encode(args: argparse.Namespace) -> int:
     data = tok.config.data
     if args.data:
         data = dataclasses.replace(data, source=args.data, path=args.path)
-    validate(data)
-    if data.shape != tok.input_shape:
-        raise ConfigError(f"data: shape {data.shape} differs from the tokenizer's {tok.input_shape}")
     splits = args.split or [data.train_split, data.eval_split]
-    for split in dict.fromkeys(splits):
-        check_codes_dir(args.out, split)  # before any encoding: refuse a folder that is not ours
+    check_encoding(tok, data, args.out, splits)  # before the lock creates --out: refuse a folder not ours
     with run_lock(args.out, "--out"):  # a second process writing these codes is refused
         return _encode_splits(args, tok, data, splits)
 
 
 def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> int:
-    from prior.codes import encode_split
-    from tokenizer.data import build_dataset
+    from prior.codes import encode_splits
 
-    source = {"source": data.source, "path": data.path, "column": data.column}
-    for split in dict.fromkeys(splits):
-        dataset = build_dataset(data, split, train=False)
-        entry = encode_split(
-            tok, dataset, args.out, split, batch_size=args.batch_size, num_workers=args.num_workers,
-            max_examples=args.max_examples, source=source, overwrite=args.overwrite,
-            tokenizer_run=args.tokenizer_run,
-        )
-        bad = entry.get("bad_examples_skipped", 0)
-        skipped = f" ({bad} bad rows skipped: data.skip_bad_examples)" if bad else ""
-        print(f"{split}: {entry['num_examples']} examples{skipped} -> {Path(args.out) / split}")
+    encode_splits(tok, data, args.out, splits, batch_size=args.batch_size, num_workers=args.num_workers,
+                  max_examples=args.max_examples, overwrite=args.overwrite,
+                  tokenizer_run=args.tokenizer_run, log=print)
     shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
     print(f"codes of tokenizer {tok.identity} (levels {shapes}, K {tok.codebook_sizes}); "
           f"manifest: {Path(args.out) / 'codes.json'}")
@@ -142,61 +128,23 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
-    import torch
+    from sampling.sample_set import sample_into
 
-    from prior.pretrained import Prior
-    from sampling.outputs import write_samples
-    from sampling.sampler import Sampler
-    from tokenizer.pretrained import Tokenizer
-
-    device = resolve_device(args.device)
-    prior = Prior.from_pretrained(args.prior_run, device=device)
-    tok_run = args.tokenizer or prior.info.get("tokenizer_run")
-    if not tok_run:
-        raise ValueError(f"{args.prior_run}: no tokenizer run recorded with the priors; pass --tokenizer RUN")
-    tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
-    sampler = Sampler(
-        prior, tokenizer, device=device, cfg_scale=args.cfg_scale, cache=args.cache,
-        compile=args.compile,
+    record = sample_into(
+        args.out, args.prior_run, args.tokenizer, n=args.n, label=args.label, seed=args.seed,
+        batch_size=args.batch_size, cfg_scale=args.cfg_scale, cache=args.cache, compile=args.compile,
         temperature=_per_level_arg(args.temperature, float, "temperature"),
         top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
+        grid=args.grid, npz=args.npz, griffin_lim_iters=args.griffin_lim_iters,
+        device=resolve_device(args.device), label_key="--label",
     )
-    labels = None
-    if args.label is not None:
-        if not prior.num_classes:
-            raise ValueError("--label: the prior is not class-conditional")
-        if args.label == "cycle":  # balanced classes: 0, 1, ..., K-1, 0, 1, ...
-            labels = torch.arange(args.n) % prior.num_classes
-        else:
-            names = prior.class_names or []
-            if args.label in names:  # a class name of the data (e.g. a folder name)
-                labels = torch.full((args.n,), names.index(args.label))
-            else:
-                try:
-                    labels = torch.full((args.n,), int(args.label))
-                except ValueError:
-                    known = f", or a class name: {', '.join(names)}" if names else ""
-                    raise ValueError(f"--label: expected a class id, 'cycle'{known}; "
-                                     f"got {args.label!r}") from None
-    codes = sampler.sample_codes(args.n, labels=labels, seed=args.seed, batch_size=args.batch_size,
-                                 progress=True)
-    decoded = sampler.decode(codes, batch_size=args.batch_size)
-    settings = {
-        "prior_run": str(args.prior_run), "tokenizer_run": str(tok_run), "seed": args.seed,
-        "batch_size": args.batch_size, "cfg_scale": args.cfg_scale, "cache": args.cache,
-        "compile": args.compile,
-        "label": args.label, "levels": [vars(s) for s in sampler.settings],
-        "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
-    }
-    # guidance 0 samples with the null label whatever --label says: no labels to score against
-    write_samples(args.out, decoded, codes, labels if args.cfg_scale != 0 else None, tokenizer, grid=args.grid,
-                  class_names=prior.class_names, settings=settings,
-                  griffin_lim_iters=args.griffin_lim_iters, batch_size=args.batch_size, npz=args.npz)
-    kind = "clips" if tokenizer.modality == "audio" else "images"
-    print(f"sampled {args.n} {kind} in {sampler.stats.seconds:.1f}s "
-          f"({sampler.stats.tokens_per_second:.0f} tokens/s, {args.n / max(sampler.stats.seconds, 1e-9):.1f} {kind}/s)")
+    kind = "clips" if record["modality"] == "audio" else "images"
+    seconds = record["sampling_seconds"]
+    print(f"sampled {args.n} {kind} in {seconds:.1f}s "
+          f"({record['tokens_per_s']:.0f} tokens/s, {args.n / max(seconds, 1e-9):.1f} {kind}/s)")
+    labelled = args.label is not None and args.cfg_scale != 0
     print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
-          f"codes.safetensors, samples.json" + (", labels.json" if labels is not None and args.cfg_scale != 0 else "")
+          f"codes.safetensors, samples.json" + (", labels.json" if labelled else "")
           + (" (replacing the sample set that was there)" if replaced else ""))
     return 0
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from engine.config import ConfigError, validate
 from engine.files import write_text_atomic
 from engine.run_dir import LOCK_FILE
 
@@ -237,6 +239,52 @@ def encode_split(
     manifest["splits"][split] = entry
     _write_json_atomic(manifest_path, manifest)
     return entry
+
+
+def check_encoding(tokenizer, data, codes_dir: str | Path, splits: Sequence[str]) -> None:
+    """Refuse, before any encoding, data that the tokenizer cannot encode and a ``codes_dir``
+    that is not ours to write (see :func:`check_codes_dir`). ``data``: a tokenizer
+    ``DataConfig``."""
+    validate(data)
+    if data.shape != tokenizer.input_shape:
+        raise ConfigError(f"data: shape {data.shape} differs from the tokenizer's {tokenizer.input_shape}")
+    for split in dict.fromkeys(splits):
+        check_codes_dir(codes_dir, split)
+
+
+def encode_splits(
+    tokenizer,
+    data,
+    codes_dir: str | Path,
+    splits: Sequence[str],
+    *,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    max_examples: Optional[int] = None,
+    overwrite: bool = False,
+    tokenizer_run: Optional[str | Path] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict[str, dict]:
+    """Encode the ``splits`` of ``data`` (a tokenizer ``DataConfig``) into ``codes_dir``, one
+    :func:`encode_split` each; returns their manifest entries. The one encoding step behind
+    `hqvae encode` and the pipeline's ``encode`` stage: both record the same source."""
+    from tokenizer.data import build_dataset
+
+    check_encoding(tokenizer, data, codes_dir, splits)
+    source = {"source": data.source, "path": data.path, "column": data.column}
+    entries = {}
+    for split in dict.fromkeys(splits):
+        entry = encode_split(
+            tokenizer, build_dataset(data, split, train=False), codes_dir, split, batch_size=batch_size,
+            num_workers=num_workers, max_examples=max_examples, source=source, overwrite=overwrite,
+            tokenizer_run=tokenizer_run,
+        )
+        entries[split] = entry
+        if log is not None:
+            bad = entry.get("bad_examples_skipped", 0)
+            skipped = f" ({bad} bad rows skipped: data.skip_bad_examples)" if bad else ""
+            log(f"{split}: {entry['num_examples']} examples{skipped} -> {Path(codes_dir) / split}")
+    return entries
 
 
 class CodesDataset(Dataset):
