@@ -153,6 +153,31 @@ def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
         run_pipeline(cfg)
 
 
+def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run, tmp_path):
+    # issue 21: one encoding and one sampling step behind the CLI and the pipeline; a class
+    # name is a label (the pipeline refused it), and the records carry the same keys
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *TINY, "image.sample.n=12",
+                 "image.sample.compile=true", "image.sample.temperature=0.5",
+                 "image.score.enabled=false", "audio=null", "image.sample.label=square"]) == 0
+    image = _summary(quick_run)["tracks"]["image"]
+    assert image["samples"]["status"] == "ran" and image["prior"]["status"] == "skipped"
+    samples = quick_run / "image" / "samples"
+    assert set(json.loads((samples / "labels.json").read_text()).values()) == {1}
+    out = tmp_path / "cli"
+    assert main(["sample", str(quick_run / "image" / "prior"), "--out", str(out), "--n", "2",
+                 "--label", "square"]) == 0
+    record = json.loads((samples / "samples.json").read_text())
+    assert set(record) == set(json.loads((out / "samples.json").read_text())) | {"pipeline_sample"}
+    assert record["label"] == "square" and record["cfg_scale"] == 1.0
+    manifest = json.loads((quick_run / "image" / "codes" / "codes.json").read_text())
+    tok = manifest["tokenizer_run"]
+    assert main(["encode", tok, "--out", str(tmp_path / "codes"), "--max-examples", "4"]) == 0
+    cli = json.loads((tmp_path / "codes" / "codes.json").read_text())
+    for split in ("train", "test"):
+        assert manifest["splits"][split]["source"] == cli["splits"][split]["source"]
+        assert "column" in manifest["splits"][split]["source"]
+
+
 def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     (tmp_path / "something.txt").write_text("mine")
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path}", *TINY])
@@ -170,7 +195,13 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("audio.classifier=null", r"audio\.classifier: audio FID needs a classifier"),
     ("image.tokenizer.data.source=tones", r"image\.tokenizer\.data: the image track has audio data"),
     ("image.prior.class_cond=false image.sample.label=3", r"image\.sample\.label: the prior is not class-conditional"),
-    ("image.sample.label=seven", r"label: expected 'cycle', a class id or null"),
+    ("image.sample.label=-1", r"label: expected 'cycle', a class id, a class name or null"),
+    # issue 21: as `hqvae sample`, a class name is a label and guidance needs a
+    # class-conditional prior (the pipeline reset cfg_scale to 1 without a word)
+    ("image.prior.class_cond=false image.sample.label=square",
+     r"image\.sample\.label: the prior is not class-conditional"),
+    ("image.prior.class_cond=false image.sample.cfg_scale=2",
+     r"image\.sample\.cfg_scale: classifier-free guidance needs a class-conditional prior"),
     ("image.smaple.n=3", r"unknown key 'image\.smaple' \(did you mean 'sample'\?\)"),
     ("image.prior.levels=5", r"quickstart\.yaml: image\.prior\.levels: expected a list"),
     ("audio.prior.levels=[{},3]", r"quickstart\.yaml: audio\.prior\.levels\.1: expected a mapping"),
@@ -185,11 +216,15 @@ def test_config_errors_name_the_key(override, message):
         load_pipeline_config(QUICKSTART, override.split())
 
 
-def test_a_class_id_beyond_the_data_is_refused_before_any_stage(tmp_path):
+@pytest.mark.parametrize("label, message", [
+    ("5", r"image\.sample\.label: 5 is out of range: the image data has classes 0\.\.4"),
+    ("seven", r"image\.sample\.label: expected a class id, 'cycle', or a class name: circle, square, "
+              r"triangle, ring, cross; got 'seven'"),
+])
+def test_a_class_id_beyond_the_data_is_refused_before_any_stage(tmp_path, label, message):
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null",
-                                            "image.sample.label=5"])
-    with pytest.raises(ConfigError, match=r"image\.sample\.label: 5 is out of range: the image "
-                                          r"data has classes 0\.\.4"):
+                                            f"image.sample.label={label}"])
+    with pytest.raises(ConfigError, match=message):
         run_pipeline(cfg)
     assert not (tmp_path / "run" / "image").exists()  # nothing trained
 

@@ -349,19 +349,19 @@ def test_a_run_that_failed_before_any_work_takes_the_corrected_config(bad_images
 
 def test_a_pipeline_stage_that_produced_nothing_takes_corrected_settings(tmp_path):
     from engine.config import save_yaml
-    from hqvae.pipeline import _check_run_dir, load_pipeline_config
+    from hqvae.pipeline import check_run_dir, load_pipeline_config
 
     base = [f"run_dir={tmp_path / 'pipe'}", "audio=null"]
     typo = load_pipeline_config(Path("configs/quickstart.yaml"), [*base, "image.tokenizer.data.column=img"])
     (tmp_path / "pipe").mkdir()
     save_yaml(typo, tmp_path / "pipe" / "pipeline.yaml")  # as the failed run left it
     fixed = load_pipeline_config(Path("configs/quickstart.yaml"), base)
-    _check_run_dir(fixed)  # the tokenizer stage holds no work: accepted
+    check_run_dir(fixed)  # the tokenizer stage holds no work: accepted
     weights = tmp_path / "pipe" / "image" / "tokenizer" / "model.safetensors"
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"image\.tokenizer\.data\.column"):
-        _check_run_dir(fixed)
+        check_run_dir(fixed)
 
 
 def test_runs_from_before_a_new_option_still_resume(tmp_path):

@@ -1,0 +1,250 @@
+"""The pipeline's config: one ``image`` and/or ``audio`` track, each a full tokenizer
+config, a prior config, sampling and scoring settings (and, for audio, the classifier
+behind audio FID), with every check that can run before the first stage.
+
+The paths that tie the stages together (each stage's ``run_dir``, the prior's ``tokenizer``
+and ``data.codes``) are set here (:func:`stage_configs`); giving them in the config is an
+error.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from engine.config import ConfigError, load_config, merge
+from hqvae import layout
+from prior.config import PriorConfig, merge_levels
+from sampling.audio_classifier import ClassifierConfig
+from tokenizer.config import TokenizerConfig, expand_preset
+
+
+@dataclass
+class SampleConfig:
+    n: int = 256  # samples to generate (and to score)
+    batch_size: int = 64
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    cfg_scale: float = 1.0  # classifier-free guidance (class-conditional priors); 1 = off
+    # 'cycle' = balanced classes 0, 1, ..., K-1, 0, ...; a class id or class name; or
+    # null = unconditional (an unconditional prior samples unconditionally under 'cycle')
+    label: Union[int, str, None] = "cycle"
+    seed: int = 0
+    griffin_lim_iters: Optional[int] = None  # audio: None = the tokenizer's setting
+    # torch.compile the sampler's one-token step (CUDA graphs on a GPU): pays off for large n
+    compile: bool = False
+
+    def validate(self) -> None:
+        if self.n < 2:
+            raise ConfigError(f"n: must be >= 2 (FID needs two samples), got {self.n}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
+        if self.label == "" or isinstance(self.label, int) and self.label < 0:
+            # a class name is checked against the data before the first stage
+            raise ConfigError(f"label: expected 'cycle', a class id, a class name or null, got {self.label!r}")
+
+
+@dataclass
+class ScoreConfig:
+    enabled: bool = True
+    split: Optional[str] = None  # reference split; null = the tokenizer's train split
+    max_reference: Optional[int] = 10000  # reference examples (null = the whole split)
+    batch_size: int = 50
+    # audio: an existing `hqvae train-classifier` run to score with, instead of training
+    # the track's `classifier` section
+    classifier_run: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.max_reference is not None and self.max_reference < 2:
+            raise ConfigError(f"max_reference: must be >= 2, got {self.max_reference}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class EncodeConfig:
+    batch_size: int = 256
+    max_examples: Optional[int] = None  # per split; null = all
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"max_examples: must be >= 1 (null = all), got {self.max_examples}")
+
+
+@dataclass
+class TrackConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    # audio: the spectrogram classifier behind audio FID; its data defaults to the tokenizer's
+    classifier: Optional[ClassifierConfig] = None
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = "runs/pipeline"
+    image: Optional[TrackConfig] = None
+    audio: Optional[TrackConfig] = None
+    device: Optional[str] = None  # sampling / scoring device; null = cuda when available
+    report: bool = True  # write RUN/report.html at the end
+
+    def validate(self) -> None:
+        if self.image is None and self.audio is None:
+            raise ConfigError("image / audio: the pipeline needs at least one track")
+        for name in layout.TRACKS:
+            track = getattr(self, name)
+            if track is None:
+                continue
+            modality = track.tokenizer.data.resolved_modality
+            if modality != name:
+                raise ConfigError(
+                    f"{name}.tokenizer.data: the {name} track has {modality} data "
+                    f"(source {track.tokenizer.data.source!r}); set data.modality or move it")
+            if name == "image" and track.classifier is not None:
+                raise ConfigError("image.classifier: only the audio track has a classifier")
+            if name == "audio" and track.score.enabled and track.classifier is None \
+                    and not track.score.classifier_run:
+                raise ConfigError("audio.classifier: audio FID needs a classifier: add a "
+                                  "`classifier` section or set score.classifier_run")
+            if track.sample.label not in (None, "cycle") and not track.prior.class_cond:
+                raise ConfigError(f"{name}.sample.label: the prior is not class-conditional "
+                                  "(set prior.class_cond: true or label: null)")
+            if track.sample.cfg_scale != 1 and not track.prior.class_cond:
+                # the sampler refuses it too, but only after tokenizer and priors have trained
+                raise ConfigError(f"{name}.sample.cfg_scale: classifier-free guidance needs a "
+                                  "class-conditional prior (set prior.class_cond: true or cfg_scale: 1)")
+
+
+# keys the pipeline sets itself: (section, key)
+_OWNED = [("tokenizer", ("run_dir",)), ("prior", ("run_dir",)), ("prior", ("tokenizer",)),
+          ("prior", ("data", "codes")), ("classifier", ("run_dir",))]
+
+
+def _drop(node: dict, keys: tuple) -> None:
+    for k in keys[:-1]:
+        node = node.get(k) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(keys[-1], None)
+
+
+def _prepare(data: dict) -> dict:
+    """Read ``base:`` stage config files; expand presets and per-level prior settings inside
+    each track; default the classifier's data to the tokenizer's (same spectrograms);
+    refuse the keys we own."""
+    from engine.config import read_yaml
+
+    data = copy.deepcopy(data)
+    for name in layout.TRACKS:
+        track = data.get(name)
+        if not isinstance(track, dict):
+            continue
+        for section in ("tokenizer", "prior", "classifier"):
+            node = track.get(section)
+            if isinstance(node, dict) and "base" in node:
+                # a stage config file (e.g. configs/tokenizer/cifar10_sqvae2.yaml) as the
+                # starting point; its own paths are the standalone run's, not this one's
+                base_path = node.pop("base")
+                if not isinstance(base_path, str):
+                    raise ConfigError(f"{name}.{section}.base: expected a config file path, got {base_path!r}")
+                try:
+                    base = read_yaml(base_path)
+                except ConfigError as err:
+                    raise ConfigError(f"{name}.{section}.base: {err}") from None
+                for sec, keys in _OWNED:
+                    if sec == section:
+                        _drop(base, keys)
+                if section == "classifier":
+                    base.pop("data", None)  # the classifier hears what the tokenizer hears
+                track[section] = merge(base, node)
+        for section, keys in _OWNED:
+            node = track.get(section)
+            for k in keys[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+            if isinstance(node, dict) and keys[-1] in node:
+                raise ConfigError(f"{name}.{section}.{'.'.join(keys)}: set by the pipeline "
+                                  f"(everything goes under run_dir); remove it")
+        tok = track.get("tokenizer")
+        # their errors name keys relative to the section: say which section
+        if isinstance(tok, dict):
+            try:
+                track["tokenizer"] = tok = expand_preset(tok)
+            except ConfigError as err:
+                raise ConfigError(f"{name}.tokenizer.{err}") from None
+        if isinstance(track.get("prior"), dict):
+            try:
+                track["prior"] = merge_levels(track["prior"])
+            except ConfigError as err:
+                raise ConfigError(f"{name}.prior.{err}") from None
+        clf = track.get("classifier")
+        if isinstance(clf, dict) and isinstance(tok, dict):
+            base = copy.deepcopy(tok.get("data") or {})
+            base.setdefault("modality", "audio")
+            clf["data"] = merge(base, clf.get("data") or {})
+    return data
+
+
+def load_pipeline_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    return load_config(PipelineConfig, path, overrides, prepare=_prepare)
+
+
+# ---------------------------------------------------------------------------------------
+# the stage configs, wired to the run directory
+
+
+def stage_configs(cfg: PipelineConfig, name: str) -> dict[str, Any]:
+    """The tokenizer / prior / classifier configs of track ``name`` with their paths set."""
+    track: TrackConfig = getattr(cfg, name)
+    root = layout.track_dir(cfg.run_dir, name)
+    tok = dataclasses.replace(track.tokenizer, run_dir=str(root / "tokenizer"))
+    data = tok.data
+    prior_data = dataclasses.replace(track.prior.data, codes=str(root / "codes"))
+    if track.prior.data.train_split == "train" and data.train_split != "train":
+        prior_data.train_split = data.train_split  # follow a tokenizer with other split names
+    if track.prior.data.eval_split == "test" and data.eval_split != "test":
+        prior_data.eval_split = data.eval_split
+    prior = dataclasses.replace(track.prior, run_dir=str(root / "prior"), tokenizer=tok.run_dir,
+                                data=prior_data)
+    clf = None
+    if track.classifier is not None:
+        clf = dataclasses.replace(track.classifier, run_dir=str(root / "classifier"))
+    return {"tokenizer": tok, "prior": prior, "classifier": clf, "root": root}
+
+
+def check_sample_labels(cfg: PipelineConfig) -> None:
+    """A class id beyond the data's classes, or a name that is not one of them, would fail
+    only at sampling, after the tokenizer and the priors have trained: look at the data's
+    classes first (the table is memory-mapped and the tokenizer stage reads it anyway)."""
+    from sampling.sample_set import class_index
+    from tokenizer.data import build_dataset
+
+    for name in layout.TRACKS:
+        track = getattr(cfg, name)
+        if track is None or track.sample.label in (None, "cycle"):
+            continue
+        data = track.tokenizer.data
+        dataset = build_dataset(data, data.train_split)
+        classes = getattr(dataset, "num_classes", None)
+        if classes is None:  # unknown until encoding: the sampler checks it
+            continue
+        try:
+            index = class_index(track.sample.label, getattr(dataset, "class_names", None), f"{name}.sample.label")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if index >= classes:
+            raise ConfigError(f"{name}.sample.label: {track.sample.label} is out of range: the "
+                              f"{name} data has classes 0..{classes - 1}")

@@ -1,0 +1,144 @@
+"""The stages of one pipeline track: each runs its standalone command's code on the paths
+:func:`hqvae.pipeline.config.stage_configs` sets and returns the numbers summary.json keeps."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hqvae.pipeline.config import TrackConfig
+from prior.config import PriorConfig
+from sampling.audio_classifier import ClassifierConfig
+from tokenizer.config import TokenizerConfig
+
+
+def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
+    from tokenizer.train import format_summary, train_tokenizer
+
+    metrics = train_tokenizer(tok_cfg)
+    print(format_summary(metrics, tok_cfg.run_dir))
+    return {"rmse": metrics.get("rmse"), "psnr": metrics.get("psnr"), "lsd_db": metrics.get("lsd_db")}
+
+
+def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, device: str) -> dict:
+    from prior.codes import encode_splits
+    from tokenizer.pretrained import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tok_cfg.run_dir, device=device)
+    data = tok_cfg.data
+    entries = encode_splits(tok, data, codes_dir, [data.train_split, data.eval_split],
+                            batch_size=track.encode.batch_size, max_examples=track.encode.max_examples,
+                            tokenizer_run=tok_cfg.run_dir)
+    return {"examples": {split: entry.get("num_examples") for split, entry in entries.items()}}
+
+
+def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
+    from prior.train import format_summary, train_prior
+
+    results = train_prior(prior_cfg, levels)
+    print(format_summary(results, prior_cfg.run_dir))
+    summary = json.loads((Path(prior_cfg.run_dir) / "eval.json").read_text())
+    return {"bits_per_token": [summary["levels"][k].get("bits_per_token") for k in sorted(summary["levels"])]}
+
+
+def run_classifier(clf_cfg: ClassifierConfig) -> dict:
+    from sampling.audio_classifier import format_summary, train_classifier
+
+    metrics = train_classifier(clf_cfg)
+    print(format_summary(metrics, clf_cfg.run_dir))
+    return {"accuracy": metrics["accuracy"]}
+
+
+def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool = False) -> dict:
+    """Sample from the priors (or, for the baseline, draw uniformly random codes) as
+    `hqvae sample` does, into ``root/samples`` (``root/random``)."""
+    from sampling.sample_set import sample_into
+
+    s = track.sample
+    # into a fresh folder, renamed into place: no stale files of an earlier, larger run, and
+    # no half-written folder that a re-run would score
+    out = root / ("random" if random_codes else "samples")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    # 'cycle', the default, on an unconditional prior samples unconditionally (the config
+    # refuses any other label there)
+    sample_into(tmp, root / "prior", root / "tokenizer", n=s.n, label=s.label if track.prior.class_cond else None,
+                seed=s.seed, batch_size=s.batch_size, temperature=s.temperature, top_k=s.top_k,
+                top_p=s.top_p, cfg_scale=s.cfg_scale, compile=s.compile, griffin_lim_iters=s.griffin_lim_iters,
+                device=device, random_codes=random_codes,
+                extra={"pipeline_sample": dataclasses.asdict(s)})  # what `pipeline` compares on a re-run
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"n": s.n, "seconds": time.perf_counter() - t0}
+
+
+def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str) -> dict:
+    from sampling.fid import Reference, extract_features, metrics_from_features, reference_features
+
+    data = tok_cfg.data
+    split = track.score.split or data.train_split
+    ref, _ = reference_features(Reference(data, split, track.score.max_reference),
+                                batch_size=track.score.batch_size, device=device, progress=True)
+    out: dict[str, Any] = {"metric": "FID (Inception pool3)", "reference": {
+        "source": data.source, "path": data.path, "split": split, "num": len(ref)}}
+    for name in ("samples", "random", "real"):
+        images = root / name / "images" if name != "real" else _real_examples(data, track.sample.n)
+        feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
+        m = metrics_from_features(feats, ref, kid=True)
+        out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"], "num": len(feats)}
+    return out
+
+
+def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str) -> dict:
+    from sampling.audio_fid import score_folder
+
+    data = tok_cfg.data
+    split = track.score.split or data.train_split
+    clf = track.score.classifier_run or str(root / "classifier")
+    out: dict[str, Any] = {"metric": "audio FID (classifier penultimate features)", "classifier": clf}
+    for name in ("samples", "random"):
+        r = score_folder(root / name, clf, reference=f"{data.source}:{split}", path=data.path,
+                         max_reference=track.score.max_reference, batch_size=track.score.batch_size,
+                         device=device)
+        out["reference"] = {"source": data.source, "path": data.path, "split": split,
+                            "num": r["num_reference"]}
+        out[name] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"),
+                     "num": r["num_generated"]}
+        if name == "samples" and "accuracy" in r:
+            out[name]["accuracy"] = r["accuracy"]["accuracy"]
+    # the floor: real held-out clips through the same Griffin-Lim round trip as the samples
+    from sampling.audio_fid import audio_fid
+    from tokenizer.audio import Spectrogram
+    from tokenizer.data import build_dataset
+
+    spec = Spectrogram(data.audio)
+    real = _real_examples(data, track.sample.n)
+    waves = spec.to_waveform(real, n_iter=track.sample.griffin_lim_iters)
+    r = audio_fid(clf, spec(waves), build_dataset(data, split), batch_size=track.score.batch_size,
+                  max_reference=track.score.max_reference, device=device)
+    out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real),
+                   "split": data.eval_split}
+    return out
+
+
+def _real_examples(data, n: int):
+    """``n`` examples spread over the eval split as one tensor: the 'real data' row of the scores."""
+    import torch
+
+    from engine.subsets import spread_indices
+    from tokenizer.data import build_dataset
+
+    ds = build_dataset(data, data.eval_split)
+    return torch.stack([ds[i]["x"] for i in spread_indices(len(ds), n)])
+
+
+def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str) -> dict:
+    out = (_image_fid if name == "image" else _audio_fid)(track, tok_cfg, root, device)
+    out["ratio_random_to_samples"] = out["random"]["fid"] / max(out["samples"]["fid"], 1e-12)
+    out["real"]["split"] = tok_cfg.data.eval_split
+    return out
