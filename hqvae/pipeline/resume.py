@@ -126,6 +126,7 @@ def save_config(cfg: PipelineConfig, path: Path) -> None:
     (`audio=null`) keeps its earlier section, so bringing it back with other settings is
     refused like any other change to a finished track."""
     from engine.config import yaml_dump, yaml_load
+    from engine.files import write_text_atomic
 
     new = to_dict(cfg)
     if path.is_file():
@@ -133,4 +134,4 @@ def save_config(cfg: PipelineConfig, path: Path) -> None:
         for track in layout.TRACKS:
             if new.get(track) is None and old.get(track) is not None:
                 new[track] = old[track]
-    path.write_text(yaml_dump(new))
+    write_text_atomic(path, yaml_dump(new))  # a kill mid-write must not leave half a config
