@@ -37,9 +37,10 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     import dataclasses
 
     from engine.config import validate
+    from sampling.tokenizer_eval import run_tokenizer_evaluation
     from tokenizer.data import build_dataset
     from tokenizer.pretrained import Tokenizer
-    from tokenizer.train import format_summary, run_evaluation
+    from tokenizer.train import format_summary
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     check_writable(out, "--out")  # before the evaluation, not after it
@@ -60,7 +61,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
     dataset = build_dataset(cfg.data, cfg.data.eval_split, train=False)
     with run_lock(out, "--out"):  # a second evaluation writing this folder is refused
-        metrics = run_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
+        metrics = run_tokenizer_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))
     return 0
 

@@ -7,21 +7,33 @@
     - every layer: RMSE when that layer's codes are replaced by codes drawn from the
       layer's own empirical code distribution (a layer that carries information makes
       the error grow; one that does not, leaves it unchanged)
+
+:func:`run_evaluation` is a trained tokenizer's full evaluation (``RUN_DIR/eval/``): these
+metrics, reconstructions beside the originals, ``eval.json``. rFID, which needs the FID
+machinery of ``sampling``, is added from there (``sampling/tokenizer_eval.py``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from engine.files import write_text_atomic
 from engine.subsets import spread_indices
+from tokenizer.config import TokenizerConfig
 from tokenizer.media import save_grid, spectrogram_rows
 from tokenizer.model import HQVAE
 from tokenizer.quantizers import perplexity
+
+if TYPE_CHECKING:
+    from tokenizer.pretrained import Tokenizer
 
 
 def _loader(dataset: Dataset, max_examples: int, batch_size: int) -> DataLoader:
@@ -183,3 +195,26 @@ def write_reconstructions(
                 write_wav(path, wav[i].cpu(), sample_rate)
                 written.append(path)
     return written
+
+
+def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset: Dataset, out_dir: Path, progress: bool = True,
+                   extra: Optional[Callable[[], dict]] = None) -> dict:
+    """Metrics of the tokenizer ``tok`` on ``dataset`` (the eval split), written with its
+    reconstructions to ``out_dir/eval.json``; ``extra()`` returns metrics computed elsewhere
+    (rFID), added before the files are written."""
+    audio = cfg.data.audio
+    modality = cfg.data.resolved_modality
+    metrics = evaluate_tokenizer(
+        tok.model, dataset, modality=modality, max_examples=cfg.eval.max_examples,
+        batch_size=cfg.eval.batch_size, db_range=audio.db_max - audio.db_min, progress=progress,
+    )
+    if extra is not None:
+        metrics.update(extra())
+    files = write_reconstructions(
+        tok.model, dataset, out_dir, modality, n=cfg.eval.grid_size,
+        spectrogram=tok.spectrogram if modality == "audio" else None,
+        sample_rate=audio.sample_rate, n_audio=cfg.eval.num_audio,
+    )
+    metrics["files"] = [str(p) for p in files]
+    write_text_atomic(out_dir / "eval.json", json.dumps(metrics, indent=2))
+    return metrics

@@ -25,40 +25,11 @@ from engine.subsets import spread_indices
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
-from tokenizer.evaluate import evaluate_tokenizer, write_reconstructions
+from tokenizer.evaluate import evaluate_tokenizer, run_evaluation
 from tokenizer.pretrained import Tokenizer
 
 # sections that may change between a run and its resumption (more steps, other eval sizes)
 RESUMABLE_CHANGES = ("train", "eval", "run_dir")
-
-
-def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset, out_dir: Path, progress: bool = True,
-                   rfid: bool = False) -> dict:
-    """Metrics of ``tok`` on ``dataset`` (the eval split), written to ``out_dir/eval.json``;
-    ``rfid`` adds the FID of the reconstructions against the originals (images only)."""
-    audio = cfg.data.audio
-    modality = cfg.data.resolved_modality
-    if rfid and modality != "image":
-        raise ValueError("rfid: reconstruction FID needs an image tokenizer (this one is audio)")
-    metrics = evaluate_tokenizer(
-        tok.model, dataset, modality=modality, max_examples=cfg.eval.max_examples,
-        batch_size=cfg.eval.batch_size, db_range=audio.db_max - audio.db_min, progress=progress,
-    )
-    if rfid:
-        from sampling.fid import reconstruction_fid
-
-        r = reconstruction_fid(tok, cfg.data, cfg.data.eval_split, max_examples=cfg.eval.max_examples,
-                               batch_size=cfg.eval.batch_size, dataset=dataset, progress=progress)
-        metrics["rfid"], metrics["rfid_examples"] = r["rfid"], r["examples"]
-    files = write_reconstructions(
-        tok.model, dataset, out_dir, modality, n=cfg.eval.grid_size,
-        spectrogram=tok.spectrogram if modality == "audio" else None,
-        sample_rate=audio.sample_rate, n_audio=cfg.eval.num_audio,
-    )
-    metrics["files"] = [str(p) for p in files]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
 
 
 def check_rows(dataset, max_examples: int, split: str) -> None:
