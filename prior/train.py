@@ -7,15 +7,14 @@ trained on different days or machines. See ``prior.pretrained`` for the layout.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
 
-import torch
-
-from engine.config import ConfigError, save_yaml, to_dict
-from engine.distributed import process_state
-from engine.run_dir import check_run_dir, check_writable, run_lock
+from engine.config import ConfigError, to_dict
+from engine.run_dir import check_writable
+from engine.stage import claim_run_dir, finish_run, seeded, start_run
 from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
@@ -27,7 +26,8 @@ RESUMABLE_CHANGES = ("train", "eval", "run_dir", "data", "tokenizer")
 
 
 def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
-    """Everything that can be wrong before training starts: returns (manifest, info)."""
+    """Everything about the codes and tokenizer that can be wrong before training starts
+    (the run_dir's own config is checked when it is claimed): returns (manifest, info)."""
     if not cfg.data.codes:  # optional in the config: `hqvae pipeline` fills it in
         raise ConfigError("data.codes: set it to a directory written by `hqvae encode`")
     check_writable(cfg.run_dir, "run_dir")
@@ -82,7 +82,6 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
                 f"run_dir {cfg.run_dir!r} holds priors of tokenizer {old['tokenizer_identity']}: "
                 f"{err}; choose another run_dir"
             ) from None
-    check_run_dir(cfg.run_dir, to_dict(cfg), RESUMABLE_CHANGES)
     return manifest, info
 
 
@@ -95,17 +94,13 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
     for level in levels:
         if not 0 <= level < num_levels:
             raise ConfigError(f"--level {level}: the codes have levels 0..{num_levels - 1}")
-    with run_lock(cfg.run_dir):  # a second process on this run_dir is refused
+    with claim_run_dir(cfg, RESUMABLE_CHANGES):
         return _train_levels(cfg, info, levels)
 
 
 def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
     run_dir = Path(cfg.run_dir)
-    state = process_state()
-    if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        (run_dir / INFO).write_text(json.dumps(info, indent=2))
+    state = start_run(cfg, {INFO: info})
     state.wait_for_everyone()
 
     results: dict[int, dict] = {}
@@ -114,8 +109,7 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
         eval_set = None
         if cfg.data.eval_split is not None:
             eval_set = CodesDataset(cfg.data.codes, cfg.data.eval_split, levels=list(range(level + 1)))
-        torch.manual_seed(cfg.train.seed + level)  # initial weights are part of the run
-        model = build_level(cfg, info, level)
+        model = seeded(cfg.train.seed + level, functools.partial(build_level, cfg, info, level))
 
         def periodic_eval(m, step, eval_set=eval_set):
             if eval_set is None:
@@ -142,11 +136,8 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
                 "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
                 "processes": result.processes,
             })
-            (level_dir(run_dir, level) / "eval.json").write_text(json.dumps(metrics, indent=2))
-            with (level_dir(run_dir, level) / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps({"step": result.step, "split": "eval", "final": True,
-                                     **{k: v for k, v in metrics.items() if isinstance(v, float)},
-                                     "nonfinite_steps_skipped": result.nonfinite_steps_skipped}) + "\n")
+            # codes are never bad examples: the level's final line counts skipped steps only
+            finish_run(level_dir(run_dir, level), result, metrics, counters=("nonfinite_steps_skipped",))
             results[level] = metrics
         model.cpu()
         state.wait_for_everyone()

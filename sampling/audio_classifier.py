@@ -458,33 +458,25 @@ def resolve_data(cfg: ClassifierConfig, train_set: Dataset) -> ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    from engine.run_dir import check_run_dir, check_writable, run_lock
+    from engine.run_dir import check_writable
+    from engine.stage import claim_run_dir, training_splits
     from tokenizer.data import build_dataset
 
     check_writable(cfg.run_dir, "run_dir")
-    run_dir = Path(cfg.run_dir)
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
-    if len(train_set) == 0:
-        raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
+    train_set, eval_set = training_splits(cfg.data, build_dataset)
     cfg = resolve_data(cfg, train_set)
-    check_run_dir(run_dir, to_dict(cfg), RESUMABLE_CHANGES)
-    with run_lock(run_dir):  # a second process on this run_dir is refused
+    with claim_run_dir(cfg, RESUMABLE_CHANGES):
         return _train_classifier(cfg, train_set, eval_set)
 
 
 def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, Any]:
-    from engine.distributed import process_state
+    from engine.stage import finish_run, seeded, start_run, train_summary
     from engine.trainer import train
 
     run_dir = Path(cfg.run_dir)
     class_names = getattr(train_set, "class_names", None)
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    model = AudioClassifier(cfg, class_names)
-    main_process = process_state().is_main_process
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
+    model = seeded(cfg.train.seed, lambda: AudioClassifier(cfg, class_names))
+    state = start_run(cfg)
 
     def periodic_eval(m: AudioClassifier, step: int) -> dict[str, float]:
         r = evaluate_classifier(m, eval_set, cfg.eval.max_examples, cfg.eval.batch_size)
@@ -495,28 +487,16 @@ def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, A
         cfg=cfg.train, run_dir=run_dir, config=to_dict(cfg), evaluate=periodic_eval,
         batch_key=None, desc="train classifier", final_eval=False,
     )
-    if not main_process:
+    if not state.is_main_process:
         return {}
     model.cpu().eval()
     model.save_pretrained(run_dir)
     metrics = evaluate_classifier(model, eval_set, cfg.eval.max_examples, cfg.eval.batch_size)
     metrics["split"] = cfg.data.eval_split
     metrics["identity"] = model.identity
-    metrics["train"] = {
-        "steps": result.step, "resumed_from": result.resumed_from,
-        "seconds": result.seconds, "examples_per_s": result.examples_per_second,
-        "parameters": model.num_parameters(),
-        "train_accuracy": result.last_metrics.get("accuracy"),
-        "bad_examples_skipped": result.bad_examples_skipped,
-        "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
-    }
-    (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
-    final = {"step": result.step, "split": "eval", "final": True,
-             "accuracy": metrics["accuracy"], "loss": metrics["loss"],
-             "bad_examples_skipped": result.bad_examples_skipped,
-             "nonfinite_steps_skipped": result.nonfinite_steps_skipped}
-    with (run_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(final) + "\n")
+    metrics["train"] = train_summary(result, model.num_parameters(),
+                                     train_accuracy=result.last_metrics.get("accuracy"))
+    finish_run(run_dir, result, metrics)  # the final line: accuracy and loss, the floats
     return metrics
 
 

@@ -12,15 +12,19 @@ Run directory layout::
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
-import torch
-
-from engine.config import save_yaml, to_dict, validate
-from engine.distributed import process_state
-from engine.run_dir import check_run_dir, check_writable, run_lock
+from engine.config import to_dict, validate
+from engine.run_dir import check_writable
+from engine.stage import (
+    claim_run_dir,
+    finish_run,
+    seeded,
+    start_run,
+    train_summary,
+    training_splits,
+)
 from engine.subsets import spread_indices
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
@@ -57,25 +61,16 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
     check_writable(cfg.run_dir, "run_dir")
     cfg = resolve_modality(cfg)
-    check_run_dir(cfg.run_dir, to_dict(cfg), RESUMABLE_CHANGES)
-    with run_lock(cfg.run_dir):  # a second process on this run_dir is refused
+    with claim_run_dir(cfg, RESUMABLE_CHANGES):
         return _train_tokenizer(cfg)
 
 
 def _train_tokenizer(cfg: TokenizerConfig) -> dict:
     run_dir = Path(cfg.run_dir)
-    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True)
-    eval_set = build_dataset(cfg.data, cfg.data.eval_split, train=False)
-    if len(train_set) == 0:
-        raise ValueError(f"data: the {cfg.data.train_split!r} split of {cfg.data.source!r} is empty")
+    train_set, eval_set = training_splits(cfg.data, build_dataset)
     check_rows(eval_set, cfg.eval.max_examples, cfg.data.eval_split)
-    torch.manual_seed(cfg.train.seed)  # the initial weights are part of the run's identity
-    tok = Tokenizer.from_config(cfg)
-    # under `accelerate launch` every process runs this; one of them writes files
-    main_process = process_state().is_main_process
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
+    tok = seeded(cfg.train.seed, lambda: Tokenizer.from_config(cfg))
+    state = start_run(cfg)
     modality = cfg.data.resolved_modality
     db_range = cfg.data.audio.db_max - cfg.data.audio.db_min
 
@@ -96,26 +91,13 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
         stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
         final_eval=False,  # the full evaluation below replaces it
     )
-    if not main_process:
+    if not state.is_main_process:
         return {}
     tok.model.cpu()
     tok.save_pretrained(run_dir)
     metrics = run_evaluation(tok, cfg, eval_set, run_dir / "eval", progress=cfg.train.progress)
-    metrics["train"] = {
-        "steps": result.step, "resumed_from": result.resumed_from,
-        "seconds": result.seconds, "examples_per_s": result.examples_per_second,
-        "parameters": tok.model.num_parameters(),
-        "bad_examples_skipped": result.bad_examples_skipped,
-        "nonfinite_steps_skipped": result.nonfinite_steps_skipped,
-        "processes": result.processes,
-    }
-    (run_dir / "eval" / "eval.json").write_text(json.dumps(metrics, indent=2))
-    final = {"step": result.step, "split": "eval", "final": True,
-             **{k: v for k, v in metrics.items() if isinstance(v, float)},
-             "bad_examples_skipped": result.bad_examples_skipped,
-             "nonfinite_steps_skipped": result.nonfinite_steps_skipped}
-    with (run_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(final) + "\n")
+    metrics["train"] = train_summary(result, tok.model.num_parameters())
+    finish_run(run_dir, result, metrics, eval_dir=run_dir / "eval")
     return metrics
 
 
