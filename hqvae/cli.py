@@ -200,7 +200,7 @@ def _fid(args: argparse.Namespace) -> int:
         args.dir, args.ref, path=args.path, image_size=args.image_size,
         max_examples=args.max_examples, kid=args.kid, batch_size=args.batch_size,
         device=resolve_device(args.device), cache=not args.no_cache, progress=True,
-        skip_bad_examples=args.skip_bad_examples,
+        skip_bad_examples=args.skip_bad_examples, prc=args.prc,
     )
     return _report_result(format_report(result), result, args.out)
 
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the reference at this size (default: the samples' size)")
     p.add_argument("--max-examples", type=_positive_int, help="use at most this many images on each side")
     p.add_argument("--kid", action="store_true", help="also report KID (mean ± std over subsets)")
+    p.add_argument("--prc", action="store_true",
+                   help="also report precision and recall (Kynkäänniemi et al. 2019, k=3)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
     p.add_argument("--skip-bad-examples", action="store_true",

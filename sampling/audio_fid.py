@@ -3,8 +3,8 @@ the penultimate features of the project's own spectrogram classifier (README, "A
 
 It runs through torch-fidelity: :class:`AudioClassifierExtractor` is registered as the
 feature extractor ``"hqvae-audio-classifier"`` with two feature layers, ``"embedding"``
-(the classifier's penultimate layer, used for FID and KID) and ``"logits"``, and
-``torch_fidelity.calculate_metrics`` does the rest (statistics, Fréchet distance, KID).
+(the classifier's penultimate layer, used for FID and KID) and ``"logits"``. Features,
+the reference cache and the arithmetic are those of image FID (sampling/feature_metrics.py).
 
 How spectrograms are fed. torch-fidelity hands each batch of an input ``Dataset`` to the
 extractor as it comes; it only requires the items to be tensors. Its own extractors demand
@@ -35,7 +35,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from engine.subsets import spread_indices
 from sampling.audio_classifier import AudioClassifier, accuracy_report
-from sampling.fid import default_kid_subset_size
+from sampling.feature_metrics import (
+    cached_features,
+    dataset_features,
+    default_kid_subset_size,
+    import_torch_fidelity,
+    metrics_from_features,
+    reference_cache_dir,
+)
 from tokenizer.config import AudioConfig, DataConfig
 
 EXTRACTOR_NAME = "hqvae-audio-classifier"
@@ -122,10 +129,7 @@ def extractor_class() -> type:
     global _EXTRACTOR
     if _EXTRACTOR is not None:
         return _EXTRACTOR
-    from engine.torchvision_compat import ensure_torchvision
-
-    ensure_torchvision()
-    import torch_fidelity
+    torch_fidelity = import_torch_fidelity()
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
@@ -208,17 +212,13 @@ def audio_fid(
     ``generated`` / ``reference``: (N, 1, F, T) float tensors in [-1, 1] or datasets of
     them (``{"x": ...}`` items work: any ``tokenizer.data`` dataset, or :class:`WavFolder`).
     ``classifier``: an :class:`AudioClassifier` or its run directory.
-    ``reference_cache_name``: cache the reference features under this name (plus the
-    classifier's identity) in torch-fidelity's cache (``cache_root``), e.g. "fsdd-test".
+    ``reference_cache_name``: cache the reference features under this name (plus their
+    count and the classifier's identity) in the checksummed reference cache of image FID
+    (``cache_root``, default ``$HQVAE_CACHE/fid_ref``), e.g. "fsdd-test".
 
     Returns {"fid", "kid", "kid_std" (when ``kid``), "num_generated", "num_reference",
     "classifier" (its identity), "features", "feature_dim"}.
     """
-    extractor_class()
-    from torch_fidelity import calculate_metrics
-    from torch_fidelity.metric_fid import KEY_METRIC_FID
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD
-
     model = _as_classifier(classifier)
     gen = SpectrogramSet(generated, max_generated, "generated")
     ref = SpectrogramSet(reference, max_reference, "reference")
@@ -226,56 +226,38 @@ def audio_fid(
     _check_input(ref, model.input_shape, "reference")
     device = torch.device(device) if device is not None else model.device
     identity = model.identity
-    kwargs: dict[str, Any] = {}
+    extractor_class()
+    from torch_fidelity.utils import create_feature_extractor
+
+    extractor = create_feature_extractor(EXTRACTOR_NAME, [FEATURE_LAYER], cuda=False,
+                                         feature_extractor_weights_path=model, verbose=False)
+    if device.type == "cuda":  # torch-fidelity runs extractors on CUDA or the CPU
+        extractor.to(device)
+    else:
+        device = torch.device("cpu")
+
+    def features(data: SpectrogramSet) -> torch.Tensor:
+        return dataset_features(data, extractor, batch_size=batch_size, device=device,
+                                num_workers=num_workers, progress=verbose)[FEATURE_LAYER]
+
+    path = None
     if reference_cache_name:
         # "spread": rows spread over the split (caches of the first-N rule are not reused)
-        kwargs["input2_cache_name"] = f"{reference_cache_name}-spread-n{len(ref)}-{identity}"
-        if cache_root:
-            kwargs["cache_root"] = str(cache_root)
-        check_fidelity_cache(cache_root, kwargs["input2_cache_name"])
-    size = default_kid_subset_size(len(gen), len(ref))
-    metrics = calculate_metrics(
-        input1=gen, input2=ref, fid=True, kid=kid,
-        feature_extractor=EXTRACTOR_NAME, feature_layer_fid=FEATURE_LAYER,
-        feature_layer_kid=FEATURE_LAYER, feature_extractor_weights_path=model,
-        cuda=device.type == "cuda", batch_size=batch_size, kid_subset_size=size,
-        save_cpu_ram=num_workers == 0, verbose=verbose, cache=bool(reference_cache_name), **kwargs,
-    )
-    out: dict[str, Any] = {"fid": float(metrics[KEY_METRIC_FID])}
+        root = Path(cache_root) if cache_root else reference_cache_dir()
+        path = root / f"{reference_cache_name}-spread-n{len(ref)}-{identity}.safetensors"
+    meta = {"classifier": identity, "layer": FEATURE_LAYER, "n": str(len(ref))}
+    f_gen = features(gen)
+    f_ref = cached_features(path, lambda: features(ref), (len(ref), model.embedding_dim), meta)
+    m = metrics_from_features(f_gen, f_ref, kid=kid,
+                              kid_subset_size=default_kid_subset_size(len(gen), len(ref)))
+    out: dict[str, Any] = {"fid": m["fid"]}
     if kid:
-        out["kid"] = float(metrics[KEY_METRIC_KID_MEAN])
-        out["kid_std"] = float(metrics[KEY_METRIC_KID_STD])
+        out["kid"], out["kid_std"] = m["kid_mean"], m["kid_std"]
     out.update({
         "num_generated": len(gen), "num_reference": len(ref), "classifier": identity,
         "features": f"{EXTRACTOR_NAME}/{FEATURE_LAYER}", "feature_dim": model.embedding_dim,
     })
     return out
-
-
-def check_fidelity_cache(cache_root: Optional[str], name: str) -> None:
-    """torch-fidelity reads its cache files with ``torch.load(weights_only=False)``, i.e.
-    full pickle. Before it does, each of our cached files must load with
-    ``weights_only=True`` (tensors, plus the numpy arrays of its FID statistics): a file
-    that needs anything else is refused, naming it, instead of being unpickled."""
-    import numpy as np
-
-    # torch-fidelity's own default location
-    root = Path(cache_root) if cache_root else Path(torch.hub._get_torch_home()) / "fidelity_cache"
-    if not root.is_dir():
-        return
-    core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype,
-               *{type(np.dtype(t)) for t in ("float16", "float32", "float64", "int64", "int32")}]
-    for path in sorted(root.glob(f"{name}*.pt")):
-        try:
-            with torch.serialization.safe_globals(allowed):
-                torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise ValueError(
-                f"{path}: cached reference features that do not load as plain tensors / arrays "
-                f"(torch.load weights_only=True fails); refusing to unpickle them. Delete the "
-                f"file to recompute it"
-            ) from None
 
 
 @torch.no_grad()

@@ -1,16 +1,10 @@
-"""FID and KID between image sets, with torch-fidelity, offline (README, "FID").
+"""FID, KID and precision / recall between image sets, with torch-fidelity, offline (README, "FID").
 
-The feature-level part (this top section) needs neither torchvision nor Inception and is
-shared with audio FID: :func:`frechet_distance`, :func:`feature_statistics`,
-:func:`fid_from_features`, :func:`kid_from_features` and :func:`metrics_from_features`.
-The arithmetic is torch-fidelity's own (``fid_statistics_to_metric``,
-``kid_features_to_metric``), so numbers match what its ``calculate_metrics`` reports on the
-same features; only for sets smaller than the feature dimension does FID take an exact
-shortcut (see :func:`fid_from_features`).
-
-Image inputs: a folder of PNGs, an image tensor, a dataset, or a :class:`Reference` split
-whose Inception features are cached (checksummed) per dataset, split, image size, number of
-examples and data fingerprint under ``$HQVAE_CACHE/fid_ref``.
+Images go through the feature path, reference cache and arithmetic that audio FID uses too
+(sampling/feature_metrics.py), with the offline FID Inception of sampling/inception.py as
+the extractor. Inputs: a folder of PNGs, an image tensor, a dataset, or a
+:class:`Reference` split whose Inception features are cached (checksummed) per dataset,
+split, image size, number of examples and data fingerprint under ``$HQVAE_CACHE/fid_ref``.
 """
 
 from __future__ import annotations
@@ -34,134 +28,16 @@ from tqdm.auto import tqdm
 
 from engine.devices import resolve_device
 from engine.subsets import spread_indices
+from sampling.feature_metrics import (
+    KID_SUBSETS,
+    PRC_NEIGHBORHOOD,
+    cached_features,
+    dataset_features,
+    metrics_from_features,
+    reference_cache_dir,
+)
 from tokenizer.config import DataConfig
 from tokenizer.media import quantize_uint8
-
-KID_SUBSETS = 100  # torch-fidelity's default
-KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped at the smaller set's size
-
-
-def _fidelity():
-    """Import torch_fidelity (after the torchvision shim of engine/torchvision_compat.py)."""
-    from engine.torchvision_compat import ensure_torchvision
-
-    ensure_torchvision()
-    import torch_fidelity
-
-    return torch_fidelity
-
-
-def _as_f64(x: Any) -> np.ndarray:
-    if torch.is_tensor(x):
-        x = x.detach().cpu().double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (float64) of an (N, D) feature matrix, N >= 2."""
-    f = _as_f64(features)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features: need an (N, D) matrix with N >= 2, got shape {f.shape}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2):
-    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, computed as
-    torch-fidelity does (trace of the square root from the eigenvalues of sigma1 @ sigma2)."""
-    mu1, mu2 = _as_f64(mu1), _as_f64(mu2)
-    sigma1, sigma2 = _as_f64(sigma1), _as_f64(sigma2)
-    if mu1.ndim != 1 or mu1.shape != mu2.shape:
-        raise ValueError(f"frechet_distance: mean shapes differ or are not 1-D: {mu1.shape}, {mu2.shape}")
-    if sigma1.shape != (mu1.size, mu1.size) or sigma2.shape != sigma1.shape:
-        raise ValueError(
-            f"frechet_distance: covariances must be {mu1.size}x{mu1.size}, got {sigma1.shape}, {sigma2.shape}"
-        )
-    _fidelity()
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
-    out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)
-    return float(out[KEY_METRIC_FID])
-
-
-def fid_from_features(features1: torch.Tensor | np.ndarray, features2: torch.Tensor | np.ndarray) -> float:
-    """FID between two (N, D) feature matrices. With fewer examples than dimensions on both
-    sides (small sets, tests) it is computed exactly from the N1 x N2 cross-product: with
-    centred features A1, A2, the nonzero eigenvalues of sigma1 @ sigma2 are the squared
-    singular values of A1 @ A2.T / sqrt((N1-1)(N2-1)); this avoids the D x D
-    eigen-decomposition (tens of seconds for D = 2048 on a busy CPU). Otherwise it is
-    :func:`frechet_distance` of the two Gaussians, as torch-fidelity computes it."""
-    f1, f2 = _as_f64(features1), _as_f64(features2)
-    for f in (f1, f2):
-        if f.ndim != 2 or f.shape[0] < 2:
-            raise ValueError(f"features: need an (N, D) matrix with N >= 2, got shape {f.shape}")
-    if f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"features: dimensions differ: {f1.shape[1]} vs {f2.shape[1]}")
-    n1, n2, d = len(f1), len(f2), f1.shape[1]
-    if n1 >= d or n2 >= d:
-        return frechet_distance(*feature_statistics(f1), *feature_statistics(f2))
-    mu1, mu2 = f1.mean(axis=0), f2.mean(axis=0)
-    a1, a2 = f1 - mu1, f2 - mu2
-    tr1 = float((a1**2).sum()) / (n1 - 1)
-    tr2 = float((a2**2).sum()) / (n2 - 1)
-    sv = np.linalg.svd(a1 @ a2.T, compute_uv=False)
-    tr_covmean = float(sv.sum()) / np.sqrt((n1 - 1) * (n2 - 1))
-    diff = mu1 - mu2
-    return float(diff.dot(diff) + tr1 + tr2 - 2 * tr_covmean)
-
-
-def default_kid_subset_size(n1: int, n2: int) -> int:
-    """min(1000, N1, N2), halved when that is a whole side: every subset of the smaller set
-    would then be the set itself and the reported std would be 0."""
-    size = min(KID_SUBSET_SIZE, n1, n2)
-    return size // 2 if size == min(n1, n2) and size >= 4 else size
-
-
-def kid_from_features(
-    features1: torch.Tensor | np.ndarray,
-    features2: torch.Tensor | np.ndarray,
-    subsets: int = KID_SUBSETS,
-    subset_size: Optional[int] = None,
-    seed: int = 2020,
-) -> tuple[float, float]:
-    """Kernel Inception Distance (cubic polynomial kernel MMD^2, unbiased), mean and std over
-    ``subsets`` random subsets of ``subset_size`` (default: :func:`default_kid_subset_size`) per side."""
-    f1 = torch.as_tensor(_as_f64(features1))
-    f2 = torch.as_tensor(_as_f64(features2))
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
-        raise ValueError(f"kid: need two (N, D) matrices of equal D, got {tuple(f1.shape)}, {tuple(f2.shape)}")
-    size = subset_size or default_kid_subset_size(len(f1), len(f2))
-    if size < 2 or size > min(len(f1), len(f2)):
-        raise ValueError(f"kid: subset size {size} needs 2 <= size <= min(N1, N2) = {min(len(f1), len(f2))}")
-    _fidelity()
-    from torch_fidelity.metric_kid import (
-        KEY_METRIC_KID_MEAN,
-        KEY_METRIC_KID_STD,
-        kid_features_to_metric,
-    )
-
-    out = kid_features_to_metric(
-        f1, f2, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
-    )
-    return float(out[KEY_METRIC_KID_MEAN]), float(out[KEY_METRIC_KID_STD])
-
-
-def metrics_from_features(
-    features1: torch.Tensor | np.ndarray,
-    features2: torch.Tensor | np.ndarray,
-    kid: bool = False,
-    kid_subsets: int = KID_SUBSETS,
-    kid_subset_size: Optional[int] = None,
-) -> dict[str, float]:
-    """FID (and optionally KID) between two (N, D) feature matrices:
-    ``{"fid": ..., ["kid_mean": ..., "kid_std": ...]}``."""
-    out = {"fid": fid_from_features(features1, features2)}
-    if kid:
-        out["kid_mean"], out["kid_std"] = kid_from_features(
-            features1, features2, subsets=kid_subsets, subset_size=kid_subset_size
-        )
-    return out
-
 
 # ---------------------------------------------------------------------------------------
 # images -> Inception features
@@ -234,12 +110,12 @@ class ImageFolderSamples(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        from tokenizer.data.transforms import convert_mode as _convert_mode
+        from tokenizer.data.transforms import convert_mode
 
         try:
             with Image.open(self.files[index]) as img:
                 img.load()
-                rgb = _convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
+                rgb = convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
         except Exception as err:  # a truncated file passes the header check at start
             raise ValueError(f"{self.files[index]}: not a readable image ({err})") from None
         return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
@@ -263,10 +139,6 @@ class _Images(Dataset):
         return inception_uint8(item.unsqueeze(0))[0]
 
 
-def _collate(items: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([inception_uint8(t.unsqueeze(0))[0] for t in items])
-
-
 @torch.no_grad()
 def extract_features(
     images: Union[torch.Tensor, Dataset, str, Path],
@@ -285,14 +157,9 @@ def extract_features(
     data = _Images(images, max_examples)
     if len(data) == 0:
         raise ValueError("extract_features: no images")
-    extractor = fid_feature_extractor(device)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=_collate)
-    out = []
-    for batch in tqdm(loader, desc="inception", disable=not progress, leave=False):
-        (feats,) = extractor(batch.to(device))
-        out.append(feats.float().cpu())
-    return torch.cat(out)
+    feats = dataset_features(data, fid_feature_extractor(device), batch_size=batch_size, device=device,
+                             num_workers=num_workers, progress=progress)
+    return feats["2048"].float()
 
 
 # ---------------------------------------------------------------------------------------
@@ -329,8 +196,7 @@ def dataset_fingerprint(dataset: Dataset, data: DataConfig, split: str) -> str:
     generator's source code; for datasets-backed sets the Arrow fingerprint and the size and
     mtime of the Arrow cache files and of the local source files (parquet, image folder)."""
     from tokenizer.data import HFDataset
-    from tokenizer.data.sources import is_local_parquet as _is_local_parquet
-    from tokenizer.data.sources import parquet_files as _parquet_files
+    from tokenizer.data.sources import is_local_parquet, parquet_files
 
     h = hashlib.sha256()
     if isinstance(dataset, HFDataset):
@@ -340,8 +206,8 @@ def dataset_fingerprint(dataset: Dataset, data: DataConfig, split: str) -> str:
         local: list = []
         if data.source == "imagefolder" and data.path:
             local = sorted(p for p in Path(data.path).expanduser().rglob("*") if p.is_file())
-        elif data.source == "parquet" or _is_local_parquet(data.source):
-            local = _parquet_files(data.path if data.source == "parquet" else data.source, split)
+        elif data.source == "parquet" or is_local_parquet(data.source):
+            local = parquet_files(data.path if data.source == "parquet" else data.source, split)
         h.update(json.dumps(_file_stats(files) + _file_stats(local)).encode())
     else:
         try:
@@ -358,7 +224,7 @@ def _slug(text: str) -> str:
 def reference_cache_path(data: DataConfig, split: str, n: int, fingerprint: str) -> Path:
     """Cache file of the reference features: per dataset, split, image size, number of
     examples, data fingerprint and feature network."""
-    from sampling.inception import cache_dir, weights_identity
+    from sampling.inception import weights_identity
 
     key = {
         "version": REFERENCE_CACHE_VERSION, "weights": weights_identity(),
@@ -373,7 +239,7 @@ def reference_cache_path(data: DataConfig, split: str, n: int, fingerprint: str)
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{_slug(Path(data.source).name or data.source)}-{_slug(split)}-{data.image_size}px-n{n}-{digest}"
-    return cache_dir() / "fid_ref" / f"{name}.safetensors"
+    return reference_cache_dir() / f"{name}.safetensors"
 
 
 def build_reference_dataset(data: DataConfig, split: str) -> Dataset:
@@ -415,10 +281,7 @@ def reference_features(
 ) -> tuple[torch.Tensor, Optional[Path]]:
     """Inception features of ``ref.max_examples`` images spread over a split, from the
     checksummed cache when present (-> (features, cache file or None))."""
-    from safetensors.torch import load as st_load
-    from safetensors.torch import save as st_save
-
-    from sampling.inception import read_checked, write_checked
+    from sampling.inception import FEATURE_DIM
 
     data = dataclasses.replace(ref.data, modality="image")
     dataset = dataset if dataset is not None else build_reference_dataset(data, ref.split)
@@ -426,25 +289,17 @@ def reference_features(
     path = None
     if cache:
         path = reference_cache_path(data, ref.split, n, dataset_fingerprint(dataset, data, ref.split))
-        raw = read_checked(path)
-        if raw is not None:
-            try:
-                feats = st_load(raw).get("features")
-            except Exception:  # checksum matches, yet not safetensors: rebuilt like a corrupt one
-                feats = None
-            if feats is not None and tuple(feats.shape) == (n, 2048):
-                return feats, path
-    feats = extract_features(dataset, max_examples=n, batch_size=batch_size, device=device,
-                             progress=progress)
-    if path is not None:
-        meta = {"source": data.source, "path": str(data.path), "split": ref.split, "n": str(n),
-                "image_size": str(data.image_size)}
-        write_checked(path, st_save({"features": feats.contiguous()}, metadata=meta))
+    meta = {"source": data.source, "path": str(data.path), "split": ref.split, "n": str(n),
+            "image_size": str(data.image_size)}
+    feats = cached_features(
+        path, lambda: extract_features(dataset, max_examples=n, batch_size=batch_size, device=device,
+                                       progress=progress),
+        (n, FEATURE_DIM), meta)
     return feats, path
 
 
 # ---------------------------------------------------------------------------------------
-# FID / KID between image sets
+# FID / KID / precision and recall between image sets
 
 ImageSet = Union[str, Path, torch.Tensor, Dataset, Reference]
 
@@ -471,18 +326,19 @@ def compute_fid(
     progress: bool = False,
     kid_subsets: int = KID_SUBSETS,
     kid_subset_size: Optional[int] = None,
+    prc: bool = False,
 ) -> dict[str, Any]:
-    """FID (and KID) between two image sets: each a folder of PNGs, an image tensor (uint8,
-    or float in [-1, 1]), a dataset, or a :class:`Reference` split (features cached).
-    ``max_examples`` caps each side. Returns ``{"fid", ["kid_mean", "kid_std"],
-    "num_samples", "num_reference"}``."""
+    """FID (and KID, and precision / recall of the samples) between two image sets: each a
+    folder of PNGs, an image tensor (uint8, or float in [-1, 1]), a dataset, or a
+    :class:`Reference` split (features cached). ``max_examples`` caps each side. Returns
+    ``{"fid", ["kid_mean", "kid_std"], ["precision", "recall"], "num_samples", "num_reference"}``."""
     f1 = _features_of(samples, max_examples, batch_size, device, cache, progress)
     f2 = _features_of(reference, max_examples, batch_size, device, cache, progress)
     for name, f in (("samples", f1), ("reference", f2)):
         if len(f) < 2:
             raise ValueError(f"FID: the {name} side has {len(f)} image(s); need at least 2")
     out: dict[str, Any] = metrics_from_features(f1, f2, kid=kid, kid_subsets=kid_subsets,
-                                                kid_subset_size=kid_subset_size)
+                                                kid_subset_size=kid_subset_size, prc=prc)
     out["num_samples"], out["num_reference"] = len(f1), len(f2)
     return out
 
@@ -578,12 +434,13 @@ def score_folder(
     cache: bool = True,
     progress: bool = False,
     skip_bad_examples: bool = False,
+    prc: bool = False,
 ) -> dict[str, Any]:
-    """FID (and KID) of the images in ``folder`` against a dataset split named as
-    ``DATASET[:split]`` (``data.source`` syntax; ``path`` is ``data.path``). The reference is
-    read at the samples' size unless ``image_size`` is given; ``max_examples`` caps both
-    sides; ``skip_bad_examples`` skips undecodable reference rows (as ``data.skip_bad_examples``).
-    Every input error is raised before any network runs."""
+    """FID (and KID, and precision / recall) of the images in ``folder`` against a dataset
+    split named as ``DATASET[:split]`` (``data.source`` syntax; ``path`` is ``data.path``).
+    The reference is read at the samples' size unless ``image_size`` is given;
+    ``max_examples`` caps both sides; ``skip_bad_examples`` skips undecodable reference rows
+    (as ``data.skip_bad_examples``). Every input error is raised before any network runs."""
     device = resolve_device(device) if device is None or isinstance(device, str) else device
     samples = ImageFolderSamples(folder)
     if image_size is None:
@@ -613,7 +470,7 @@ def score_folder(
     for name, f in (("samples", f_samples), ("reference", f_ref)):
         if len(f) < 2:
             raise ValueError(f"FID: the {name} side has {len(f)} image(s); need at least 2")
-    out: dict[str, Any] = metrics_from_features(f_samples, f_ref, kid=kid)
+    out: dict[str, Any] = metrics_from_features(f_samples, f_ref, kid=kid, prc=prc)
     out.update({
         "num_samples": len(f_samples), "num_reference": len(f_ref),
         "samples": str(samples.root), "sample_size": [samples.height, samples.width],
@@ -630,6 +487,10 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [f"FID {result['fid']:.3f}"]
     if "kid_mean" in result:
         lines.append(f"KID {result['kid_mean']:.5f} ± {result['kid_std']:.5f}")
+    if "precision" in result:
+        lines.append(f"precision {result['precision']:.4f}  recall {result['recall']:.4f}"
+                     if result["precision"] is not None else
+                     f"precision / recall: undefined for {PRC_NEIGHBORHOOD} or fewer images a side")
     lines.append(f"samples: {result['num_samples']} images from {result['samples']}; reference: "
                  f"{result['num_reference']} images of {ref['source']}:{ref['split']} at {ref['image_size']}px")
     if result["num_samples"] < 2048 or result["num_reference"] < 2048:

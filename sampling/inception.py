@@ -290,6 +290,11 @@ class FIDInceptionV3(FeatureExtractorInceptionV3):
         self.requires_grad_(False)
         self.eval()
 
+    def forward(self, x):
+        # torch-fidelity's loop hands batches over on the CPU unless it runs on CUDA; an
+        # extractor placed on another device (mps) takes them to its own
+        return super().forward(x.to(self.Conv2d_1a_3x3.conv.weight.device))
+
     @staticmethod
     def get_provided_features_list():
         return FEATURES

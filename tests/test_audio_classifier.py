@@ -192,8 +192,18 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     first = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert cached and all("tones-test-spread-n64-" in name for name in cached)
+    # issue 21: image FID's cache (safetensors + SHA-256), not torch-fidelity's pickles
+    assert [Path(n).suffix for n in cached] == [".safetensors", ".sha256"]
+    (path,) = tmp_path.glob("*.safetensors")
+    stamp = path.stat().st_mtime_ns
+    again = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
+    assert again["fid"] == first["fid"] and path.stat().st_mtime_ns == stamp  # read, not rewritten
+    path.write_bytes(path.read_bytes()[:-8])  # a truncated cache file is recomputed
     again = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     assert again["fid"] == first["fid"]
+    from sampling.inception import read_checked
+
+    assert read_checked(path) is not None
 
 
 def test_8bit_spectrograms_are_mapped_back_to_the_float_range(trained, eval_batch):

@@ -1,4 +1,5 @@
-"""Image FID / KID offline: the converted Inception, its cache, reference caching, the CLI.
+"""Image FID / KID / precision-recall offline: the converted Inception, its cache,
+reference caching, the CLI.
 
 Inception-v3 runs at 299x299 whatever the input size, which is slow on CPU: every test here
 shares one converted network (module fixture, temporary cache) and uses 8 images a side.
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from hqvae.cli import main
+from sampling import feature_metrics as M
 from sampling import fid as F
 from sampling import inception as I
 from tokenizer.config import DataConfig, load_tokenizer_config
@@ -69,19 +71,69 @@ def test_frechet_distance_matches_closed_form():
     mu1, mu2 = np.zeros(3), np.array([1.0, 2.0, 0.0])
     s1, s2 = np.eye(3), 4 * np.eye(3)
     # |mu1-mu2|^2 + tr(s1 + s2 - 2 sqrt(s1 s2)) = 5 + (3 + 12 - 2 * 6) = 8
-    assert F.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(8.0, abs=1e-9)
+    assert M.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(8.0, abs=1e-9)
     a = torch.randn(50, 4, generator=torch.Generator().manual_seed(0))
-    m = F.metrics_from_features(a, a + 1, kid=True, kid_subsets=10)
+    m = M.metrics_from_features(a, a + 1, kid=True, kid_subsets=10)
     assert m["fid"] == pytest.approx(4.0, abs=1e-6)  # a pure shift: |1|^2 per dimension
     assert m["kid_mean"] > 0 and m["kid_std"] >= 0
-    assert F.metrics_from_features(a, a)["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert M.metrics_from_features(a, a)["fid"] == pytest.approx(0.0, abs=1e-6)
     # the exact small-N shortcut (N < D) agrees with the D x D route of torch-fidelity
     g = torch.Generator().manual_seed(1)
     b, c = torch.randn(10, 16, generator=g) * 2, torch.randn(12, 16, generator=g) + 0.3
-    stats = F.frechet_distance(*F.feature_statistics(b), *F.feature_statistics(c))
-    assert F.fid_from_features(b, c) == pytest.approx(stats, rel=1e-6)
+    stats = M.frechet_distance(*M.feature_statistics(b), *M.feature_statistics(c))
+    assert M.fid_from_features(b, c) == pytest.approx(stats, rel=1e-6)
     with pytest.raises(ValueError, match="N >= 2"):
-        F.feature_statistics(torch.zeros(1, 4))
+        M.feature_statistics(torch.zeros(1, 4))
+
+
+def numpy_precision_recall(fake, real, k=3):
+    """Kynkäänniemi et al. 2019 written out: a point lies in a set's manifold when it is
+    within the distance from one of the set's points to that point's k-th nearest neighbour."""
+    def radii(x):
+        return np.sort(np.linalg.norm(x[:, None] - x[None], axis=-1), axis=1)[:, k]  # [:, 0]: itself
+
+    d = np.linalg.norm(fake[:, None] - real[None], axis=-1)
+    return (d <= radii(real)[None]).any(1).mean(), (d.T <= radii(fake)[None]).any(1).mean()
+
+
+def test_precision_and_recall_are_kynkaanniemi_s():
+    g = torch.Generator().manual_seed(3)
+    real = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    # half the samples on the real data, half far off: precision 1/2; the near half is
+    # squeezed into the core of the real data, so most real points are missed: low recall
+    fake = torch.cat([torch.randn(20, 8, generator=g, dtype=torch.float64) * 0.5,
+                      torch.randn(20, 8, generator=g, dtype=torch.float64) * 3 + 8])
+    p, r = M.precision_recall_from_features(fake, real)
+    assert (p, r) == pytest.approx(numpy_precision_recall(fake.numpy(), real.numpy()), abs=1e-12)
+    assert p == 0.5 and r < 0.5
+    m = M.metrics_from_features(fake, real, prc=True)
+    assert (m["precision"], m["recall"]) == (p, r) and "kid_mean" not in m
+    # the k-th neighbour needs k + 1 points a side: undefined below, and said so when asked directly
+    small = M.metrics_from_features(fake[:3], real, prc=True)
+    assert small["precision"] is None and small["recall"] is None and small["fid"] > 0
+    with pytest.raises(ValueError, match="more than 3 examples a side"):
+        M.precision_recall_from_features(fake[:3], real)
+
+
+def test_damaged_reference_features_are_recomputed(tmp_path):
+    path = tmp_path / "fid_ref" / "ref.safetensors"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.arange(8.0).reshape(4, 2)
+
+    first = M.cached_features(path, compute, (4, 2))
+    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1]
+    path.write_bytes(path.read_bytes()[:-5])  # truncated
+    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1, 1]
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # a flipped byte inside the tensor data
+    path.write_bytes(bytes(raw))
+    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1, 1, 1]
+    assert I.read_checked(path) is not None  # rewritten whole
+    M.cached_features(path, compute, (5, 2))  # another count than the file holds: recomputed
+    assert calls == [1, 1, 1, 1]
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,6 +257,32 @@ def test_fid_is_zero_on_itself_grows_with_noise_and_reports_kid(ref_features, sh
     assert all(r["kid_std"] >= 0 for r in results)
 
 
+# issue 21: image features moved from a loop of our own onto torch-fidelity's, which audio
+# FID uses too. These numbers are what the earlier loop gave on the same images (the test
+# split against itself plus noise of std 0.2); rel 1e-4 leaves room for CPUs whose float32
+# convolutions round differently.
+PINNED = {"fid": 260.49428635248483, "kid_mean": 0.06549120508911507, "kid_std": 0.03185736392035324}
+
+
+def numpy_fid(f1, f2):
+    """The Fréchet distance written out in numpy, by another route than ours: the nonzero
+    eigenvalues of sigma1 @ sigma2 are those of the small symmetric matrix C @ C.T, with
+    C = A1 @ A2.T / sqrt((N1-1)(N2-1)) of the centred features A1, A2."""
+    a1, a2 = f1 - f1.mean(0), f2 - f2.mean(0)
+    n1, n2 = len(f1), len(f2)
+    c = a1 @ a2.T / np.sqrt((n1 - 1) * (n2 - 1))
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh(c @ c.T), 0, None)).sum()
+    diff = f1.mean(0) - f2.mean(0)
+    return float(diff @ diff + (a1**2).sum() / (n1 - 1) + (a2**2).sum() / (n2 - 1) - 2 * tr_covmean)
+
+
+def test_image_fid_keeps_its_numbers(ref_features, noisy):
+    real, fake = ref_features[0], noisy[1][1]
+    m = M.metrics_from_features(fake, real, kid=True)
+    assert {k: m[k] for k in PINNED} == pytest.approx(PINNED, rel=1e-4)
+    assert m["fid"] == pytest.approx(numpy_fid(fake.double().numpy(), real.double().numpy()), rel=1e-9)
+
+
 def test_torch_fidelity_calculate_metrics_with_registered_extractor(ref_features, noisy, tmp_path):
     # torch-fidelity's own pipeline (its folder loader and feature extraction) with our
     # registered extractor, offline, agrees with ours on the same images. KID only: its FID
@@ -215,10 +293,11 @@ def test_torch_fidelity_calculate_metrics_with_registered_extractor(ref_features
     a = write_pngs(tmp_path / "a", shapes_images())
     b = write_pngs(tmp_path / "b", noisy[0][1])
     m = torch_fidelity.calculate_metrics(
-        input1=str(a), input2=str(b), cuda=False, kid=True, kid_subset_size=N,
+        input1=str(a), input2=str(b), cuda=False, kid=True, kid_subset_size=N, prc=True,
         feature_extractor=I.EXTRACTOR_NAME, cache=False, verbose=False, save_cpu_ram=True)
-    ours = F.metrics_from_features(ref_features[0], noisy[1][1], kid=True, kid_subset_size=N)
+    ours = M.metrics_from_features(ref_features[0], noisy[1][1], kid=True, kid_subset_size=N, prc=True)
     assert m["kernel_inception_distance_mean"] == pytest.approx(ours["kid_mean"], rel=1e-3, abs=1e-5)
+    assert (m["precision"], m["recall"]) == (ours["precision"], ours["recall"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,12 +321,14 @@ def test_cli_fid_on_png_folder(ref_features, tmp_path, capsys):
                         torch.stack([ds[i]["x"] for i in spread_indices(len(ds), N)]))
     out = tmp_path / "fid.json"
     rc = main(["fid", str(folder), "--ref", "shapes:test", "--max-examples", str(N), "--kid",
-               "--out", str(out)])
+               "--prc", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
-    assert "FID" in text and "KID" in text and f"{N} images" in text
+    assert "FID" in text and "KID" in text and "precision 1.0000  recall 1.0000" in text
+    assert f"{N} images" in text
     result = json.loads(out.read_text())
     assert abs(result["fid"]) < 1e-2  # the PNGs are the reference images, losslessly
+    assert result["precision"] == result["recall"] == 1.0
     assert result["num_samples"] == result["num_reference"] == N
     assert Path(result["reference_cache"]).is_file()
     assert {"kid_mean", "kid_std"} <= set(result)
@@ -298,9 +379,9 @@ def test_eval_tokenizer_rfid(ref_features, tmp_path, capsys):
 def test_kid_subsets_are_smaller_than_the_sets_so_its_std_means_something():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(60, 16, generator=g), torch.randn(60, 16, generator=g) + 0.3
-    assert F.default_kid_subset_size(60, 60) == 30 and F.default_kid_subset_size(5000, 20000) == 1000
-    assert F.default_kid_subset_size(1000, 50000) == 500
-    _, std = F.kid_from_features(a, b)
+    assert M.default_kid_subset_size(60, 60) == 30 and M.default_kid_subset_size(5000, 20000) == 1000
+    assert M.default_kid_subset_size(1000, 50000) == 500
+    _, std = M.kid_from_features(a, b)
     assert std > 1e-6  # subsets equal to the whole set would all give the same value
 
 

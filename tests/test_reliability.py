@@ -659,12 +659,17 @@ def test_pickles_are_never_loaded(tmp_path):
     (ckpt / "checksums.json").unlink()
     with pytest.raises(CorruptCheckpointError, match="unreadable"):
         load_checkpoint(ckpt)
-    # torch-fidelity's feature cache (unpickled by torch-fidelity) is checked first
-    from sampling.audio_fid import check_fidelity_cache
+    # the reference-features cache of image and audio FID: a pickle under a cache file's name,
+    # even with a matching checksum, is recomputed, never unpickled
+    from sampling.feature_metrics import cached_features
+    from sampling.inception import write_checked
 
-    torch.save({"features": Payload(marker)}, tmp_path / "ref-n4-abc-features.pt")
-    with pytest.raises(ValueError, match="refusing to unpickle"):
-        check_fidelity_cache(str(tmp_path), "ref-n4-abc")
+    cached = tmp_path / "fid_ref" / "ref-n4-abc.safetensors"
+    buf = io.BytesIO()
+    torch.save({"features": Payload(marker)}, buf)
+    write_checked(cached, buf.getvalue())
+    assert torch.equal(cached_features(cached, lambda: torch.ones(4, 2), (4, 2)), torch.ones(4, 2))
+    assert torch.equal(cached_features(cached, lambda: torch.zeros(4, 2), (4, 2)), torch.ones(4, 2))
     # YAML configs cannot construct objects
     (tmp_path / "evil.yaml").write_text(f"run_dir: !!python/object/apply:pathlib.Path.touch [{marker}]\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

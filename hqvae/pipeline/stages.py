@@ -89,8 +89,9 @@ def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
     for name in ("samples", "random", "real"):
         images = root / name / "images" if name != "real" else _real_examples(data, track.sample.n)
         feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
-        m = metrics_from_features(feats, ref, kid=True)
-        out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"], "num": len(feats)}
+        m = metrics_from_features(feats, ref, kid=True, prc=True)
+        out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"],
+                     "precision": m["precision"], "recall": m["recall"], "num": len(feats)}
     return out
 
 

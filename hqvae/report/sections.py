@@ -179,7 +179,7 @@ def _fid_table(fid: Any) -> str:
                 if k not in keys:
                     keys.append(k)
         flat.append(f)
-    order = ["fid", "kid", "kid_mean", "kid_std", "accuracy", "accuracy.accuracy"]
+    order = ["fid", "kid", "kid_mean", "kid_std", "precision", "recall", "accuracy", "accuracy.accuracy"]
     keys.sort(key=lambda k: (order.index(k) if k in order else len(order)))
     rows = [[k, *(f.get(k) for f in flat)] for k in keys]
     return table(["metric", *(name for name, _ in columns)], rows)
