@@ -69,6 +69,8 @@ def test_quickstart_writes_every_artifact(quick_run):
     assert 0.0 <= audio_fid["samples"]["accuracy"] <= 1.0  # class-conditional clips were scored
     for fid in (image_fid, audio_fid):  # the floor: real held-out examples, as many as samples
         assert fid["real"]["num"] == 10 and fid["real"]["split"] == "test" and fid["real"]["fid"] >= 0
+    for name in ("samples", "random", "real"):  # precision / recall beside FID / KID, images only
+        assert 0.0 <= image_fid[name]["precision"] <= 1.0 and 0.0 <= image_fid[name]["recall"] <= 1.0
     s = _summary(run)
     for track in layout.TRACKS:
         stages = s["tracks"][track]

@@ -141,7 +141,7 @@ def make_run(root: Path) -> Path:
         _samples(tdir, "random", audio)
     _json(run / "image" / "fid.json", {
         "metric": "FID (Inception pool3)", "reference": {"source": "shapes", "split": "train", "num": 64},
-        "samples": {"fid": 12.5, "kid": 0.01, "kid_std": 0.002, "num": 3},
+        "samples": {"fid": 12.5, "kid": 0.01, "kid_std": 0.002, "precision": 0.75, "recall": 0.5, "num": 3},
         "random": {"fid": 250.0, "kid": 0.3, "kid_std": 0.01, "num": 3},
         "ratio_random_to_samples": 20.0, "settings": {"sample": {"n": 3}, "score": {"enabled": True}}})
     clf = run / "audio" / "classifier"
@@ -266,6 +266,8 @@ def test_report_tables(tmp_path):
     # fid.json: one column per result, the ratio beside it
     assert "<tr><th>metric</th><th>samples</th><th>random</th></tr><tr><td>fid</td>" in text
     assert '<td>ratio_random_to_samples</td><td class="num">20</td>' in text
+    rows = [text.index(f"<td>{k}</td>") for k in ("kid_std", "precision", "recall", "num")]
+    assert rows == sorted(rows)  # precision / recall beside FID / KID, before the counts
     # summary.json: one row per stage, the headline numbers
     assert '<tr><td>tokenizer</td><td>ran</td><td class="num">1.5</td>' in text
     assert '<td>fid_random_codes</td><td class="num">250</td>' in text
