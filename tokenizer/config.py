@@ -47,11 +47,7 @@ class QuantizerConfig:
     ema_count_init: float = 0.0
     restart_threshold: float = 0.0  # re-seed codes whose EMA usage falls below this; 0 = off
     usage_decay: float = 0.99  # EMA decay of the per-code usage that restarts look at
-    # initialise the codebook from the first training batch (K of its encoder vectors). For
-    # 'sq' it also puts sigma^2 on the input's scale: sigma^2 = var_init * the batch's mean
-    # per-element variance, so var_init means what it means for SQ-VAE's unit-scale inputs
-    # (~20 for D = 64) whatever the encoder's output scale (issue 18, docs/benchmarks.md)
-    data_init: bool = False
+    data_init: bool = False  # initialise the codebook from the first training batch
     # --- stochastic SQ (SQ-VAE / HQ-VAE family) ---
     # initial sigma^2. SQ-VAE uses ~20 for D=64 with its batch-normalised encoder, whose
     # outputs are unit-scale; ours start ~0.07 per element against a unit-Gaussian codebook,
@@ -59,8 +55,8 @@ class QuantizerConfig:
     var_init: float = 1.0
     variance: Literal["independent", "monotone"] = "independent"  # monotone: s_l^2 = s_{l-1}^2 * sigmoid(a_l)
     # log sigma^2 = var_lr_scale * s with s the stored parameter: under Adam, whose steps are
-    # ~lr whatever the gradient's size, log sigma^2 then moves var_lr_scale times faster than
-    # the other weights (at lr 1e-3 and 1 it needs thousands of steps to move by e)
+    # ~lr whatever the gradient's size, log sigma^2 then moves var_lr_scale times faster
+    # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, issue 18)
     var_lr_scale: float = 1.0
     # Gumbel temperature. 'exp' is SQ-VAE's per-step decay, tau = max(tau_init *
     # exp(-tau_decay * step), tau_min), tuned there for ~150k steps (at a few thousand it
@@ -78,14 +74,12 @@ class QuantizerConfig:
             vq_only = {
                 "ema": self.ema,
                 "restart_threshold": self.restart_threshold > 0,
+                "data_init": self.data_init,
                 "ema_count_init": self.ema_count_init != 0,
             }
             for key, on in vq_only.items():
                 if on:
                     raise ConfigError(f"{key}: applies to kind 'vq' only, not 'sq'")
-            if self.data_init and self.variance == "monotone":
-                raise ConfigError("data_init: sets every layer's own sigma^2, which variance='monotone' "
-                                  "derives from the first layer's; use one of them")
         else:
             if self.variance != "independent":
                 raise ConfigError("variance: 'monotone' applies to kind 'sq' only")

@@ -188,29 +188,17 @@ class HQVAE(nn.Module):
     def quantize(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> tuple[torch.Tensor, list[QuantizerOutput]]:
         """Encoder and the top-down layers: the final state H_L and every layer's output."""
         feats = self.encoder(x)
-        terms = None
         if self.is_stochastic:
-            if self.training and self.cfg.quantizer.data_init and not all(
-                    la.quantizer._known_initialised() for la in self.layers):
-                # SQ data_init seeds sigma^2 too, and this pass reads every sigma^2 before
-                # the layers run: a first pass without gradients seeds each layer on its own
-                # input (the codebooks above it already seeded), then the real pass follows
-                with torch.no_grad():
-                    self._top_down(feats, x, step, None)
             log_vars = self.log_variances()
-            terms = [(lv, *t) for lv, t in zip(log_vars, self.continuous_terms(log_vars))]
-        return self._top_down(feats, x, step, terms)
-
-    def _top_down(self, feats: dict, x: torch.Tensor, step, terms) -> tuple[torch.Tensor, list[QuantizerOutput]]:
-        """The layers top-down on the encoder's features; ``terms`` per SQ layer: (log
-        sigma^2, continuous term or not, its log variance), None to let each layer use its own."""
+            terms = self.continuous_terms(log_vars)
         state = self._h0(x.shape[0], x)
         quant = []
         for i, layer in enumerate(self.layers):
             u = layer.up(state)
             z_hat = layer.encoder_input(feats[layer.factor], u, self.proj[str(layer.factor)] if layer.kind == "residual" else None)
-            if terms is not None:
-                q = layer.quantizer(z_hat, step, *terms[i])
+            if self.is_stochastic:
+                continuous, term_log_var = terms[i]
+                q = layer.quantizer(z_hat, step, log_vars[i], continuous, term_log_var)
             else:
                 q = layer.quantizer(z_hat, step)
             quant.append(q)

@@ -135,43 +135,7 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
-class _FirstBatchInit:
-    """The ``data_init`` bookkeeping both quantizers share: an ``initialised`` buffer (saved
-    with the weights, so a loaded model is not re-seeded) and the codebook seeded with K of
-    the first training batch's vectors."""
-
-    def _track_initialised(self) -> None:
-        self.register_buffer("initialised", torch.tensor(False))
-        self._initialised_seen = False
-
-    def _maybe_data_init(self, flat: torch.Tensor) -> None:
-        """Seed from ``flat`` (N, D) if this is a training pass and nothing was seeded yet."""
-        if self.training and self.cfg.data_init and not self._known_initialised():
-            self._data_init(flat.detach())
-
-    def _known_initialised(self) -> bool:
-        # reading the buffer is a host sync: do it only until it is seen True (after the
-        # first batch, or at once for a loaded checkpoint), then remember that on the host
-        if not self._initialised_seen:
-            self._initialised_seen = bool(self.initialised)
-        return self._initialised_seen
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._initialised_seen = False  # the loaded buffer decides again
-        super()._load_from_state_dict(*args, **kwargs)
-
-    @torch.no_grad()
-    def _seed_codebook(self, flat: torch.Tensor) -> torch.Tensor:
-        n = flat.shape[0]
-        # distinct vectors when there are enough: a duplicate seed is a code that never wins
-        idx = (torch.randperm(n, device=flat.device)[: self.K] if n >= self.K
-               else torch.randint(0, n, (self.K,), device=flat.device))
-        new = _broadcast(flat[idx].clone())
-        self.codebook.data.copy_(new)
-        return new
-
-
-class VectorQuantizer(_FirstBatchInit, nn.Module):
+class VectorQuantizer(nn.Module):
     """Deterministic VQ with straight-through gradients (van den Oord et al., 2017).
 
     Options (each off unless configured):
@@ -202,11 +166,28 @@ class VectorQuantizer(_FirstBatchInit, nn.Module):
         if cfg.restart_threshold > 0:
             self.register_buffer("usage", torch.ones(codebook_size))
         if cfg.data_init:
-            self._track_initialised()
+            self.register_buffer("initialised", torch.tensor(False))
+            self._initialised_seen = False
+
+    def _known_initialised(self) -> bool:
+        # reading the buffer is a host sync: do it only until it is seen True (after the
+        # first batch, or at once for a loaded checkpoint), then remember that on the host
+        if not self._initialised_seen:
+            self._initialised_seen = bool(self.initialised)
+        return self._initialised_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._initialised_seen = False  # the loaded buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def _data_init(self, flat: torch.Tensor) -> None:
-        new = self._seed_codebook(flat)
+        n = flat.shape[0]
+        # distinct vectors when there are enough: a duplicate seed is a code that never wins
+        idx = (torch.randperm(n, device=flat.device)[: self.K] if n >= self.K
+               else torch.randint(0, n, (self.K,), device=flat.device))
+        new = _broadcast(flat[idx].clone())
+        self.codebook.data.copy_(new)
         if self.cfg.ema:
             self.ema_sum.copy_(new)
             self.ema_count.fill_(1.0)
@@ -257,7 +238,8 @@ class VectorQuantizer(_FirstBatchInit, nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
-            self._maybe_data_init(flat)
+            if self.training and self.cfg.data_init and not self._known_initialised():
+                self._data_init(flat.detach())
             codebook = self.codebook.float()
             codes = code_scores(flat.detach(), codebook.detach()).argmax(1)
             onehot = F.one_hot(codes, self.K).type_as(flat)
@@ -277,7 +259,7 @@ class VectorQuantizer(_FirstBatchInit, nn.Module):
         return _from_map(result) if sequence else result
 
 
-class StochasticQuantizer(_FirstBatchInit, nn.Module):
+class StochasticQuantizer(nn.Module):
     """Gaussian stochastic quantization (SQ-VAE, Takida et al., 2022).
 
     Posterior over codes P_k ∝ exp(-||z - b_k||^2 / (2 sigma^2)) with learned sigma^2.
@@ -302,22 +284,12 @@ class StochasticQuantizer(_FirstBatchInit, nn.Module):
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
         # the stored parameter is log sigma^2 / var_lr_scale (see log_variance)
         self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init) / cfg.var_lr_scale))
-        if cfg.data_init:
-            self._track_initialised()
         self.total_steps: int | None = None  # set_total_steps; what tau_schedule='run' spans
         self._warned_no_length = False
 
     def log_variance(self) -> torch.Tensor:
         """This layer's own log sigma^2."""
         return self.log_var * self.cfg.var_lr_scale
-
-    @torch.no_grad()
-    def _data_init(self, flat: torch.Tensor) -> None:
-        self._seed_codebook(flat)
-        # sigma^2 in units of the input's per-element variance (QuantizerConfig.data_init)
-        scale = _broadcast(flat.float().var(0).mean().clamp_min(1e-12).reshape(1))[0]
-        self.log_var.fill_(float(torch.log(self.cfg.var_init * scale)) / self.cfg.var_lr_scale)
-        self.initialised.fill_(True)  # see VectorQuantizer._data_init for the host flag
 
     def set_total_steps(self, total: int) -> None:
         """The run's length in optimizer steps, which tau_schedule='run' spans."""
@@ -369,9 +341,6 @@ class StochasticQuantizer(_FirstBatchInit, nn.Module):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
-            # a caller that passes log_var in seeds first (HQVAE.quantize, ResidualQuantizer),
-            # so the value it passes is already the seeded one
-            self._maybe_data_init(flat)
             codebook = self.codebook.float()
             log_var = (self.log_variance() if log_var is None else log_var).float()
             precision = torch.exp(-log_var)
@@ -463,11 +432,7 @@ class ResidualQuantizer(nn.Module):
                 out = q(z - (state.detach() if i else state), step)
                 state = state + (out.z_q.detach() if i else out.z_q)
             else:
-                if i == last and last:
-                    q._maybe_data_init(_flatten(z - state))  # the run's term needs its sigma^2
-                    term = run_log_variance([d.log_variance() for d in self.depths])
-                else:
-                    term = None
+                term = run_log_variance([d.log_variance() for d in self.depths]) if i == last and last else None
                 out = q(z - state, step, continuous=i == last, continuous_log_var=term)
                 state = state + out.z_q
             outs.append(out)
