@@ -250,6 +250,25 @@ def validate(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}.{msg}" if prefix else msg) from None
 
 
+def non_default(obj: Any) -> Any:
+    """A dataclass as a dict without the fields that hold their default (recursively): what
+    identity hashes read, so that a new option, off by default, changes no identity."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                sub = non_default(value)
+                if sub:
+                    out[f.name] = sub
+            elif value != _field_default(f):
+                out[f.name] = non_default(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [non_default(v) for v in obj]
+    return obj
+
+
 def to_dict(obj: Any) -> Any:
     """Plain (YAML/JSON-serialisable) form of a config."""
     if dataclasses.is_dataclass(obj):

@@ -1,4 +1,5 @@
-"""A trained stack of level priors: ``Prior.from_pretrained(run_dir)``.
+"""A trained stack of level priors: ``Prior.from_pretrained(run_dir or Hub id)``; saving,
+loading and the model card are ``engine.pretrained``'s.
 
 Run directory layout (written by ``hqvae train-prior``)::
 
@@ -21,15 +22,16 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine.checkpoint import load_matching_state, load_weights, save_weights
-from engine.config import from_dict, to_dict
+from engine.checkpoint import load_matching_state
+from engine.files import write_text_atomic
+from engine.pretrained import WEIGHTS, PretrainedMixin, read_pretrained, save_pretrained_weights
 from engine.subsets import spread_indices
 from prior.codes import IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
 from prior.model import LevelPrior
 
 INFO = "prior.json"
-WEIGHTS = "model.safetensors"
+KIND = "hqvae-prior"
 INFO_KEYS = ("tokenizer_identity", "code_shapes", "codebook_sizes", "num_classes",
              "class_names", "layer_kinds", "modality", "tokenizer_run")
 
@@ -55,15 +57,10 @@ def build_level(config: PriorConfig, info: dict, level: int) -> LevelPrior:
 
 
 def save_level(model: LevelPrior, config: PriorConfig, info: dict, run_dir: str | Path) -> Path:
-    path = level_dir(run_dir, model.level) / WEIGHTS
-    state = {k: v for k, v in model.state_dict().items()}
-    save_weights(path, state, to_dict(config), {
-        "kind": "hqvae-prior", "level": str(model.level), "info": json.dumps(info),
-    })
-    return path
+    return save_pretrained_weights(level_dir(run_dir, model.level) / WEIGHTS, model.state_dict(),
+                                   config, KIND, {"level": str(model.level), "info": json.dumps(info)})
 
 
-@torch.no_grad()
 @torch.no_grad()
 def evaluate_level(model: LevelPrior, dataset: Dataset, max_examples: int = 2000,
                    batch_size: int = 256) -> dict[str, float]:
@@ -86,8 +83,11 @@ def evaluate_level(model: LevelPrior, dataset: Dataset, max_examples: int = 2000
             "examples": float(n)}
 
 
-class Prior:
+class Prior(PretrainedMixin, tags=["prior"]):
     """Level priors 0..L-1 of one run, and what they were trained on."""
+
+    kind = KIND
+    what = "a prior level"
 
     def __init__(self, config: PriorConfig, info: dict, levels: dict[int, LevelPrior]):
         self.config = config
@@ -95,11 +95,8 @@ class Prior:
         self.levels = levels
 
     @classmethod
-    def from_pretrained(
-        cls, run_dir: str | Path, device: str | torch.device = "cpu",
-        levels: Optional[list[int]] = None,
-    ) -> Prior:
-        run_dir = Path(run_dir)
+    def _load_pretrained(cls, run_dir: Path, device: str | torch.device = "cpu",
+                         levels: Optional[list[int]] = None) -> Prior:
         info_path = run_dir / INFO
         if not info_path.is_file():
             raise FileNotFoundError(f"{run_dir}: no {INFO}; not a prior run directory")
@@ -122,9 +119,7 @@ class Prior:
                     f"{run_dir}: level {level} has not been trained (no {path.name} in "
                     f"{path.parent}); run `hqvae train-prior ... --level {level}`"
                 )
-            state, meta = load_weights(path)
-            if meta.get("kind") != "hqvae-prior" or "config" not in meta:
-                raise ValueError(f"{path}: not a prior's weights (no prior config in the metadata)")
+            state, meta, config = read_pretrained(path, PriorConfig, KIND, cls.what, untagged=False)
             level_info = json.loads(meta.get("info", "{}"))
             check_identity(info["tokenizer_identity"], level_info.get("tokenizer_identity", "?"),
                            f"{path}", "it was trained in another run")
@@ -136,13 +131,38 @@ class Prior:
                     raise ValueError(
                         f"{path}: {key} {mine} differs from {run} in {info_path}; the level was "
                         f"trained on other codes: retrain it with `hqvae train-prior ... --level {level}`")
-            config = from_dict(PriorConfig, json.loads(meta["config"]), source=str(path))
             model = build_level(config, level_info, level)
             load_matching_state(model, state, path)
             models[level] = model.to(device).eval()
         if config is None:
             raise ValueError("levels: choose at least one level")
         return cls(config, info, models)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The run-folder layout ``train-prior`` writes (``prior.json``, ``level_<l>/``), so
+        that a saved or downloaded prior loads like a run folder."""
+        missing = sorted(set(range(len(self.codebook_sizes))) - set(self.levels))
+        if missing:
+            raise ValueError(f"levels {missing} were not loaded; load every level to save the prior")
+        write_text_atomic(save_directory / INFO, json.dumps(self.info, indent=2))
+        for model in self.levels.values():
+            save_level(model, self.config, self.info, save_directory)
+
+    def _card_title(self) -> str:
+        return f"HQ-VAE prior ({len(self.levels)} levels)"
+
+    def _card_about(self) -> str:
+        return ("Stage two of a two-stage generative model: one autoregressive transformer per "
+                "code level of an HQ-VAE tokenizer, each conditioned on the levels above it"
+                + (" and on the class label" if self.config.class_cond else "") + ". It models "
+                "the codes of one tokenizer only: sample with the tokenizer of identity "
+                f"`{self.tokenizer_identity}` (`Sampler(prior, tokenizer)` refuses any other).")
+
+    def _card_facts(self) -> dict:
+        return {"kind": self.kind, "tokenizer identity": f"`{self.tokenizer_identity}`",
+                "code shapes": [list(s) for s in self.code_shapes],
+                "codebook sizes": self.codebook_sizes,
+                "classes": self.class_names or self.num_classes}
 
     # -- what it models ------------------------------------------------------------------
     @property

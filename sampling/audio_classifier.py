@@ -23,7 +23,6 @@ frequency mask, random gain. Run directory::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,14 +34,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import load_matching_state, load_weights, save_weights
-from engine.config import ConfigError, from_dict, load_config, save_yaml, to_dict, validate
+from engine.checkpoint import load_matching_state
+from engine.config import ConfigError, load_config, non_default, save_yaml, to_dict, validate
+from engine.pretrained import (
+    WEIGHTS,
+    PretrainedMixin,
+    read_pretrained,
+    save_pretrained_weights,
+    weights_file,
+    weights_identity,
+)
 from engine.subsets import spread_indices
 from engine.train_config import TrainConfig
 from tokenizer.config import DataConfig
 
-WEIGHTS = "model.safetensors"
-KIND = "hqvae-audio-classifier"
 # sections that may change between a run and its resumption
 RESUMABLE_CHANGES = ("train", "eval", "run_dir")
 
@@ -203,10 +208,13 @@ def _norm(cfg: ClassifierModelConfig, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
-class AudioClassifier(nn.Module):
+class AudioClassifier(nn.Module, PretrainedMixin, tags=["audio-classifier"]):
     """Spectrogram CNN. ``features(x)``: penultimate embedding (B, embedding_dim);
     ``logits(x)``: (B, num_classes); ``predict(x)``: (B,) class indices. ``forward(batch,
     step)`` is the training objective for the shared loop (``batch``: {"x", "label"})."""
+
+    kind = "hqvae-audio-classifier"
+    what = "an audio classifier"
 
     def __init__(self, config: ClassifierConfig, class_names: Optional[Sequence[str]] = None):
         super().__init__()
@@ -252,46 +260,40 @@ class AudioClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> AudioClassifier:
-        """Load ``RUN_DIR/model.safetensors`` (or that file itself); returns it in eval mode."""
-        path = Path(run_dir)
-        path = path if path.suffix == ".safetensors" or path.is_file() else path / WEIGHTS
-        state, meta = load_weights(path)
-        if meta.get("kind", KIND) != KIND or "config" not in meta:
-            raise ValueError(
-                f"{path}: not an audio classifier (weights of kind {meta.get('kind', 'unknown')!r})"
-            )
-        config = from_dict(ClassifierConfig, json.loads(meta["config"]), source=str(path))
+    def _load_pretrained(cls, path: Path, device: str | torch.device = "cpu") -> AudioClassifier:
+        """``RUN_DIR/model.safetensors`` (or that file itself), in eval mode."""
+        path = weights_file(path)
+        state, meta, config = read_pretrained(path, ClassifierConfig, cls.kind, cls.what)
         names = json.loads(meta["class_names"]) if meta.get("class_names") else None
         model = cls(config, names)
         load_matching_state(model, state, path)
         return model.to(device).eval()
 
-    def save_pretrained(self, run_dir: str | Path) -> Path:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / WEIGHTS
-        extra = {"kind": KIND}
-        if self.class_names is not None:
-            extra["class_names"] = json.dumps(self.class_names)
-        save_weights(path, self.state_dict(), to_dict(self.config), extra)
-        save_yaml(self.config, run_dir / "config.yaml")
-        return path
+    def _save_pretrained(self, save_directory: Path) -> None:
+        extra = {} if self.class_names is None else {"class_names": json.dumps(self.class_names)}
+        save_pretrained_weights(save_directory / WEIGHTS, self.state_dict(), self.config, self.kind, extra)
 
     @property
     def identity(self) -> str:
         """A hash of the network config, the input transform and the weights: audio FID is only
         comparable under one identity (training and data-loading settings are left out, and
         keys at their defaults, so a new option does not change existing identities)."""
-        from tokenizer.pretrained import non_default
-
         spec = {"model": non_default(self.config.model), "shape": list(self.input_shape),
                 "audio": non_default(self.config.data.audio)}
-        h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_identity(spec, self.state_dict())
+
+    def _card_title(self) -> str:
+        return f"Audio-FID spectrogram classifier ({self.num_classes} classes)"
+
+    def _card_about(self) -> str:
+        return ("A small spectrogram CNN whose penultimate features (`features(x)`, "
+                f"{self.embedding_dim}-d) are the feature space of audio FID (hqvae's README, \"Audio FID\"). "
+                "Audio FID compares runs scored with this very classifier (same identity) only.")
+
+    def _card_facts(self) -> dict:
+        return {"kind": self.kind, "identity": f"`{self.identity}`",
+                "input shape": list(self.input_shape), "classes": self.class_names or self.num_classes,
+                "parameters": self.num_parameters()}
 
     # -- inference ---------------------------------------------------------------------------
     def _check(self, x: torch.Tensor) -> None:

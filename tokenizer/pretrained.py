@@ -2,46 +2,29 @@
 
 ``encode(x) -> list[LongTensor]`` (one (B, h, w) grid per level, top first, deterministic),
 ``decode_codes(codes)``, ``code_shapes``, ``codebook_sizes``. Weights are stored as
-safetensors with the resolved config in their metadata and as ``config.yaml`` beside them.
+safetensors with the resolved config in their metadata and as ``config.yaml`` beside them;
+saving, loading (run folder, weights file or Hub id) and the model card are
+``engine.pretrained``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_matching_state, load_weights, save_weights
-from engine.config import from_dict, save_yaml, to_dict
+from engine.checkpoint import load_matching_state
+from engine.config import non_default
+from engine.pretrained import (
+    WEIGHTS,
+    PretrainedMixin,
+    read_pretrained,
+    save_pretrained_weights,
+    weights_file,
+    weights_identity,
+)
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import HQVAE
-
-WEIGHTS = "model.safetensors"
-
-
-def non_default(obj):
-    """A dataclass as a dict without the fields that hold their default (recursively)."""
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = f.default
-            if dataclasses.is_dataclass(value):
-                sub = non_default(value)
-                if sub:
-                    out[f.name] = sub
-            elif value != default:
-                out[f.name] = non_default(value)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [non_default(v) for v in obj]
-    return obj
 
 
 def identity_config(cfg: TokenizerConfig) -> dict:
@@ -53,38 +36,49 @@ def identity_config(cfg: TokenizerConfig) -> dict:
     return {"model": non_default(cfg.model), "input": transform}
 
 
-class Tokenizer:
+class Tokenizer(PretrainedMixin, tags=["tokenizer"]):
+    kind = "hqvae-tokenizer"
+    what = "a tokenizer"
+    eval_file = "eval/eval.json"
+
     def __init__(self, model: HQVAE, config: TokenizerConfig):
         self.model = model
         self.config = config
         self._spectrogram = None
 
-    # -- construction / persistence ---------------------------------------------------------
+    # -- construction / persistence (engine.pretrained) ---------------------------------------
     @classmethod
     def from_config(cls, config: TokenizerConfig) -> Tokenizer:
         return cls(HQVAE(config.model, config.data.shape), config)
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-        path = Path(run_dir)
-        path = path if path.suffix == ".safetensors" or path.is_file() else path / WEIGHTS
-        state, meta = load_weights(path)
-        if "config" not in meta:
-            raise ValueError(f"{path}: no tokenizer config in the weights' metadata")
-        config = from_dict(TokenizerConfig, json.loads(meta["config"]), source=str(path))
+    def _load_pretrained(cls, path: Path, device: str | torch.device = "cpu") -> Tokenizer:
+        path = weights_file(path)
+        state, _, config = read_pretrained(path, TokenizerConfig, cls.kind, cls.what)
         tok = cls.from_config(config)
         load_matching_state(tok.model, state, path)
         tok.model.to(device).eval()
         return tok
 
-    def save_pretrained(self, run_dir: str | Path) -> Path:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / WEIGHTS
-        save_weights(path, self.model.state_dict(), to_dict(self.config),
-                     {"kind": "hqvae-tokenizer"})
-        save_yaml(self.config, run_dir / "config.yaml")
-        return path
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_pretrained_weights(save_directory / WEIGHTS, self.model.state_dict(),
+                                self.config, self.kind)
+
+    def _card_title(self) -> str:
+        return f"HQ-VAE tokenizer ({self.config.model.preset or 'custom hierarchy'}, {self.modality})"
+
+    def _card_about(self) -> str:
+        return ("Stage one of a two-stage generative model: an HQ-VAE hierarchy (Takida et al., "
+                "TMLR 2024) that turns each input into one grid of discrete codes per level, top "
+                "first, and decodes codes back. `encode(x)` gives the codes, `decode_codes(codes)` "
+                "the reconstruction" + (", `to_waveform` the audio (Griffin-Lim)."
+                                        if self.modality == "audio" else "."))
+
+    def _card_facts(self) -> dict:
+        return {"kind": self.kind, "identity": f"`{self.identity}`", "modality": self.modality,
+                "input shape": list(self.input_shape),
+                "code shapes": [list(s) for s in self.code_shapes],
+                "codebook sizes": self.codebook_sizes}
 
     # -- interface ---------------------------------------------------------------------------
     @property
@@ -116,11 +110,7 @@ class Tokenizer:
         Training, eval and other data-loading settings are left out, and so is every key at
         its default, so a new option (off by default) does not orphan the codes and priors
         of existing runs."""
-        h = hashlib.sha256(json.dumps(identity_config(self.config), sort_keys=True).encode())
-        for name, t in sorted(self.model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_identity(identity_config(self.config), self.model.state_dict())
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
