@@ -21,13 +21,14 @@ import torch
 from huggingface_hub import ModelCard, ModelHubMixin, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from engine.checkpoint import load_weights, save_weights
+from engine.checkpoint import load_matching_state, load_weights, save_weights
 from engine.config import from_dict, save_yaml, to_dict, yaml_dump
 from engine.files import write_bytes_atomic, write_text_atomic
 
 WEIGHTS = "model.safetensors"
 CARD = "README.md"
 C = TypeVar("C")
+M = TypeVar("M", bound=torch.nn.Module)
 P = TypeVar("P", bound="PretrainedMixin")
 
 
@@ -76,21 +77,6 @@ def resolve_pretrained(name_or_path: str | Path, *, revision: Optional[str] = No
 def weights_file(path: Path) -> Path:
     """``path`` itself when it names a file, else the weights file of the folder."""
     return path if path.suffix == ".safetensors" or path.is_file() else path / WEIGHTS
-
-
-def read_pretrained(path: Path, config_cls: type[C], kind: str, what: str, untagged: bool = True
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, str], C]:
-    """(tensors, metadata, config) of a weights file of ``kind``. Refused, in one line naming
-    the file: another kind's weights, weights without a stored config, and with ``untagged``
-    false weights without a kind tag (a checkpoint's ``model.safetensors`` has none)."""
-    state, meta = load_weights(path)
-    tag = meta.get("kind")
-    if tag != kind and (tag is not None or not untagged):
-        raise ValueError(f"{path}: not {what} (weights of kind {tag!r})" if tag is not None
-                         else f"{path}: not {what} (weights without a kind tag)")
-    if "config" not in meta:
-        raise ValueError(f"{path}: not {what} (no config in the weights' metadata)")
-    return state, meta, from_dict(config_cls, json.loads(meta["config"]), source=str(path))
 
 
 def save_pretrained_weights(path: Path, state: dict[str, torch.Tensor], config: Any, kind: str,
@@ -149,6 +135,35 @@ class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=[
     def _load_pretrained(cls: type[P], path: Path, device: str | torch.device, **kwargs: Any) -> P:
         raise NotImplementedError
 
+    @classmethod
+    def _read_weights(cls, path: Path, config_cls: type[C], untagged: bool = True
+                      ) -> tuple[Path, dict[str, torch.Tensor], dict[str, str], C]:
+        """(file, tensors, metadata, config) of the weights at ``path`` (a folder: its
+        ``model.safetensors``). Refused, in one line naming the file: another kind's weights,
+        weights without a stored config, and with ``untagged`` false weights without a kind
+        tag (a checkpoint's ``model.safetensors`` has none)."""
+        path = weights_file(path)
+        state, meta = load_weights(path)
+        tag = meta.get("kind")
+        if tag != cls.kind and (tag is not None or not untagged):
+            raise ValueError(f"{path}: not {cls.what} (weights of kind {tag!r})" if tag is not None
+                             else f"{path}: not {cls.what} (weights without a kind tag)")
+        if "config" not in meta:
+            raise ValueError(f"{path}: not {cls.what} (no config in the weights' metadata)")
+        return path, state, meta, from_dict(config_cls, json.loads(meta["config"]), source=str(path))
+
+    @staticmethod
+    def _load_state(module: M, state: dict[str, torch.Tensor], path: Path,
+                    device: str | torch.device) -> M:
+        """``state`` into ``module`` (or the one-line mismatch error naming ``path``), on
+        ``device``, in eval mode."""
+        load_matching_state(module, state, path)
+        return module.to(device).eval()
+
+    def _write_weights(self, path: Path, state: dict[str, torch.Tensor],
+                       extra: Optional[dict[str, str]] = None) -> Path:
+        return save_pretrained_weights(path, state, self.config, self.kind, extra)
+
     def _save_pretrained(self, save_directory: Path) -> None:
         raise NotImplementedError
 
@@ -165,11 +180,10 @@ class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=[
         folder.mkdir(parents=True, exist_ok=True)
         self._save_pretrained(folder)
         save_yaml(self.config, folder / "config.yaml")
-        record = folder / self.eval_file
-        if self.source is not None:
-            theirs = self.source / self.eval_file
-            if theirs.is_file() and theirs.resolve() != record.resolve():
-                write_bytes_atomic(record, theirs.read_bytes())
+        if self._eval_record() is not None:
+            theirs, mine = self.source / self.eval_file, folder / self.eval_file
+            if theirs.resolve() != mine.resolve():
+                write_bytes_atomic(mine, theirs.read_bytes())
         write_text_atomic(folder / CARD, str(self.generate_model_card(
             **{"load_from": str(save_directory), **(model_card_kwargs or {})})))
         return folder
@@ -179,6 +193,20 @@ class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=[
         """The mixin's upload of a ``save_pretrained`` folder; the card says to load ``repo_id``."""
         card = {"load_from": repo_id, **(model_card_kwargs or {})}
         return super().push_to_hub(repo_id, model_card_kwargs=card, **kwargs)
+
+    def _eval_record(self) -> Optional[dict]:
+        """The evaluation record of the run folder it was loaded from, if there is one."""
+        path = None if self.source is None else self.source / self.eval_file
+        if path is None or not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: damaged ({type(err).__name__}: {err}); restore it or "
+                             f"move it away to save without it") from None
+        return record
 
     # -- the model card -----------------------------------------------------------------------
     def _card_title(self) -> str:
@@ -193,11 +221,10 @@ class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=[
     def generate_model_card(self, load_from: str = "PATH_OR_HUB_ID",
                             eval_record: Optional[dict] = None) -> ModelCard:
         """What the model is, how to load it, its facts (identity, shapes, classes), its
-        evaluation numbers (``eval_record``, default the record saved beside it) and its
+        evaluation numbers (``eval_record``, default its run's record) and its
         config. The YAML header is the mixin's card data (library, license, tags)."""
-        if eval_record is None and self.source is not None:
-            path = self.source / self.eval_file
-            eval_record = json.loads(path.read_text()) if path.is_file() else None
+        if eval_record is None:
+            eval_record = self._eval_record()
         cls = type(self)
         facts = "\n".join(f"| {k} | {v} |" for k, v in self._card_facts().items())
         lines = [

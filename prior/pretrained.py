@@ -22,9 +22,8 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine.checkpoint import load_matching_state
 from engine.files import write_text_atomic
-from engine.pretrained import WEIGHTS, PretrainedMixin, read_pretrained, save_pretrained_weights
+from engine.pretrained import WEIGHTS, PretrainedMixin, save_pretrained_weights
 from engine.subsets import spread_indices
 from prior.codes import IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
@@ -119,7 +118,7 @@ class Prior(PretrainedMixin, tags=["prior"]):
                     f"{run_dir}: level {level} has not been trained (no {path.name} in "
                     f"{path.parent}); run `hqvae train-prior ... --level {level}`"
                 )
-            state, meta, config = read_pretrained(path, PriorConfig, KIND, cls.what, untagged=False)
+            path, state, meta, config = cls._read_weights(path, PriorConfig, untagged=False)
             level_info = json.loads(meta.get("info", "{}"))
             check_identity(info["tokenizer_identity"], level_info.get("tokenizer_identity", "?"),
                            f"{path}", "it was trained in another run")
@@ -131,9 +130,7 @@ class Prior(PretrainedMixin, tags=["prior"]):
                     raise ValueError(
                         f"{path}: {key} {mine} differs from {run} in {info_path}; the level was "
                         f"trained on other codes: retrain it with `hqvae train-prior ... --level {level}`")
-            model = build_level(config, level_info, level)
-            load_matching_state(model, state, path)
-            models[level] = model.to(device).eval()
+            models[level] = cls._load_state(build_level(config, level_info, level), state, path, device)
         if config is None:
             raise ValueError("levels: choose at least one level")
         return cls(config, info, models)

@@ -17,6 +17,7 @@ frequency mask, random gain. Run directory::
     RUN_DIR/metrics.jsonl        training / eval metric lines
     RUN_DIR/checkpoints/step_*/  resumable checkpoints
     RUN_DIR/model.safetensors    weights, config + class names in the metadata
+    RUN_DIR/README.md            model card (``engine.pretrained``)
     RUN_DIR/eval.json            held-out accuracy, per-class accuracy, confusion matrix
 """
 
@@ -34,16 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.checkpoint import load_matching_state
 from engine.config import ConfigError, load_config, non_default, save_yaml, to_dict, validate
-from engine.pretrained import (
-    WEIGHTS,
-    PretrainedMixin,
-    read_pretrained,
-    save_pretrained_weights,
-    weights_file,
-    weights_identity,
-)
+from engine.pretrained import WEIGHTS, PretrainedMixin, weights_identity
 from engine.subsets import spread_indices
 from engine.train_config import TrainConfig
 from tokenizer.config import DataConfig
@@ -262,16 +255,13 @@ class AudioClassifier(nn.Module, PretrainedMixin, tags=["audio-classifier"]):
     @classmethod
     def _load_pretrained(cls, path: Path, device: str | torch.device = "cpu") -> AudioClassifier:
         """``RUN_DIR/model.safetensors`` (or that file itself), in eval mode."""
-        path = weights_file(path)
-        state, meta, config = read_pretrained(path, ClassifierConfig, cls.kind, cls.what)
+        path, state, meta, config = cls._read_weights(path, ClassifierConfig)
         names = json.loads(meta["class_names"]) if meta.get("class_names") else None
-        model = cls(config, names)
-        load_matching_state(model, state, path)
-        return model.to(device).eval()
+        return cls._load_state(cls(config, names), state, path, device)
 
     def _save_pretrained(self, save_directory: Path) -> None:
         extra = {} if self.class_names is None else {"class_names": json.dumps(self.class_names)}
-        save_pretrained_weights(save_directory / WEIGHTS, self.state_dict(), self.config, self.kind, extra)
+        self._write_weights(save_directory / WEIGHTS, self.state_dict(), extra)
 
     @property
     def identity(self) -> str:

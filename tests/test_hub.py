@@ -306,3 +306,6 @@ def test_save_pretrained_refuses_what_it_cannot_save_faithfully(models, tmp_path
     part = Prior.from_pretrained(run, levels=[1])
     with pytest.raises(ValueError, match=r"levels \[0\] were not loaded"):
         part.save_pretrained(tmp_path / "part")
+    (run / "eval.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"prior/eval\.json: damaged \(JSONDecodeError"):
+        Prior.from_pretrained(run).save_pretrained(tmp_path / "copy")

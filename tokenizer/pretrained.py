@@ -13,16 +13,8 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import load_matching_state
 from engine.config import non_default
-from engine.pretrained import (
-    WEIGHTS,
-    PretrainedMixin,
-    read_pretrained,
-    save_pretrained_weights,
-    weights_file,
-    weights_identity,
-)
+from engine.pretrained import WEIGHTS, PretrainedMixin, weights_identity
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import HQVAE
 
@@ -53,16 +45,13 @@ class Tokenizer(PretrainedMixin, tags=["tokenizer"]):
 
     @classmethod
     def _load_pretrained(cls, path: Path, device: str | torch.device = "cpu") -> Tokenizer:
-        path = weights_file(path)
-        state, _, config = read_pretrained(path, TokenizerConfig, cls.kind, cls.what)
+        path, state, _, config = cls._read_weights(path, TokenizerConfig)
         tok = cls.from_config(config)
-        load_matching_state(tok.model, state, path)
-        tok.model.to(device).eval()
+        cls._load_state(tok.model, state, path, device)
         return tok
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        save_pretrained_weights(save_directory / WEIGHTS, self.model.state_dict(),
-                                self.config, self.kind)
+        self._write_weights(save_directory / WEIGHTS, self.model.state_dict())
 
     def _card_title(self) -> str:
         return f"HQ-VAE tokenizer ({self.config.model.preset or 'custom hierarchy'}, {self.modality})"
