@@ -232,7 +232,7 @@ def test_duplicate_yaml_keys_and_non_utf8_files_are_errors_naming_the_file(tmp_p
 def test_sq_presets_anneal_over_the_run_unless_a_config_sets_the_exp_schedule():
     from tokenizer.config import PRESETS, SQ_SCHEDULE, load_tokenizer_config
 
-    for preset, (kind, _, _) in PRESETS.items():
+    for preset, (kind, *_) in PRESETS.items():
         q = load_tokenizer_config(None, [f"model.preset={preset}"]).model.quantizer
         if kind == "sq":
             assert (q.tau_schedule, q.tau_end) == (SQ_SCHEDULE["tau_schedule"], SQ_SCHEDULE["tau_end"])
@@ -244,3 +244,13 @@ def test_sq_presets_anneal_over_the_run_unless_a_config_sets_the_exp_schedule():
     assert (q.tau_schedule, q.tau_decay, q.tau_min) == ("exp", 1e-3, 0.1)
     q = load_tokenizer_config(None, ["model.preset=sqvae2", "model.quantizer.tau_end=0.2"]).model.quantizer
     assert (q.tau_schedule, q.tau_end) == ("run", 0.2)
+
+
+def test_sq_presets_with_injected_layers_add_them_unless_a_config_says_otherwise():
+    from tokenizer.config import load_tokenizer_config
+
+    injection = {p: load_tokenizer_config(None, [f"model.preset={p}"]).model.injection
+                 for p in ("vqvae2", "sqvae2", "hqvae")}
+    assert injection == {"vqvae2": "concat", "sqvae2": "add", "hqvae": "add"}
+    cfg = load_tokenizer_config(None, ["model.preset=sqvae2", "model.injection=concat"])
+    assert cfg.model.injection == "concat"
