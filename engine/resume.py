@@ -9,7 +9,6 @@ step appears once.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from engine.checkpoint import clean_stale, load_latest_checkpoint, quarantine, restore_rng
+from engine.files import write_text_atomic
 from engine.train_config import TrainConfig
 
 # what a run counts across its resumptions (stored in every checkpoint)
@@ -74,9 +74,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if not isinstance(record, dict) or record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def resume(

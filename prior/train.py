@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.config import ConfigError, to_dict
+from engine.files import write_text_atomic
 from engine.run_dir import check_writable
 from engine.stage import claim_run_dir, finish_run, seeded, start_run
 from engine.trainer import train
@@ -152,7 +153,7 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
         summary["levels"][level_eval.parent.name.removeprefix("level_")] = json.loads(level_eval.read_text())
     for level, metrics in results.items():
         summary["levels"][str(level)] = metrics
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_text_atomic(summary_path, json.dumps(summary, indent=2))
     return {"levels": results}
 
 
