@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.config import to_dict
 from hqvae import layout
+from hqvae.pipeline import stages as stage_fns
 from hqvae.pipeline.config import PipelineConfig, TrackConfig, check_sample_labels, stage_configs
 from hqvae.pipeline.resume import (
     check_run_dir,
@@ -26,14 +27,6 @@ from hqvae.pipeline.resume import (
     save_config,
     tokenizer_identity,
     write_json,
-)
-from hqvae.pipeline.stages import (
-    run_classifier,
-    run_encode,
-    run_prior,
-    run_samples,
-    run_score,
-    run_tokenizer,
 )
 from hqvae.pipeline.summary import headline
 
@@ -91,30 +84,30 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         result = fn() or {}
         stages[key] = {"status": "ran", "seconds": round(time.perf_counter() - t0, 2), **result}
 
-    stage("tokenizer", layout.is_done(cfg.run_dir, name, "tokenizer"), lambda: run_tokenizer(sc["tokenizer"]))
+    stage("tokenizer", layout.is_done(cfg.run_dir, name, "tokenizer"), lambda: stage_fns.run_tokenizer(sc["tokenizer"]))
     # codes and priors belong to one tokenizer (its identity: config + weights); those of an
     # earlier tokenizer in this run directory (re-trained after its folder was removed) are
     # redone rather than reused, or sampling would refuse them halfway through the run
     tok_id = tokenizer_identity(root / "tokenizer")
     codes_ok = recorded_identity(root / "codes" / "codes.json") in (None, tok_id)
     stage("encode", codes_ok and codes_done(root / "codes", (data.train_split, data.eval_split)),
-          lambda: run_encode(sc["tokenizer"], track, fresh_folder(root / "codes", codes_ok, log), device))
+          lambda: stage_fns.run_encode(sc["tokenizer"], track, fresh_folder(root / "codes", codes_ok, log), device))
     num_levels = len(json.loads((root / "codes" / "codes.json").read_text())["codebook_sizes"])
     prior_ok = recorded_identity(root / "prior" / "prior.json") in (None, tok_id)
     if not prior_ok:
         fresh_folder(root / "prior", False, log)
     todo = prior_levels_todo(root / "prior", num_levels)
-    stage("prior", not todo and layout.is_done(cfg.run_dir, name, "prior"), lambda: run_prior(sc["prior"], todo))
+    stage("prior", not todo and layout.is_done(cfg.run_dir, name, "prior"), lambda: stage_fns.run_prior(sc["prior"], todo))
     if name == "audio" and track.score.enabled and not track.score.classifier_run:
         stage("classifier", layout.is_done(cfg.run_dir, name, "classifier"),
-              lambda: run_classifier(sc["classifier"]))
+              lambda: stage_fns.run_classifier(sc["classifier"]))
     # samples and scores follow the sampling / scoring settings: redo them when those change
     wanted = to_dict(track.sample)
     upstream = {k for k in ("tokenizer", "encode", "prior") if stages[k]["status"] == "ran"}
     for key, rand in (("samples", False), ("random", True)):
         stale = upstream - ({"prior"} if rand else set())  # the baseline never reads the prior
         stage(key, samples_match(root / key, wanted, rand) and not stale,
-              lambda rand=rand: run_samples(track, root, device, random_codes=rand))
+              lambda rand=rand: stage_fns.run_samples(track, root, device, random_codes=rand))
     resampled = any(stages[k]["status"] == "ran" for k in ("samples", "random"))
     if resampled and not track.score.enabled:
         (root / "fid.json").unlink(missing_ok=True)  # it scored samples that are gone
@@ -123,7 +116,7 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         scored = {"sample": wanted, "score": to_dict(track.score)}
 
         def score() -> dict:
-            out = run_score(track, sc["tokenizer"], root, name, device)
+            out = stage_fns.run_score(track, sc["tokenizer"], root, name, device)
             out["settings"] = scored
             write_json(root / "fid.json", out)
             return {"samples": out["samples"], "random": out["random"]}
