@@ -81,7 +81,7 @@ def test_audio_tokenizer_writes_wavs_and_lsd(tmp_path):
                   "data.audio.num_frames=32", "train.steps=2", "eval.num_audio=2",
                   "data.audio.griffin_lim_iters=4")
     metrics = train_tokenizer(cfg)
-    assert "lsd_db" in metrics
+    assert "lsd_db" in metrics and "ssim" not in metrics  # SSIM is an image metric
     assert "rmse_depth" in metrics["layers"][0]
     wavs = sorted(p.name for p in (tmp_path / "run" / "eval").glob("*.wav"))
     assert wavs == ["clip0_original.wav", "clip0_reconstructed.wav",
@@ -99,6 +99,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert rc == 0
     ev = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert ev["examples"] == 8 and len(ev["layers"]) == 2
+    assert -1 <= ev["ssim"] <= 1 and f"ssim {ev['ssim']:.4f}" in capsys.readouterr().out
     assert ev["layers"][1]["rmse_depth"] == pytest.approx(ev["rmse"])
 
 

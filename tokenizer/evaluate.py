@@ -1,5 +1,7 @@
 """Tokenizer evaluation: reconstruction error and the two failure modes, per layer.
 
+* reconstruction: RMSE and PSNR; images also SSIM (``tokenizer/ssim.py``), audio the
+  log-spectral distance in dB
 * codebook collapse: perplexity exp(H(usage)) and codes used, per layer, on the eval split
   (SQ layers also: the posterior's mean entropy per position, log K when it is flat)
 * layer collapse:
@@ -31,6 +33,7 @@ from tokenizer.config import TokenizerConfig
 from tokenizer.media import save_grid, spectrogram_rows
 from tokenizer.model import HQVAE
 from tokenizer.quantizers import perplexity
+from tokenizer.ssim import ssim
 
 if TYPE_CHECKING:
     from tokenizer.pretrained import Tokenizer
@@ -42,15 +45,22 @@ def _loader(dataset: Dataset, max_examples: int, batch_size: int) -> DataLoader:
 
 
 class _ErrorMeter:
-    """Accumulates squared error (and, for audio, per-frame log-spectral distance)."""
+    """Accumulates squared error (and, for audio, per-frame log-spectral distance; with
+    ``with_ssim``, the per-image SSIM of images)."""
 
-    def __init__(self):
+    def __init__(self, with_ssim: bool = False):
         self.sq, self.n, self.lsd, self.frames = 0.0, 0, 0.0, 0
+        self.with_ssim, self.ssim_sum, self.images = with_ssim, 0.0, 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor, db_per_unit: float | None) -> None:
-        d = (y.float().clamp(-1, 1) - x.float())
+        x, y = x.float(), y.float().clamp(-1, 1)
+        d = y - x
         self.sq += float(d.pow(2).sum())
         self.n += d.numel()
+        if self.with_ssim:  # on the 0-255 pixel scale that RMSE and PSNR are reported on
+            s = ssim((x + 1) * 127.5, (y + 1) * 127.5, data_range=255.0)
+            self.ssim_sum += float(s.sum())
+            self.images += s.numel()
         if db_per_unit is not None:  # spectrogram images (B, 1, F, T): LSD per frame
             per_frame = (d * db_per_unit).pow(2).mean(dim=-2).sqrt()
             self.lsd += float(per_frame.sum())
@@ -62,10 +72,16 @@ class _ErrorMeter:
 
 
 def _report(meter: _ErrorMeter, modality: str) -> dict[str, float]:
+    """RMSE over every value of every example, and PSNR = 20 log10(peak / RMSE) from it: the
+    PSNR of the mean squared error over the whole set, not the mean of per-image PSNRs (which,
+    -log being convex, is never lower). SSIM is the mean of per-image SSIMs."""
     if modality == "image":
         # images live in [-1, 1]; report RMSE in 0-255 pixel units and PSNR on that scale
         rmse = math.sqrt(meter.mse) * 127.5
-        return {"rmse": rmse, "psnr": 20 * math.log10(255.0 / max(rmse, 1e-8))}
+        out = {"rmse": rmse, "psnr": 20 * math.log10(255.0 / max(rmse, 1e-8))}
+        if meter.images:
+            out["ssim"] = meter.ssim_sum / meter.images
+        return out
     out = {"rmse": math.sqrt(meter.mse), "psnr": 20 * math.log10(2.0 / max(math.sqrt(meter.mse), 1e-8))}
     if meter.frames:
         out["lsd_db"] = meter.lsd / meter.frames
@@ -86,7 +102,12 @@ def evaluate_tokenizer(
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (items {"x": (C,H,W) in [-1,1], ...}).
 
-    ``db_range`` (db_max - db_min) turns spectrogram errors into dB for LSD.
+    Reconstructions are clamped to [-1, 1]. ``rmse`` and ``psnr`` pool the squared error
+    over the whole set (PSNR of the mean MSE); images report them in 0-255 pixel units
+    (peak 255) with ``ssim``, the mean over images of SSIM (Wang et al. 2004, on the 0-255
+    range, averaged over channels); audio reports them in normalised spectrogram units
+    (peak 2, the width of [-1, 1]) with ``lsd_db``. ``db_range`` (db_max - db_min) turns
+    spectrogram errors into dB for LSD.
     """
     was = model.training
     model.eval()
@@ -95,7 +116,7 @@ def evaluate_tokenizer(
     n_layers = len(model.layers)
     hists = [torch.zeros(k, dtype=torch.float64) for k in model.codebook_sizes]
     entropy = [0.0] * n_layers  # SQ: summed posterior entropy (nats) over positions
-    full = _ErrorMeter()
+    full = _ErrorMeter(with_ssim=modality == "image")
     loader = _loader(dataset, max_examples, batch_size)
     for batch in tqdm(loader, desc="eval: encode", disable=not progress, leave=False):
         x = batch["x"].to(device)
