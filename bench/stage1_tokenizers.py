@@ -116,7 +116,9 @@ def layer_cells(runs: list[dict], digits: int) -> dict[str, str]:
 
 def table(groups: list[list[dict]], audio: bool) -> str:
     """One row per preset (and variant); ``groups`` holds each row's runs, one per seed."""
-    head = "| preset | seeds | codes | params | RMSE | PSNR |" + (" LSD dB |" if audio else "")
+    ssim = any("ssim" in r for runs in groups for r in runs)  # results from before SSIM have none
+    head = ("| preset | seeds | codes | params | RMSE | PSNR |" + (" SSIM |" if ssim else "")
+            + (" LSD dB |" if audio else ""))
     head += (" per-layer perplexity (codes used of K) | layer collapse (RMSE) | SQ posterior "
              "entropy (nats) | SQ σ² | train ex/s | peak MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -127,6 +129,8 @@ def table(groups: list[list[dict]], audio: bool) -> str:
         seeds = ",".join(str(r.get("seed", 0)) for r in runs)
         row = (f"| {m['preset']} | {seeds} | {c['grids']} | {m['train']['parameters'] / 1e6:.2f} M "
                f"| {_pm([r['rmse'] for r in runs], digits)} | {_pm([r['psnr'] for r in runs], 2)} |")
+        if ssim:
+            row += f" {_pm([r['ssim'] for r in runs], 4) if all('ssim' in r for r in runs) else '–'} |"
         if audio:
             row += f" {_pm([r.get('lsd_db', float('nan')) for r in runs], 2)} |"
         row += (f" {c['usage']} | {c['collapse']} | {c['entropy']} | {c['variance']} "

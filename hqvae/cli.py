@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=500")
     p.set_defaults(func=_train_tokenizer)
 
-    p = sub.add_parser("eval-tokenizer", help="evaluate a trained tokenizer")
+    p = sub.add_parser("eval-tokenizer", help="evaluate a trained tokenizer: RMSE / PSNR / SSIM (images) or LSD "
+                       "(audio), per-layer usage and collapse; rFID with --rfid")
     p.add_argument("run_dir")
     p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
     p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")

@@ -21,7 +21,7 @@ def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
 
     metrics = train_tokenizer(tok_cfg)
     print(format_summary(metrics, tok_cfg.run_dir))
-    return {"rmse": metrics.get("rmse"), "psnr": metrics.get("psnr"), "lsd_db": metrics.get("lsd_db")}
+    return {k: metrics.get(k) for k in ("rmse", "psnr", "ssim", "lsd_db")}
 
 
 def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, device: str) -> dict:

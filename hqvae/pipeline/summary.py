@@ -15,7 +15,7 @@ def headline(root: Path) -> dict:
     out: dict[str, Any] = {}
     ev = read_json(root / "tokenizer" / "eval" / "eval.json")
     if ev:
-        out.update({k: ev[k] for k in ("rmse", "psnr", "lsd_db", "rfid") if k in ev})
+        out.update({k: ev[k] for k in ("rmse", "psnr", "ssim", "lsd_db", "rfid") if k in ev})
     pr = read_json(root / "prior" / "eval.json")
     if pr:
         out["bits_per_token"] = [pr["levels"][k].get("bits_per_token") for k in sorted(pr["levels"])]
