@@ -1,12 +1,13 @@
 """A stage's run around the shared loop (``engine.trainer.train``): what the tokenizer, each
 prior level and the audio classifier do alike before and after training.
 
-A stage first checks that its ``run_dir`` can be written (``engine.run_dir.check_writable``,
-before any work), then its own inputs; :func:`claim_run_dir` refuses a folder holding
-another run and holds it for this process; :func:`seeded` builds the model;
-:func:`start_run` saves the resolved config. After training, :func:`train_summary` is
-``eval.json``'s record of the run and :func:`finish_run` writes ``eval.json`` and the final
-line of ``metrics.jsonl``. What each stage evaluates, saves and reports stays its own.
+A stage first checks that its ``run_dir`` can be written and its trackers are installed
+(:func:`check_start`, before any work), then its own inputs; :func:`claim_run_dir` refuses
+a folder holding another run and holds it for this process; :func:`seeded` builds the
+model; :func:`start_run` saves the resolved config. After training, :func:`train_summary`
+is ``eval.json``'s record of the run and :func:`finish_run` writes ``eval.json`` and the
+final line of ``metrics.jsonl`` (also to the run's trackers, which it ends). What each
+stage evaluates, saves and reports stays its own.
 """
 
 from __future__ import annotations
@@ -25,10 +26,18 @@ from engine.config import save_yaml, to_dict
 from engine.distributed import process_state
 from engine.files import write_text_atomic
 from engine.resume import COUNTERS
-from engine.run_dir import check_run_dir, run_lock
+from engine.run_dir import check_run_dir, check_writable, run_lock
+from engine.tracking import MetricsLog, Tracking, check_installed
 from engine.trainer import TrainResult
 
 M = TypeVar("M")
+
+
+def check_start(cfg: Any) -> None:
+    """Before any work: ``cfg.run_dir`` can be written and every tracker of
+    ``cfg.train.report_to`` is installed."""
+    check_writable(cfg.run_dir, "run_dir")
+    check_installed(cfg.train.report_to)
 
 
 def training_splits(data: Any, build: Callable[..., Dataset]) -> tuple[Dataset, Dataset]:
@@ -85,14 +94,17 @@ def train_summary(result: TrainResult, parameters: int, **own: Any) -> dict[str,
 
 
 def finish_run(run_dir: str | Path, result: TrainResult, metrics: dict[str, Any],
-               eval_dir: Optional[str | Path] = None, counters: Sequence[str] = COUNTERS) -> None:
+               eval_dir: Optional[str | Path] = None, counters: Sequence[str] = COUNTERS,
+               tracking: Optional[Tracking] = None) -> None:
     """Write ``metrics`` to ``eval.json`` (in ``eval_dir``, default ``run_dir``) and end
     ``run_dir/metrics.jsonl`` with the final line: the float metrics and the run's
-    ``counters`` (of :class:`TrainResult`)."""
+    ``counters`` (of :class:`TrainResult`); ``tracking`` (the one given to ``train``) gets
+    that line too and is ended."""
     run_dir = Path(run_dir)
     write_text_atomic(Path(eval_dir or run_dir) / "eval.json", json.dumps(metrics, indent=2))
     final = {"step": result.step, "split": "eval", "final": True,
              **{k: v for k, v in metrics.items() if isinstance(v, float)},
              **{k: getattr(result, k) for k in counters}}
-    with (run_dir / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(final) + "\n")
+    MetricsLog(run_dir / "metrics.jsonl", True, tracking).write(final)
+    if tracking is not None:
+        tracking.end()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from engine.config import ConfigError
@@ -30,6 +30,9 @@ class TrainConfig:
     keep_last: int = 2  # checkpoints retained
     num_workers: int = 0  # DataLoader worker processes
     progress: bool = True  # tqdm progress bar
+    # live experiment trackers fed every metrics.jsonl line, with the config as
+    # hyperparameters (engine/tracking.py): any of tensorboard, trackio, wandb; [] = none
+    report_to: list[str] = field(default_factory=list)
     # a non-finite (NaN / inf) loss: 'stop' raises naming the step and writes no checkpoint
     # of the poisoned state (the last good one stays); 'skip' withholds that optimizer step
     # (no weight, optimizer or buffer update) and counts it as nonfinite_steps_skipped
@@ -83,3 +86,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        # the names only: whether a tracker's package is installed matters where the config
+        # trains (engine.stage.check_start), not where a saved one is loaded to sample
+        from engine.tracking import check_names
+
+        check_names(self.report_to)

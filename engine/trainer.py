@@ -13,7 +13,6 @@ here, once.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 import warnings
@@ -34,6 +33,7 @@ from engine.distributed import use_cpu
 from engine.resume import CheckpointMismatchError as CheckpointMismatchError  # also importable here
 from engine.resume import resume
 from engine.signals import StopSignals, TrainingInterrupted
+from engine.tracking import MetricsLog, Tracking
 from engine.train_config import TrainConfig
 
 
@@ -98,7 +98,7 @@ class CheckpointWriteError(ValueError):
     """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
 
 
-def _accelerator(cfg: TrainConfig) -> Accelerator:
+def _accelerator(cfg: TrainConfig, tracking: Tracking) -> Accelerator:
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same
     # process (tests, sweeps, a notebook) with another precision must start from a clean one.
     # The distributed setup (PartialState) is kept.
@@ -111,6 +111,7 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=cfg.grad_accum, sync_with_dataloader=False
         ),
+        **tracking.accelerator_kwargs(),
     )
     if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         # Accelerate has no fp16 autocast or loss scaler on CPU and would train in float32
@@ -295,22 +296,6 @@ class _Window:
         return record, rate
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (float(v) if torch.is_tensor(v) else v) for k, v in d.items()}
-
-
-class _MetricsLog:
-    """``metrics.jsonl``, appended by the main process."""
-
-    def __init__(self, path: Path, main: bool):
-        self.path, self.main = path, main
-
-    def write(self, record: dict) -> None:
-        if self.main:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(_jsonable(record)) + "\n")
-
-
 class _Checkpoints:
     """Writes the run's checkpoints (the main process) and remembers the last good one,
     which a stop names."""
@@ -371,7 +356,7 @@ def _stop_requested(signals: StopSignals, step: int, cfg: TrainConfig, accelerat
 
 
 def _evaluate(evaluate: Callable, step: int, model: torch.nn.Module, unwrapped: torch.nn.Module,
-              accelerator: Accelerator, log: _MetricsLog) -> dict[str, float]:
+              accelerator: Accelerator, log: MetricsLog) -> dict[str, float]:
     result: dict[str, float] = {}
     if accelerator.is_main_process:
         model.eval()
@@ -395,18 +380,24 @@ def train(
     batch_key: str | None = "x",
     desc: str = "train",
     final_eval: bool = True,
+    tracking: Tracking | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; resume from the newest good checkpoint in ``run_dir`` if any.
 
     ``batch_key``: the batch field handed to ``model(...)`` (None passes the whole batch).
     ``final_eval``: run ``evaluate`` once more at the end (off when the caller runs a
     fuller evaluation of its own there).
+    ``tracking``: the trackers of ``cfg.report_to`` for ``run_dir`` when the caller writes
+    the run's last metrics line and ends them (:func:`engine.stage.finish_run`); without
+    it the loop opens and ends its own.
 
     Resuming: see engine/resume.py. A batch dict with a ``bad_examples`` field (datasets
     with ``skip_bad_examples``) adds to the run's ``bad_examples_skipped``.
     """
     run_dir = Path(run_dir)
-    accelerator = _accelerator(cfg)
+    own_tracking = tracking is None
+    tracking = tracking or Tracking(cfg.report_to, run_dir)
+    accelerator = _accelerator(cfg, tracking)
     # per process (seed + rank): otherwise every process draws the same dropout, label
     # dropout and Gumbel noise for its part of the batch; one process is seeded as before
     set_seed(cfg.seed, device_specific=True)
@@ -451,7 +442,8 @@ def train(
     window = _Window(accelerator, t0)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (main and cfg.progress),
                dynamic_ncols=True, unit="step")
-    log = _MetricsLog(run_dir / "metrics.jsonl", main)
+    tracking.start(accelerator, start, config)
+    log = MetricsLog(run_dir / "metrics.jsonl", main, tracking)
     nonfinite = _NonFinite(cfg.nan_policy, accelerator, resumed.counters["nonfinite_steps_skipped"], bar)
     bad = _BadExamples(accelerator, resumed.counters["bad_examples_skipped"])
     ckpts = _Checkpoints(run_dir, cfg, config, accelerator, unwrapped, optimizer.optimizer, scheduler,
@@ -548,6 +540,8 @@ def train(
         warnings.warn(f"train: {n_bad} bad examples were skipped (data.skip_bad_examples; a bad "
                       f"row counts once per epoch it is met in); the warnings above name the "
                       f"first rows", stacklevel=2)
+    if own_tracking:
+        tracking.end()
     return TrainResult(
         step=step, resumed_from=start, seconds=seconds,
         examples_per_second=trained * cfg.batch_size / max(seconds, 1e-9),

@@ -14,8 +14,8 @@ from typing import Optional
 
 from engine.config import ConfigError, to_dict
 from engine.files import write_text_atomic
-from engine.run_dir import check_writable
-from engine.stage import claim_run_dir, finish_run, seeded, start_run
+from engine.stage import check_start, claim_run_dir, finish_run, seeded, start_run
+from engine.tracking import Tracking
 from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
@@ -31,7 +31,7 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
     (the run_dir's own config is checked when it is claimed): returns (manifest, info)."""
     if not cfg.data.codes:  # optional in the config: `hqvae pipeline` fills it in
         raise ConfigError("data.codes: set it to a directory written by `hqvae encode`")
-    check_writable(cfg.run_dir, "run_dir")
+    check_start(cfg)
     manifest = read_manifest(cfg.data.codes)
     num_levels = len(manifest["codebook_sizes"])
     if len(cfg.levels) > num_levels:
@@ -118,10 +118,11 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
             out = evaluate_level(m, eval_set, cfg.eval.max_examples, cfg.eval.batch_size)
             return {"bits_per_token": out["bits_per_token"]}
 
+        tracking = Tracking(cfg.train.report_to, level_dir(run_dir, level))
         result = train(
             model=model, dataset=train_set, cfg=cfg.train, run_dir=level_dir(run_dir, level),
             config={**to_dict(cfg), "level": level}, evaluate=periodic_eval, batch_key=None,
-            desc=f"prior level {level}", final_eval=False,
+            desc=f"prior level {level}", final_eval=False, tracking=tracking,
         )
         if state.is_main_process:
             path = save_level(model, cfg, info, run_dir)
@@ -138,7 +139,8 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
                 "processes": result.processes,
             })
             # codes are never bad examples: the level's final line counts skipped steps only
-            finish_run(level_dir(run_dir, level), result, metrics, counters=("nonfinite_steps_skipped",))
+            finish_run(level_dir(run_dir, level), result, metrics, counters=("nonfinite_steps_skipped",),
+                       tracking=tracking)
             results[level] = metrics
         model.cpu()
         state.wait_for_everyone()

@@ -450,11 +450,10 @@ def resolve_data(cfg: ClassifierConfig, train_set: Dataset) -> ClassifierConfig:
 
 def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    from engine.run_dir import check_writable
-    from engine.stage import claim_run_dir, training_splits
+    from engine.stage import check_start, claim_run_dir, training_splits
     from tokenizer.data import build_dataset
 
-    check_writable(cfg.run_dir, "run_dir")
+    check_start(cfg)
     train_set, eval_set = training_splits(cfg.data, build_dataset)
     cfg = resolve_data(cfg, train_set)
     with claim_run_dir(cfg, RESUMABLE_CHANGES):
@@ -463,6 +462,7 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
 
 def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, Any]:
     from engine.stage import finish_run, seeded, start_run, train_summary
+    from engine.tracking import Tracking
     from engine.trainer import train
 
     run_dir = Path(cfg.run_dir)
@@ -474,10 +474,11 @@ def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, A
         r = evaluate_classifier(m, eval_set, cfg.eval.max_examples, cfg.eval.batch_size)
         return {"accuracy": r["accuracy"], "loss": r["loss"]}
 
+    tracking = Tracking(cfg.train.report_to, run_dir)
     result = train(
         model=model, dataset=_Labelled(train_set, model.num_classes, "training data"),
         cfg=cfg.train, run_dir=run_dir, config=to_dict(cfg), evaluate=periodic_eval,
-        batch_key=None, desc="train classifier", final_eval=False,
+        batch_key=None, desc="train classifier", final_eval=False, tracking=tracking,
     )
     if not state.is_main_process:
         return {}
@@ -488,7 +489,7 @@ def _train_classifier(cfg: ClassifierConfig, train_set, eval_set) -> dict[str, A
     metrics["identity"] = model.identity
     metrics["train"] = train_summary(result, model.num_parameters(),
                                      train_accuracy=result.last_metrics.get("accuracy"))
-    finish_run(run_dir, result, metrics)  # the final line: accuracy and loss, the floats
+    finish_run(run_dir, result, metrics, tracking=tracking)  # the final line: accuracy and loss, the floats
     return metrics
 
 

@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 
 from engine.config import to_dict, validate
-from engine.run_dir import check_writable
 from engine.stage import (
+    check_start,
     claim_run_dir,
     finish_run,
     seeded,
@@ -26,6 +26,7 @@ from engine.stage import (
     training_splits,
 )
 from engine.subsets import spread_indices
+from engine.tracking import Tracking
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, detect_modality
@@ -59,7 +60,7 @@ def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    check_writable(cfg.run_dir, "run_dir")
+    check_start(cfg)
     cfg = resolve_modality(cfg)
     with claim_run_dir(cfg, RESUMABLE_CHANGES):
         return _train_tokenizer(cfg)
@@ -85,11 +86,13 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
             flat[f"l{layer['layer']}/codes_used"] = layer["codes_used"]
         return flat
 
+    tracking = Tracking(cfg.train.report_to, run_dir)
     result = train(
         model=tok.model, dataset=train_set, cfg=cfg.train, run_dir=run_dir,
         config=to_dict(cfg), evaluate=periodic_eval,
         stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
         final_eval=False,  # the full evaluation below replaces it
+        tracking=tracking,
     )
     if not state.is_main_process:
         return {}
@@ -97,7 +100,7 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
     tok.save_pretrained(run_dir)
     metrics = run_evaluation(tok, cfg, eval_set, run_dir / "eval", progress=cfg.train.progress)
     metrics["train"] = train_summary(result, tok.model.num_parameters())
-    finish_run(run_dir, result, metrics, eval_dir=run_dir / "eval")
+    finish_run(run_dir, result, metrics, eval_dir=run_dir / "eval", tracking=tracking)
     return metrics
 
 

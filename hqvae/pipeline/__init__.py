@@ -14,6 +14,7 @@ from hqvae.pipeline.config import (
     ScoreConfig,
     TrackConfig,
     check_sample_labels,
+    check_trackers,
     load_pipeline_config,
     stage_configs,
 )
@@ -31,7 +32,7 @@ from hqvae.pipeline.summary import format_summary, headline
 
 __all__ = [
     "RANDOM_SAMPLE_KEYS", "EncodeConfig", "PipelineConfig", "SampleConfig", "ScoreConfig", "TrackConfig",
-    "check_run_dir", "check_sample_labels", "format_summary", "headline", "load_pipeline_config",
+    "check_run_dir", "check_sample_labels", "check_trackers", "format_summary", "headline", "load_pipeline_config",
     "run_classifier", "run_encode", "run_pipeline", "run_prior", "run_samples", "run_score",
     "run_tokenizer", "run_track", "stage_configs",
 ]

@@ -225,6 +225,19 @@ def stage_configs(cfg: PipelineConfig, name: str) -> dict[str, Any]:
     return {"tokenizer": tok, "prior": prior, "classifier": clf, "root": root}
 
 
+def check_trackers(cfg: PipelineConfig) -> None:
+    """Every training stage's ``train.report_to`` is installed here: a stage checks its own
+    only when it starts, after the stages before it have trained."""
+    from engine.tracking import check_installed
+
+    for name in layout.TRACKS:
+        track = getattr(cfg, name)
+        for stage in ("tokenizer", "prior", "classifier"):
+            section = getattr(track, stage, None)
+            if section is not None:
+                check_installed(section.train.report_to, f"{name}.{stage}.train.report_to")
+
+
 def check_sample_labels(cfg: PipelineConfig) -> None:
     """A class id beyond the data's classes, or a name that is not one of them, would fail
     only at sampling, after the tokenizer and the priors have trained: look at the data's

@@ -15,7 +15,13 @@ from typing import Any
 from engine.config import to_dict
 from hqvae import layout
 from hqvae.pipeline import stages as stage_fns
-from hqvae.pipeline.config import PipelineConfig, TrackConfig, check_sample_labels, stage_configs
+from hqvae.pipeline.config import (
+    PipelineConfig,
+    TrackConfig,
+    check_sample_labels,
+    check_trackers,
+    stage_configs,
+)
 from hqvae.pipeline.resume import (
     check_run_dir,
     codes_done,
@@ -40,6 +46,7 @@ def _device(cfg: PipelineConfig) -> str:
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage that is not finished yet; returns (and writes) the run summary."""
     check_run_dir(cfg)
+    check_trackers(cfg)
     check_sample_labels(cfg)
     from engine.run_dir import run_lock
 
