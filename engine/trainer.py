@@ -6,8 +6,8 @@ terms with the objective under ``"loss"`` (going through ``forward`` keeps DDP's
 hooks in play), a map-style dataset, and optional evaluation/statistics callbacks. A model
 with a ``set_total_steps(n)`` method is told the run's length before its first step.
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic
-evaluation, checkpoints, resume (engine/resume.py), progress, JSON-lines metrics -- lives
-here, once.
+evaluation, checkpoints, resume (engine/resume.py), progress, JSON-lines metrics and the
+live trackers of ``train.report_to`` (engine/tracking.py) -- lives here, once.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ from collections import defaultdict
 
 import accelerate.utils
 import pytest
+from test_audio_classifier import TINY as TINY_CLASSIFIER  # tests/test_audio_classifier.py
 from test_prior import TINY_PRIOR, TINY_TOK  # tests/test_prior.py
+from test_reliability import tiny_train  # tests/test_reliability.py
 
 from engine.config import ConfigError
 from engine.tracking import Tracking, hyperparameters
@@ -21,6 +23,7 @@ from hqvae.cli import main
 from prior.codes import encode_split
 from prior.config import load_prior_config
 from prior.train import train_prior
+from sampling.audio_classifier import load_classifier_config, train_classifier
 from tokenizer.config import load_tokenizer_config
 from tokenizer.data import build_dataset
 from tokenizer.pretrained import Tokenizer
@@ -146,6 +149,24 @@ def test_prior_levels_log_to_their_own_trackers(tokenizer_run, tmp_path):
         (hp,) = hparams(run / f"level_{level}" / "trackers" / "hqvae")
         assert hp["level"] == level and hp["model.n_embd"] == 32
     assert not (run / "trackers").exists()
+
+
+def test_classifier_logs_its_losses_and_accuracy(tmp_path):
+    run = tmp_path / "clf"
+    cfg = load_classifier_config(None, [f"run_dir={run}", *TINY_CLASSIFIER, "train.steps=3",
+                                        "train.log_every=1", "train.eval_every=2", TB])
+    train_classifier(cfg)
+    got = assert_mirrors(run, ["train/loss", "train/lr", "eval/accuracy", "eval/loss"])
+    assert sorted(got["train/loss"]) == [1, 2, 3] and sorted(got["eval/accuracy"]) == [2, 3]
+    assert hparams(run / "trackers" / "hqvae")[0]["model.widths.2"] == 32
+
+
+def test_the_loop_alone_opens_and_ends_its_own_trackers(tmp_path):
+    # engine.trainer.train without a stage around it (no finish_run): its own Tracking
+    _, result = tiny_train(tmp_path / "run", steps=4, report_to=["tensorboard"])
+    got = assert_mirrors(tmp_path / "run", ["train/loss", "train/lr"])
+    assert sorted(got["train/loss"]) == [1, 2, 3, 4]
+    assert hparams(tmp_path / "run" / "trackers" / "hqvae") == [{"width": 4}]
 
 
 def test_trackers_are_off_by_default(tmp_path):
