@@ -295,6 +295,12 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """--data / --path: the data a tokenizer's own run is replaced with."""
+    p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
+    p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hqvae", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hqvae {_version()}")
@@ -308,8 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval-tokenizer", help="evaluate a trained tokenizer: RMSE / PSNR / SSIM (images) or LSD "
                        "(audio), per-layer usage and collapse; rFID with --rfid")
     p.add_argument("run_dir")
-    p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
-    p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
+    _add_data_arguments(p)
     p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most this many examples")
     p.add_argument("--out", help="output folder (default: RUN_DIR/eval)")
@@ -321,8 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="encode dataset splits into codes for stage two")
     p.add_argument("tokenizer_run", help="tokenizer run directory (or its model.safetensors)")
     p.add_argument("--out", required=True, help="codes directory to write")
-    p.add_argument("--data", help="data source (shapes, tones, parquet, a path, a hub name); default: the run's")
-    p.add_argument("--path", help="data path for parquet / imagefolder / audiofolder sources")
+    _add_data_arguments(p)
     p.add_argument("--split", action="append",
                    help="split to encode (repeatable; default: the run's train and eval splits)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
