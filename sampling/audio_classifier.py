@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from engine.config import ConfigError, load_config, non_default, save_yaml, to_dict, validate
+from engine.config import ConfigError, load_config, non_default, to_dict, validate
 from engine.pretrained import WEIGHTS, PretrainedMixin, weights_identity
 from engine.subsets import spread_indices
 from engine.train_config import TrainConfig
