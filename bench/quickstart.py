@@ -75,7 +75,7 @@ def main() -> int:
             clf = json.loads((run / track / "classifier" / "eval.json").read_text())
             line += (f"; the classifier's accuracy on the class-conditional samples "
                      f"{fid['samples']['accuracy']:.2f} (chance {1 / len(clf['per_class_accuracy']):.2f}; "
-                     f"on real held-out clips {clf['accuracy']:.2f})")
+                     f"on real held-out {'clips' if track == 'audio' else 'images'} {clf['accuracy']:.2f})")
         prior = json.loads((run / track / "prior" / "eval.json").read_text())
         bits = " · ".join(f"{prior['levels'][k]['bits_per_token']:.2f}/{prior['levels'][k]['uniform_bits']:.0f}"
                           for k in sorted(prior["levels"]))

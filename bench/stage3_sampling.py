@@ -204,8 +204,8 @@ def fid_cifar(prior_run: str, args) -> dict:
 def audio_fsdd(prior_run: str, args) -> dict:
     import torch
 
-    from sampling.audio_classifier import AudioClassifier
     from sampling.audio_fid import audio_fid, classifier_accuracy
+    from sampling.classifier import AudioClassifier
     from tokenizer.data import build_dataset
 
     prior, tok, tok_run = load(prior_run, args.device)

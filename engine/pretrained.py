@@ -1,4 +1,4 @@
-"""Saving, loading and sharing weights: one implementation for tokenizers, priors and audio
+"""Saving, loading and sharing weights: one implementation for tokenizers, priors and
 classifiers (issue 21, "Save / load"), built on the Hugging Face Hub's ``ModelHubMixin``
 (issue 20, "The Hugging Face Hub").
 
@@ -107,13 +107,15 @@ def _eval_rows(record: dict, prefix: str = "") -> list[tuple[str, str]]:
 class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=["hqvae"]):
     """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for one kind of weights.
 
-    A kind sets ``kind`` (the metadata tag), ``what`` (how errors name it), ``eval_file``
+    A kind sets ``kind`` (the metadata tag; ``kinds``, the tags it reads, when a model's tag
+    follows its config, as a classifier's follows its modality), ``what`` (how errors name it), ``eval_file``
     (its run's evaluation record, relative to the run folder) and ``config``; it writes its
     files in ``_save_pretrained(folder)``, builds itself from a local path in
     ``_load_pretrained(path, device, **kwargs)`` and describes itself in ``_card_title``,
     ``_card_about`` and ``_card_facts``."""
 
-    kind: ClassVar[str]
+    kind: str
+    kinds: ClassVar[tuple[str, ...]] = ()  # the tags it reads; () = just ``kind``
     what: ClassVar[str]
     eval_file: ClassVar[str] = "eval.json"
     source: Optional[Path] = None  # the folder it was loaded from (its run's records live there)
@@ -145,7 +147,7 @@ class PretrainedMixin(ModelHubMixin, library_name="hqvae", license="mit", tags=[
         path = weights_file(path)
         state, meta = load_weights(path)
         tag = meta.get("kind")
-        if tag != cls.kind and (tag is not None or not untagged):
+        if tag not in (cls.kinds or (cls.kind,)) and (tag is not None or not untagged):
             raise ValueError(f"{path}: not {cls.what} (weights of kind {tag!r})" if tag is not None
                              else f"{path}: not {cls.what} (weights without a kind tag)")
         if "config" not in meta:

@@ -40,7 +40,8 @@ _EXPORTS = {
     "compute_fid": "sampling.fid",
     "score_folder": "sampling.fid",
     "audio_fid": "sampling.audio_fid",
-    "AudioClassifier": "sampling.audio_classifier",
+    "Classifier": "sampling.classifier",
+    "AudioClassifier": "sampling.classifier",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -151,7 +151,7 @@ def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from sampling.audio_classifier import format_summary, load_classifier_config, train_classifier
+    from sampling.classifier import format_summary, load_classifier_config, train_classifier
 
     cfg = load_classifier_config(args.config, args.overrides)
     metrics = train_classifier(cfg)
@@ -173,6 +173,16 @@ def _audio_fid(args: argparse.Namespace) -> int:
         max_examples=args.max_examples, batch_size=args.batch_size, device=resolve_device(args.device),
         recursive=args.recursive,
     )
+    return _report_result(format_report(result), result, args.out)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from sampling.class_accuracy import format_report, score_folder
+
+    if args.out:
+        check_output_file(args.out)  # before the scoring, not after it
+    result = score_folder(args.dir, args.classifier, labels=args.labels, batch_size=args.batch_size,
+                          device=resolve_device(args.device), recursive=args.recursive)
     return _report_result(format_report(result), result, args.out)
 
 
@@ -261,7 +271,7 @@ def _config(args: argparse.Namespace) -> int:
     elif kind == "prior":
         from prior.config import load_prior_config as load
     elif kind == "classifier":
-        from sampling.audio_classifier import load_classifier_config as load
+        from sampling.classifier import load_classifier_config as load
     else:
         from hqvae.pipeline import load_pipeline_config as load
     cfg = load(path, overrides)
@@ -371,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("train-classifier", help="train the spectrogram classifier behind audio FID")
+    p = sub.add_parser("train-classifier", help="train a classifier of the data's classes (images or "
+                       "spectrograms): class accuracy of samples, audio FID features")
     p.add_argument("config", nargs="?", help="YAML config (optional: overrides alone work)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=500")
     p.set_defaults(func=_train_classifier)
@@ -391,6 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_audio_fid)
+
+    p = sub.add_parser("classify", help="class accuracy of labelled samples (images or WAV files): "
+                       "does a sample show the class it was drawn for?")
+    p.add_argument("dir", help="a `hqvae sample` output folder (images/ or audio/ and labels.json) "
+                   "or any folder of images / audio files")
+    p.add_argument("--classifier", required=True, help="classifier run directory (from train-classifier)")
+    p.add_argument("--labels", help="JSON {file name: class index or name} (default: DIR/labels.json)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--recursive", action="store_true", help="audio: also take files in subfolders of DIR")
+    p.add_argument("--out", help="also write the results as JSON here")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_classify)
 
     p = sub.add_parser("fid", help="image FID / KID of a folder of PNGs against a dataset split")
     p.add_argument("dir", help="folder of generated images (PNG; e.g. the images/ of `hqvae sample`)")

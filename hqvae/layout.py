@@ -9,12 +9,15 @@
                              metrics.jsonl, eval/eval.json, eval/reconstructions.png, eval/*.wav)
         codes/               `hqvae encode` output (codes.json + one dataset per split)
         prior/               a `hqvae train-prior` run (prior.json, eval.json, level_L/...)
-        classifier/          audio only: the `hqvae train-classifier` run behind audio FID
+        classifier/          a `hqvae train-classifier` run on the tokenizer's data: audio FID's
+                             features (audio), class accuracy of the samples (both; optional
+                             for images)
         samples/             `hqvae sample` output (images/ or audio/, grid.png, samples.json,
                              labels.json, codes.safetensors)
         random/              the baseline: uniformly random codes decoded, same layout
-        fid.json             FID / KID (images) or audio FID / accuracy (audio) of samples/
-                             and random/ against the reference split
+        fid.json             FID / KID (images) or audio FID (audio) of samples/ and random/
+                             against the reference split, and the class accuracy of samples/
+                             and of real held-out data
 
 Every stage is finished when its marker file exists (``DONE`` below); `pipeline` skips it then.
 """

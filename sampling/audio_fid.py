@@ -24,17 +24,17 @@ unless they used this very classifier.
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from engine.subsets import spread_indices
-from sampling.audio_classifier import AudioClassifier, accuracy_report
+from sampling.class_accuracy import class_accuracy, media_folder, sample_labels
+from sampling.classifier import ClassifierLike, as_classifier, per_class_line
 from sampling.feature_metrics import (
     cached_features,
     dataset_features,
@@ -49,7 +49,6 @@ EXTRACTOR_NAME = "hqvae-audio-classifier"
 FEATURE_LAYER = "embedding"
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
-ClassifierLike = Union[AudioClassifier, str, os.PathLike]
 SpectrogramsLike = Union[torch.Tensor, Dataset]
 
 
@@ -114,12 +113,6 @@ def _check_input(data: SpectrogramSet, shape: tuple[int, ...], name: str, min_it
 # the torch-fidelity feature extractor
 
 
-def _as_classifier(classifier: ClassifierLike) -> AudioClassifier:
-    if isinstance(classifier, AudioClassifier):
-        return classifier
-    return AudioClassifier.from_pretrained(classifier)
-
-
 _EXTRACTOR: Optional[type] = None
 
 
@@ -134,11 +127,11 @@ def extractor_class() -> type:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
     class AudioClassifierExtractor(FeatureExtractorBase):
-        """torch-fidelity feature extractor on an :class:`AudioClassifier`.
+        """torch-fidelity feature extractor on an audio :class:`Classifier`.
 
         torch-fidelity builds it as ``cls(name, features_list, **calculate_metrics_kwargs)``;
         the classifier comes in as ``feature_extractor_weights_path``: a run directory, its
-        ``model.safetensors``, or an ``AudioClassifier`` instance (copied, so moving the
+        ``model.safetensors``, or a ``Classifier`` instance (copied, so moving the
         extractor to a GPU or freezing it leaves the caller's model alone).
         """
 
@@ -149,13 +142,12 @@ def extractor_class() -> type:
             source = feature_extractor_weights_path
             if source is None:
                 raise ValueError(
-                    f"{name}: pass the classifier (run directory or AudioClassifier) as "
+                    f"{name}: pass the classifier (run directory or Classifier) as "
                     f"feature_extractor_weights_path"
                 )
-            if isinstance(source, AudioClassifier):
+            model = as_classifier(source, "audio")
+            if model is source:
                 model = copy.deepcopy(source).cpu()
-            else:
-                model = AudioClassifier.from_pretrained(source)
             self.classifier = model.eval()
             self.input_shape = model.input_shape
 
@@ -211,7 +203,7 @@ def audio_fid(
 
     ``generated`` / ``reference``: (N, 1, F, T) float tensors in [-1, 1] or datasets of
     them (``{"x": ...}`` items work: any ``tokenizer.data`` dataset, or :class:`WavFolder`).
-    ``classifier``: an :class:`AudioClassifier` or its run directory.
+    ``classifier``: an audio :class:`Classifier` or its run directory.
     ``reference_cache_name``: cache the reference features under this name (plus their
     count and the classifier's identity) in the checksummed reference cache of image FID
     (``cache_root``, default ``$HQVAE_CACHE/fid_ref``), e.g. "fsdd-test".
@@ -219,7 +211,7 @@ def audio_fid(
     Returns {"fid", "kid", "kid_std" (when ``kid``), "num_generated", "num_reference",
     "classifier" (its identity), "features", "feature_dim"}.
     """
-    model = _as_classifier(classifier)
+    model = as_classifier(classifier, "audio")
     gen = SpectrogramSet(generated, max_generated, "generated")
     ref = SpectrogramSet(reference, max_reference, "reference")
     _check_input(gen, model.input_shape, "generated")
@@ -271,22 +263,13 @@ def classifier_accuracy(
     """Does a generated 7 sound like a 7? The classifier's accuracy on class-conditional
     samples against the labels they were generated for: {"accuracy", "num_examples",
     "per_class_accuracy", "confusion", "class_names"?}."""
-    model = _as_classifier(classifier)
+    model = as_classifier(classifier, "audio")
     data = SpectrogramSet(spectrograms, name="spectrograms")
     _check_input(data, model.input_shape, "spectrograms", min_items=1)
     labels = torch.as_tensor(labels, dtype=torch.long).flatten()
     if labels.numel() != len(data):
         raise ValueError(f"labels: {labels.numel()} labels for {len(data)} spectrograms")
-    device = torch.device(device) if device is not None else model.device
-    was_training, old_device = model.training, model.device
-    model.eval().to(device)
-    preds = []
-    try:
-        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
-            preds.append(model.logits(batch.to(device)).argmax(-1).cpu())
-    finally:
-        model.train(was_training).to(old_device)
-    return accuracy_report(torch.cat(preds), labels, model.num_classes, model.class_names)
+    return class_accuracy(model, data, labels, batch_size=batch_size, device=device)
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,51 +352,6 @@ def load_wav_folder(
     return torch.stack([data[i] for i in range(len(data))]), data.names
 
 
-def read_labels(
-    path: Union[str, os.PathLike], names: Sequence[str], class_names: Optional[Sequence[str]] = None
-) -> list[int]:
-    """Labels for ``names`` from a JSON file {filename: label}.
-
-    A key may be the file's path relative to the folder or its bare file name; a label is a
-    class index or a class name of the classifier. Every file needs a label.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such labels file")
-    try:
-        table = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a JSON object {{filename: label}}")
-    index = {str(n): i for i, n in enumerate(class_names or [])}
-    out, missing = [], []
-    for name in names:
-        key = name if name in table else Path(name).name
-        if key not in table:
-            missing.append(name)
-            continue
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ValueError(f"{path}: label of {key!r} must be a class index or name, got {value!r}")
-        if isinstance(value, str):
-            if value in index:
-                value = index[value]
-            elif value.lstrip("-").isdigit():
-                value = int(value)
-            else:
-                raise ValueError(
-                    f"{path}: label {value!r} of {key!r} is not a class of the classifier "
-                    f"({', '.join(index) or 'no class names stored'})"
-                )
-        out.append(int(value))
-    if missing:
-        raise ValueError(
-            f"{path}: no label for {len(missing)} of {len(names)} files (e.g. {missing[0]!r})"
-        )
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # command-line entry
 
@@ -448,24 +386,16 @@ def score_folder(
 
     from tokenizer.data import build_dataset
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder of audio files")
-    sample_classes = None
-    if labels is None and (folder / "labels.json").is_file():
-        labels = folder / "labels.json"  # `hqvae sample` writes it beside audio/
-        record = folder / "samples.json"  # ... with the prior's class names beside it
-        sample_classes = json.loads(record.read_text()).get("class_names") if record.is_file() else None
-    sample_layout = (folder / "audio").is_dir() and not any(
-        p.suffix.lower() in AUDIO_EXTENSIONS for p in folder.iterdir() if p.is_file()
-    )
-    if sample_layout and not recursive:
-        folder = folder / "audio"
-    model = _as_classifier(classifier)
+    given = Path(folder)
+    if not given.is_dir():
+        raise FileNotFoundError(f"{given}: no such folder of audio files")
+    folder = given if recursive else media_folder(given, "audio", AUDIO_EXTENSIONS)
+    model = as_classifier(classifier, "audio")
     if device is not None:
         model.to(device)
     data_cfg: DataConfig = model.config.data
     generated = WavFolder(folder, data_cfg.audio, recursive)
+    labelled = sample_labels(given, labels, generated.names, model)  # refused before any scoring
     split = data_cfg.eval_split
     if reference is not None:
         source, ref_split = parse_reference(reference)
@@ -480,16 +410,9 @@ def score_folder(
                        max_generated=max_examples)
     result["reference"] = {"source": data_cfg.source, "path": data_cfg.path, "split": split}
     result["folder"] = str(folder)
-    if labels is not None:
-        if sample_classes and model.class_names and list(sample_classes) != list(model.class_names):
-            # class ids only mean the same class when both models number the classes alike
-            raise ValueError(
-                f"{labels}: the samples' classes {sample_classes} are not the classifier's "
-                f"{model.class_names} (same names in the same order); score accuracy with a "
-                f"classifier of the prior's data, or pass --labels mapped to its classes")
-        ys = read_labels(labels, generated.names, model.class_names)
-        result["labels"] = str(labels)
-        result["accuracy"] = classifier_accuracy(model, generated, ys, batch_size=batch_size)
+    if labelled is not None:
+        result["labels"] = str(labelled[0])
+        result["accuracy"] = classifier_accuracy(model, generated, labelled[1], batch_size=batch_size)
     return result
 
 
@@ -511,9 +434,7 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     acc = result.get("accuracy")
     if acc is not None:
-        names = acc.get("class_names") or [str(k) for k in range(len(acc["per_class_accuracy"]))]
-        per = "  ".join(f"{n}:{a:.2f}" for n, a in zip(names, acc["per_class_accuracy"]) if a is not None)
         lines.append(f"classifier accuracy {acc['accuracy']:.4f} on {acc['num_examples']} labelled files "
                      f"(labels: {result['labels']})")
-        lines.append(f"  per class: {per}")
+        lines.append(f"  per class: {per_class_line(acc)}")
     return "\n".join(lines)

@@ -82,10 +82,12 @@ def _upright(img: Image.Image) -> Image.Image:
 
 
 class ImageFolderSamples(Dataset):
-    """A folder of same-sized images as uint8 (3, H, W) tensors, decoded on demand. Sizes
-    are checked up front from the file headers, so mixed sizes fail at once, by name."""
+    """A folder of same-sized images as uint8 (``channels``, H, W) tensors (3: RGB, 1: grey),
+    decoded on demand. Sizes are checked up front from the file headers, so mixed sizes fail
+    at once, by name."""
 
-    def __init__(self, root: Union[str, Path]):
+    def __init__(self, root: Union[str, Path], channels: int = 3):
+        self.channels = channels
         self.root = Path(root).expanduser()
         if (self.root / "images").is_dir() and (self.root / "samples.json").is_file():
             self.root = self.root / "images"  # a `hqvae sample` folder: not its grid.png
@@ -115,10 +117,11 @@ class ImageFolderSamples(Dataset):
         try:
             with Image.open(self.files[index]) as img:
                 img.load()
-                rgb = convert_mode(_upright(img), 3)  # alpha over white, 16-bit greys rescaled, as our data
+                # alpha over white, 16-bit greys rescaled, as our data
+                img = convert_mode(_upright(img), self.channels)
         except Exception as err:  # a truncated file passes the header check at start
             raise ValueError(f"{self.files[index]}: not a readable image ({err})") from None
-        return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(img, dtype=np.uint8).reshape(img.height, img.width, -1)).permute(2, 0, 1)
 
 
 class _Images(Dataset):

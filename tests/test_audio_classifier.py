@@ -9,20 +9,20 @@ import torch
 
 from engine.config import ConfigError
 from hqvae.cli import main
-from sampling.audio_classifier import (
-    AudioClassifier,
-    AugmentConfig,
-    augment_spectrograms,
-    load_classifier_config,
-    train_classifier,
-)
 from sampling.audio_fid import (
     WavFolder,
     audio_fid,
     classifier_accuracy,
     load_wav_folder,
     parse_reference,
-    read_labels,
+)
+from sampling.class_accuracy import read_labels
+from sampling.classifier import (
+    AudioClassifier,
+    AugmentConfig,
+    augment_spectrograms,
+    load_classifier_config,
+    train_classifier,
 )
 from tokenizer.audio import write_wav
 from tokenizer.data import build_dataset
@@ -72,7 +72,8 @@ def eval_batch(trained):
     (["augment.time_shfit=3"], r"augment\.time_shfit"),
     (["model.embedding_dim=abc"], r"model\.embedding_dim: expected an integer"),
     (["model.widths=[8,8,8,8,8,8]"], r"model\.widths: 6 blocks halve the input 32x32"),
-    (["data.source=shapes"], r"data\.modality: the audio classifier needs audio data"),
+    # one classifier for both modalities: the other modality's augmentation is refused
+    (["augment.flip=true"], r"augment\.flip: image augmentation, but the data is audio"),
     (["augment.time_mask=32"], r"augment\.time_shift / time_mask"),
     (["model.norm=group", "model.groups=3"], r"model\.groups: 3 does not divide"),
     (["model.dropout=1.5"], r"model\.dropout: must be in"),
@@ -275,6 +276,8 @@ def test_read_labels_and_reference_parsing(tmp_path):
         read_labels(path, ["a.wav", "d.wav"])
     with pytest.raises(ValueError, match="'glide' of 'b.wav' is not a class"):
         read_labels(path, ["b.wav"], ["0", "1"])
+    with pytest.raises(ValueError, match=r"label 3 of 'c\.wav' is not a class of the classifier \(classes 0\.\.2"):
+        read_labels(path, ["c.wav"], num_classes=3)
     assert parse_reference("parquet:test") == ("parquet", "test")
     assert parse_reference("tones") == ("tones", None)
     assert parse_reference("C:/data/fsdd") == ("C:/data/fsdd", None)
@@ -302,6 +305,12 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["num_generated"] == 8 and result["num_reference"] == 64
     assert result["reference"]["split"] == "test" and result["accuracy"]["num_examples"] == 8
+    # issue 23: `hqvae classify` scores the same clips with the same accuracy report
+    accuracy = tmp_path / "accuracy.json"
+    assert main(["classify", str(samples), "--classifier", str(run), "--out", str(accuracy)]) == 0
+    assert "on 8 labelled audio files" in capsys.readouterr().out
+    classified = json.loads(accuracy.read_text())
+    assert {k: classified[k] for k in result["accuracy"]} == result["accuracy"]
     # a plain folder, the classifier's own reference data by default, no labels
     assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-examples", "16"]) == 0
     out = capsys.readouterr().out
@@ -316,7 +325,7 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--device" in err and err.count("\n") == 1
     # labels of a prior that numbers its classes otherwise than the classifier are refused
-    from sampling.audio_classifier import AudioClassifier
+    from sampling.classifier import AudioClassifier
 
     names = AudioClassifier.from_pretrained(run).class_names
     assert names and len(names) > 1

@@ -99,7 +99,7 @@ def test_shipped_configs_load():
     for f in priors:
         cfg = load_prior_config(f)
         assert cfg.data.codes and cfg.tokenizer
-    from sampling.audio_classifier import load_classifier_config
+    from sampling.classifier import load_classifier_config
 
     classifiers = sorted((Path(__file__).parent.parent / "configs" / "classifier").glob("*.yaml"))
     assert {f.name for f in classifiers} >= {"fsdd.yaml", "tones.yaml"}

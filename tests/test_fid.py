@@ -455,6 +455,7 @@ def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp
 def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     """issue 22: an unwritable --out was found only after the whole score was computed."""
     import sampling.audio_fid
+    import sampling.class_accuracy
     import sampling.fid
 
     def must_not_run(*args, **kwargs):
@@ -462,10 +463,12 @@ def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, 
 
     monkeypatch.setattr(sampling.fid, "score_folder", must_not_run)
     monkeypatch.setattr(sampling.audio_fid, "score_folder", must_not_run)
+    monkeypatch.setattr(sampling.class_accuracy, "score_folder", must_not_run)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for cmd in (["fid", str(tmp_path), "--ref", "shapes:test"],
-                ["audio-fid", str(tmp_path), "--classifier", str(tmp_path)]):
+                ["audio-fid", str(tmp_path), "--classifier", str(tmp_path)],
+                ["classify", str(tmp_path), "--classifier", str(tmp_path)]):
         assert main([*cmd, "--out", str(blocker / "result.json")]) == 2
         err = capsys.readouterr().err
         assert "--out" in err and "a-file" in err and err.count("\n") == 1

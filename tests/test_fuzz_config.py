@@ -27,8 +27,8 @@ from engine.config import ConfigError  # noqa: E402
 from hqvae.pipeline import PipelineConfig, load_pipeline_config  # noqa: E402
 from prior.config import PriorConfig, load_prior_config  # noqa: E402
 from prior.model import LevelPrior  # noqa: E402
-from sampling.audio_classifier import (  # noqa: E402
-    AudioClassifier,
+from sampling.classifier import (  # noqa: E402
+    Classifier,
     ClassifierConfig,
     load_classifier_config,
 )
@@ -48,6 +48,7 @@ SIZE_KEYS = {
     "codebook_dim", "factor", "downsample", "depth", "n_fft", "hop_length", "num_frames",
     "n_mels", "n_layer", "n_head", "n_embd", "cond_channels", "cond_blocks", "embedding_dim",
     "convs_per_block", "groups", "num_classes", "time_shift", "time_mask", "freq_mask",
+    "crop_padding",
 }
 
 
@@ -238,7 +239,7 @@ def test_classifier_configs_fail_cleanly_or_build(ovs):
     if f * t > 64 * 64 or max(cfg.model.widths) > 32 or cfg.model.embedding_dim > 64:
         return
     event("built")
-    model = AudioClassifier(cfg)
+    model = Classifier(cfg)
     x = torch.rand(2, c, f, t) * 2 - 1
     out = model({"x": x, "label": torch.tensor([0, 1])})
     assert torch.isfinite(out["loss"]), ovs

@@ -15,7 +15,7 @@ from engine.checkpoint import load_weights, save_weights
 from engine.config import save_yaml, to_dict
 from prior.config import load_prior_config
 from prior.pretrained import INFO, Prior, build_level
-from sampling.audio_classifier import AudioClassifier, load_classifier_config
+from sampling.classifier import AudioClassifier, load_classifier_config
 from tokenizer.config import load_tokenizer_config
 from tokenizer.pretrained import Tokenizer
 

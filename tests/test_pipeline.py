@@ -24,7 +24,8 @@ for track, n_train in (("image", 48), ("audio", 48)):
         f"{track}.prior.eval.max_examples=12", f"{track}.sample.n=10", f"{track}.sample.batch_size=5",
         f"{track}.score.max_reference=12", f"{track}.score.batch_size=12",
     ]
-TINY += ["audio.classifier.train.steps=6", "audio.tokenizer.data.audio.griffin_lim_iters=4"]
+TINY += ["audio.classifier.train.steps=6", "audio.tokenizer.data.audio.griffin_lim_iters=4",
+         "image.classifier.train.steps=6"]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,8 @@ def test_quickstart_writes_every_artifact(quick_run):
             assert layout.is_done(run, track, stage), (track, stage)
         assert (run / track / "tokenizer" / "model.safetensors").is_file()
         assert (run / track / "samples" / "grid.png").is_file()
-    assert layout.is_done(run, "audio", "classifier")
+    for track in layout.TRACKS:  # issue 23: the image track has one too
+        assert layout.is_done(run, track, "classifier")
     assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 10
     assert len(list((run / "audio" / "samples" / "audio").glob("*.wav"))) == 10
     assert len(list((run / "image" / "random" / "images").glob("*.png"))) == 10
@@ -66,7 +68,9 @@ def test_quickstart_writes_every_artifact(quick_run):
     for fid in (image_fid, audio_fid):
         assert fid["samples"]["fid"] >= 0 and fid["random"]["fid"] >= 0
         assert fid["reference"]["split"] == "train" and fid["reference"]["num"] == 12
-    assert 0.0 <= audio_fid["samples"]["accuracy"] <= 1.0  # class-conditional clips were scored
+    for fid in (image_fid, audio_fid):  # class-conditional samples, and real data as the ceiling
+        assert 0.0 <= fid["samples"]["accuracy"] <= 1.0 and 0.0 <= fid["real"]["accuracy"] <= 1.0
+    assert image_fid["classifier"] == str(run / "image" / "classifier")
     for fid in (image_fid, audio_fid):  # the floor: real held-out examples, as many as samples
         assert fid["real"]["num"] == 10 and fid["real"]["split"] == "test" and fid["real"]["fid"] >= 0
     for name in ("samples", "random", "real"):  # precision / recall beside FID / KID, images only
@@ -75,8 +79,18 @@ def test_quickstart_writes_every_artifact(quick_run):
     for track in layout.TRACKS:
         stages = s["tracks"][track]
         assert all(stages[k]["status"] == "ran" for k in ("tokenizer", "encode", "prior", "samples", "score"))
-        assert stages["headline"]["fid"] == pytest.approx(
-            json.loads((run / track / "fid.json").read_text())["samples"]["fid"])
+        fid = json.loads((run / track / "fid.json").read_text())
+        assert stages["headline"]["fid"] == pytest.approx(fid["samples"]["fid"])
+        assert stages["headline"]["accuracy"] == fid["samples"]["accuracy"]
+        assert stages["headline"]["accuracy_real_data"] == fid["real"]["accuracy"]
+        assert stages["classifier"]["status"] == "ran"
+    from hqvae.pipeline import format_summary
+
+    h = s["tracks"]["image"]["headline"]
+    assert "image: PSNR" in format_summary(s) and (
+        f"class accuracy {h['accuracy']:.2f} (real {h['accuracy_real_data']:.2f})" in format_summary(s))
+    report = (run / layout.REPORT).read_text()
+    assert "Classifier (class accuracy of the samples" in report and "FID / class accuracy" in report
 
 
 def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run, capsys):

@@ -632,7 +632,7 @@ def test_pickles_are_never_loaded(tmp_path):
     evil = pickle.dumps({"weight": Payload(marker)})
     # a pickle under the weights name of every loader
     from prior.pretrained import Prior
-    from sampling.audio_classifier import AudioClassifier
+    from sampling.classifier import AudioClassifier
 
     for loader in (Tokenizer.from_pretrained, AudioClassifier.from_pretrained):
         d = tmp_path / loader.__self__.__name__  # the class: both share the mixin's loader

@@ -11,11 +11,10 @@ Run directory layout::
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
-from engine.config import to_dict, validate
+from engine.config import to_dict
 from engine.stage import (
     check_start,
     claim_run_dir,
@@ -29,7 +28,7 @@ from engine.subsets import spread_indices
 from engine.tracking import Tracking
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import build_dataset, detect_modality
+from tokenizer.data import build_dataset, resolve_modality
 from tokenizer.evaluate import evaluate_tokenizer, run_evaluation
 from tokenizer.pretrained import Tokenizer
 
@@ -45,17 +44,6 @@ def check_rows(dataset, max_examples: int, split: str) -> None:
     rows = spread_indices(len(dataset), max_examples)
     for i in tqdm(rows, desc=f"check {split}", unit="ex", leave=False, disable=len(rows) < 2000):
         dataset[i]
-
-
-def resolve_modality(cfg: TokenizerConfig) -> TokenizerConfig:
-    """Fill in ``data.modality`` from the data itself when the config leaves it unset, so
-    the model's input shape (and the saved config) match what the dataset holds."""
-    if cfg.data.modality is not None:
-        return cfg
-    data = dataclasses.replace(cfg.data, modality=detect_modality(cfg.data))
-    cfg = dataclasses.replace(cfg, data=data)
-    validate(cfg)
-    return cfg
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:

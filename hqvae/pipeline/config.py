@@ -1,6 +1,7 @@
 """The pipeline's config: one ``image`` and/or ``audio`` track, each a full tokenizer
-config, a prior config, sampling and scoring settings (and, for audio, the classifier
-behind audio FID), with every check that can run before the first stage.
+config, a prior config, sampling and scoring settings and a classifier (audio: the features
+of audio FID; both: the class accuracy of the samples), with every check that can run
+before the first stage.
 
 The paths that tie the stages together (each stage's ``run_dir``, the prior's ``tokenizer``
 and ``data.codes``) are set here (:func:`stage_configs`); giving them in the config is an
@@ -19,7 +20,7 @@ from typing import Any, Optional, Union
 from engine.config import ConfigError, load_config, merge
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
-from sampling.audio_classifier import ClassifierConfig
+from sampling.classifier import ClassifierConfig
 from tokenizer.config import TokenizerConfig, expand_preset
 
 
@@ -61,8 +62,8 @@ class ScoreConfig:
     split: Optional[str] = None  # reference split; null = the tokenizer's train split
     max_reference: Optional[int] = 10000  # reference examples (null = the whole split)
     batch_size: int = 50
-    # audio: an existing `hqvae train-classifier` run to score with, instead of training
-    # the track's `classifier` section
+    # an existing `hqvae train-classifier` run to score with (audio FID; class accuracy),
+    # instead of training the track's `classifier` section
     classifier_run: Optional[str] = None
 
     def validate(self) -> None:
@@ -89,7 +90,8 @@ class TrackConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
-    # audio: the spectrogram classifier behind audio FID; its data defaults to the tokenizer's
+    # the classifier of the data's classes: audio FID's features (required for audio) and
+    # the class accuracy of the samples (optional for images); its data is the tokenizer's
     classifier: Optional[ClassifierConfig] = None
     sample: SampleConfig = field(default_factory=SampleConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
@@ -115,8 +117,6 @@ class PipelineConfig:
                 raise ConfigError(
                     f"{name}.tokenizer.data: the {name} track has {modality} data "
                     f"(source {track.tokenizer.data.source!r}); set data.modality or move it")
-            if name == "image" and track.classifier is not None:
-                raise ConfigError("image.classifier: only the audio track has a classifier")
             if name == "audio" and track.score.enabled and track.classifier is None \
                     and not track.score.classifier_run:
                 raise ConfigError("audio.classifier: audio FID needs a classifier: add a "
@@ -144,7 +144,7 @@ def _drop(node: dict, keys: tuple) -> None:
 
 def _prepare(data: dict) -> dict:
     """Read ``base:`` stage config files; expand presets and per-level prior settings inside
-    each track; default the classifier's data to the tokenizer's (same spectrograms);
+    each track; default the classifier's data to the tokenizer's (same inputs);
     refuse the keys we own."""
     from engine.config import read_yaml
 
@@ -169,7 +169,7 @@ def _prepare(data: dict) -> dict:
                     if sec == section:
                         _drop(base, keys)
                 if section == "classifier":
-                    base.pop("data", None)  # the classifier hears what the tokenizer hears
+                    base.pop("data", None)  # the classifier sees what the tokenizer sees
                 track[section] = merge(base, node)
         for section, keys in _OWNED:
             node = track.get(section)
@@ -193,7 +193,7 @@ def _prepare(data: dict) -> dict:
         clf = track.get("classifier")
         if isinstance(clf, dict) and isinstance(tok, dict):
             base = copy.deepcopy(tok.get("data") or {})
-            base.setdefault("modality", "audio")
+            base.setdefault("modality", name)  # the track's, which validate() checks
             clf["data"] = merge(base, clf.get("data") or {})
     return data
 

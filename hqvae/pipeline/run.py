@@ -105,7 +105,7 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         fresh_folder(root / "prior", False, log)
     todo = prior_levels_todo(root / "prior", num_levels)
     stage("prior", not todo and layout.is_done(cfg.run_dir, name, "prior"), lambda: stage_fns.run_prior(sc["prior"], todo))
-    if name == "audio" and track.score.enabled and not track.score.classifier_run:
+    if track.classifier is not None and track.score.enabled and not track.score.classifier_run:
         stage("classifier", layout.is_done(cfg.run_dir, name, "classifier"),
               lambda: stage_fns.run_classifier(sc["classifier"]))
     # samples and scores follow the sampling / scoring settings: redo them when those change

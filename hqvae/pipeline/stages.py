@@ -8,11 +8,11 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hqvae.pipeline.config import TrackConfig
 from prior.config import PriorConfig
-from sampling.audio_classifier import ClassifierConfig
+from sampling.classifier import ClassifierConfig
 from tokenizer.config import TokenizerConfig
 
 
@@ -46,7 +46,7 @@ def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
 
 
 def run_classifier(clf_cfg: ClassifierConfig) -> dict:
-    from sampling.audio_classifier import format_summary, train_classifier
+    from sampling.classifier import format_summary, train_classifier
 
     metrics = train_classifier(clf_cfg)
     print(format_summary(metrics, clf_cfg.run_dir))
@@ -77,6 +77,14 @@ def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool 
     return {"n": s.n, "seconds": time.perf_counter() - t0}
 
 
+def _classifier_run(track: TrackConfig, root: Path) -> Optional[str]:
+    """The classifier that scores the track: ``score.classifier_run``, else the track's own
+    (None: an image track without one reports no class accuracy)."""
+    if track.score.classifier_run:
+        return track.score.classifier_run
+    return str(root / "classifier") if track.classifier is not None else None
+
+
 def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str) -> dict:
     from sampling.fid import Reference, extract_features, metrics_from_features, reference_features
 
@@ -86,12 +94,27 @@ def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
                                 batch_size=track.score.batch_size, device=device, progress=True)
     out: dict[str, Any] = {"metric": "FID (Inception pool3)", "reference": {
         "source": data.source, "path": data.path, "split": split, "num": len(ref)}}
+    real, real_labels = _real_examples(data, track.sample.n)
     for name in ("samples", "random", "real"):
-        images = root / name / "images" if name != "real" else _real_examples(data, track.sample.n)
+        images = root / name / "images" if name != "real" else real
         feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
         m = metrics_from_features(feats, ref, kid=True, prc=True)
         out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"],
                      "precision": m["precision"], "recall": m["recall"], "num": len(feats)}
+    clf = _classifier_run(track, root)
+    if clf is not None:
+        # does a sample show its class? the classifier's accuracy on real held-out images
+        # is the ceiling it is read against
+        from sampling.class_accuracy import class_accuracy, score_folder
+        from sampling.classifier import Classifier
+
+        model = Classifier.from_pretrained(clf, device=device)
+        out["classifier"] = clf
+        if (root / "samples" / "labels.json").is_file():  # class-conditional samples
+            out["samples"]["accuracy"] = score_folder(root / "samples", model,
+                                                      batch_size=track.score.batch_size)["accuracy"]
+        out["real"]["accuracy"] = class_accuracy(model, real, real_labels,
+                                                 batch_size=track.score.batch_size)["accuracy"]
     return out
 
 
@@ -100,7 +123,7 @@ def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
 
     data = tok_cfg.data
     split = track.score.split or data.train_split
-    clf = track.score.classifier_run or str(root / "classifier")
+    clf = _classifier_run(track, root)
     out: dict[str, Any] = {"metric": "audio FID (classifier penultimate features)", "classifier": clf}
     for name in ("samples", "random"):
         r = score_folder(root / name, clf, reference=f"{data.source}:{split}", path=data.path,
@@ -113,29 +136,33 @@ def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
         if name == "samples" and "accuracy" in r:
             out[name]["accuracy"] = r["accuracy"]["accuracy"]
     # the floor: real held-out clips through the same Griffin-Lim round trip as the samples
-    from sampling.audio_fid import audio_fid
+    from sampling.audio_fid import audio_fid, classifier_accuracy
     from tokenizer.audio import Spectrogram
     from tokenizer.data import build_dataset
 
     spec = Spectrogram(data.audio)
-    real = _real_examples(data, track.sample.n)
-    waves = spec.to_waveform(real, n_iter=track.sample.griffin_lim_iters)
-    r = audio_fid(clf, spec(waves), build_dataset(data, split), batch_size=track.score.batch_size,
+    real, real_labels = _real_examples(data, track.sample.n)
+    heard = spec(spec.to_waveform(real, n_iter=track.sample.griffin_lim_iters))
+    r = audio_fid(clf, heard, build_dataset(data, split), batch_size=track.score.batch_size,
                   max_reference=track.score.max_reference, device=device)
     out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real),
-                   "split": data.eval_split}
+                   "split": data.eval_split,
+                   "accuracy": classifier_accuracy(clf, heard, real_labels, batch_size=track.score.batch_size,
+                                                   device=device)["accuracy"]}
     return out
 
 
 def _real_examples(data, n: int):
-    """``n`` examples spread over the eval split as one tensor: the 'real data' row of the scores."""
+    """``n`` examples spread over the eval split as one tensor, and their labels: the 'real
+    data' row of the scores."""
     import torch
 
     from engine.subsets import spread_indices
     from tokenizer.data import build_dataset
 
     ds = build_dataset(data, data.eval_split)
-    return torch.stack([ds[i]["x"] for i in spread_indices(len(ds), n)])
+    items = [ds[i] for i in spread_indices(len(ds), n)]
+    return torch.stack([it["x"] for it in items]), [int(it["label"]) for it in items]
 
 
 def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str) -> dict:

@@ -27,6 +27,8 @@ def headline(root: Path) -> dict:
             out["fid_real_data"] = fid["real"]["fid"]
         if "accuracy" in fid["samples"]:
             out["accuracy"] = fid["samples"]["accuracy"]
+        if "accuracy" in fid.get("real", {}):
+            out["accuracy_real_data"] = fid["real"]["accuracy"]
     return out
 
 
@@ -47,7 +49,9 @@ def format_summary(summary: dict) -> str:
             real = f", real {h['fid_real_data']:.3g}" if "fid_real_data" in h else ""
             parts.append(f"{kind} {h['fid']:.3g} (random codes {h['fid_random_codes']:.3g}{real})")
         if "accuracy" in h:
-            parts.append(f"digit/class accuracy {h['accuracy']:.2f}")
+            real = f" (real {h['accuracy_real_data']:.2f})" if "accuracy_real_data" in h else ""
+            kind = "digit/class accuracy" if name == "audio" else "class accuracy"
+            parts.append(f"{kind} {h['accuracy']:.2f}{real}")
         lines.append(f"{name}: {'; '.join(parts) or 'no metrics'}")
         lines.append(f"  ran: {', '.join(ran) or '-'}; skipped (finished earlier): {', '.join(skipped) or '-'}")
     lines.append(f"wrote {summary['run_dir']} ({layout.SUMMARY}"

@@ -75,7 +75,7 @@ def curves_section(page: Page, track: str) -> None:
     if loss_series:
         plots.append(svg_plot(loss_series, title="Priors: training loss", xlabel="step", ylabel="loss (nats)"))
         plots.append(svg_plot(bpt_series, title="Priors: bits per token", xlabel="step", ylabel="bits/token"))
-    clf = read_jsonl(tdir / "classifier" / "metrics.jsonl") if track == "audio" else []
+    clf = read_jsonl(tdir / "classifier" / "metrics.jsonl")
     if clf:
         ex, ey = _train_rows(clf, "loss", "eval")
         series = [Series("train loss", *_train_rows(clf, "loss"))]

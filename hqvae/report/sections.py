@@ -35,14 +35,19 @@ def _status(tdir: Path, track: str, stage: str) -> str:
     return "partial" if (tdir / layout.DONE[stage].split("/")[0]).exists() else "missing"
 
 
-def _stages(track: str) -> list[str]:
-    return [s for s in layout.STAGES if s != "classifier" or track == "audio"]
+def _has_classifier(tdir: Path, track: str) -> bool:
+    """Audio always trains one (audio FID); an image track only when its config has one."""
+    return track == "audio" or (tdir / "classifier").exists()
+
+
+def _stages(tdir: Path, track: str) -> list[str]:
+    return [s for s in layout.STAGES if s != "classifier" or _has_classifier(tdir, track)]
 
 
 def _status_table(page: Page, track: str) -> str:
     tdir = page.run / track
     cells = []
-    for stage in _stages(track):
+    for stage in _stages(tdir, track):
         st = _status(tdir, track, stage)
         word = {"done": "done", "partial": "started, not finished", "missing": "not run"}[st]
         cells.append(f'<td class="status-{st}">{esc(stage)}: {esc(word)}</td>')
@@ -224,8 +229,9 @@ def _metrics_section(page: Page, track: str) -> None:
     else:
         page.add(not_run("priors"))
 
-    if track == "audio":
-        page.add("<h4>Classifier (features of audio FID)</h4>")
+    if _has_classifier(tdir, track):
+        page.add("<h4>Classifier (features of audio FID)</h4>" if track == "audio" else
+                 "<h4>Classifier (class accuracy of the samples; its accuracy on held-out data)</h4>")
         clf = read_json(tdir / layout.DONE["classifier"], p)
         if isinstance(clf, dict):
             rows = _scalars(clf)
@@ -238,9 +244,10 @@ def _metrics_section(page: Page, track: str) -> None:
         else:
             page.add(not_run("classifier"))
 
-    page.add("<h4>FID of the samples and of the random-codes baseline</h4>"
-             if track == "image" else "<h4>Audio FID / accuracy of the samples and the baseline</h4>")
     fid = read_json(tdir / layout.DONE["fid"], p)
+    accuracy = " / class accuracy" if isinstance(fid, dict) and "classifier" in fid else ""
+    page.add(f"<h4>FID{accuracy} of the samples and of the random-codes baseline</h4>"
+             if track == "image" else "<h4>Audio FID / accuracy of the samples and the baseline</h4>")
     if fid is not None:
         page.add(_fid_table(fid))
         if isinstance(fid, dict) and not finite(fid.get("fid")):

@@ -8,7 +8,7 @@ datasets keep their Arrow files memory-mapped while each row is decoded in
 ``modality`` ('image' | 'audio'), ``num_classes`` (None when unknown) and ``shape``.
 """
 
-from tokenizer.data.build import build_dataset, data_shape, detect_modality
+from tokenizer.data.build import build_dataset, data_shape, detect_modality, resolve_modality
 from tokenizer.data.hf_dataset import (
     MAX_CONSECUTIVE_BAD,
     WARN_BAD_EXAMPLES,
@@ -27,4 +27,5 @@ __all__ = [
     "build_dataset",
     "data_shape",
     "detect_modality",
+    "resolve_modality",
 ]

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Optional, TypeVar
 
 from torch.utils.data import Dataset
 
+from engine.config import validate
 from tokenizer.config import DataConfig
 from tokenizer.data.hf_dataset import HFDataset
 from tokenizer.data.modality import check_modality, feature_modality
 from tokenizer.data.procedural import ShapesDataset, TonesDataset
 from tokenizer.data.sources import load_table
+
+C = TypeVar("C")
 
 
 def data_shape(cfg: DataConfig) -> tuple[int, int, int]:
@@ -65,3 +69,15 @@ def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
         if kind is not None:
             return kind
     return cfg.resolved_modality
+
+
+def resolve_modality(cfg: C) -> C:
+    """``cfg`` (a stage config with a ``data`` section: the tokenizer's, the classifier's)
+    with ``data.modality`` filled in from the data itself when unset, so the model's input
+    shape (and the saved config) match what the dataset holds; checked again."""
+    if cfg.data.modality is not None:
+        return cfg
+    data = dataclasses.replace(cfg.data, modality=detect_modality(cfg.data))
+    cfg = dataclasses.replace(cfg, data=data)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,220 @@
+"""One classifier for images and spectrograms (issue 23): an image classifier on tiny
+procedural `shapes`, `hqvae classify` on a labelled folder, and audio classifier run folders
+written before images were supported (CPU, offline)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import load_weights, save_weights
+from engine.config import ConfigError, save_yaml, to_dict
+from hqvae.cli import main
+from sampling.class_accuracy import class_accuracy
+from sampling.classifier import (
+    AudioClassifier,
+    AugmentConfig,
+    Classifier,
+    augment_images,
+    load_classifier_config,
+    train_classifier,
+)
+from tokenizer.data import build_dataset
+from tokenizer.media import save_png, to_uint8
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+SHAPES = ["circle", "square", "triangle", "ring", "cross"]
+
+# 3 x 32 x 32 shapes (at 16 pixels the small ones are hard to tell apart), 5 classes;
+# data.modality left unset: training detects it
+TINY = ["data.source=shapes", "data.num_train=500", "data.num_eval=60",
+        "model.widths=[8,16,32,32]", "model.embedding_dim=32", "model.dropout=0.0",
+        "augment.crop_padding=2", "augment.flip=true", "train.batch_size=32", "train.lr=3e-3",
+        "train.progress=false", "train.log_every=50", "train.ckpt_every=0", "eval.batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("image_classifier") / "run"
+    cfg = load_classifier_config(None, [f"run_dir={run}", *TINY, "train.steps=250"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: a second intra-op thread only adds contention
+    try:
+        return run, cfg, train_classifier(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def eval_batch(trained):
+    _, cfg, _ = trained
+    data = build_dataset(cfg.data, cfg.data.eval_split)
+    return (torch.stack([data[i]["x"] for i in range(len(data))]),
+            torch.tensor([data[i]["label"] for i in range(len(data))]))
+
+
+def write_sample_folder(folder: Path, x: torch.Tensor, labels, class_names=SHAPES) -> None:
+    """The layout `hqvae sample --label cycle` writes: images/, labels.json, samples.json."""
+    (folder / "images").mkdir(parents=True)
+    images = to_uint8(x)
+    for i in range(len(x)):
+        save_png(images[i], folder / "images" / f"{i:06d}.png")
+    (folder / "labels.json").write_text(json.dumps({f"{i:06d}.png": int(y) for i, y in enumerate(labels)}))
+    (folder / "samples.json").write_text(json.dumps({"num_samples": len(x), "class_names": class_names}))
+
+
+# ---------------------------------------------------------------------------------------
+# the image classifier
+
+
+def test_image_classifier_trains_on_shapes_and_beats_chance(trained, eval_batch):
+    run, _, metrics = trained
+    assert metrics["accuracy"] > 0.6  # chance is 0.2 (5 classes)
+    assert metrics["class_names"] == SHAPES and metrics["num_examples"] == 60
+    saved = (run / "config.yaml").read_text()
+    assert "modality: image" in saved and "num_classes: 5" in saved  # detected from the data
+    _, meta = load_weights(run / "model.safetensors")
+    assert meta["kind"] == "hqvae-image-classifier"
+    clf = Classifier.from_pretrained(run)
+    assert clf.modality == "image" and clf.input_shape == (3, 32, 32) and clf.identity == metrics["identity"]
+    x, y = eval_batch
+    assert class_accuracy(clf, x, y)["accuracy"] == pytest.approx(metrics["accuracy"])
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\)"):
+        clf.features(x[:, :, :8])
+    # audio FID takes spectrograms: an image classifier is refused by name
+    with pytest.raises(ValueError, match=r"not an audio classifier \(weights of kind 'hqvae-image-classifier'\)"):
+        AudioClassifier.from_pretrained(run)
+    card = (run / "README.md").read_text()
+    assert "Image classifier (5 classes)" in card and "from sampling.classifier import Classifier" in card
+
+
+def test_image_augmentation_crops_and_flips():
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8) * 2 - 1
+    assert torch.equal(augment_images(x, AugmentConfig()), x)
+    flipped = augment_images(x, AugmentConfig(flip=True))
+    kinds = [torch.equal(a, b) or torch.equal(a, b.flip(-1)) for a, b in zip(flipped, x)]
+    assert all(kinds) and not torch.equal(flipped, x)
+    cropped = augment_images(x, AugmentConfig(crop_padding=2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for a, p in zip(cropped, padded):  # each is one 8x8 window of its edge-padded image
+        assert any(torch.equal(a, p[:, i:i + 8, j:j + 8]) for i in range(5) for j in range(5))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["augment.time_mask=2"], r"augment\.time_mask: spectrogram augmentation, but the data is images"),
+    (["augment.crop_padding=32"], r"augment\.crop_padding: must be below the image size 32x32"),
+    (["model.widths=[8,8,8,8,8,8]"], r"model\.widths: 6 blocks halve the input 32x32.*data\.image_size"),
+])
+def test_image_config_errors_name_the_key(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_classifier_config(None, [*TINY, *overrides])
+
+
+def test_shipped_shapes_config_matches_the_quickstart_data():
+    from hqvae.pipeline import load_pipeline_config
+
+    shapes = load_classifier_config(CONFIGS / "classifier" / "shapes.yaml")
+    quick = load_pipeline_config(CONFIGS / "quickstart.yaml").image
+    assert shapes.data.shape == quick.tokenizer.data.shape == quick.classifier.data.shape == (3, 32, 32)
+    assert quick.classifier.data.source == "shapes" and quick.classifier.data.modality == "image"
+
+
+# ---------------------------------------------------------------------------------------
+# hqvae classify
+
+
+def test_classify_a_sample_folder(trained, eval_batch, tmp_path, capsys):
+    run, _, _ = trained
+    x, y = eval_batch
+    write_sample_folder(tmp_path / "s", x, y.tolist())
+    out = tmp_path / "acc.json"
+    assert main(["classify", str(tmp_path / "s"), "--classifier", str(run), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    # PNGs of uint8-made images read back exactly: the same accuracy as on the tensors
+    assert result["accuracy"] == pytest.approx(class_accuracy(run, x, y)["accuracy"])
+    assert result["num_examples"] == 60 and result["class_names"] == SHAPES
+    assert result["modality"] == "image" and result["folder"] == str(tmp_path / "s" / "images")
+    assert sum(map(sum, result["confusion"])) == 60
+    assert f"class accuracy {result['accuracy']:.4f} on 60 labelled images" in text
+    assert "per class: circle:" in text
+    # a plain folder of images with its labels file named, labels by class name
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i in range(5):
+        (tmp_path / "s" / "images" / f"{i:06d}.png").rename(plain / f"{i:06d}.png")
+    (tmp_path / "names.json").write_text(json.dumps({f"{i:06d}.png": SHAPES[int(y[i])] for i in range(5)}))
+    assert main(["classify", str(plain), "--classifier", str(run), "--labels", str(tmp_path / "names.json")]) == 0
+    assert "on 5 labelled images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setup, match", [
+    ("no labels", r"no labels\.json .*pass --labels FILE"),
+    ("label 7", r"labels\.json: label 7 of '000001\.png' is not a class of the classifier \(classes 0\.\.4: circle"),
+    ("label hexagon", r"label 'hexagon' of '000001\.png' is not a class of the classifier"),
+    ("other classes", r"the samples' classes \['a', 'b'\] are not the classifier's"),
+    ("other size", r"8x8 images, but the classifier takes 32x32"),
+    ("missing", r"no such folder"),
+])
+def test_classify_bad_input_is_one_line(trained, eval_batch, tmp_path, capsys, setup, match):
+    run, _, _ = trained
+    x, y = eval_batch
+    folder = tmp_path / "s"
+    if setup == "other size":
+        write_sample_folder(folder, x[:3, :, :8, :8], y[:3].tolist())
+    elif setup != "missing":
+        write_sample_folder(folder, x[:3], y[:3].tolist(), ["a", "b"] if setup == "other classes" else SHAPES)
+    if setup == "no labels":
+        (folder / "labels.json").unlink()
+    elif setup.startswith("label "):
+        table = json.loads((folder / "labels.json").read_text())
+        value = setup.split()[1]
+        table["000001.png"] = int(value) if value.isdigit() else value
+        (folder / "labels.json").write_text(json.dumps(table))
+    assert main(["classify", str(folder), "--classifier", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hqvae classify: error:")
+    assert __import__("re").search(match, err), err
+
+
+# ---------------------------------------------------------------------------------------
+# audio classifier run folders written before images were supported
+
+
+AUDIO = ["data.source=tones", "data.audio.n_fft=64", "data.audio.hop_length=32",
+         "data.audio.num_frames=32", "model.widths=[8,16]", "model.embedding_dim=16",
+         "model.num_classes=3", "augment.time_shift=2", "augment.gain_db=3.0"]
+# the identity the audio classifier module gave these weights before issue 23
+OLD_IDENTITY = "8e293bab7c12667b"
+
+
+def test_audio_classifier_run_folders_from_before_still_load(tmp_path, capsys):
+    cfg = load_classifier_config(None, [f"run_dir={tmp_path}", *AUDIO])
+    model = Classifier(cfg, ["low", "mid", "high"])
+    with torch.no_grad():  # fixed weights, independent of torch's random initialisation
+        for i, (name, t) in enumerate(sorted(model.state_dict().items())):
+            if t.is_floating_point():
+                low = 0.5 if name.endswith("running_var") else -1.0
+                t.copy_(torch.linspace(low, 1, t.numel()).reshape(t.shape) * (0.5 + 0.01 * i))
+    # the files the audio classifier wrote: its config had no image augmentation keys
+    old = to_dict(cfg)
+    for key in ("crop_padding", "flip"):
+        del old["augment"][key]
+    save_weights(tmp_path / "model.safetensors", model.state_dict(), old,
+                 {"kind": "hqvae-audio-classifier", "class_names": json.dumps(["low", "mid", "high"])})
+    save_yaml(cfg, tmp_path / "config.yaml")
+    from sampling.audio_classifier import AudioClassifier as FormerName  # model cards import this
+
+    for cls in (Classifier, AudioClassifier, FormerName):
+        loaded = cls.from_pretrained(tmp_path)
+        assert loaded.identity == OLD_IDENTITY and loaded.modality == "audio"
+        assert loaded.class_names == ["low", "mid", "high"] and loaded.kind == "hqvae-audio-classifier"
+    # saved again, it keeps its kind tag: older code still reads it as an audio classifier
+    again = Classifier.from_pretrained(tmp_path).save_pretrained(tmp_path / "again")
+    assert load_weights(again / "model.safetensors")[1]["kind"] == "hqvae-audio-classifier"
+    # and the hub export names it, as `hqvae.AudioClassifier` does
+    import hqvae
+
+    assert hqvae.AudioClassifier is AudioClassifier and hqvae.Classifier is Classifier
