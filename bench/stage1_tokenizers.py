@@ -12,6 +12,11 @@ spectrogram units + log-spectral distance in dB), per-layer perplexity and codes
 the layer-collapse measures, for SQ layers the posterior entropy and learned sigma^2,
 training examples/s and peak memory. ``--seeds 0 1 2`` trains each preset once per seed
 and reports mean ± std over the seeds (rows of one preset and variant are grouped).
+
+``--datasets shapes tones`` trains the quickstart's own tokenizers instead (the tokenizer
+sections of configs/quickstart.yaml, network and budget unchanged) with the preset swapped,
+to see which hierarchy keeps every layer in use on that data (issue 18, item 5);
+``--threads`` sets the torch thread count of each run (the outcome has depended on it).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -35,9 +41,28 @@ from sections import device_stats, write_section  # noqa: E402  (bench/, beside 
 PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]  # the default set
 ROW_ORDER = [*PRESETS, "hqvae"]  # the mixed HQ-VAE runs when asked for (--presets hqvae)
 MARK = "tokenizers-{tag}"
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+QUICKSTART_TRACKS = {"shapes": "image", "tones": "audio"}  # dataset -> quickstart track
+
+
+def quickstart_base(dataset: str, runs: str) -> str:
+    """The quickstart track's tokenizer config as a file, without its preset and the
+    quantizer settings tuned for that preset (the swapped-in preset's defaults apply)."""
+    import yaml
+
+    section = yaml.safe_load(QUICKSTART.read_text())[QUICKSTART_TRACKS[dataset]]["tokenizer"]
+    section["model"].pop("preset", None)
+    section["model"].pop("quantizer", None)
+    path = Path(runs) / f"quickstart_{dataset}_tokenizer.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(section, sort_keys=False))
+    return str(path)
 
 
 def overrides_for(dataset: str, preset: str, args, seed: int) -> list[str]:
+    if dataset in QUICKSTART_TRACKS:  # the quickstart's network, data and budget as they are
+        return [f"model.preset={preset}", f"train.seed={seed}", "train.eval_every=0",
+                "train.ckpt_every=0", "train.log_every=50", *args.set]
     common = [
         f"model.preset={preset}", f"model.channels={args.channels}", "model.res_blocks=2",
         "model.res_channels=32", f"model.depth={args.depth}", f"train.lr={args.lr}",
@@ -59,18 +84,22 @@ def overrides_for(dataset: str, preset: str, args, seed: int) -> list[str]:
     ]
 
 
-def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str]) -> dict:
+def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str], base: str | None = None,
+            threads: int | None = None) -> dict:
     import torch
 
     from tokenizer.config import load_tokenizer_config
     from tokenizer.train import train_tokenizer
 
-    cfg = load_tokenizer_config(None, [f"run_dir={run_dir}", *overrides])
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_tokenizer_config(base, [f"run_dir={run_dir}", *overrides])
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     metrics = train_tokenizer(cfg)
     metrics.update(device_stats())
     metrics["preset"], metrics["dataset"] = preset, dataset
+    metrics["threads"] = torch.get_num_threads()
     return metrics
 
 
@@ -144,7 +173,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", default="../shared/data/cifar10")
     p.add_argument("--fsdd", default="../shared/data/fsdd")
-    p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"], choices=["cifar10", "fsdd"])
+    p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"],
+                   choices=["cifar10", "fsdd", *QUICKSTART_TRACKS])
     p.add_argument("--presets", nargs="+", default=PRESETS)
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--depth", type=int, default=4, help="residual depth of rqvae / rsqvae")
@@ -156,6 +186,8 @@ def main() -> int:
     p.add_argument("--eval-examples", type=int, default=10000)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per run (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="train every preset once per seed; the table reports mean ± std (default: 0)")
@@ -182,7 +214,9 @@ def main() -> int:
     if args.one:
         dataset, preset, json_out = args.one
         (seed,) = seeds
-        m = run_one(dataset, preset, run_dir(dataset, preset, seed), overrides_for(dataset, preset, args, seed))
+        base = quickstart_base(dataset, args.runs) if dataset in QUICKSTART_TRACKS else None
+        m = run_one(dataset, preset, run_dir(dataset, preset, seed), overrides_for(dataset, preset, args, seed),
+                    base, args.threads)
         if args.variant:
             m["preset"] = f"{preset} ({args.variant})"
         m["overrides"] = list(args.set)
@@ -217,7 +251,8 @@ def main() -> int:
                 t0 = time.time()
                 cmd = [sys.executable, __file__, *passthrough, "--seed", str(seed), "--one", dataset, preset, str(tmp)]
                 print(f"== {dataset} {names[preset]} seed {seed}", flush=True)
-                rc = subprocess.call(cmd)
+                env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
+                rc = subprocess.call(cmd, env=env)
                 if rc != 0:
                     print(f"!! {dataset} {preset} seed {seed} failed with exit code {rc}", flush=True)
                     continue
@@ -237,13 +272,18 @@ def main() -> int:
         f"Command: `{cmdline.strip()}`  ",
         f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
         f"date {dt.date.today().isoformat()}.  ",
-        f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
-        f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
-        f"(constant), seeds as listed per row (mean ± sample std over them), mixed precision "
-        f"`{args.mixed_precision}`. "
-        f"Evaluation: deterministic encoding of {args.eval_examples} test examples (the whole split "
-        "when it is no larger; else spread evenly over it) "
-        "(variant rows: see the notes under the tables).",
+        (f"Setup: conv width {args.channels}, 2 residual blocks (32 bottleneck channels), "
+         f"K = 512 and D = 64 for every layer, residual depth {args.depth}, AdamW lr {args.lr} "
+         f"(constant), seeds as listed per row (mean ± sample std over them), mixed precision "
+         f"`{args.mixed_precision}`. "
+         f"Evaluation: deterministic encoding of {args.eval_examples} test examples (the whole split "
+         "when it is no larger; else spread evenly over it) "
+         "(variant rows: see the notes under the tables).")
+        if not set(args.datasets) <= set(QUICKSTART_TRACKS) else
+        ("Setup: each track's tokenizer section of configs/quickstart.yaml (network, data, steps, "
+         "batch, lr and evaluation set unchanged) with `model.preset` swapped and that preset's "
+         "own quantizer defaults; seeds as listed per row (mean ± sample std over them); torch "
+         "threads per run as named in the row (`t1`, `t2`)."),
         "",
     ]
     for dataset in args.datasets:
@@ -257,13 +297,18 @@ def main() -> int:
                                  0 if g[0].get("overrides") else ROW_ORDER.index(g[0]["preset"].split(" ")[0])))
         if not rows:
             continue
-        if dataset == "cifar10":
+        if dataset in QUICKSTART_TRACKS:
+            parts.append(f"### {dataset} (the quickstart's {QUICKSTART_TRACKS[dataset]} tokenizer: "
+                         "configs/quickstart.yaml's network, data and steps; only the preset "
+                         "changes; RMSE in " + ("0–255 pixel units)" if dataset == "shapes"
+                                                 else "normalised [-1, 1] units, LSD in dB)"))
+        elif dataset == "cifar10":
             parts.append(f"### CIFAR-10 ({args.cifar_epochs} epochs, batch {args.cifar_batch}; "
                          "RMSE in 0–255 pixel units)")
         else:
             parts.append(f"### FSDD ({args.fsdd_epochs} epochs, batch {args.fsdd_batch}; 128×128 "
                          "log-magnitude spectrograms, RMSE in normalised [-1, 1] units, LSD in dB)")
-        parts += ["", table(rows, audio=dataset == "fsdd"), ""]
+        parts += ["", table(rows, audio=dataset in ("fsdd", "tones")), ""]
     variants = sorted({(m["preset"], " ".join(m.get("overrides", []))) for m in done.values()
                        if m.get("overrides")})
     for name, over in variants:
