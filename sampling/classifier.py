@@ -359,7 +359,8 @@ class Classifier(nn.Module, PretrainedMixin, tags=["classifier"]):
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate embedding (B, embedding_dim): the audio FID features."""
+        """Penultimate embedding (B, embedding_dim); for an audio classifier, the audio FID
+        features."""
         self._check(x)
         h = self.body(x.float())
         return self.embed(h.mean(dim=(2, 3)))
