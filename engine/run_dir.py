@@ -62,6 +62,19 @@ def holds_work(folder: str | Path) -> bool:
     return folder.is_dir() and any(next(folder.glob(pat), None) is not None for pat in patterns)
 
 
+# keys a stage fills in from its data when the config leaves them unset
+# (tokenizer.data.resolve_modality, for the tokenizer and the classifier); a run saved before
+# they were filled in has null there, which stands for the value detected now (from the
+# same data: the data keys themselves are compared)
+DETECTED = ("data.modality",)
+
+
+def _value(config: dict, key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
 def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -> None:
     """Refuse a run directory whose ``config.yaml`` differs from ``config`` outside the
     top-level sections in ``resumable`` (those may change between a run and its resumption:
@@ -71,7 +84,8 @@ def check_run_dir(run_dir: str | Path, config: dict, resumable: Sequence[str]) -
     if not path.is_file():
         return
     old = read_saved_config(path)
-    changed = [k for k in config_diff(old, config) if k.split(".")[0] not in resumable]
+    changed = [k for k in config_diff(old, config) if k.split(".")[0] not in resumable
+               and not (k in DETECTED and _value(old, k) is None)]
     if changed and holds_work(run_dir):
         raise ConfigError(
             f"run_dir {str(run_dir)!r} already holds a run with a different config "

@@ -232,6 +232,22 @@ def test_classifier_accuracy_matches_eval(trained, eval_batch):
         classifier_accuracy(run, x[:1], [7])
 
 
+def test_a_run_that_saved_no_modality_resumes(tmp_path):
+    """Runs from before data.modality was detected saved null there (configs/classifier/
+    tones.yaml leaves it unset): null stands for the detected value, as for the tokenizer."""
+    args = [f"run_dir={tmp_path / 'run'}", *TINY, "train.ckpt_every=1"]
+    train_classifier(load_classifier_config(None, [*args, "train.steps=1"]))
+    saved = tmp_path / "run" / "config.yaml"
+    text = saved.read_text()
+    assert "  modality: audio\n" in text
+    saved.write_text(text.replace("  modality: audio\n", "  modality: null\n"))
+    assert train_classifier(load_classifier_config(None, [*args, "train.steps=2"]))["train"]["resumed_from"] == 1
+    # a saved value other than the detected one is still another run
+    saved.write_text(text.replace("  modality: audio\n", "  modality: image\n"))
+    with pytest.raises(ConfigError, match=r"different config \(data\.modality\)"):
+        train_classifier(load_classifier_config(None, [*args, "train.steps=3"]))
+
+
 # ---------------------------------------------------------------------------------------
 # WAV folders
 

@@ -378,7 +378,10 @@ def test_runs_from_before_a_new_option_still_resume(tmp_path):
     train_tokenizer(load_tokenizer_config(None, args))
     saved = tmp_path / "run" / "config.yaml"
     text = saved.read_text()
-    saved.write_text(text.replace("  skip_bad_examples: false\n", "").replace("  nan_policy: stop\n", ""))
+    # ... and a run from before data.modality was detected and saved (it saved null there)
+    assert "  modality: image\n" in text
+    saved.write_text(text.replace("  skip_bad_examples: false\n", "").replace("  nan_policy: stop\n", "")
+                     .replace("  modality: image\n", "  modality: null\n"))
     assert saved.read_text() != text
     metrics = train_tokenizer(load_tokenizer_config(None, [*args, "train.steps=2"]))
     assert metrics["train"]["resumed_from"] == 1
