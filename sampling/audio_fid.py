@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from engine.subsets import spread_indices
-from sampling.class_accuracy import class_accuracy, media_folder, sample_labels
+from sampling.class_accuracy import class_accuracy, sample_labels
 from sampling.classifier import ClassifierLike, as_classifier, per_class_line
 from sampling.feature_metrics import (
     cached_features,
@@ -43,7 +43,9 @@ from sampling.feature_metrics import (
     metrics_from_features,
     reference_cache_dir,
 )
+from sampling.outputs import media_folder
 from tokenizer.config import AudioConfig, DataConfig
+from tokenizer.media import dequantize_uint8
 
 EXTRACTOR_NAME = "hqvae-audio-classifier"
 FEATURE_LAYER = "embedding"
@@ -87,15 +89,8 @@ class SpectrogramSet(Dataset):
             item = item["x"]
         if not torch.is_tensor(item):
             raise ValueError(f"{self.name} item {index}: expected a tensor, got {type(item).__name__}")
-        return from_uint8(item) if item.dtype == torch.uint8 else item.float()
-
-
-def from_uint8(x: torch.Tensor) -> torch.Tensor:
-    """8-bit spectrogram images (..., C, F, T) -> float in [-1, 1], one channel: undoes the
-    PNG quantisation (up to its 1/127.5 step); a grey image saved as RGB keeps its first
-    channel. Spectrograms have one channel, so that is all the classifier takes."""
-    x = x.float() / 127.5 - 1.0
-    return x[..., :1, :, :] if x.dim() >= 3 and x.shape[-3] == 3 else x
+        # spectrograms have one channel, all the classifier takes
+        return dequantize_uint8(item, 1) if item.dtype == torch.uint8 else item.float()
 
 
 def _check_input(data: SpectrogramSet, shape: tuple[int, ...], name: str, min_items: int = 2) -> None:
@@ -169,7 +164,7 @@ def extractor_class() -> type:
 
         def forward(self, x):
             if x.dtype == torch.uint8:  # 8-bit spectrogram images: undo the quantisation
-                x = from_uint8(x)
+                x = dequantize_uint8(x, 1)
             features, logits = self.classifier.features_and_logits(x.float())
             out = {FEATURE_LAYER: features.double(), "logits": logits.double()}
             return tuple(out[name] for name in self.features_list)

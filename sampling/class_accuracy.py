@@ -27,8 +27,14 @@ from sampling.classifier import (
     as_classifier,
     per_class_line,
 )
+from tokenizer.media import dequantize_uint8
 
 InputsLike = Union[torch.Tensor, Dataset]
+
+
+def _stack_inputs(items: list) -> torch.Tensor:
+    # only the inputs: a dataset's other keys (labels, names) need not batch
+    return torch.stack([it["x"] if isinstance(it, dict) else it for it in items])
 
 
 @torch.no_grad()
@@ -41,19 +47,21 @@ def class_accuracy(
 ) -> dict[str, Any]:
     """The classifier's accuracy on ``inputs`` against ``labels``: {"accuracy",
     "num_examples", "per_class_accuracy", "confusion", "class_names"?}. ``inputs``: a
-    tensor (N, C, H, W) or a dataset of such tensors, float in [-1, 1] or uint8 (0..255),
-    of the classifier's input shape. The model is left where and as it was."""
+    tensor (N, C, H, W) or a dataset of such tensors or of {"x": tensor, ...} items (any
+    ``tokenizer.data`` dataset), float in [-1, 1] or uint8 (0..255), of the classifier's
+    input shape. The model is left where and as it was."""
     model = as_classifier(classifier)
     labels = torch.as_tensor(labels, dtype=torch.long).flatten()
     if labels.numel() != len(inputs):
         raise ValueError(f"labels: {labels.numel()} labels for {len(inputs)} inputs")
     device = torch.device(device) if device is not None else model.device
+    channels = model.input_shape[0]
     was_training, old_device = model.training, model.device
     model.eval().to(device)
     preds = []
     try:
-        for batch in DataLoader(inputs, batch_size=batch_size, shuffle=False):
-            x = batch.float() / 127.5 - 1.0 if batch.dtype == torch.uint8 else batch.float()
+        for batch in DataLoader(inputs, batch_size=batch_size, shuffle=False, collate_fn=_stack_inputs):
+            x = dequantize_uint8(batch, channels) if batch.dtype == torch.uint8 else batch.float()
             preds.append(model.logits(x.to(device)).argmax(-1).cpu())
     finally:
         model.train(was_training).to(old_device)
@@ -141,13 +149,6 @@ def sample_labels(
 # command-line entry
 
 
-def media_folder(folder: Path, sub: str, extensions: Sequence[str]) -> Path:
-    """The folder of a sample set's files: ``folder/sub`` (``images``, ``audio``) when it
-    exists and ``folder`` itself holds none of them, else ``folder``."""
-    direct = any(p.suffix.lower() in extensions for p in folder.iterdir() if p.is_file())
-    return folder / sub if (folder / sub).is_dir() and not direct else folder
-
-
 def score_folder(
     folder: Union[str, os.PathLike],
     classifier: ClassifierLike,
@@ -161,7 +162,8 @@ def score_folder(
     Every input error (no labels, a label that is not the classifier's, inputs of another
     shape) is raised before the network runs."""
     from sampling.audio_fid import AUDIO_EXTENSIONS, WavFolder
-    from sampling.fid import IMAGE_EXTENSIONS, ImageFolderSamples
+    from sampling.fid import ImageFolderSamples
+    from sampling.outputs import media_folder
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -176,8 +178,8 @@ def score_folder(
     else:
         if recursive:
             raise ValueError("--recursive: audio folders only (images are read from one folder)")
-        media = media_folder(folder, "images", IMAGE_EXTENSIONS)
-        inputs = ImageFolderSamples(media, channels=model.input_shape[0])
+        inputs = ImageFolderSamples(folder, channels=model.input_shape[0])
+        media = inputs.root  # the folder read: images/ of a sample set
         if (inputs.height, inputs.width) != model.input_shape[1:]:
             raise ValueError(
                 f"{media}: {inputs.width}x{inputs.height} images, but the classifier takes "

@@ -36,6 +36,7 @@ from sampling.feature_metrics import (
     metrics_from_features,
     reference_cache_dir,
 )
+from sampling.outputs import media_folder
 from tokenizer.config import DataConfig
 from tokenizer.media import quantize_uint8
 
@@ -89,8 +90,8 @@ class ImageFolderSamples(Dataset):
     def __init__(self, root: Union[str, Path], channels: int = 3):
         self.channels = channels
         self.root = Path(root).expanduser()
-        if (self.root / "images").is_dir() and (self.root / "samples.json").is_file():
-            self.root = self.root / "images"  # a `hqvae sample` folder: not its grid.png
+        if self.root.is_dir():
+            self.root = media_folder(self.root, "images", IMAGE_EXTENSIONS)  # a `hqvae sample` folder's images/
         self.files = list_images(self.root)
         first = None
         for path in self.files:

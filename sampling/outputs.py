@@ -39,6 +39,15 @@ OWNER_MARK = ".hqvae-samples"
 _NUMBERED = re.compile(r"\d{6,}")
 
 
+def media_folder(folder: Path, sub: str, extensions: tuple[str, ...]) -> Path:
+    """The folder of a sample set's files (what FID, audio FID and class accuracy read):
+    ``folder/sub`` (``images``, ``audio``) when it exists and ``folder`` holds no such files
+    of its own, else ``folder``. The set's own files (grid.png) are not its samples."""
+    own = any(p.suffix.lower() in extensions and p.name not in SAMPLE_FILES
+              for p in folder.iterdir() if p.is_file())
+    return folder / sub if (folder / sub).is_dir() and not own else folder
+
+
 def _is_sample_record(path: Path) -> bool:
     try:
         record = json.loads(path.read_text())

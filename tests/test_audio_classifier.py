@@ -16,7 +16,7 @@ from sampling.audio_fid import (
     load_wav_folder,
     parse_reference,
 )
-from sampling.class_accuracy import read_labels
+from sampling.class_accuracy import class_accuracy, read_labels
 from sampling.classifier import (
     AudioClassifier,
     AugmentConfig,
@@ -216,6 +216,8 @@ def test_8bit_spectrograms_are_mapped_back_to_the_float_range(trained, eval_batc
     for images in (u8, u8.expand(-1, 3, -1, -1)):
         assert audio_fid(run, images, as_float, kid=False)["fid"] == pytest.approx(0.0, abs=1e-6)
         assert classifier_accuracy(run, images, y)["accuracy"] == classifier_accuracy(run, as_float, y)["accuracy"]
+        # ... and through class_accuracy, both modalities' scorer: one uint8 mapping, not two
+        assert class_accuracy(run, images, y)["accuracy"] == classifier_accuracy(run, as_float, y)["accuracy"]
 
 
 def test_classifier_accuracy_matches_eval(trained, eval_batch):

@@ -80,6 +80,9 @@ def test_image_classifier_trains_on_shapes_and_beats_chance(trained, eval_batch)
     assert clf.modality == "image" and clf.input_shape == (3, 32, 32) and clf.identity == metrics["identity"]
     x, y = eval_batch
     assert class_accuracy(clf, x, y)["accuracy"] == pytest.approx(metrics["accuracy"])
+    # a tokenizer.data dataset ({"x", "label"} items) is an input too
+    held_out = build_dataset(clf.config.data, clf.config.data.eval_split)
+    assert class_accuracy(clf, held_out, y)["accuracy"] == pytest.approx(metrics["accuracy"])
     with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, 32, 32\)"):
         clf.features(x[:, :, :8])
     # audio FID takes spectrograms: an image classifier is refused by name
@@ -150,6 +153,30 @@ def test_classify_a_sample_folder(trained, eval_batch, tmp_path, capsys):
     assert "on 5 labelled images" in capsys.readouterr().out
 
 
+def test_a_sample_folder_is_read_from_its_images_folder(trained, eval_batch, tmp_path):
+    """One rule for FID and class accuracy: a sample set's grid.png is not one of its
+    samples, with or without samples.json; the folder read is the one reported."""
+    from sampling.class_accuracy import score_folder
+    from sampling.fid import ImageFolderSamples
+    from tokenizer.media import save_grid
+
+    run, _, _ = trained
+    x, y = eval_batch
+    folder = tmp_path / "s"
+    write_sample_folder(folder, x[:6], y[:6].tolist())
+    save_grid(x[:6], folder / "grid.png")
+    (folder / "samples.json").unlink()
+    assert ImageFolderSamples(folder).root == folder / "images"
+    result = score_folder(folder, run)
+    assert result["folder"] == str(folder / "images") and result["num_examples"] == 6
+    # images of another size: the error names the folder read
+    (folder / "images").rename(tmp_path / "kept")
+    write_sample_folder(tmp_path / "small", x[:2, :, :8, :8], y[:2].tolist())
+    (tmp_path / "small" / "images").rename(folder / "images")
+    with pytest.raises(ValueError, match=rf"^{folder / 'images'}: 8x8 images"):
+        score_folder(folder, run)
+
+
 @pytest.mark.parametrize("setup, match", [
     ("no labels", r"no labels\.json .*pass --labels FILE"),
     ("label 7", r"labels\.json: label 7 of '000001\.png' is not a class of the classifier \(classes 0\.\.4: circle"),
@@ -218,3 +245,4 @@ def test_audio_classifier_run_folders_from_before_still_load(tmp_path, capsys):
     import hqvae
 
     assert hqvae.AudioClassifier is AudioClassifier and hqvae.Classifier is Classifier
+

@@ -16,6 +16,15 @@ def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def dequantize_uint8(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """uint8 0..255 (..., C, H, W) -> float in [-1, 1], the inverse of
+    :func:`quantize_uint8` up to its 1/127.5 step. With ``channels`` 1, an image saved as
+    RGB keeps its first channel: a grey image (a spectrogram) written as RGB has three
+    equal ones."""
+    x = x.float() / 127.5 - 1.0
+    return x[..., :1, :, :] if channels == 1 and x.dim() >= 3 and x.shape[-3] == 3 else x
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) or (N, C, H, W) in [-1, 1] -> uint8 HWC / NHWC arrays (for PIL)."""
     return quantize_uint8(x).cpu().movedim(-3, -1).numpy()
