@@ -246,3 +246,23 @@ def test_audio_classifier_run_folders_from_before_still_load(tmp_path, capsys):
 
     assert hqvae.AudioClassifier is AudioClassifier and hqvae.Classifier is Classifier
 
+
+# ---------------------------------------------------------------------------------------
+# the pipeline's class accuracy (review of issue 23)
+
+
+def test_real_accuracy_only_where_the_data_has_the_classifiers_classes(trained):
+    from hqvae.pipeline.stages import RealExamples, real_data_mismatch
+
+    run, _, _ = trained
+    clf = Classifier.from_pretrained(run)
+    x = torch.zeros(3, 3, 32, 32)
+    assert real_data_mismatch(clf, RealExamples(x, [0, 1, 4], SHAPES)) is None
+    assert real_data_mismatch(clf, RealExamples(x, [0, 1, 4], None)) is None  # names not stored
+    # unlabelled data (label -1) is not scored against class 0..4
+    assert real_data_mismatch(clf, RealExamples(x, [0, -1, 4], SHAPES)) == "the held-out data has no labels"
+    # a classifier of other data, or of the same classes in another order
+    for names in (["a", "b", "c", "d", "e"], SHAPES[::-1]):
+        assert "are not the classifier's" in real_data_mismatch(clf, RealExamples(x, [0, 1, 4], names))
+    assert "beyond the classifier's 5 classes" in real_data_mismatch(clf, RealExamples(x, [0, 7, 4], None))
+

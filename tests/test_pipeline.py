@@ -93,6 +93,44 @@ def test_quickstart_writes_every_artifact(quick_run):
     assert "Classifier (class accuracy of the samples" in report and "FID / class accuracy" in report
 
 
+def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelled_data(quick_run, monkeypatch):
+    # review of issue 23: four loads of one classifier; label -1 failed the score stage
+    from hqvae.pipeline import stage_configs, stages
+    from sampling.classifier import Classifier
+
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY])
+    sc = stage_configs(cfg, "audio")
+    loads = []
+    load = Classifier._load_pretrained.__func__
+    monkeypatch.setattr(Classifier, "_load_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a[0]) or load(cls, *a, **k)))
+    real_examples = stages.real_examples
+
+    def unlabelled(data, n):
+        real = real_examples(data, n)
+        return real._replace(labels=[-1] * len(real.labels))
+
+    monkeypatch.setattr(stages, "real_examples", unlabelled)
+    lines = []
+    out = stages.run_score(cfg.audio, sc["tokenizer"], sc["root"], "audio", "cpu", lines.append)
+    assert len(loads) == 1
+    assert "accuracy" in out["samples"] and "accuracy" not in out["real"] and out["real"]["fid"] >= 0
+    assert lines == ["   no class accuracy on real held-out data: the held-out data has no labels"]
+
+
+@pytest.mark.parametrize("which, message", [
+    ("audio", r"image\.score\.classifier_run: classifier: it classifies audio \(spectrograms\), not image"),
+    ("missing", r"image\.score\.classifier_run: no weights file at .*missing"),
+])
+def test_a_wrong_classifier_run_is_refused_before_any_stage(quick_run, tmp_path, which, message):
+    path = quick_run / "audio" / "classifier" if which == "audio" else tmp_path / "missing"
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null",
+                                            f"image.score.classifier_run={path}"])
+    with pytest.raises(ConfigError, match=message):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "image").exists()  # nothing trained
+
+
 def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run, capsys):
     run = quick_run
     weights = run / "image" / "tokenizer" / "model.safetensors"
@@ -285,3 +323,26 @@ def test_indexed_overrides_reach_list_items_of_a_base_file(tmp_path):
     cfg = load_pipeline_config(QUICKSTART, [f"image.tokenizer.base={base}", "audio=null",
                                             "image.tokenizer.model.layers.1.codebook_size=64"])
     assert [la.codebook_size for la in cfg.image.tokenizer.model.layers] == [128, 64]
+
+
+def test_scores_follow_the_classifier(quick_run):
+    # review of issue 23: the image track's classifier removed, fid.json kept its accuracies
+    same = [*TINY, "image.sample.n=12", "image.sample.compile=true", "image.sample.temperature=0.5",
+            "audio=null", "image.sample.label=square"]  # the samples the tests above left
+    fid_json = quick_run / "image" / "fid.json"
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *same]) == 0
+    fid = json.loads(fid_json.read_text())
+    assert fid["settings"]["classifier"] == fid["classifier"] == str(quick_run / "image" / "classifier")
+    # scores written before the settings named the classifier are still these settings' scores
+    del fid["settings"]["classifier"]
+    fid_json.write_text(json.dumps(fid))
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *same]) == 0
+    assert _summary(quick_run)["tracks"]["image"]["score"]["status"] == "skipped"
+    import shutil
+
+    shutil.rmtree(quick_run / "image" / "classifier")
+    assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *same, "image.classifier=null"]) == 0
+    image = _summary(quick_run)["tracks"]["image"]
+    assert image["score"]["status"] == "ran" and "accuracy" not in image["headline"]
+    fid = json.loads(fid_json.read_text())
+    assert "classifier" not in fid and "accuracy" not in fid["samples"] and "accuracy" not in fid["real"]

@@ -13,6 +13,7 @@ from hqvae.pipeline.config import (
     SampleConfig,
     ScoreConfig,
     TrackConfig,
+    check_classifier_runs,
     check_sample_labels,
     check_trackers,
     load_pipeline_config,
@@ -32,7 +33,7 @@ from hqvae.pipeline.summary import format_summary, headline
 
 __all__ = [
     "RANDOM_SAMPLE_KEYS", "EncodeConfig", "PipelineConfig", "SampleConfig", "ScoreConfig", "TrackConfig",
-    "check_run_dir", "check_sample_labels", "check_trackers", "format_summary", "headline", "load_pipeline_config",
+    "check_classifier_runs", "check_run_dir", "check_sample_labels", "check_trackers", "format_summary", "headline", "load_pipeline_config",
     "run_classifier", "run_encode", "run_pipeline", "run_prior", "run_samples", "run_score",
     "run_tokenizer", "run_track", "stage_configs",
 ]

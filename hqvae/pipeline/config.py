@@ -261,3 +261,19 @@ def check_sample_labels(cfg: PipelineConfig) -> None:
         if index >= classes:
             raise ConfigError(f"{name}.sample.label: {track.sample.label} is out of range: the "
                               f"{name} data has classes 0..{classes - 1}")
+
+
+def check_classifier_runs(cfg: PipelineConfig) -> None:
+    """A ``score.classifier_run`` is read only when scoring, after every model has trained:
+    load it first, so a wrong path or a classifier of the other modality fails now, naming
+    the key."""
+    from sampling.classifier import as_classifier
+
+    for name in layout.TRACKS:
+        track = getattr(cfg, name)
+        if track is None or not track.score.enabled or not track.score.classifier_run:
+            continue
+        try:
+            as_classifier(track.score.classifier_run, name)
+        except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
+            raise ConfigError(f"{name}.score.classifier_run: {err}") from None

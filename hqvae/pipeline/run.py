@@ -18,6 +18,7 @@ from hqvae.pipeline import stages as stage_fns
 from hqvae.pipeline.config import (
     PipelineConfig,
     TrackConfig,
+    check_classifier_runs,
     check_sample_labels,
     check_trackers,
     stage_configs,
@@ -48,6 +49,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     check_run_dir(cfg)
     check_trackers(cfg)
     check_sample_labels(cfg)
+    check_classifier_runs(cfg)
     from engine.run_dir import run_lock
 
     with run_lock(cfg.run_dir):  # a second pipeline on this run_dir is refused
@@ -120,16 +122,21 @@ def run_track(cfg: PipelineConfig, name: str, device: str, log: Callable[[str], 
         (root / "fid.json").unlink(missing_ok=True)  # it scored samples that are gone
     if track.score.enabled:
         prev = read_json(root / "fid.json") or {}
-        scored = {"sample": wanted, "score": to_dict(track.score)}
+        # the classifier belongs to the scores: one removed or replaced takes its
+        # accuracies (and, for audio, its FID) with it
+        scored = {"sample": wanted, "score": to_dict(track.score),
+                  "classifier": stage_fns.classifier_run(track, root)}
+        # fid.json written before the settings named the classifier names it at its top
+        prev_scored = {"classifier": prev.get("classifier"), **prev.get("settings", {})}
 
         def score() -> dict:
-            out = stage_fns.run_score(track, sc["tokenizer"], root, name, device)
+            out = stage_fns.run_score(track, sc["tokenizer"], root, name, device, log)
             out["settings"] = scored
             write_json(root / "fid.json", out)
             return {"samples": out["samples"], "random": out["random"]}
 
         # a re-trained classifier scores the same samples differently
         fresh = not any(stages.get(k, {}).get("status") == "ran" for k in ("samples", "random", "classifier"))
-        stage("score", fresh and prev.get("settings") == scored, score)
+        stage("score", fresh and "settings" in prev and prev_scored == scored, score)
     stages["headline"] = headline(root)
     return stages

@@ -7,13 +7,16 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from hqvae.pipeline.config import TrackConfig
 from prior.config import PriorConfig
 from sampling.classifier import ClassifierConfig
 from tokenizer.config import TokenizerConfig
+
+Log = Callable[[str], None]
 
 
 def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
@@ -77,7 +80,7 @@ def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool 
     return {"n": s.n, "seconds": time.perf_counter() - t0}
 
 
-def _classifier_run(track: TrackConfig, root: Path) -> Optional[str]:
+def classifier_run(track: TrackConfig, root: Path) -> Optional[str]:
     """The classifier that scores the track: ``score.classifier_run``, else the track's own
     (None: an image track without one reports no class accuracy)."""
     if track.score.classifier_run:
@@ -85,7 +88,7 @@ def _classifier_run(track: TrackConfig, root: Path) -> Optional[str]:
     return str(root / "classifier") if track.classifier is not None else None
 
 
-def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str) -> dict:
+def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str, log: Log) -> dict:
     from sampling.fid import Reference, extract_features, metrics_from_features, reference_features
 
     data = tok_cfg.data
@@ -94,39 +97,43 @@ def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
                                 batch_size=track.score.batch_size, device=device, progress=True)
     out: dict[str, Any] = {"metric": "FID (Inception pool3)", "reference": {
         "source": data.source, "path": data.path, "split": split, "num": len(ref)}}
-    real, real_labels = _real_examples(data, track.sample.n)
+    real = real_examples(data, track.sample.n)
     for name in ("samples", "random", "real"):
-        images = root / name / "images" if name != "real" else real
+        images = root / name / "images" if name != "real" else real.x
         feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
         m = metrics_from_features(feats, ref, kid=True, prc=True)
         out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"],
                      "precision": m["precision"], "recall": m["recall"], "num": len(feats)}
-    clf = _classifier_run(track, root)
+    clf = classifier_run(track, root)
     if clf is not None:
         # does a sample show its class? the classifier's accuracy on real held-out images
         # is the ceiling it is read against
-        from sampling.class_accuracy import class_accuracy, score_folder
-        from sampling.classifier import Classifier
+        from sampling.class_accuracy import score_folder
+        from sampling.classifier import as_classifier
 
-        model = Classifier.from_pretrained(clf, device=device)
-        out["classifier"] = clf
+        model = as_classifier(clf, "image").to(device)
+        out["classifier"], out["classes"] = clf, model.num_classes
         if (root / "samples" / "labels.json").is_file():  # class-conditional samples
             out["samples"]["accuracy"] = score_folder(root / "samples", model,
                                                       batch_size=track.score.batch_size)["accuracy"]
-        out["real"]["accuracy"] = class_accuracy(model, real, real_labels,
-                                                 batch_size=track.score.batch_size)["accuracy"]
+        _add_real_accuracy(out["real"], model, real.x, real, track.score.batch_size, log)
     return out
 
 
-def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str) -> dict:
-    from sampling.audio_fid import score_folder
+def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str, log: Log) -> dict:
+    from sampling.audio_fid import audio_fid, score_folder
+    from sampling.classifier import as_classifier
+    from tokenizer.audio import Spectrogram
+    from tokenizer.data import build_dataset
 
     data = tok_cfg.data
     split = track.score.split or data.train_split
-    clf = _classifier_run(track, root)
-    out: dict[str, Any] = {"metric": "audio FID (classifier penultimate features)", "classifier": clf}
+    clf = classifier_run(track, root)
+    model = as_classifier(clf, "audio").to(device)  # loaded once for every score below
+    out: dict[str, Any] = {"metric": "audio FID (classifier penultimate features)", "classifier": clf,
+                           "classes": model.num_classes}
     for name in ("samples", "random"):
-        r = score_folder(root / name, clf, reference=f"{data.source}:{split}", path=data.path,
+        r = score_folder(root / name, model, reference=f"{data.source}:{split}", path=data.path,
                          max_reference=track.score.max_reference, batch_size=track.score.batch_size,
                          device=device)
         out["reference"] = {"source": data.source, "path": data.path, "split": split,
@@ -136,25 +143,28 @@ def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
         if name == "samples" and "accuracy" in r:
             out[name]["accuracy"] = r["accuracy"]["accuracy"]
     # the floor: real held-out clips through the same Griffin-Lim round trip as the samples
-    from sampling.audio_fid import audio_fid, classifier_accuracy
-    from tokenizer.audio import Spectrogram
-    from tokenizer.data import build_dataset
-
     spec = Spectrogram(data.audio)
-    real, real_labels = _real_examples(data, track.sample.n)
-    heard = spec(spec.to_waveform(real, n_iter=track.sample.griffin_lim_iters))
-    r = audio_fid(clf, heard, build_dataset(data, split), batch_size=track.score.batch_size,
+    real = real_examples(data, track.sample.n)
+    heard = spec(spec.to_waveform(real.x, n_iter=track.sample.griffin_lim_iters))
+    r = audio_fid(model, heard, build_dataset(data, split), batch_size=track.score.batch_size,
                   max_reference=track.score.max_reference, device=device)
-    out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real),
-                   "split": data.eval_split,
-                   "accuracy": classifier_accuracy(clf, heard, real_labels, batch_size=track.score.batch_size,
-                                                   device=device)["accuracy"]}
+    out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real.x),
+                   "split": data.eval_split}
+    _add_real_accuracy(out["real"], model, heard, real, track.score.batch_size, log)
     return out
 
 
-def _real_examples(data, n: int):
-    """``n`` examples spread over the eval split as one tensor, and their labels: the 'real
-    data' row of the scores."""
+class RealExamples(NamedTuple):
+    """Examples spread over the eval split: the 'real data' row of the scores."""
+
+    x: Any  # torch.Tensor (N, C, H, W)
+    labels: list[int]  # -1: the data has no labels
+    class_names: Optional[list[str]]  # the dataset's (None: not stored)
+
+
+def real_examples(data, n: int) -> RealExamples:
+    """``n`` examples spread over the eval split as one tensor, their labels and the
+    dataset's class names."""
     import torch
 
     from engine.subsets import spread_indices
@@ -162,11 +172,41 @@ def _real_examples(data, n: int):
 
     ds = build_dataset(data, data.eval_split)
     items = [ds[i] for i in spread_indices(len(ds), n)]
-    return torch.stack([it["x"] for it in items]), [int(it["label"]) for it in items]
+    names = getattr(ds, "class_names", None)
+    return RealExamples(torch.stack([it["x"] for it in items]), [int(it["label"]) for it in items],
+                        list(names) if names is not None else None)
 
 
-def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str) -> dict:
-    out = (_image_fid if name == "image" else _audio_fid)(track, tok_cfg, root, device)
+def real_data_mismatch(model, real: RealExamples) -> Optional[str]:
+    """Why the classifier's accuracy on ``real`` would be meaningless (None: it is not): the
+    data has no labels, or its classes are not the classifier's (another data set, another
+    order, e.g. a ``score.classifier_run`` trained elsewhere)."""
+    if any(y < 0 for y in real.labels):
+        return "the held-out data has no labels"
+    if real.class_names is not None and real.class_names != (model.class_names or []):
+        return (f"the data's classes {real.class_names} are not the classifier's "
+                f"{model.class_names} (same names in the same order)")
+    if any(y >= model.num_classes for y in real.labels):
+        return f"the data has labels beyond the classifier's {model.num_classes} classes"
+    return None
+
+
+def _add_real_accuracy(row: dict, model, x, real: RealExamples, batch_size: int, log: Log) -> None:
+    """``row["accuracy"]``: the classifier's accuracy on the real examples ``x`` (``real.x``,
+    or as heard after the round trip), unless their labels are not its classes (one line
+    logged saying why)."""
+    from sampling.class_accuracy import class_accuracy
+
+    why = real_data_mismatch(model, real)
+    if why is not None:
+        log(f"   no class accuracy on real held-out data: {why}")
+        return
+    row["accuracy"] = class_accuracy(model, x, real.labels, batch_size=batch_size)["accuracy"]
+
+
+def run_score(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, name: str, device: str,
+              log: Log = print) -> dict:
+    out = (_image_fid if name == "image" else _audio_fid)(track, tok_cfg, root, device, log)
     out["ratio_random_to_samples"] = out["random"]["fid"] / max(out["samples"]["fid"], 1e-12)
     out["real"]["split"] = tok_cfg.data.eval_split
     return out
