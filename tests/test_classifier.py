@@ -266,3 +266,27 @@ def test_real_accuracy_only_where_the_data_has_the_classifiers_classes(trained):
         assert "are not the classifier's" in real_data_mismatch(clf, RealExamples(x, [0, 1, 4], names))
     assert "beyond the classifier's 5 classes" in real_data_mismatch(clf, RealExamples(x, [0, 7, 4], None))
 
+
+def test_quickstart_bench_reads_the_real_accuracy_from_fid_json(tmp_path, monkeypatch):
+    """The real data's accuracy is fid.json's (audio: after the samples' round trip); no
+    classifier/ folder is needed (score.classifier_run)."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("quickstart_bench", bench / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    track = tmp_path / "audio"
+    for path, record in [
+        ("fid.json", {"samples": {"fid": 1.0, "accuracy": 0.5}, "real": {"fid": 0.5, "accuracy": 0.75},
+                      "classifier": "elsewhere", "classes": 4}),
+        ("tokenizer/eval/eval.json", {"psnr": 20.0, "layers": [{"perplexity": 3.0, "codes_used": 5,
+                                                                 "codebook_size": 8}]}),
+        ("prior/eval.json", {"levels": {"0": {"bits_per_token": 2.0, "uniform_bits": 3.0}}}),
+    ]:
+        (track / path).parent.mkdir(parents=True, exist_ok=True)
+        (track / path).write_text(json.dumps(record))
+    line = quickstart.track_line(tmp_path, "audio")
+    assert ("samples 0.50 (chance 0.25; on real held-out clips through the same Griffin-Lim round trip "
+            "0.75)") in line
