@@ -235,3 +235,26 @@ def test_an_implausible_sample_rate_is_refused_before_allocating(tmp_path):
     ds = build_dataset(DataConfig(source="audiofolder", path=str(tmp_path / "clips"), modality="audio"), "train")
     with pytest.raises(ValueError, match=r"odd\.wav.*implausible"):
         ds[0]
+
+
+def test_resample_44k1_to_8k_keeps_a_tone_and_does_not_smear_the_clip_edges():
+    """issue 20: the periodic FFT resampler treated a clip as one period of a loop, so a
+    click at its start leaked into its end; soxr filters the clip as it is."""
+    t = torch.arange(44100, dtype=torch.float64) / 44100
+    tone = torch.sin(2 * math.pi * 1000 * t).float()
+    y = resample(tone, 44100, 8000)
+    assert y.shape == (8000,) and y.dtype == torch.float32
+    spectrum = torch.fft.rfft(y).abs()
+    assert spectrum.argmax().item() == 1000  # 1 s at 8 kHz: one bin per Hz
+    assert abs(y[400:-400].abs().max().item() - 1.0) < 0.02
+
+    click = torch.zeros(44100)
+    click[2] = 1.0  # off the 8 kHz grid (at sample 0 the FFT method's sinc is 0 at the end)
+    y = resample(click, 44100, 8000)
+    head, tail = y[:40].pow(2).sum(), y[-400:].pow(2).sum()
+    assert head > 1e-3
+    # nothing of the click reaches the last 50 ms (the FFT method put 10% of its energy there)
+    assert tail < 1e-9 * head
+
+    batch = resample(torch.stack([tone, click]), 44100, 8000)
+    assert torch.equal(batch[1], y)

@@ -2,7 +2,8 @@
 
 Everything numeric here is plain torch (``torch.stft`` / ``torch.istft``), so the same code
 turns generated spectrograms back into sound on a GPU as on a CPU. File I/O goes through
-``soundfile`` (no torchaudio / torchcodec / FFmpeg in this environment).
+``soundfile`` (no torchaudio / torchcodec / FFmpeg in this environment); resampling
+through libsoxr (``soxr``), on the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal, Optional, Union
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 
 from tokenizer.config import AudioConfig
@@ -264,10 +266,12 @@ MAX_RESAMPLED = 2**25  # samples after resampling: over an hour at 8 kHz, 128 MB
 def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     """Band-limited resampling along the last axis of a (T,) or (B, T) tensor.
 
-    Done in the frequency domain: the spectrum is truncated (down-sampling: an ideal
-    low-pass at the new Nyquist, so nothing aliases) or zero-padded (up-sampling), and the
-    amplitude is rescaled for the new length. The signal is treated as periodic, which
-    only smears the first and last few samples of a clip.
+    Done by libsoxr (the ``soxr`` package, its high-quality preset): a linear-phase
+    low-pass at the new Nyquist, so nothing aliases, applied to the clip as it is. The
+    periodic FFT method used before treated each clip as one period of a loop and so
+    leaked its last samples into its first (a click at the start rang at the end), which
+    this does not. The result has ``round(T * new_sr / orig_sr)`` samples (at least one),
+    float32, on the input's device.
     """
     if orig_sr == new_sr:
         return wave
@@ -279,17 +283,17 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
         # a header claiming a 1 Hz rate made one clip ~6 GB here: refuse before allocating
         raise ValueError(f"resampling {n} samples from {orig_sr} Hz to {new_sr} Hz would make {m} "
                          f"samples (more than {MAX_RESAMPLED}); the file's sample rate is implausible")
-    spec = torch.fft.rfft(wave.float(), n=n)
-    keep = min(spec.shape[-1], m // 2 + 1)
-    out = torch.zeros(*spec.shape[:-1], m // 2 + 1, dtype=spec.dtype, device=spec.device)
-    out[..., :keep] = spec[..., :keep]
-    # A kept bin at the *old* Nyquist (up-sampling an even-length clip) stood for the +f and
-    # -f components together; in the longer spectrum irfft mirrors it again, so halve it.
-    # (Down-sampling needs nothing: irfft reads only the real part of the new Nyquist bin,
-    # which is the symmetric half-and-half split of the two components folded onto it.)
-    if m > n and n % 2 == 0:
-        out[..., n // 2] *= 0.5
-    return torch.fft.irfft(out, n=m) * (m / n)
+    lead = wave.shape[:-1]
+    # soxr takes (frames, channels): every row of a batch is one channel
+    frames = wave.detach().reshape(-1, n).T.float().cpu().numpy()
+    out = soxr.resample(np.ascontiguousarray(frames), orig_sr, new_sr, quality="HQ")
+    out = torch.from_numpy(np.ascontiguousarray(out.T)).reshape(*lead, -1)
+    # soxr rounds half-way lengths its own way: keep the length contract above
+    if out.shape[-1] > m:
+        out = out[..., :m]
+    elif out.shape[-1] < m:
+        out = torch.nn.functional.pad(out, (0, m - out.shape[-1]))
+    return out.to(wave.device)
 
 
 def fit_length(

@@ -247,8 +247,8 @@ class HFDataset(Dataset):
                     f"{name}: sample rate {rate} Hz differs from data.audio.sample_rate="
                     f"{audio.sample_rate} Hz and data.audio.resample is false"
                 )
-            # The whole clip is resampled before cropping: clips here are seconds long,
-            # and cropping first would put the FFT resampler's edge effects inside the crop.
+            # The whole clip is resampled before cropping: the resampling filter then sees
+            # the real neighbours of the crop's first and last samples.
             try:
                 x = resample(x, rate, audio.sample_rate)
             except ValueError as err:
