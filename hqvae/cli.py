@@ -38,7 +38,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
 
     from engine.config import validate
     from sampling.tokenizer_eval import run_tokenizer_evaluation
-    from tokenizer.data import build_dataset
+    from tokenizer.data import eval_dataset
     from tokenizer.pretrained import Tokenizer
     from tokenizer.train import format_summary
 
@@ -59,7 +59,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     validate(cfg)
     if cfg.data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
-    dataset = build_dataset(cfg.data, cfg.data.eval_split, train=False)
+    dataset = eval_dataset(cfg.data, cfg.data.eval_split, cfg.eval.max_examples)
     with run_lock(out, "--out"):  # a second evaluation writing this folder is refused
         metrics = run_tokenizer_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))

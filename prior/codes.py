@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from engine.config import ConfigError, validate
@@ -116,6 +116,8 @@ def encode_split(
 
     Returns the split's manifest entry. A split already encoded by the same tokenizer is
     kept unless ``overwrite``; a codes directory of another tokenizer is refused.
+    ``dataset`` may be a stream (``data.streaming``): read once, ``max_examples`` then
+    takes its first rows.
     ``tokenizer_run`` (where the tokenizer was loaded from) is recorded so samplers can
     find it.
     """
@@ -147,8 +149,15 @@ def encode_split(
         }
     if tokenizer_run is not None:
         manifest["tokenizer_run"] = str(Path(tokenizer_run).resolve())
-    n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
-    if n == 0:
+    streaming = isinstance(dataset, IterableDataset)
+    if streaming:
+        dataset.layout(seed=0, workers=num_workers, cycle=False)  # one pass, in file order
+        n = max_examples if dataset.num_rows is None else min(dataset.num_rows, max_examples or dataset.num_rows)
+        empty = next(iter(dataset.stream), None) is None
+    else:
+        n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
+        empty = n == 0
+    if empty or n == 0:
         raise ValueError(f"split {split!r}: the dataset is empty; nothing to encode")
     has_label = getattr(dataset, "label_column", "label") is not None
     sizes = tokenizer.codebook_sizes
@@ -161,18 +170,26 @@ def encode_split(
         columns["label"] = datasets.Value("int64")
     features = datasets.Features(columns)
 
-    subset = torch.utils.data.Subset(dataset, range(n))
-    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    source_rows = dataset if streaming else torch.utils.data.Subset(dataset, range(n))
+    loader = DataLoader(source_rows, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     label_max = [-1]
     written, skipped = [0], [0]
     tokenizer.model.eval()
 
     def rows():
         bar = tqdm(total=n, desc=f"encode {split}", unit="ex", disable=not progress, dynamic_ncols=True)
+        taken = 0
         for batch in loader:
+            if streaming:
+                if n is not None and taken + len(batch["x"]) > n:  # max_examples: the first rows
+                    batch = {k: v[: n - taken] for k, v in batch.items()}
+                taken += len(batch["x"])
             bar.update(len(batch["x"]))
             stand_in = batch.get("bad_examples")
-            if stand_in is not None and bool(stand_in.any()):
+            if streaming and stand_in is not None:
+                # a stream drops an undecodable row itself: the item after it is no copy
+                skipped[0] += int(stand_in.sum())
+            elif stand_in is not None and bool(stand_in.any()):
                 # data.skip_bad_examples puts the next good row in place of an undecodable
                 # one; that row is encoded at its own index, so its stand-in copy is dropped
                 # (else the prior would train on a duplicate)
@@ -191,6 +208,8 @@ def encode_split(
                     label_max[0] = max(label_max[0], labels[i])
                 yield row
             written[0] += len(batch["x"])
+            if streaming and n is not None and taken >= n:
+                break
         bar.close()
 
     codes_dir.mkdir(parents=True, exist_ok=True)
@@ -268,14 +287,15 @@ def encode_splits(
     """Encode the ``splits`` of ``data`` (a tokenizer ``DataConfig``) into ``codes_dir``, one
     :func:`encode_split` each; returns their manifest entries. The one encoding step behind
     `hqvae encode` and the pipeline's ``encode`` stage: both record the same source."""
-    from tokenizer.data import build_dataset
+    from tokenizer.data import build_dataset, build_stream
 
     check_encoding(tokenizer, data, codes_dir, splits)
     source = {"source": data.source, "path": data.path, "column": data.column}
     entries = {}
     for split in dict.fromkeys(splits):
         entry = encode_split(
-            tokenizer, build_dataset(data, split, train=False), codes_dir, split, batch_size=batch_size,
+            tokenizer, (build_stream if data.streaming else build_dataset)(data, split, train=False),
+            codes_dir, split, batch_size=batch_size,
             num_workers=num_workers, max_examples=max_examples, source=source, overwrite=overwrite,
             tokenizer_run=tokenizer_run,
         )

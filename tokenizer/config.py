@@ -254,15 +254,41 @@ class DataConfig:
     # with an error naming the split, row and file; true = replace it by the next good row
     # (the batch keeps its size), warn naming the first few, and count it in the summary
     skip_bad_examples: bool = False
+    # read the splits as streams (datasets' streaming mode: no download or Arrow cache of
+    # the whole split) for train-tokenizer and encode: Parquet / WebDataset shards or a hub
+    # dataset (README, "Data that does not fit on a disk")
+    streaming: bool = False
+    # streaming: rows held in the seeded shuffle buffer of each reader (the order is a
+    # function of train.seed and the epoch); 0 reads the shards in file order. Default 1000
+    shuffle_buffer: Optional[int] = None
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def validate(self) -> None:
+        if self.streaming:
+            if self.source in ("shapes", "tones", "imagefolder", "audiofolder"):
+                raise ConfigError(
+                    f"streaming: source {self.source!r} is not read as a stream; use Parquet "
+                    f"(data.source=parquet), WebDataset .tar shards (data.source=webdataset) or a "
+                    f"hub dataset")
+            for key in ("train_split", "eval_split"):
+                if "[" in getattr(self, key):
+                    raise ConfigError(
+                        f"{key}: a slice ({getattr(self, key)!r}) needs random access, which "
+                        f"data.streaming=true does not have; name a whole split")
+        elif self.shuffle_buffer is not None:
+            raise ConfigError("shuffle_buffer: applies to data.streaming=true only")
+        if self.shuffle_buffer is not None and not 0 <= self.shuffle_buffer <= 10**7:
+            raise ConfigError(f"shuffle_buffer: must be in [0, 1e7], got {self.shuffle_buffer}")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels: must be 1 or 3, got {self.channels}")
         if not 1 <= self.image_size <= 4096:
             raise ConfigError(f"image_size: must be in [1, 4096], got {self.image_size}")
         if self.num_train < 1 or self.num_eval < 1:
             raise ConfigError("num_train / num_eval: must be >= 1")
+
+    @property
+    def resolved_shuffle_buffer(self) -> int:
+        return 1000 if self.shuffle_buffer is None else self.shuffle_buffer
 
     @property
     def resolved_modality(self) -> str:

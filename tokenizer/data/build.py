@@ -13,6 +13,7 @@ from tokenizer.data.hf_dataset import HFDataset
 from tokenizer.data.modality import check_modality, feature_modality
 from tokenizer.data.procedural import ShapesDataset, TonesDataset
 from tokenizer.data.sources import load_table
+from tokenizer.data.streaming import StreamingDataset, open_stream
 
 C = TypeVar("C")
 
@@ -28,9 +29,15 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
     ``train=True`` allows random crops (``resize: random_crop``, ``audio.crop: random``);
     otherwise every item is deterministic. For the procedural sources the split named
     ``cfg.train_split`` has ``num_train`` items and any other split ``num_eval``.
-    Split names may carry a datasets slice, e.g. ``train[:95%]``.
+    Split names may carry a datasets slice, e.g. ``train[:95%]``. A config with
+    ``data.streaming`` is refused: see :func:`build_stream` and :func:`eval_dataset`.
     """
     cfg.validate()
+    if cfg.streaming:
+        raise ValueError(
+            f"data.streaming: split {split!r} is needed here with random access, which a stream "
+            f"does not have (train-tokenizer, eval-tokenizer and encode read streams); set "
+            f"data.streaming=false")
     if cfg.source in ("shapes", "tones"):
         # generated on demand, so any name would "exist": only the usual ones do
         known = dict.fromkeys([cfg.train_split, cfg.eval_split, "train", "validation", "test"])
@@ -51,6 +58,24 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
     return HFDataset(table, cfg, split=split, train=train, where=where)
 
 
+def build_stream(cfg: DataConfig, split: str, train: bool = False) -> StreamingDataset:
+    """``split`` read as a stream (``data.streaming``): tokenizer/data/streaming.py."""
+    cfg.validate()
+    stream, where, rows = open_stream(cfg, split)
+    if rows == 0:
+        raise ValueError(f"{where}: split {split!r} has no rows (an empty dataset)")
+    return StreamingDataset(stream, cfg, split, train=train, where=where, num_rows=rows)
+
+
+def eval_dataset(cfg: DataConfig, split: str, max_examples: int) -> Dataset:
+    """The map-style dataset evaluations read: :func:`build_dataset`, or with
+    ``data.streaming`` the split's first ``max_examples`` rows (a stream has no rows spread
+    through it to pick)."""
+    if not cfg.streaming:
+        return build_dataset(cfg, split, train=False)
+    return build_stream(cfg, split).head(max_examples)
+
+
 def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
     """The modality the data actually holds: ``cfg.modality`` when set, else the kind of
     the named (or first) Image/Audio column of ``split``. Reading the schema is cheap
@@ -60,8 +85,10 @@ def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
         return cfg.resolved_modality
     if cfg.source == "audiofolder":
         return "audio"
-    table, _ = load_table(cfg, split or cfg.train_split)
-    features = table.features
+    if cfg.streaming:  # the schema only: nothing of the split is downloaded
+        features = open_stream(cfg, split or cfg.train_split)[0].features or {}
+    else:
+        features = load_table(cfg, split or cfg.train_split)[0].features
     if cfg.column is not None and cfg.column in features:
         return feature_modality(features[cfg.column]) or cfg.resolved_modality
     for feature in features.values():

@@ -40,21 +40,22 @@ class BadExampleError(ValueError):
     """A row that cannot be decoded; the message names the source, split, row and file."""
 
 
-class HFDataset(Dataset):
-    """A map-style view on a memory-mapped HF dataset that decodes one row per item.
+class RowDecoding:
+    """Which columns of an HF table hold the media and the label, and the decoding of one
+    row into an item: the one decoding path of the map-style :class:`HFDataset` and the
+    streaming ``tokenizer.data.streaming.StreamingDataset``.
 
     Media columns are switched to ``decode=False`` and decoded here (PIL / soundfile), which
     avoids torchcodec + FFmpeg for audio and lets a bad row fail with its index.
     """
 
-    def __init__(self, table, cfg: DataConfig, split: str, train: bool = False, where: str = ""):
+    def _pick_columns(self, features, cfg: DataConfig, split: str, train: bool, where: str) -> None:
         import datasets
 
         self.cfg = cfg
         self.split = split
         self.train = train
         self.where = where or cfg.source
-        features = table.features
         if cfg.column is not None:
             if cfg.column not in features:
                 raise ValueError(
@@ -113,63 +114,22 @@ class HFDataset(Dataset):
                     f"ClassLabel or integer; set data.label_column to another column or null"
                 )
 
-        keep = [column] + ([self.label_column] if self.label_column else [])
-        table = table.select_columns(keep)
-        if modality == "image" and isinstance(features[column], datasets.Image):
-            table = table.cast_column(column, datasets.Image(decode=False))
-        elif modality == "audio" and isinstance(features[column], datasets.Audio):
-            table = table.cast_column(column, datasets.Audio(decode=False))
-        self.table = table
         self.shape = cfg.shape
         self.spectrogram = LazySpectrogram(cfg.audio) if modality == "audio" else None
         self.bad_seen = 0  # bad rows met by this process (DataLoader workers count their own)
 
-    def __len__(self) -> int:
-        return len(self.table)
+    def _raw_columns(self, table, features):
+        """``table`` (map-style or streaming) cut to the media and label columns, the media
+        left undecoded for :meth:`_item`."""
+        import datasets
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self._checked(self.table[int(index)], int(index))
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """Batched row access for DataLoader: one Arrow read per batch, not per item."""
-        indices = [int(i) for i in indices]
-        batch = self.table[indices]
-        return [
-            self._checked({key: values[j] for key, values in batch.items()}, index)
-            for j, index in enumerate(indices)
-        ]
-
-    # -- bad examples -------------------------------------------------------------------------
-    def _checked(self, row: dict, index: int) -> dict[str, Any]:
-        """Row ``index`` decoded; a bad one raises :class:`BadExampleError` or, with
-        ``data.skip_bad_examples``, is replaced by the next good row. Items then carry
-        ``bad_examples`` (how many bad rows this one stands in for): the trainer sums it."""
-        if not self.cfg.skip_bad_examples:
-            return self._item(row, index)
-        try:
-            item = self._item(row, index)
-            item["bad_examples"] = 0
-            return item
-        except BadExampleError as err:
-            self._report_bad(err)
-            first = err
-        n = len(self.table)
-        run = 1  # consecutive bad rows from `index` on
-        for offset in range(1, min(n, MAX_CONSECUTIVE_BAD)):
-            j = (index + offset) % n
-            try:
-                item = self._item(self.table[j], j)
-            except BadExampleError:
-                run += 1  # reported and counted when row j itself is asked for
-                continue
-            # this row only: every row is asked for once per epoch, so a bad row followed by
-            # bad rows is not counted again for each of them
-            item["bad_examples"] = 1
-            return item
-        raise BadExampleError(
-            f"{self.where} (split {self.split!r}): {run} consecutive rows from row {index} "
-            f"cannot be decoded, too many for data.skip_bad_examples to skip; first: {first}"
-        )
+        column = self.column
+        table = table.select_columns([column] + ([self.label_column] if self.label_column else []))
+        if self.modality == "image" and isinstance(features[column], datasets.Image):
+            table = table.cast_column(column, datasets.Image(decode=False))
+        elif self.modality == "audio" and isinstance(features[column], datasets.Audio):
+            table = table.cast_column(column, datasets.Audio(decode=False))
+        return table
 
     def _report_bad(self, err: Exception) -> None:
         self.bad_seen += 1
@@ -256,3 +216,58 @@ class HFDataset(Dataset):
         mode = audio.crop if (audio.crop != "random" or self.train) else "start"
         x = fit_length(x, audio.num_samples, mode)
         return self.spectrogram(x)
+
+
+class HFDataset(RowDecoding, Dataset):
+    """A map-style view on a memory-mapped HF dataset that decodes one row per item."""
+
+    def __init__(self, table, cfg: DataConfig, split: str, train: bool = False, where: str = ""):
+        self._pick_columns(table.features, cfg, split, train, where)
+        self.table = self._raw_columns(table, table.features)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._checked(self.table[int(index)], int(index))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """Batched row access for DataLoader: one Arrow read per batch, not per item."""
+        indices = [int(i) for i in indices]
+        batch = self.table[indices]
+        return [
+            self._checked({key: values[j] for key, values in batch.items()}, index)
+            for j, index in enumerate(indices)
+        ]
+
+    # -- bad examples -------------------------------------------------------------------------
+    def _checked(self, row: dict, index: int) -> dict[str, Any]:
+        """Row ``index`` decoded; a bad one raises :class:`BadExampleError` or, with
+        ``data.skip_bad_examples``, is replaced by the next good row. Items then carry
+        ``bad_examples`` (how many bad rows this one stands in for): the trainer sums it."""
+        if not self.cfg.skip_bad_examples:
+            return self._item(row, index)
+        try:
+            item = self._item(row, index)
+            item["bad_examples"] = 0
+            return item
+        except BadExampleError as err:
+            self._report_bad(err)
+            first = err
+        n = len(self.table)
+        run = 1  # consecutive bad rows from `index` on
+        for offset in range(1, min(n, MAX_CONSECUTIVE_BAD)):
+            j = (index + offset) % n
+            try:
+                item = self._item(self.table[j], j)
+            except BadExampleError:
+                run += 1  # reported and counted when row j itself is asked for
+                continue
+            # this row only: every row is asked for once per epoch, so a bad row followed by
+            # bad rows is not counted again for each of them
+            item["bad_examples"] = 1
+            return item
+        raise BadExampleError(
+            f"{self.where} (split {self.split!r}): {run} consecutive rows from row {index} "
+            f"cannot be decoded, too many for data.skip_bad_examples to skip; first: {first}"
+        )

@@ -1,5 +1,6 @@
-"""Where a split's rows come from: local Parquet files and folders, imagefolder /
-audiofolder trees and hub names, loaded as one memory-mapped HF ``datasets.Dataset``."""
+"""Where a split's rows come from: local Parquet files and folders, WebDataset .tar shards,
+imagefolder / audiofolder trees and hub names, loaded as one memory-mapped HF
+``datasets.Dataset`` (or read as a stream: tokenizer/data/streaming.py)."""
 
 from __future__ import annotations
 
@@ -17,43 +18,48 @@ from tokenizer.config import DataConfig
 _SPLIT_WORDS = ("train", "test", "validation", "valid", "val", "eval", "dev")
 
 
-def _split_base(split: str) -> str:
+def split_base(split: str) -> str:
     """'train[:90%]' -> 'train': files are matched by name, the slice goes to datasets."""
     return split.split("[", 1)[0].strip()
 
 
 def parquet_files(path: str, split: str) -> list[str]:
-    """The parquet files behind ``split`` under ``path`` (a file or a folder).
+    """The parquet files behind ``split`` under ``path``: :func:`shard_files`."""
+    return shard_files(path, split, "parquet")
+
+
+def shard_files(path: str, split: str, ext: str) -> list[str]:
+    """The ``.{ext}`` files (parquet, tar) behind ``split`` under ``path`` (a file or a folder).
 
     A folder is searched (and then its ``data/`` subfolder, the hub's layout) for
-    ``{split}.parquet``, ``{split}-*.parquet`` (shards) and ``{split}/*.parquet``.
+    ``{split}.{ext}``, ``{split}-*.{ext}`` (shards) and ``{split}/*.{ext}``.
     A single file serves every split.
     """
-    base = _split_base(split)
+    base = split_base(split)
     root = Path(path).expanduser()
     if root.is_file():
-        stem = root.name[: -len(".parquet")] if root.name.endswith(".parquet") else root.stem
+        stem = root.name[: -len(f".{ext}")] if root.name.endswith(f".{ext}") else root.stem
         word = re.split(r"[-_.]", stem, maxsplit=1)[0].lower()
         if word in _SPLIT_WORDS and word != base.lower():
             warnings.warn(
                 f"{root}: one file serves every split, so split {split!r} reads this "
                 f"{word!r} file; point data.path at the folder to pick files by split name",
-                stacklevel=3,
+                stacklevel=4,
             )
         return [str(root)]
     if not root.is_dir():
-        raise FileNotFoundError(f"{path}: no such parquet file or folder")
+        raise FileNotFoundError(f"{path}: no such {ext} file or folder")
     esc = glob.escape(base)
     for folder in (root, root / "data"):
         found: list[str] = []
-        for pattern in (f"{esc}.parquet", f"{esc}-*.parquet", f"{esc}/*.parquet"):
+        for pattern in (f"{esc}.{ext}", f"{esc}-*.{ext}", f"{esc}/*.{ext}"):
             found += glob.glob(str(folder / pattern))
         if found:
             return sorted(set(found))
-    present = sorted(str(p.relative_to(root)) for p in root.rglob("*.parquet"))
+    present = sorted(str(p.relative_to(root)) for p in root.rglob(f"*.{ext}"))
     listing = ", ".join(present[:20]) + (" ..." if len(present) > 20 else "") or "none"
     hint = ""
-    if not present:  # a folder of media files given as a plain path (read as Parquet)
+    if not present and ext == "parquet":  # a folder of media files given as a plain path
         suffixes = {f.suffix.lower() for f in itertools.islice(root.rglob("*.*"), 2000)}
         for kind, known in (("image", _IMAGE_SUFFIXES), ("audio", _AUDIO_SUFFIXES)):
             if suffixes & known:
@@ -63,8 +69,8 @@ def parquet_files(path: str, split: str) -> list[str]:
                     hint += f" (hqvae fid: --ref imagefolder:{base} --path {path})"
                 break
     raise FileNotFoundError(
-        f"{path}: no parquet files for split {base!r} (looked for {base}.parquet, "
-        f"{base}-*.parquet, {base}/*.parquet, also under data/); parquet files found: {listing}{hint}"
+        f"{path}: no {ext} files for split {base!r} (looked for {base}.{ext}, "
+        f"{base}-*.{ext}, {base}/*.{ext}, also under data/); {ext} files found: {listing}{hint}"
     )
 
 
@@ -77,12 +83,26 @@ def is_local_parquet(source: str) -> bool:
     return source.endswith(".parquet") or p.is_dir()
 
 
+def builder_args(cfg: DataConfig, split: str) -> tuple[dict[str, Any], str]:
+    """The ``datasets.load_dataset`` arguments (but the split) for a Parquet, WebDataset or
+    hub source, and a short description of where the data is."""
+    source = cfg.source
+    base = split_base(split)
+    if source in ("parquet", "webdataset") or is_local_parquet(source):
+        path = cfg.path if source in ("parquet", "webdataset") else source
+        kind = "webdataset" if source == "webdataset" else "parquet"
+        if not path:
+            raise ValueError(f"data.path: source {kind!r} needs a {kind} file or folder")
+        files = shard_files(path, split, "tar" if kind == "webdataset" else "parquet")
+        return {"path": kind, "data_files": {base: files}}, f"{kind} {path}"
+    return {"path": source}, source  # a hub name; needs the network or a populated HF cache
+
+
 def load_table(cfg: DataConfig, split: str):
     """-> (HF ``datasets.Dataset``, a short description of where it came from)."""
     import datasets
 
     source = cfg.source
-    base = _split_base(split)
     kwargs: dict[str, Any]
     if source in ("imagefolder", "audiofolder"):
         if not cfg.path:
@@ -93,18 +113,25 @@ def load_table(cfg: DataConfig, split: str):
         if source == "audiofolder":
             return _scan_audiofolder(Path(cfg.path).expanduser(), split), where
         kwargs = {"path": source, "data_dir": str(Path(cfg.path).expanduser())}
-    elif source == "parquet" or is_local_parquet(source):
-        path = cfg.path if source == "parquet" else source
-        if not path:
-            raise ValueError("data.path: source 'parquet' needs a parquet file or folder")
-        files = parquet_files(path, split)
-        where = f"parquet {path}"
-        kwargs = {"path": "parquet", "data_files": {base: files}}
     else:
-        where = source  # a hub name; needs the network or a populated HF cache
-        kwargs = {"path": source}
+        kwargs, where = builder_args(cfg, split)
+    table = load_split(cfg, kwargs, split, where)
+    if source == "imagefolder" and isinstance(table, datasets.Dataset):
+        table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
+    if not isinstance(table, datasets.Dataset):
+        raise ValueError(f"{where}: split {split!r} did not load as one map-style dataset")
+    return table, where
+
+
+def load_split(cfg: DataConfig, kwargs: dict[str, Any], split: str, where: str, streaming: bool = False):
+    """``datasets.load_dataset(**kwargs, split=split)`` (a stream with ``streaming``), its
+    failures made one line that names the data."""
+    import datasets
+
+    source = cfg.source
+    base = split_base(split)
     try:
-        table = datasets.load_dataset(**kwargs, split=split)
+        return datasets.load_dataset(**kwargs, split=split, streaming=streaming)
     except ValueError as err:  # e.g. an unknown split: add which data it was
         hint = ""
         if source == "imagefolder" and "Unknown split" in str(err):
@@ -120,11 +147,6 @@ def load_table(cfg: DataConfig, split: str):
             f"data.source {source!r}: not a local file or folder, and it could not be loaded "
             f"from the Hugging Face Hub ({type(err).__name__}: {reason}); for local data set "
             f"data.source to parquet / imagefolder / audiofolder with data.path") from None
-    if source == "imagefolder" and isinstance(table, datasets.Dataset):
-        table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
-    if not isinstance(table, datasets.Dataset):
-        raise ValueError(f"{where}: split {split!r} did not load as one map-style dataset")
-    return table, where
 
 
 def _drop_split_name_labels(table, root: Path):
@@ -151,7 +173,7 @@ def _scan_audiofolder(root: Path, split: str):
     """
     import datasets
 
-    base = _split_base(split)
+    base = split_base(split)
     extensions = {f".{fmt.lower()}" for fmt in sf_formats()} | {".opus", ".mp3"}
     folder = root / base
     if not folder.is_dir():
