@@ -36,6 +36,7 @@ class Resumed:
     checkpoint: Optional[Path] = None  # the checkpoint it continues from
     corrupt: list[Path] = field(default_factory=list)  # newer ones that failed to load
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    stream: Optional[dict] = None  # a stream's reader positions (engine/streams.py)
 
 
 def _check_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -110,6 +111,7 @@ def resume(
             accelerator.scaler.load_state_dict(ckpt["grad_scaler"])  # fp16 loss scale
         for key in COUNTERS:
             resumed.counters[key] = int(ckpt.get("counters", {}).get(key, 0))
+        resumed.stream = ckpt.get("stream")
         # a resumed run may ask for more steps or another lr, which reshapes the schedule;
         # the restored optimizer still holds the old schedule's LR for this step
         scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)

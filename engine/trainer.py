@@ -3,7 +3,8 @@ classifier.
 
 A stage hands over a model whose ``forward(batch, step)`` returns a dict of scalar
 terms with the objective under ``"loss"`` (going through ``forward`` keeps DDP's gradient
-hooks in play), a map-style dataset, and optional evaluation/statistics callbacks. A model
+hooks in play), a map-style dataset or a stream (engine/streams.py), and optional
+evaluation/statistics callbacks. A model
 with a ``set_total_steps(n)`` method is told the run's length before its first step.
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic
 evaluation, checkpoints, resume (engine/resume.py), progress, JSON-lines metrics and the
@@ -33,6 +34,7 @@ from engine.distributed import use_cpu
 from engine.resume import CheckpointMismatchError as CheckpointMismatchError  # also importable here
 from engine.resume import resume
 from engine.signals import StopSignals, TrainingInterrupted
+from engine.streams import StreamBatches, is_stream
 from engine.tracking import MetricsLog, Tracking
 from engine.train_config import TrainConfig
 
@@ -121,14 +123,17 @@ def _accelerator(cfg: TrainConfig, tracking: Tracking) -> Accelerator:
     return accelerator
 
 
-def _micro_batch(cfg: TrainConfig, world: int, n: int) -> int:
-    """Examples per process per forward; refuses batch settings the data cannot fill."""
+def _micro_batch(cfg: TrainConfig, world: int, n: Optional[int]) -> int:
+    """Examples per process per forward; refuses batch settings the data cannot fill
+    (``n``: the dataset's rows, None for a stream of unknown length)."""
     micro = cfg.batch_size // cfg.grad_accum
     if micro % world:
         raise ValueError(
             f"train.batch_size={cfg.batch_size} / grad_accum={cfg.grad_accum} = {micro} "
             f"is not divisible by the {world} processes"
         )
+    if n is None:
+        return micro // world
     if n == 0:
         raise ValueError("the training dataset is empty")
     if n < cfg.batch_size:
@@ -303,11 +308,11 @@ class _Checkpoints:
     def __init__(self, run_dir: Path, cfg: TrainConfig, config: dict, accelerator: Accelerator,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                  steps_per_epoch: int, last_good: Optional[Path], nonfinite: _NonFinite,
-                 bad: _BadExamples):
+                 bad: _BadExamples, stream: Optional[StreamBatches]):
         self.run_dir, self.cfg, self.config, self.accelerator = run_dir, cfg, config, accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.steps_per_epoch, self.last_good = steps_per_epoch, last_good
-        self.nonfinite, self.bad = nonfinite, bad
+        self.nonfinite, self.bad, self.stream = nonfinite, bad, stream
 
     def save(self, step: int) -> None:
         acc = self.accelerator
@@ -317,6 +322,8 @@ class _Checkpoints:
         # every process's generators, so that each resumes with its own
         rng_states = gather_object([rng_state()]) if acc.num_processes > 1 else [rng_state()]
         extra = {"epoch": step // self.steps_per_epoch, "counters": counters}
+        if self.stream is not None:
+            extra["stream"] = self.stream.state()  # where each reader of each process stands
         if acc.scaler is not None:
             extra["grad_scaler"] = acc.scaler.state_dict()
         acc.wait_for_everyone()
@@ -393,6 +400,10 @@ def train(
 
     Resuming: see engine/resume.py. A batch dict with a ``bad_examples`` field (datasets
     with ``skip_bad_examples``) adds to the run's ``bad_examples_skipped``.
+
+    A stream (a torch ``IterableDataset``, engine/streams.py) is read by each process on its
+    own and never ends: ``train.steps`` is the run's length, or ``train.epochs`` passes over
+    its known row count (``dataset.num_rows``).
     """
     run_dir = Path(run_dir)
     own_tracking = tracking is None
@@ -402,18 +413,22 @@ def train(
     # dropout and Gumbel noise for its part of the batch; one process is seeded as before
     set_seed(cfg.seed, device_specific=True)
     world, main = accelerator.num_processes, accelerator.is_main_process
-    micro = _micro_batch(cfg, world, len(dataset))
-    sampler = EpochSampler(len(dataset), cfg.seed)
-    # The loader's own generator (re-seeded per epoch) supplies the seed a DataLoader
-    # iterator draws when it starts; without it that draw comes from the global RNG, and a
-    # resumed run (which starts an iterator mid-epoch) would shift every later dropout mask.
-    loader_rng = torch.Generator()
-    loader = DataLoader(
-        dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_rng,
-        num_workers=cfg.num_workers, collate_fn=collate_fn,
-        persistent_workers=cfg.num_workers > 0,
-    )
-    steps_per_epoch = max(1, len(loader) // world // cfg.grad_accum)
+    stream = StreamBatches(dataset, cfg, accelerator, collate_fn) if is_stream(dataset) else None
+    micro = _micro_batch(cfg, world, stream.num_rows if stream else len(dataset))
+    if stream is None:
+        sampler = EpochSampler(len(dataset), cfg.seed)
+        # The loader's own generator (re-seeded per epoch) supplies the seed a DataLoader
+        # iterator draws when it starts; without it that draw comes from the global RNG, and a
+        # resumed run (which starts an iterator mid-epoch) would shift every later dropout mask.
+        loader_rng = torch.Generator()
+        loader = DataLoader(
+            dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_rng,
+            num_workers=cfg.num_workers, collate_fn=collate_fn,
+            persistent_workers=cfg.num_workers > 0,
+        )
+        steps_per_epoch = max(1, len(loader) // world // cfg.grad_accum)
+    else:
+        steps_per_epoch = stream.steps_per_epoch()
     total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
     if callable(getattr(model, "set_total_steps", None)):
         model.set_total_steps(total)  # schedules inside the model that span the run (SQ temperature)
@@ -429,7 +444,11 @@ def train(
     schedule = lr_lambda(cfg, total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     resumed = resume(run_dir, accelerator, model, optimizer, scheduler, schedule, cfg)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if stream is None:
+        model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    else:  # each process reads its own share of the stream: no loader for Accelerate to shard
+        model, optimizer = accelerator.prepare(model, optimizer)
+        stream.restore(resumed.stream, resumed.step, resumed.checkpoint)
     unwrapped = accelerator.unwrap_model(model)
     forward = _Forward(model, cfg, accelerator, batch_key)
 
@@ -447,24 +466,27 @@ def train(
     nonfinite = _NonFinite(cfg.nan_policy, accelerator, resumed.counters["nonfinite_steps_skipped"], bar)
     bad = _BadExamples(accelerator, resumed.counters["bad_examples_skipped"])
     ckpts = _Checkpoints(run_dir, cfg, config, accelerator, unwrapped, optimizer.optimizer, scheduler,
-                         steps_per_epoch, resumed.checkpoint, nonfinite, bad)
+                         steps_per_epoch, resumed.checkpoint, nonfinite, bad, stream)
     model.train()
     # Ctrl-C / SIGTERM (a scheduler's pre-emption) saves a checkpoint of the last finished
     # step and stops with one line saying how to resume, instead of losing those steps
     with StopSignals() as signals:
         while step < total:
-            sampler.set_epoch(epoch)
-            loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
-            batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-            if hasattr(batches, "set_epoch"):
-                # the skipping loader a resumed run starts with counts its epochs from 0: it
-                # would replay epoch 0's order in the middle of a later epoch
-                batches.set_epoch(epoch)
-            remaining = min(steps_per_epoch * cfg.grad_accum - skip, (total - step) * cfg.grad_accum)
-            # only the rows of the micro-batches trained on: a row beyond them (prefetched by
-            # a worker or accelerate's look-ahead) could be a bad one the run never needed
-            sampler.limit = (skip + remaining) * micro * world
-            skip = 0
+            if stream is not None:  # one pass to the end of the run
+                batches, remaining = stream.batches(micro), (total - step) * cfg.grad_accum
+            else:
+                sampler.set_epoch(epoch)
+                loader_rng.manual_seed(cfg.seed * 1_000_003 + epoch)
+                batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+                if hasattr(batches, "set_epoch"):
+                    # the skipping loader a resumed run starts with counts its epochs from 0:
+                    # it would replay epoch 0's order in the middle of a later epoch
+                    batches.set_epoch(epoch)
+                remaining = min(steps_per_epoch * cfg.grad_accum - skip, (total - step) * cfg.grad_accum)
+                # only the rows of the micro-batches trained on: a row beyond them (prefetched
+                # by a worker or accelerate's look-ahead) could be a bad one the run never needed
+                sampler.limit = (skip + remaining) * micro * world
+                skip = 0
             for batch in itertools.islice(batches, remaining):
                 bad.add(batch)
                 nonfinite.start_micro_batch(unwrapped)
@@ -505,7 +527,7 @@ def train(
                     if bad.reported:
                         record["bad_examples_skipped"] = bad.total()
                     last = record
-                    log.write({"step": step, "epoch": epoch, "split": "train", "lr": lr_used,
+                    log.write({"step": step, "epoch": (step - 1) // steps_per_epoch, "split": "train", "lr": lr_used,
                                "examples_per_s": rate, **record})
                     if "loss" in record:
                         bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")

@@ -28,7 +28,7 @@ from engine.subsets import spread_indices
 from engine.tracking import Tracking
 from engine.trainer import train
 from tokenizer.config import TokenizerConfig
-from tokenizer.data import build_dataset, resolve_modality
+from tokenizer.data import build_dataset, build_stream, eval_dataset, resolve_modality
 from tokenizer.evaluate import evaluate_tokenizer, run_evaluation
 from tokenizer.pretrained import Tokenizer
 
@@ -56,7 +56,11 @@ def train_tokenizer(cfg: TokenizerConfig) -> dict:
 
 def _train_tokenizer(cfg: TokenizerConfig) -> dict:
     run_dir = Path(cfg.run_dir)
-    train_set, eval_set = training_splits(cfg.data, build_dataset)
+    if cfg.data.streaming:
+        train_set = build_stream(cfg.data, cfg.data.train_split, train=True)
+        eval_set = eval_dataset(cfg.data, cfg.data.eval_split, cfg.eval.max_examples)
+    else:
+        train_set, eval_set = training_splits(cfg.data, build_dataset)
     check_rows(eval_set, cfg.eval.max_examples, cfg.data.eval_split)
     tok = seeded(cfg.train.seed, lambda: Tokenizer.from_config(cfg))
     state = start_run(cfg)
