@@ -131,12 +131,12 @@ def test_more_workers_than_shards_is_refused_naming_the_key(shards):
 
 def test_config_refuses_what_a_stream_cannot_do(shards):
     with pytest.raises(ConfigError, match=r"data.train_split: a slice .* random access"):
-        load_tokenizer_config(None, [f"data.path={shards}", "data.source=parquet", "data.streaming=true",
-                                     "data.train_split=train[:90%]"])
+        load_tokenizer_config(None, ["model.preset=vqvae", f"data.path={shards}", "data.source=parquet",
+                                     "data.streaming=true", "data.train_split=train[:90%]"])
     with pytest.raises(ConfigError, match="data.streaming: source 'shapes'"):
-        load_tokenizer_config(None, ["data.streaming=true"])
+        load_tokenizer_config(None, ["model.preset=vqvae", "data.streaming=true"])
     with pytest.raises(ConfigError, match="data.shuffle_buffer: applies to data.streaming=true only"):
-        load_tokenizer_config(None, ["data.shuffle_buffer=10"])
+        load_tokenizer_config(None, ["model.preset=vqvae", "data.shuffle_buffer=10"])
     with pytest.raises(ValueError, match="data.streaming: split 'train' is needed here with random access"):
         build_dataset(stream_cfg(shards), "train")
 
