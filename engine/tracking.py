@@ -98,10 +98,14 @@ class Tracking:
             "wandb": {"id": run_id, "name": name, "resume": "allow", "dir": str(self.dir)},
             "trackio": {"name": f"{name} [{run_id}]", "resume": "allow"},
         }
+        # TensorBoard names an event file by the second it was opened and the host: a run
+        # resumed within the same second (a quick retry, a test) would reopen the first
+        # file and erase it, so every start gets a suffix of its own
+        init_kwargs["tensorboard"] = {"filename_suffix": f".{secrets.token_hex(6)}"}
         if step:
             # a resumed run logs again the steps after its checkpoint: TensorBoard hides the
             # interrupted run's events from there on (they were never checkpointed)
-            init_kwargs["tensorboard"] = {"purge_step": step + 1}
+            init_kwargs["tensorboard"]["purge_step"] = step + 1
         accelerator.init_trackers(PROJECT, config=hyperparameters(config), init_kwargs=init_kwargs)
 
     def _run_id(self) -> str:

@@ -218,3 +218,25 @@ def test_hyperparameters_are_flat_scalars():
               "eval": {}, "tokenizer": None, "name": "x"}
     assert hyperparameters(config) == {"train.lr": 1e-3, "train.report_to": None, "model.layers.0.k": 8,
                                        "model.layers.1.k": 16, "eval": None, "tokenizer": None, "name": "x"}
+
+
+def test_a_restart_in_the_same_second_keeps_the_first_event_file(tmp_path, monkeypatch):
+    """TensorBoard names event files by the second and the host; a run resumed within the
+    same second used to reopen (and erase) the first run's file."""
+    import time
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # every file opened "at once"
+    for start, steps in ((0, (1, 2)), (2, (3, 4))):
+        AcceleratorState._reset_state()
+        tracking = Tracking(["tensorboard"], tmp_path)
+        tracking.start(Accelerator(**tracking.accelerator_kwargs()), start, {"train": {"lr": 1e-3}})
+        for step in steps:
+            tracking.log({"step": step, "split": "train", "loss": float(step)})
+        tracking.end()
+    AcceleratorState._reset_state()
+    files = list((tmp_path / "trackers" / "hqvae").glob("events.out.tfevents.*"))
+    assert len(files) == 2
+    assert scalars(tmp_path / "trackers" / "hqvae")["train/loss"] == {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
