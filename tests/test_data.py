@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from tokenizer.audio import write_wav
 from tokenizer.config import AudioConfig, DataConfig
-from tokenizer.data import ShapesDataset, TonesDataset, build_dataset, data_shape
+from tokenizer.data import ShapesDataset, TonesDataset, build_dataset, data_shape, procedural
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +49,7 @@ def test_shapes_are_deterministic_and_seeded():
     assert data_shape(cfg) == train.shape == (3, 32, 32)
     for i in range(len(train)):
         check_item(train[i], (3, 32, 32), train.num_classes)
+    procedural.RENDER_CACHE.clear()  # render again, not read back
     assert torch.equal(train[3]["x"], build_dataset(cfg, "train")[3]["x"])
     other_seed = build_dataset(DataConfig(num_train=20, seed=1), "train")
     assert not torch.equal(train[3]["x"], other_seed[3]["x"])
@@ -59,6 +60,39 @@ def test_shapes_are_deterministic_and_seeded():
     assert labels == set(range(train.num_classes))
     with pytest.raises(IndexError):
         train[20]
+
+
+def test_procedural_items_are_rendered_once_per_process(monkeypatch):
+    procedural.RENDER_CACHE.clear()
+    calls = []
+    render = ShapesDataset.render
+    monkeypatch.setattr(ShapesDataset, "render", lambda self, rng, label: calls.append(label) or render(self, rng, label))
+    first = [ShapesDataset(6, seed=3)[i]["x"] for i in range(6)]
+    first[0].add_(1.0)  # a caller editing its batch edits its own copy
+    assert len(calls) == 6
+    # another set of the same source, settings, seed and split (any size) reads them back
+    again = [ShapesDataset(10, seed=3)[i]["x"] for i in range(6)]
+    assert len(calls) == 6
+    ShapesDataset(6, seed=4)[0], ShapesDataset(6, seed=3, split="test")[0], ShapesDataset(6, 16, seed=3)[0]
+    assert len(calls) == 9  # a different seed, split or size is a different image
+    procedural.RENDER_CACHE.clear()
+    fresh = [ShapesDataset(6, seed=3)[i]["x"] for i in range(6)]
+    assert len(calls) == 15
+    assert all(torch.equal(a, b) for a, b in zip(again, fresh))
+    assert not torch.equal(first[0], fresh[0])
+
+    tones = DataConfig(source="tones", num_train=4, audio=AudioConfig(n_fft=64, hop_length=32, num_frames=16))
+    spec = build_dataset(tones, "train")[1]["x"]
+    spec.zero_()
+    assert build_dataset(tones, "train")[1]["x"].abs().sum() > 0
+
+
+def test_render_cache_keeps_what_fits_and_no_more():
+    cache = procedural.RenderCache(limit_bytes=2 * 3072)
+    for i in range(4):
+        cache.put(("k",), i, np.zeros((32, 32, 3), np.uint8))
+    assert cache.nbytes == 2 * 3072
+    assert cache.get(("k",), 1) is not None and cache.get(("k",), 2) is None
 
 
 def test_shapes_grey_and_size():
@@ -76,6 +110,7 @@ def test_tones_are_deterministic_spectrograms():
     for i in range(len(ds)):
         check_item(ds[i], (1, 128, 128), ds.num_classes)
     assert {ds[i]["label"] for i in range(len(ds))} == set(range(ds.num_classes))
+    procedural.RENDER_CACHE.clear()
     assert torch.equal(ds[2]["x"], build_dataset(cfg, "train")[2]["x"])
     other = build_dataset(DataConfig(source="tones", num_train=8, seed=9), "train")
     assert not torch.equal(ds[2]["x"], other[2]["x"])

@@ -156,6 +156,8 @@ def test_extractor_layout_and_registration(extractor):
     assert len(I._layer_map()) == 94
     assert not hasattr(extractor, "fc")  # the TorchScript has no classifier: no logits
     assert "logits" not in I.FIDInceptionV3.get_provided_features_list()
+    # channels-last on the CPU (faster, same features: test_converted_features_match_torchscript)
+    assert extractor.Mixed_7c.branch_pool.conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_weights_cache_is_reused(cache, monkeypatch):

@@ -1,8 +1,15 @@
 """The built-in procedural datasets: 'shapes' (images) and 'tones' (audio clips as
-spectrograms), computed item by item from a seed, any size, nothing stored."""
+spectrograms), computed item by item from a seed, any size, nothing stored on disk.
+
+Rendering is the costly part of these sets (about 0.6 ms an image and 1.8 ms a clip on one
+CPU core), and training draws every item many times: a 1,200-step run at batch 32 renders
+38,400 clips from a set of 1,000. So each process keeps what it rendered in
+:data:`RENDER_CACHE` (bounded; shared by every dataset of the same source, settings, seed and
+split, so the pipeline's tokenizer, encode and classifier stages render each item once)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from typing import Any, Optional
@@ -24,6 +31,33 @@ def _split_key(split: str) -> int:
 def _item_rng(seed: int, split_key: int, index: int) -> np.random.Generator:
     # SeedSequence mixes the three words, so neighbouring items and seeds are independent
     return np.random.default_rng([seed % 2**63, split_key, index])
+
+
+class RenderCache:
+    """Rendered items by (dataset key, index), up to ``limit_bytes`` in all; once full, new
+    items are rendered but not kept (what is kept stays: no eviction churn when an epoch is
+    larger than the cache)."""
+
+    def __init__(self, limit_bytes: int = 512 * 2**20):
+        self.limit_bytes = limit_bytes
+        self._items: dict[tuple, Any] = {}
+        self.nbytes = 0
+
+    def get(self, key: tuple, index: int):
+        return self._items.get((key, index))
+
+    def put(self, key: tuple, index: int, item: Any) -> None:
+        size = item.nbytes if isinstance(item, np.ndarray) else item.numel() * item.element_size()
+        if self.nbytes + size <= self.limit_bytes:
+            self._items[(key, index)] = item
+            self.nbytes += size
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+
+
+RENDER_CACHE = RenderCache()
 
 
 # ---------------------------------------------------------------------------------------
@@ -63,6 +97,8 @@ class ShapesDataset(Dataset):
         self.num_classes = len(self.CLASSES)
         self.class_names = list(self.CLASSES)
         self.shape = (channels, image_size, image_size)
+        # item i depends on these and i only (not on size): sets of any size share renders
+        self._cache_key = ("shapes", seed, split, image_size, channels)
 
     def __len__(self) -> int:
         return self.size
@@ -71,10 +107,14 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"ShapesDataset: index {index} out of range for size {self.size}")
         label = index % self.num_classes  # exactly balanced classes
-        rgb = self.render(_item_rng(self.seed, self._key, index), label)
-        if self.channels == 1:
-            rgb = rgb @ np.array([0.299, 0.587, 0.114])
-        return {"x": image_to_tensor(np.round(rgb * 255).astype(np.uint8)), "label": label}
+        pixels = RENDER_CACHE.get(self._cache_key, index)
+        if pixels is None:
+            rgb = self.render(_item_rng(self.seed, self._key, index), label)
+            if self.channels == 1:
+                rgb = rgb @ np.array([0.299, 0.587, 0.114])
+            pixels = np.round(rgb * 255).astype(np.uint8)  # kept as uint8: 3 KB at 32x32
+            RENDER_CACHE.put(self._cache_key, index, pixels)
+        return {"x": image_to_tensor(pixels), "label": label}
 
     # -- rendering -----------------------------------------------------------------------
     @staticmethod
@@ -178,6 +218,7 @@ class TonesDataset(Dataset):
         self.class_names = list(self.CLASSES)
         self.shape = (1, audio.num_bins, audio.num_frames)
         self.spectrogram = LazySpectrogram(audio)
+        self._cache_key = ("tones", seed, split, dataclasses.astuple(audio))
 
     def __len__(self) -> int:
         return self.size
@@ -186,8 +227,11 @@ class TonesDataset(Dataset):
         if not 0 <= index < self.size:
             raise IndexError(f"TonesDataset: index {index} out of range for size {self.size}")
         label = index % self.num_classes
-        wave = self.waveform(index)
-        return {"x": self.spectrogram(torch.from_numpy(wave)), "label": label}
+        spec = RENDER_CACHE.get(self._cache_key, index)
+        if spec is None:
+            spec = self.spectrogram(torch.from_numpy(self.waveform(index)))
+            RENDER_CACHE.put(self._cache_key, index, spec)
+        return {"x": spec.clone(), "label": label}  # a copy: callers may edit their batch
 
     def waveform(self, index: int) -> np.ndarray:
         """The clip behind item ``index`` (float32, ``num_samples`` long, peak <= 0.9)."""
