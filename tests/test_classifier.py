@@ -290,3 +290,27 @@ def test_quickstart_bench_reads_the_real_accuracy_from_fid_json(tmp_path, monkey
     line = quickstart.track_line(tmp_path, "audio")
     assert ("samples 0.50 (chance 0.25; on real held-out clips through the same Griffin-Lim round trip "
             "0.75)") in line
+
+
+def test_quickstart_sweep_variants_are_valid_pipeline_settings(monkeypatch):
+    """Every variant of bench/quickstart_sweep.py (with its base's settings) loads as a
+    pipeline config: a misspelt key would otherwise fail minutes into a sweep."""
+    import importlib.util
+
+    from hqvae.pipeline.config import load_pipeline_config
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("quickstart_sweep", bench / "quickstart_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    assert sweep.track_overrides("image", ["data.num_train=5", "prior.train.steps=3"]) == [
+        "image.tokenizer.data.num_train=5", "image.prior.train.steps=3"]
+    quickstart = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+    for track, variants in sweep.VARIANTS.items():
+        for name, (base, _, overrides) in variants.items():
+            assert base is None or variants[base][0] is None, name  # one level of bases
+            settings = (variants[base][2] if base else []) + overrides
+            cfg = load_pipeline_config(quickstart, [f"{sweep.OTHER[track]}=null",
+                                                    *sweep.track_overrides(track, settings)])
+            assert getattr(cfg, sweep.OTHER[track]) is None and getattr(cfg, track) is not None

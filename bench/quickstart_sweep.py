@@ -1,0 +1,230 @@
+"""Benchmark: where the quickstart's ten minutes buy sample quality (issue 23).
+
+    python bench/quickstart_sweep.py --track image [--variants NAME ...] [--jobs 2]
+    python bench/quickstart_sweep.py --track image --report-only
+
+Each variant is `hqvae pipeline configs/quickstart.yaml` for one track (the other set to
+null) with a few key=value overrides; the table gives the track's wall time per stage, the
+FID of its samples against decoded uniformly random codes and real held-out data (and how far
+the samples are from random towards real), the class accuracy of the class-conditional samples
+and the prior's held-out bits per token. Variants with a `base` reuse that variant's run
+folder, so the pipeline redoes only the stages their overrides change (sampling settings:
+samples and scores). `--jobs 2` runs two variant groups at once on one torch thread each
+(timings are then per-thread, comparable within the table, not with the quickstart's own).
+Results are kept in RUNS/NAME/sweep.json; `--report-only` rewrites the table from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sections import write_section  # noqa: E402  (bench/, beside this script)
+
+# name -> (base variant or None, what changes, overrides of the track's section)
+VARIANTS: dict[str, dict[str, tuple]] = {
+    "image": {
+        "2k": (None, "the image track before issue 23: 2,000 training images",
+               ["data.num_train=2000"]),
+        "20k": (None, "20,000 training images (procedural: they cost only their rendering)",
+                ["data.num_train=20000"]),
+        "20k-cfg2": ("20k", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
+        "20k-t0.8": ("20k", "temperature 0.8", ["sample.temperature=0.8", "sample.cfg_scale=1.0"]),
+        "20k-prior3x": (None, "a prior trained 3x longer", [
+            "data.num_train=20000", "prior.train.steps=3600", "prior.train.ckpt_every=1200"]),
+        "20k-K32": (None, "32 bottom codes instead of 512", [
+            "data.num_train=20000", "tokenizer.model.layers.1.codebook_size=32"]),
+        "20k-vqvae2": (None, "the deterministic twin: VQ-VAE-2 with code restarts", [
+            "data.num_train=20000", "tokenizer.model.preset=vqvae2",
+            "tokenizer.model.quantizer.restart_threshold=1.0"]),
+    },
+    "audio": {
+        "shipped": (None, "the audio track as configured before issue 23's sweep", []),
+        "cfg2": ("shipped", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
+        "prior2x": (None, "a prior trained 2x longer", ["prior.train.steps=2400", "prior.train.ckpt_every=1200"]),
+        "prior2x-cfg2": ("prior2x", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
+    },
+}
+OTHER = {"image": "audio", "audio": "image"}
+
+
+def track_overrides(track: str, overrides: list[str]) -> list[str]:
+    """Section keys -> pipeline keys: `data.x` is the tokenizer's, `prior.x`, `sample.x`... as is."""
+    stage_keys = ("tokenizer.", "prior.", "sample.", "score.", "classifier.", "encode.")
+    out = []
+    for o in overrides:
+        key = o if o.startswith(stage_keys) else f"tokenizer.{o}"
+        out.append(f"{track}.{key}")
+    return out
+
+
+def run_variant(track: str, name: str, runs: Path, threads: int, config: str) -> dict:
+    base, what, overrides = VARIANTS[track][name]
+    folder = runs / track / (base or name)
+    # a variant on a base is the base's settings plus its own (the folder's stages then match)
+    settings = (VARIANTS[track][base][2] if base else []) + overrides
+    cmd = ["hqvae", "pipeline", config, f"run_dir={folder}", f"{OTHER[track]}=null", "report=false",
+           *track_overrides(track, settings)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    log = runs / track / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.call(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise RuntimeError(f"{track}/{name}: pipeline exit code {rc}; see {log}")
+    summary = json.loads((folder / "summary.json").read_text())["tracks"][track]
+    fid = json.loads((folder / track / "fid.json").read_text())
+    prior = json.loads((folder / track / "prior" / "eval.json").read_text())
+    tok = json.loads((folder / track / "tokenizer" / "eval" / "eval.json").read_text())
+    result = {
+        "name": name, "base": base, "what": what, "overrides": overrides, "threads": threads,
+        "wall_s": wall,
+        "seconds": {k: v["seconds"] for k, v in summary.items() if isinstance(v, dict) and "seconds" in v},
+        "status": {k: v["status"] for k, v in summary.items() if isinstance(v, dict) and "status" in v},
+        "fid": {k: fid[k]["fid"] for k in ("samples", "random", "real")},
+        "accuracy": fid["samples"].get("accuracy"), "accuracy_real": fid["real"].get("accuracy"),
+        "classes": fid.get("classes"),
+        "bits": [prior["levels"][k]["bits_per_token"] for k in sorted(prior["levels"])],
+        "codes_used": [la["codes_used"] for la in tok["layers"]],
+        "psnr": tok["psnr"],
+        "swap": level_swap(folder, track, threads) if not base else None,
+    }
+    (folder / f"sweep_{name}.json").write_text(json.dumps(result, indent=2))
+    print(f"{track}/{name}: {wall:.0f}s, FID {result['fid']['samples']:.1f}, accuracy {result['accuracy']}")
+    return result
+
+
+def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
+    """Which level loses the class? The track's classifier on decoded held-out codes where one
+    level is drawn by the prior (given the real levels above it and the true label) and the
+    others are the examples' own: a level whose swap drops the accuracy to chance is one the
+    prior cannot yet write. Audio is scored as spectrograms (no Griffin-Lim)."""
+    import torch
+
+    from prior.pretrained import Prior
+    from sampling.class_accuracy import class_accuracy
+    from sampling.classifier import Classifier
+    from sampling.sampler import Sampler
+    from tokenizer.data.build import build_dataset
+    from tokenizer.pretrained import Tokenizer
+
+    torch.set_num_threads(threads)
+    root = folder / track
+    tok = Tokenizer.from_pretrained(root / "tokenizer")
+    sampler = Sampler(Prior.from_pretrained(root / "prior"), tok)
+    clf = Classifier.from_pretrained(root / "classifier")
+    data = build_dataset(tok.config.data, tok.config.data.eval_split)
+    items = [data[i] for i in range(min(n, len(data)))]
+    x = torch.stack([it["x"] for it in items])
+    y = torch.tensor([it["label"] for it in items])
+    out = {}
+    with torch.no_grad():
+        codes = tok.encode(x)
+        out["round trip"] = class_accuracy(clf, tok.decode_codes(codes).clamp(-1, 1), y)["accuracy"]
+        for level in range(len(codes)):
+            g = torch.Generator().manual_seed(level)
+            drawn = sampler.sample_level(level, codes[:level], y, g, len(y)).view_as(codes[level])
+            mixed = codes[:level] + [drawn] + codes[level + 1:]
+            out[f"level {level} drawn"] = class_accuracy(clf, tok.decode_codes(mixed).clamp(-1, 1), y)["accuracy"]
+    return out
+
+
+def table(track: str, results: list[dict], runs: Path, jobs: int) -> str:
+    rows = ["| variant | change | stages run (s) | FID samples | random codes | real | of the way | "
+            "class accuracy | level swap: round trip / top drawn / bottom drawn | prior bits/token | codes used | PSNR |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ran = {k: s for k, s in r["seconds"].items() if r["status"].get(k) == "ran"}
+        secs = " + ".join(f"{k} {s:.0f}" for k, s in ran.items())
+        f = r["fid"]
+        way = (f["random"] - f["samples"]) / (f["random"] - f["real"])
+        acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        over = ", ".join(f"`{o}`" for o in r["overrides"]) or "–"
+        base = f" (on {r['base']})" if r["base"] else ""
+        swap = " / ".join(f"{v:.2f}" for v in r["swap"].values()) if r.get("swap") else "–"
+        rows.append(f"| {r['name']}{base} | {r['what']}: {over} | {secs} | {f['samples']:.1f} | {f['random']:.1f} "
+                    f"| {f['real']:.1f} | {way:.2f} | {acc} | {swap} | {' · '.join(f'{b:.2f}' for b in r['bits'])} "
+                    f"| {' · '.join(map(str, r['codes_used']))} | {r['psnr']:.2f} |")
+    chance = next((1 / r["classes"] for r in results if r.get("classes")), None)
+    return "\n".join([
+        f"## Quickstart sweep ({track})",
+        "",
+        f"Command: `python bench/quickstart_sweep.py --track {track} --jobs {jobs} --runs {runs}`  ",
+        f"Machine: CPU ({os.cpu_count()} cores), {platform.machine()}, Python {platform.python_version()}; "
+        f"date {dt.date.today().isoformat()}; torch threads per run: "
+        f"{', '.join(sorted({str(r['threads']) for r in results}))}.  ",
+        "Each row: configs/quickstart.yaml's " + track + " track with the overrides named (keys of the "
+        "track's sections; `data.*` is the tokenizer's). 'of the way' = (random − samples) ÷ (random − real) "
+        "FID; the target is ≥ 0.7. Class accuracy: the track's classifier on the class-conditional samples"
+        + (f" (chance {chance:.2f})" if chance else "") + ". Stage seconds are the pipeline's own timings "
+        "for the stages that ran (a variant on a base reruns only what its overrides change). Level swap "
+        "(`level_swap`): class accuracy of 200 held-out examples decoded from their own codes, then with "
+        "the top level, then the bottom level drawn by the prior (true label, real levels above).",
+        "",
+        *rows,
+    ])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--track", choices=sorted(VARIANTS), required=True)
+    p.add_argument("--variants", nargs="*", help="names (default: all of the track's, in order)")
+    p.add_argument("--config", default="configs/quickstart.yaml")
+    p.add_argument("--runs", default="runs/quickstart_sweep")
+    p.add_argument("--jobs", type=int, default=1, help="variant groups at once (each on 2 / jobs threads)")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+
+    variants = VARIANTS[args.track]
+    names = args.variants or list(variants)
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {', '.join(variants)}")
+    runs = Path(args.runs)
+    if not args.report_only:
+        # a group: a variant and the ones built on it, run one after another in its folder
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(variants[n][0] or n, []).append(n)
+        threads = max(1, (os.cpu_count() or 2) // args.jobs)
+
+        def run_group(members: list[str]) -> None:
+            for n in members:
+                run_variant(args.track, n, runs, threads, args.config)
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for fut in [pool.submit(run_group, g) for g in groups.values()]:
+                fut.result()
+    results = []
+    for n in variants:
+        path = runs / args.track / (variants[n][0] or n) / f"sweep_{n}.json"
+        if path.is_file():
+            result = json.loads(path.read_text())
+            if result.get("swap") is None and not result["base"]:  # from a run before level_swap
+                result["swap"] = level_swap(path.parent, args.track, os.cpu_count() or 2)
+                path.write_text(json.dumps(result, indent=2))
+            results.append(result)
+    if not results:
+        print("no results yet")
+        return 1
+    write_section(Path(args.out), f"quickstart-sweep-{args.track}", table(args.track, results, runs, args.jobs))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
