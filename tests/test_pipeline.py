@@ -256,6 +256,9 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
      r"image\.sample\.label: the prior is not class-conditional"),
     ("image.prior.class_cond=false image.sample.cfg_scale=2",
      r"image\.sample\.cfg_scale: classifier-free guidance needs a class-conditional prior"),
+    # issue 23: a prior trained without label dropout has no unconditional model to guide with
+    ("audio.prior.label_dropout=0 audio.sample.cfg_scale=2",
+     r"audio\.sample\.cfg_scale: guidance needs the unconditional model"),
     ("image.smaple.n=3", r"unknown key 'image\.smaple' \(did you mean 'sample'\?\)"),
     ("image.prior.levels=5", r"quickstart\.yaml: image\.prior\.levels: expected a list"),
     ("audio.prior.levels=[{},3]", r"quickstart\.yaml: audio\.prior\.levels\.1: expected a mapping"),
