@@ -45,15 +45,27 @@ VARIANTS: dict[str, dict[str, tuple]] = {
             "data.num_train=20000", "prior.train.steps=3600", "prior.train.ckpt_every=1200"]),
         "20k-K32": (None, "32 bottom codes instead of 512", [
             "data.num_train=20000", "tokenizer.model.layers.1.codebook_size=32"]),
+        "20k-K8": (None, "8 bottom codes: the bottom can hold edges, not colours", [
+            "data.num_train=20000", "tokenizer.model.layers.1.codebook_size=8"]),
         "20k-vqvae2": (None, "the deterministic twin: VQ-VAE-2 with code restarts", [
             "data.num_train=20000", "tokenizer.model.preset=vqvae2",
             "tokenizer.model.quantizer.restart_threshold=1.0"]),
+        "rsqvae": (None, "RSQ-VAE, two residual depths on one 8x8 grid (the quickstart before issue 18)", [
+            "tokenizer.model.preset=rsqvae", "tokenizer.model.depth=2",
+            "tokenizer.model.quantizer.tau_decay=1.0e-3", "tokenizer.model.quantizer.tau_min=0.1"]),
+        "hqvae": (None, "the mixed HQ-VAE: injected 4x4 and 8x8, then a residual 8x8",
+                  ["tokenizer.model.preset=hqvae"]),
     },
     "audio": {
-        "shipped": (None, "the audio track as configured before issue 23's sweep", []),
+        "shipped": (None, "the audio track before issue 23's sweep (no guidance)", ["sample.cfg_scale=1.0"]),
         "cfg2": ("shipped", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
-        "prior2x": (None, "a prior trained 2x longer", ["prior.train.steps=2400", "prior.train.ckpt_every=1200"]),
-        "prior2x-cfg2": ("prior2x", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
+        "seed1": ("shipped", "sampling seed 1", ["sample.seed=1"]),
+        "cfg2-seed1": ("shipped", "guidance 2, sampling seed 1", ["sample.cfg_scale=2.0", "sample.seed=1"]),
+        "seed2": ("shipped", "sampling seed 2", ["sample.seed=2"]),
+        "cfg2-seed2": ("shipped", "guidance 2, sampling seed 2", ["sample.cfg_scale=2.0", "sample.seed=2"]),
+        "prior2x": (None, "a prior trained 2x longer", ["prior.train.steps=2400", "prior.train.ckpt_every=1200",
+                                                        "sample.cfg_scale=1.0"]),
+        "8k": (None, "8,000 training clips instead of 1,000", ["data.num_train=8000", "sample.cfg_scale=1.0"]),
     },
 }
 OTHER = {"image": "audio", "audio": "image"}
@@ -133,19 +145,33 @@ def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
     out = {}
     with torch.no_grad():
         codes = tok.encode(x)
-        out["round trip"] = class_accuracy(clf, tok.decode_codes(codes).clamp(-1, 1), y)["accuracy"]
+        trip = class_accuracy(clf, tok.decode_codes(codes).clamp(-1, 1), y)
+        out["round trip"] = trip["accuracy"]
+        out["round trip per class"] = dict(zip(clf.class_names or range(clf.num_classes), trip["per_class_accuracy"]))
         for level in range(len(codes)):
             g = torch.Generator().manual_seed(level)
             drawn = sampler.sample_level(level, codes[:level], y, g, len(y)).view_as(codes[level])
             mixed = codes[:level] + [drawn] + codes[level + 1:]
             out[f"level {level} drawn"] = class_accuracy(clf, tok.decode_codes(mixed).clamp(-1, 1), y)["accuracy"]
+        if track == "image":  # the FID a perfect prior would reach: reconstructions, same reference
+            from sampling.fid import (
+                Reference,
+                extract_features,
+                metrics_from_features,
+                reference_features,
+            )
+
+            ref = json.loads((root / "fid.json").read_text())["reference"]
+            real, _ = reference_features(Reference(tok.config.data, ref["split"], ref["num"]))
+            recon = extract_features(tok.decode_codes(codes).clamp(-1, 1))
+            out["round-trip FID"] = metrics_from_features(recon, real)["fid"]
     return out
 
 
 def table(track: str, results: list[dict], runs: Path, jobs: int) -> str:
-    rows = ["| variant | change | stages run (s) | FID samples | random codes | real | of the way | "
-            "class accuracy | level swap: round trip / top drawn / bottom drawn | prior bits/token | codes used | PSNR |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | change | stages run (s) | FID samples | random codes | real | round-trip FID | of the way | "
+            "class accuracy | level swap: round trip / each level drawn, top first | prior bits/token | codes used | PSNR |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         ran = {k: s for k, s in r["seconds"].items() if r["status"].get(k) == "ran"}
         secs = " + ".join(f"{k} {s:.0f}" for k, s in ran.items())
@@ -154,9 +180,11 @@ def table(track: str, results: list[dict], runs: Path, jobs: int) -> str:
         acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
         over = ", ".join(f"`{o}`" for o in r["overrides"]) or "–"
         base = f" (on {r['base']})" if r["base"] else ""
-        swap = " / ".join(f"{v:.2f}" for v in r["swap"].values()) if r.get("swap") else "–"
+        swap = r.get("swap") or {}
+        recon_fid = f"{swap['round-trip FID']:.1f}" if "round-trip FID" in swap else "–"
+        swap = " / ".join(f"{v:.2f}" for k, v in swap.items() if "round trip" == k or "drawn" in k) or "–"
         rows.append(f"| {r['name']}{base} | {r['what']}: {over} | {secs} | {f['samples']:.1f} | {f['random']:.1f} "
-                    f"| {f['real']:.1f} | {way:.2f} | {acc} | {swap} | {' · '.join(f'{b:.2f}' for b in r['bits'])} "
+                    f"| {f['real']:.1f} | {recon_fid} | {way:.2f} | {acc} | {swap} | {' · '.join(f'{b:.2f}' for b in r['bits'])} "
                     f"| {' · '.join(map(str, r['codes_used']))} | {r['psnr']:.2f} |")
     chance = next((1 / r["classes"] for r in results if r.get("classes")), None)
     return "\n".join([
@@ -172,7 +200,8 @@ def table(track: str, results: list[dict], runs: Path, jobs: int) -> str:
         + (f" (chance {chance:.2f})" if chance else "") + ". Stage seconds are the pipeline's own timings "
         "for the stages that ran (a variant on a base reruns only what its overrides change). Level swap "
         "(`level_swap`): class accuracy of 200 held-out examples decoded from their own codes, then with "
-        "the top level, then the bottom level drawn by the prior (true label, real levels above).",
+        "each level in turn drawn by the prior (true label, real levels above); round-trip FID: those "
+        "examples' reconstructions against the same reference (images): what a perfect prior would reach.",
         "",
         *rows,
     ])
@@ -214,7 +243,8 @@ def main() -> int:
         path = runs / args.track / (variants[n][0] or n) / f"sweep_{n}.json"
         if path.is_file():
             result = json.loads(path.read_text())
-            if result.get("swap") is None and not result["base"]:  # from a run before level_swap
+            if not result["base"] and "round trip per class" not in (result.get("swap") or {}):
+                # from a run made before level_swap measured all it does now
                 result["swap"] = level_swap(path.parent, args.track, os.cpu_count() or 2)
                 path.write_text(json.dumps(result, indent=2))
             results.append(result)
