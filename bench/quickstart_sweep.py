@@ -43,6 +43,10 @@ VARIANTS: dict[str, dict[str, tuple]] = {
         "20k-t0.8": ("20k", "temperature 0.8", ["sample.temperature=0.8", "sample.cfg_scale=1.0"]),
         "20k-prior3x": (None, "a prior trained 3x longer", [
             "data.num_train=20000", "prior.train.steps=3600", "prior.train.ckpt_every=1200"]),
+        "20k-prior-wide": (None, "a 4-layer, 128-wide prior (4.6x the parameters)", [
+            "data.num_train=20000", "prior.model.n_layer=4", "prior.model.n_embd=128"]),
+        "prior-constant-lr": (None, "the prior at a constant learning rate (no warm-up, no cosine decay)", [
+            "prior.train.schedule=constant", "prior.train.warmup_steps=0"]),
         "20k-K32": (None, "32 bottom codes instead of 512", [
             "data.num_train=20000", "tokenizer.model.layers.1.codebook_size=32"]),
         "20k-K8": (None, "8 bottom codes: the bottom can hold edges, not colours", [
