@@ -149,6 +149,11 @@ class ClassifierConfig:
     eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
 
     def validate(self) -> None:
+        if self.data.streaming:
+            # refused here, not when the dataset is built minutes into a pipeline run
+            raise ConfigError("data.streaming: a classifier trains and evaluates on random-access "
+                              "data, not streams; set data.streaming=false (in a pipeline the classifier "
+                              "reads the tokenizer's data: drop the track's classifier or its streaming)")
         audio = self.data.resolved_modality == "audio"
         _, height, width = self.data.shape
         down = 2 ** len(self.model.widths)

@@ -256,6 +256,13 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
      r"image\.sample\.label: the prior is not class-conditional"),
     ("image.prior.class_cond=false image.sample.cfg_scale=2",
      r"image\.sample\.cfg_scale: classifier-free guidance needs a class-conditional prior"),
+    # streams reach the tokenizer, encode and prior stages; the classifier and the scores
+    # need random access and said so only minutes into a run
+    ("image.tokenizer.data.source=parquet image.tokenizer.data.path=/nowhere image.tokenizer.data.streaming=true",
+     r"image\.classifier\.data\.streaming: a classifier trains and evaluates on random-access data"),
+    ("image.tokenizer.data.source=parquet image.tokenizer.data.path=/nowhere image.tokenizer.data.streaming=true "
+     "image.classifier=null",
+     r"image\.tokenizer\.data\.streaming: the score stage reads the data with random access"),
     # issue 23: a prior trained without label dropout has no unconditional model to guide with
     ("audio.prior.label_dropout=0 audio.sample.cfg_scale=2",
      r"audio\.sample\.cfg_scale: guidance needs the unconditional model"),

@@ -139,6 +139,11 @@ def test_config_refuses_what_a_stream_cannot_do(shards):
         load_tokenizer_config(None, ["model.preset=vqvae", "data.shuffle_buffer=10"])
     with pytest.raises(ValueError, match="data.streaming: split 'train' is needed here with random access"):
         build_dataset(stream_cfg(shards), "train")
+    # `hqvae train-classifier` refuses a stream when its config loads, not when its data is built
+    from sampling.classifier import load_classifier_config
+
+    with pytest.raises(ConfigError, match="data.streaming: a classifier trains and evaluates on random-access"):
+        load_classifier_config(None, [f"data.path={shards}", "data.source=parquet", "data.streaming=true"])
 
 
 TINY = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",

@@ -128,6 +128,11 @@ class PipelineConfig:
                 # the sampler refuses it too, but only after tokenizer and priors have trained
                 raise ConfigError(f"{name}.sample.cfg_scale: classifier-free guidance needs a "
                                   "class-conditional prior (set prior.class_cond: true or cfg_scale: 1)")
+            if track.tokenizer.data.streaming and track.score.enabled:
+                # reference features and the real-data row need rows spread over a split
+                raise ConfigError(f"{name}.tokenizer.data.streaming: the score stage reads the data "
+                                  f"with random access, not as a stream; set {name}.score.enabled=false "
+                                  "or data.streaming=false")
             if track.sample.cfg_scale != 1 and track.prior.class_cond and track.prior.label_dropout == 0:
                 # guidance mixes in the null-label model, which only label dropout trains
                 raise ConfigError(f"{name}.sample.cfg_scale: guidance needs the unconditional model, "
