@@ -121,10 +121,14 @@ def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelle
 @pytest.mark.parametrize("which, message", [
     ("audio", r"image\.score\.classifier_run: classifier: it classifies audio \(spectrograms\), not image"),
     ("missing", r"image\.score\.classifier_run: no weights file at .*missing"),
+    ("shape", r"image\.score\.classifier_run: it classifies inputs of shape \[3, 32, 32\], the image "
+              r"track's data has \[3, 16, 16\]"),
 ])
 def test_a_wrong_classifier_run_is_refused_before_any_stage(quick_run, tmp_path, which, message):
-    path = quick_run / "audio" / "classifier" if which == "audio" else tmp_path / "missing"
-    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null",
+    path = {"audio": quick_run / "audio" / "classifier", "shape": quick_run / "image" / "classifier",
+            "missing": tmp_path / "missing"}[which]
+    other = ["image.tokenizer.data.image_size=16"] if which == "shape" else []
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null", *other,
                                             f"image.score.classifier_run={path}"])
     with pytest.raises(ConfigError, match=message):
         run_pipeline(cfg)

@@ -275,8 +275,8 @@ def check_sample_labels(cfg: PipelineConfig) -> None:
 
 def check_classifier_runs(cfg: PipelineConfig) -> None:
     """A ``score.classifier_run`` is read only when scoring, after every model has trained:
-    load it first, so a wrong path or a classifier of the other modality fails now, naming
-    the key."""
+    load it first, so a wrong path, a classifier of the other modality or of another input
+    shape fails now, naming the key."""
     from sampling.classifier import as_classifier
 
     for name in layout.TRACKS:
@@ -284,6 +284,10 @@ def check_classifier_runs(cfg: PipelineConfig) -> None:
         if track is None or not track.score.enabled or not track.score.classifier_run:
             continue
         try:
-            as_classifier(track.score.classifier_run, name)
+            clf = as_classifier(track.score.classifier_run, name)
         except (FileNotFoundError, ValueError) as err:  # ConfigError is a ValueError
             raise ConfigError(f"{name}.score.classifier_run: {err}") from None
+        shape = tuple(track.tokenizer.data.shape)
+        if tuple(clf.input_shape) != shape:
+            raise ConfigError(f"{name}.score.classifier_run: it classifies inputs of shape "
+                              f"{list(clf.input_shape)}, the {name} track's data has {list(shape)}")
