@@ -11,7 +11,9 @@ and the prior's held-out bits per token. Variants with a `base` reuse that varia
 folder, so the pipeline redoes only the stages their overrides change (sampling settings:
 samples and scores). `--jobs 2` runs two variant groups at once on one torch thread each
 (timings are then per-thread, comparable within the table, not with the quickstart's own).
-Results are kept in RUNS/NAME/sweep.json; `--report-only` rewrites the table from them.
+Each run is also scored by :func:`level_swap` (which level the prior cannot write, and the
+FID a perfect prior would reach). Results are kept in RUNS/TRACK/FOLDER/sweep_NAME.json;
+`--report-only` rewrites the table from them (and adds level swaps that are missing).
 """
 
 from __future__ import annotations
