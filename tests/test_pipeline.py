@@ -10,7 +10,7 @@ import pytest
 from engine.config import ConfigError
 from hqvae import layout
 from hqvae.cli import main
-from hqvae.pipeline import load_pipeline_config, run_pipeline
+from hqvae.pipeline import check_classifier_runs, load_pipeline_config, run_pipeline
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -133,6 +133,27 @@ def test_a_wrong_classifier_run_is_refused_before_any_stage(quick_run, tmp_path,
     with pytest.raises(ConfigError, match=message):
         run_pipeline(cfg)
     assert not (tmp_path / "run" / "image").exists()  # nothing trained
+
+
+def test_a_classifier_run_of_other_classes_is_refused_before_any_stage(quick_run, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    for cls, colour in (("cat", (255, 0, 0)), ("dog", (0, 255, 0))):
+        (folder / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (32, 32), colour).save(folder / "train" / cls / "0.png")
+    data = ["image.tokenizer.data.source=imagefolder", f"image.tokenizer.data.path={folder}",
+            "image.tokenizer.data.eval_split=train",
+            f"image.score.classifier_run={quick_run / 'image' / 'classifier'}"]  # shapes' classes
+    cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null", *data])
+    with pytest.raises(ConfigError, match=r"image\.score\.classifier_run: it classifies \['circle', "
+                                          r"'square', .*, the image track's data has classes \['cat', 'dog'\]"):
+        run_pipeline(cfg)
+    assert not (tmp_path / "run" / "image").exists()  # nothing trained
+    # an unconditional prior's samples carry no labels: nothing to compare
+    check_classifier_runs(load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path / 'run'}", *TINY, "audio=null",
+                                                            *data, "image.prior.class_cond=false",
+                                                            "image.sample.cfg_scale=1.0"]))
 
 
 def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run, capsys):

@@ -275,8 +275,8 @@ def check_sample_labels(cfg: PipelineConfig) -> None:
 
 def check_classifier_runs(cfg: PipelineConfig) -> None:
     """A ``score.classifier_run`` is read only when scoring, after every model has trained:
-    load it first, so a wrong path, a classifier of the other modality or of another input
-    shape fails now, naming the key."""
+    load it first, so a wrong path, a classifier of the other modality, of another input
+    shape or (class-conditional priors) of other classes fails now, naming the key."""
     from sampling.classifier import as_classifier
 
     for name in layout.TRACKS:
@@ -291,3 +291,14 @@ def check_classifier_runs(cfg: PipelineConfig) -> None:
         if tuple(clf.input_shape) != shape:
             raise ConfigError(f"{name}.score.classifier_run: it classifies inputs of shape "
                               f"{list(clf.input_shape)}, the {name} track's data has {list(shape)}")
+        if track.prior.class_cond and clf.class_names:
+            # the samples' labels are class ids of the track's data: they only mean the
+            # classifier's classes when both name the same classes in the same order
+            from tokenizer.data import build_dataset
+
+            data = track.tokenizer.data
+            names = getattr(build_dataset(data, data.train_split), "class_names", None)
+            if names is not None and list(names) != list(clf.class_names):
+                raise ConfigError(f"{name}.score.classifier_run: it classifies {list(clf.class_names)}, "
+                                  f"the {name} track's data has classes {list(names)} (same names in "
+                                  f"the same order needed)")
