@@ -82,6 +82,13 @@ def sample_into(
     tok_run = tokenizer_run or prior.info.get("tokenizer_run")
     if not tok_run:
         raise ValueError(f"{prior_run}: no tokenizer run recorded with the priors; pass --tokenizer RUN")
+    if not tokenizer_run and not Path(tok_run).is_dir():
+        # the path is the machine's where the priors were trained: gone after a move, a copy
+        # or a download (save_pretrained / push_to_hub keep it as a hint, nothing more)
+        raise ValueError(
+            f"{prior_run}: the tokenizer recorded with the priors ({tok_run}) is not on this machine "
+            f"(moved, or the priors were copied or downloaded); pass --tokenizer RUN: the tokenizer "
+            f"of identity {prior.tokenizer_identity}")
     tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
     # refuses guidance on a prior that is not class-conditional, naming cfg_scale
     sampler = Sampler(prior, tokenizer, device=device, temperature=temperature, top_k=top_k, top_p=top_p,

@@ -358,6 +358,21 @@ def save_prior_run(tmp_path, tok, prior, **info):
     return run
 
 
+def test_sample_names_the_recorded_tokenizer_when_it_is_gone(tmp_path, capsys, tok, prior):
+    import shutil
+
+    run = save_prior_run(tmp_path, tok, prior)
+    moved = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "tok", moved)  # the priors copied to another machine, say
+    assert main(["sample", str(run), "--out", str(tmp_path / "a"), "--n", "2"]) != 0
+    err = capsys.readouterr().err
+    assert f"the tokenizer recorded with the priors ({tmp_path / 'tok'}) is not on this machine" in err
+    assert f"pass --tokenizer RUN: the tokenizer of identity {tok.identity}" in err
+    assert not (tmp_path / "a" / "samples.json").exists()  # refused before any sampling
+    assert main(["sample", str(run), "--out", str(tmp_path / "b"), "--n", "2", "--tokenizer", str(moved)]) == 0
+    assert len(list((tmp_path / "b" / "images").glob("*.png"))) == 2
+
+
 def test_cli_sample(tmp_path, capsys, tok, prior):
     run = save_prior_run(tmp_path, tok, prior, class_names=["red", "green", "blue"])
     out = tmp_path / "samples"
