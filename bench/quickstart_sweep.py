@@ -2,6 +2,7 @@
 
     python bench/quickstart_sweep.py --track image [--variants NAME ...] [--jobs 2]
     python bench/quickstart_sweep.py --track image --report-only
+    python bench/quickstart_sweep.py --track audio --decoder-noise shipped
 
 Each variant is `hqvae pipeline configs/quickstart.yaml` for one track (the other set to
 null) with a few key=value overrides; the table gives the track's wall time per stage, the
@@ -12,7 +13,9 @@ folder, so the pipeline redoes only the stages their overrides change (sampling 
 samples and scores). `--jobs 2` runs two variant groups at once on one torch thread each
 (timings are then per-thread, comparable within the table, not with the quickstart's own).
 Each run is also scored by :func:`level_swap` (which level the prior cannot write, and the
-FID a perfect prior would reach). Results are kept in RUNS/TRACK/FOLDER/sweep_NAME.json;
+FID a perfect prior would reach); `--decoder-noise VARIANT` measures :func:`decoder_noise` on
+a finished run (would sampling the decoder's likelihood restore lost texture?). Results are
+kept in RUNS/TRACK/FOLDER/sweep_NAME.json;
 `--report-only` rewrites the table from them (and adds level swaps that are missing).
 """
 
@@ -61,6 +64,14 @@ VARIANTS: dict[str, dict[str, tuple]] = {
             "tokenizer.model.quantizer.tau_decay=1.0e-3", "tokenizer.model.quantizer.tau_min=0.1"]),
         "hqvae": (None, "the mixed HQ-VAE: injected 4x4 and 8x8, then a residual 8x8",
                   ["tokenizer.model.preset=hqvae"]),
+        "ds2": (None, "finer codes: 16x16 bottom, 8x8 top (each bottom code a 2x2 patch)",
+                ["tokenizer.model.downsample=2"]),
+        "ds2-seed1": (None, "the same, tokenizer and prior seed 1", [
+            "tokenizer.model.downsample=2", "tokenizer.train.seed=1", "prior.train.seed=1", "sample.seed=1"]),
+        "20k-prior-wide-long": (None, "what it would take: the 4-layer 128-wide prior for 8,000 steps "
+                                "(a 46-minute prior stage on one thread, 25x the shipped one)", [
+            "data.num_train=20000", "prior.model.n_layer=4", "prior.model.n_embd=128",
+            "prior.train.steps=8000", "prior.train.ckpt_every=2000"]),
     },
     "audio": {
         "shipped": (None, "the audio track before issue 23's sweep (no guidance)", ["sample.cfg_scale=1.0"]),
@@ -72,6 +83,8 @@ VARIANTS: dict[str, dict[str, tuple]] = {
         "prior2x": (None, "a prior trained 2x longer", ["prior.train.steps=2400", "prior.train.ckpt_every=1200",
                                                         "sample.cfg_scale=1.0"]),
         "8k": (None, "8,000 training clips instead of 1,000", ["data.num_train=8000", "sample.cfg_scale=1.0"]),
+        "ds4": (None, "finer codes: 16x16 bottom, 8x8 top (room for a noise burst's texture)",
+                ["tokenizer.model.downsample=4"]),
     },
 }
 OTHER = {"image": "audio", "audio": "image"}
@@ -174,6 +187,68 @@ def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
     return out
 
 
+DECODER_NOISE_SCALES = (0.0, 0.5, 1.0, 2.0)
+
+
+def decoder_noise(folder: Path, track: str, threads: int, seed: int = 0) -> list[dict]:
+    """Would drawing from the SQ-VAE decoder's Gaussian likelihood, instead of decoding its
+    mean, give back the texture a round trip smooths away (the audio track's noise bursts)?
+    The classifier on the held-out examples' reconstructions plus N(0, (s·σ)²) per value, σ²
+    the decoder variance at its ML value (the held-out mean squared error, as training sets
+    it), for s in DECODER_NOISE_SCALES; then with an oracle per-value σ: the local (3×3) mean
+    of the example's own squared error, the most a learned per-value variance could know."""
+    import torch
+    import torch.nn.functional as F
+
+    from sampling.class_accuracy import class_accuracy
+    from sampling.classifier import Classifier
+    from tokenizer.data.build import build_dataset
+    from tokenizer.pretrained import Tokenizer
+
+    torch.set_num_threads(threads)
+    root = folder / track
+    tok = Tokenizer.from_pretrained(root / "tokenizer")
+    clf = Classifier.from_pretrained(root / "classifier")
+    data = build_dataset(tok.config.data, tok.config.data.eval_split)
+    items = [data[i] for i in range(len(data))]
+    x = torch.stack([it["x"] for it in items])
+    y = torch.tensor([it["label"] for it in items])
+    names = clf.class_names or [str(k) for k in range(clf.num_classes)]
+    rows = []
+    with torch.no_grad():
+        recon = tok.decode_codes(tok.encode(x))
+        err = (recon - x).pow(2)
+        sigma = err.mean().sqrt()
+        g = torch.Generator().manual_seed(seed)
+        draws = [(f"{s:g} σ", s * sigma) for s in DECODER_NOISE_SCALES]
+        draws.append(("oracle local σ", F.avg_pool2d(err, 3, 1, 1, count_include_pad=False).sqrt()))
+        for what, std in draws:
+            noisy = (recon + std * torch.randn(recon.shape, generator=g)).clamp(-1, 1)
+            acc = class_accuracy(clf, noisy, y)
+            rows.append({"noise": what, "sigma": float(sigma), "accuracy": acc["accuracy"],
+                         "per_class": dict(zip(names, acc["per_class_accuracy"]))})
+    return rows
+
+
+def decoder_noise_table(track: str, variant: str, rows: list[dict]) -> str:
+    names = list(rows[0]["per_class"])
+    out = [f"## Quickstart sweep ({track}): drawing from the decoder's likelihood",
+           "",
+           f"Command: `python bench/quickstart_sweep.py --track {track} --decoder-noise {variant}`  ",
+           f"Machine: CPU ({os.cpu_count()} cores); date {dt.date.today().isoformat()}. The {variant} run's "
+           f"classifier on its {track} tokenizer's held-out reconstructions plus Gaussian noise of standard "
+           f"deviation s·σ (σ = {rows[0]['sigma']:.3f}, the decoder's ML standard deviation: the held-out "
+           "RMSE), and with an oracle per-value σ (the local 3×3 mean of each example's own squared "
+           "error). Spectrograms, no Griffin-Lim.",
+           "",
+           "| noise added | class accuracy | " + " | ".join(names) + " |",
+           "|---|---|" + "---|" * len(names)]
+    for r in rows:
+        out.append(f"| {r['noise']} | {r['accuracy']:.2f} | "
+                   + " | ".join(f"{v:.2f}" for v in r["per_class"].values()) + " |")
+    return "\n".join(out)
+
+
 def table(track: str, results: list[dict], runs: Path, jobs: int) -> str:
     rows = ["| variant | change | stages run (s) | FID samples | random codes | real | round-trip FID | of the way | "
             "class accuracy | level swap: round trip / each level drawn, top first | prior bits/token | codes used | PSNR |",
@@ -222,7 +297,19 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=1, help="variant groups at once (each on 2 / jobs threads)")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--decoder-noise", metavar="VARIANT",
+                   help="only measure decoder_noise on this variant's finished run (its own section)")
     args = p.parse_args()
+
+    if args.decoder_noise:
+        if args.decoder_noise not in VARIANTS[args.track]:
+            p.error(f"unknown variant {args.decoder_noise!r}; known: {', '.join(VARIANTS[args.track])}")
+        base = VARIANTS[args.track][args.decoder_noise][0] or args.decoder_noise
+        rows = decoder_noise(Path(args.runs) / args.track / base, args.track, os.cpu_count() or 2)
+        write_section(Path(args.out), f"quickstart-decoder-noise-{args.track}",
+                      decoder_noise_table(args.track, args.decoder_noise, rows))
+        print(f"wrote {args.out}")
+        return 0
 
     variants = VARIANTS[args.track]
     names = args.variants or list(variants)

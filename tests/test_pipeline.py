@@ -381,3 +381,38 @@ def test_scores_follow_the_classifier(quick_run):
     assert image["score"]["status"] == "ran" and "accuracy" not in image["headline"]
     fid = json.loads(fid_json.read_text())
     assert "classifier" not in fid and "accuracy" not in fid["samples"] and "accuracy" not in fid["real"]
+
+
+def test_quickstart_sweep_decoder_noise_scores_a_pipeline_run(quick_run, monkeypatch):
+    """bench/quickstart_sweep.py --decoder-noise: noise-free row = the plain round trip, σ =
+    the held-out RMSE, one row per scale and the oracle, each a valid accuracy."""
+    import importlib.util
+
+    import torch
+
+    from sampling.class_accuracy import class_accuracy
+    from sampling.classifier import Classifier
+    from tokenizer.data.build import build_dataset
+    from tokenizer.pretrained import Tokenizer
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("quickstart_sweep", bench / "quickstart_sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    threads = torch.get_num_threads()
+    rows = sweep.decoder_noise(quick_run, "audio", threads)
+    torch.set_num_threads(threads)
+    assert [r["noise"] for r in rows] == [f"{s:g} σ" for s in sweep.DECODER_NOISE_SCALES] + ["oracle local σ"]
+    tok = Tokenizer.from_pretrained(quick_run / "audio" / "tokenizer")
+    clf = Classifier.from_pretrained(quick_run / "audio" / "classifier")
+    data = build_dataset(tok.config.data, tok.config.data.eval_split)
+    x = torch.stack([data[i]["x"] for i in range(len(data))])
+    y = torch.tensor([data[i]["label"] for i in range(len(data))])
+    with torch.no_grad():
+        recon = tok.decode_codes(tok.encode(x))
+    assert rows[0]["sigma"] == pytest.approx(float((recon - x).pow(2).mean().sqrt()), rel=1e-5)
+    assert rows[0]["accuracy"] == class_accuracy(clf, recon.clamp(-1, 1), y)["accuracy"]
+    assert all(0 <= r["accuracy"] <= 1 and list(r["per_class"]) == clf.class_names for r in rows)
+    text = sweep.decoder_noise_table("audio", "shipped", rows)
+    assert "| 0 σ |" in text and "| oracle local σ |" in text and "--decoder-noise shipped" in text
