@@ -64,6 +64,9 @@ VARIANTS: dict[str, dict[str, tuple]] = {
             "tokenizer.model.quantizer.tau_decay=1.0e-3", "tokenizer.model.quantizer.tau_min=0.1"]),
         "hqvae": (None, "the mixed HQ-VAE: injected 4x4 and 8x8, then a residual 8x8",
                   ["tokenizer.model.preset=hqvae"]),
+        "llama": (None, "a Llama prior (rotary positions: 'the code above' is one relative offset)",
+                  ["prior.model.arch=llama"]),
+        "20k-llama": (None, "the same on 20,000 images", ["data.num_train=20000", "prior.model.arch=llama"]),
         "ds2": (None, "finer codes: 16x16 bottom, 8x8 top (each bottom code a 2x2 patch)",
                 ["tokenizer.model.downsample=2"]),
         "ds2-seed1": (None, "the same, tokenizer and prior seed 1", [
