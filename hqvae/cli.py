@@ -491,6 +491,18 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         print(f"hqvae {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        _end_process_group()
+
+
+def _end_process_group() -> None:
+    """A data-parallel run (``accelerate launch``) tears its process group down before the
+    interpreter does: Gloo's worker threads, left to the interpreter's teardown, can abort
+    the process ("terminate called without an active exception", pytorch/pytorch#190489)
+    after all its work is done, failing the launch."""
+    dist = sys.modules.get("torch.distributed")  # never imported: nothing to end
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _close_progress_bars() -> None:

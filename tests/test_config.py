@@ -254,3 +254,20 @@ def test_sq_presets_with_injected_layers_add_them_unless_a_config_says_otherwise
     assert injection == {"vqvae2": "concat", "sqvae2": "add", "hqvae": "add"}
     cfg = load_tokenizer_config(None, ["model.preset=sqvae2", "model.injection=concat"])
     assert cfg.model.injection == "concat"
+
+
+def test_the_cli_ends_a_data_parallel_process_group_before_exit(tmp_path, capsys):
+    """Left to the interpreter's teardown, Gloo's threads can abort a finished
+    `accelerate launch` process (pytorch/pytorch#190489): the CLI ends the group itself."""
+    import torch.distributed as dist
+
+    from hqvae.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["config", "sqvae2"]) == 0
+        assert "preset: sqvae2" in capsys.readouterr().out
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
