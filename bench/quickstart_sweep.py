@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, tuple]] = {
     "image": {
         "2k": (None, "the image track before issue 23: 2,000 training images",
                ["data.num_train=2000"]),
+        "2k-topk32": ("2k", "top-k 32 sampling", ["sample.top_k=32"]),
+        "2k-topp0.9": ("2k", "top-p 0.9 sampling", ["sample.top_p=0.9"]),
         "20k": (None, "20,000 training images (procedural: they cost only their rendering)",
                 ["data.num_train=20000"]),
         "20k-cfg2": ("20k", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
