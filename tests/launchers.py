@@ -22,3 +22,12 @@ def launch_command(launcher: str, processes: int) -> list[str]:
 def launch_env() -> dict[str, str]:
     """This environment without ACCELERATE_USE_CPU, which would make every process skip gloo setup."""
     return {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+
+
+def launch_failure(out) -> str:
+    """What a failed launch said: its processes' own lines (where a worker failed and why),
+    not only the launcher's closing traceback, which fills the end of stderr."""
+    lines = (out.stdout + out.stderr).splitlines()
+    worker = [line for line in lines if not line.startswith((" ", "Traceback", "torch.distributed"))]
+    text = "\n".join(worker)
+    return f"exit code {out.returncode}; process output (head and tail):\n{text[:3000]}\n...\n{text[-3000:]}"

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import torch
-from launchers import launch_command, launch_env  # tests/launchers.py
+from launchers import launch_command, launch_env, launch_failure  # tests/launchers.py
 
 from engine.checkpoint import list_checkpoints
 from prior.codes import encode_split
@@ -55,7 +55,7 @@ def test_two_processes_match_one_with_the_same_global_batch(codes, tmp_path):
     for n in (1, 2):
         run = tmp_path / f"p{n}"
         out = _cli(["train-prior", f"data.codes={codes}", f"run_dir={run}", *TINY_PRIOR], n)
-        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.returncode == 0, launch_failure(out)
         # one process reports; one process writes one final checkpoint per level
         assert out.stdout.count("level 1 (") == 1, out.stdout
         assert (", 2 processes" in out.stdout) == (n == 2), out.stdout
@@ -85,7 +85,7 @@ def test_a_resumed_two_process_run_continues_every_process_s_random_draws(codes,
         for n_steps in steps:
             out = _cli(["train-prior", f"data.codes={codes}", f"run_dir={run}", *noisy,
                         f"train.steps={n_steps}"], 2)
-            assert out.returncode == 0, out.stderr[-3000:]
+            assert out.returncode == 0, launch_failure(out)
     one, two = _losses(whole / "level_0"), _losses(split / "level_0")
     assert len(one) == 4 and len(two) == 4
     assert two == one  # steps 3 and 4 after the resume too, to the last bit

@@ -14,7 +14,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from launchers import launch_command, launch_env  # tests/launchers.py
+from launchers import launch_command, launch_env, launch_failure  # tests/launchers.py
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -232,7 +232,7 @@ def test_two_processes_read_disjoint_rows_and_resume(shards, tmp_path):
                 f"train.steps={steps}"]
         out = subprocess.run([*launch_command("accelerate", 2), *args], capture_output=True, text=True,
                              timeout=300, env=launch_env())
-        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.returncode == 0, launch_failure(out)
 
     cli("whole", 5)
     cli("split", 2)

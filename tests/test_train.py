@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from launchers import launch_command, launch_env  # tests/launchers.py
+from launchers import launch_command, launch_env, launch_failure  # tests/launchers.py
 
 from engine.checkpoint import list_checkpoints
 from engine.config import ConfigError
@@ -167,7 +167,7 @@ def test_two_process_data_parallel_run(tmp_path, launcher):
            "train.steps=2", *TINY]
     env = launch_env()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, launch_failure(out)
     assert out.stdout.count("trained 2 steps") == 1
     assert "on 2 processes" in out.stdout, out.stdout
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
