@@ -1,6 +1,7 @@
 """Commands that start several CPU training processes (gloo), shared by the data-parallel tests."""
 
 import os
+import socket
 import sys
 
 
@@ -10,13 +11,23 @@ def launch_command(launcher: str, processes: int) -> list[str]:
     Accelerate's route to several CPU processes is its torchrun launcher (``--multi_gpu``);
     ``accelerate launch --cpu --num_processes N`` starts one. ``--multi_gpu`` needs N >= 2."""
     if launcher == "accelerate" and processes > 1:
+        # a free port of its own, as torchrun --standalone picks one: not accelerate's fixed
+        # 29500, which back-to-back launches of the suite would all share
         head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(free_port())]
     elif launcher in ("torchrun", "accelerate"):
         head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     else:
         raise ValueError(f"unknown launcher {launcher!r}")
     return [*head, "-m", "hqvae.cli"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def launch_env() -> dict[str, str]:
