@@ -143,6 +143,24 @@ def run_variant(track: str, name: str, runs: Path, threads: int, config: str) ->
     return result
 
 
+def held_out(root: Path, threads: int, n: int | None = None):
+    """A finished track's tokenizer, classifier, class names and the first ``n`` (None: all)
+    examples of its tokenizer's eval split as (x, labels)."""
+    import torch
+
+    from sampling.classifier import Classifier
+    from tokenizer.data.build import build_dataset
+    from tokenizer.pretrained import Tokenizer
+
+    torch.set_num_threads(threads)
+    tok = Tokenizer.from_pretrained(root / "tokenizer")
+    clf = Classifier.from_pretrained(root / "classifier")
+    data = build_dataset(tok.config.data, tok.config.data.eval_split)
+    items = [data[i] for i in range(len(data) if n is None else min(n, len(data)))]
+    names = clf.class_names or [str(k) for k in range(clf.num_classes)]
+    return tok, clf, names, torch.stack([it["x"] for it in items]), torch.tensor([it["label"] for it in items])
+
+
 def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
     """Which level loses the class? The track's classifier on decoded held-out codes where one
     level is drawn by the prior (given the real levels above it and the true label) and the
@@ -152,26 +170,17 @@ def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
 
     from prior.pretrained import Prior
     from sampling.class_accuracy import class_accuracy
-    from sampling.classifier import Classifier
     from sampling.sampler import Sampler
-    from tokenizer.data.build import build_dataset
-    from tokenizer.pretrained import Tokenizer
 
-    torch.set_num_threads(threads)
     root = folder / track
-    tok = Tokenizer.from_pretrained(root / "tokenizer")
+    tok, clf, names, x, y = held_out(root, threads, n)
     sampler = Sampler(Prior.from_pretrained(root / "prior"), tok)
-    clf = Classifier.from_pretrained(root / "classifier")
-    data = build_dataset(tok.config.data, tok.config.data.eval_split)
-    items = [data[i] for i in range(min(n, len(data)))]
-    x = torch.stack([it["x"] for it in items])
-    y = torch.tensor([it["label"] for it in items])
     out = {}
     with torch.no_grad():
         codes = tok.encode(x)
         trip = class_accuracy(clf, tok.decode_codes(codes).clamp(-1, 1), y)
         out["round trip"] = trip["accuracy"]
-        out["round trip per class"] = dict(zip(clf.class_names or range(clf.num_classes), trip["per_class_accuracy"]))
+        out["round trip per class"] = dict(zip(names, trip["per_class_accuracy"]))
         for level in range(len(codes)):
             g = torch.Generator().manual_seed(level)
             drawn = sampler.sample_level(level, codes[:level], y, g, len(y)).view_as(codes[level])
@@ -206,19 +215,8 @@ def decoder_noise(folder: Path, track: str, threads: int, seed: int = 0) -> list
     import torch.nn.functional as F
 
     from sampling.class_accuracy import class_accuracy
-    from sampling.classifier import Classifier
-    from tokenizer.data.build import build_dataset
-    from tokenizer.pretrained import Tokenizer
 
-    torch.set_num_threads(threads)
-    root = folder / track
-    tok = Tokenizer.from_pretrained(root / "tokenizer")
-    clf = Classifier.from_pretrained(root / "classifier")
-    data = build_dataset(tok.config.data, tok.config.data.eval_split)
-    items = [data[i] for i in range(len(data))]
-    x = torch.stack([it["x"] for it in items])
-    y = torch.tensor([it["label"] for it in items])
-    names = clf.class_names or [str(k) for k in range(clf.num_classes)]
+    tok, clf, names, x, y = held_out(folder / track, threads)
     rows = []
     with torch.no_grad():
         recon = tok.decode_codes(tok.encode(x))
