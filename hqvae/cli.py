@@ -489,10 +489,23 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("HQVAE_DEBUG"):  # the full traceback, for bug reports
             raise
         _close_progress_bars()
-        print(f"hqvae {args.command}: error: {err}", file=sys.stderr)
+        print(f"hqvae {args.command}: error: {_error_text(err)}", file=sys.stderr)
         return 2
     finally:
         _end_process_group()
+
+
+def _error_text(err: BaseException) -> str:
+    """The message of an error; one raised in a DataLoader worker process comes back with
+    the worker's traceback in its message ("Caught BadExampleError in DataLoader worker
+    process 0. Original Traceback ..."), whose last line is the error itself."""
+    import re
+
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = re.sub(r"^[\w.]+: ", "", last, count=1)
+    return text
 
 
 def _end_process_group() -> None:

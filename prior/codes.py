@@ -230,6 +230,14 @@ def encode_split(
             fingerprint=f"{identity}-{split}-{n}-{time.time_ns()}",
         )
         table.save_to_disk(str(tmp))
+    except datasets.exceptions.DatasetGenerationError as err:
+        # datasets wraps whatever the generator raised (a bad row naming its file, a
+        # tokenizer error) in "An error occurred while generating the dataset": the
+        # cause is the error to report, as training reports it
+        shutil.rmtree(cache, ignore_errors=True)
+        if err.__cause__ is not None:
+            raise err.__cause__ from None
+        raise
     finally:
         if was_enabled:
             datasets.enable_progress_bars()

@@ -880,3 +880,47 @@ def test_eval_json_keeps_the_levels_of_an_earlier_call(stage1, tmp_path):
     (run / "eval.json").unlink()
     train_prior(cfg, [1])
     assert sorted(json.loads((run / "eval.json").read_text())["levels"]) == ["0", "1"]
+
+
+def _bad_folder(root, modality: str):
+    """A class-per-folder image or audio folder (train and test) with one undecodable file."""
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                if modality == "image":
+                    pixels = np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(folder / f"{i}.png")
+                else:
+                    sf.write(str(folder / f"{i}.wav"), np.zeros(800, dtype=np.float32), 8000)
+    bad = root / "train" / "b" / ("bad.png" if modality == "image" else "bad.wav")
+    bad.write_bytes(b"not a media file")
+    return bad
+
+
+@pytest.mark.parametrize("modality, workers", [("image", 0), ("image", 1), ("audio", 0)])
+def test_cli_encode_names_a_bad_file_in_one_line(tmp_path, capsys, modality, workers):
+    """A bad file met while encoding was reported as datasets' 84-line DatasetGenerationError
+    traceback; training reports it in one line naming the file, and so does encode (also when
+    a DataLoader worker decoded it, whose error carries the worker's traceback)."""
+    extra = (["data.image_size=16"] if modality == "image"
+             else ["data.source=tones", "data.modality=audio"])
+    cfg = load_tokenizer_config(None, ["model.preset=vqvae", "model.channels=16", "model.res_channels=8",
+                                       "model.res_blocks=1", *extra])
+    Tokenizer.from_config(cfg).save_pretrained(tmp_path / "tok")
+    bad = _bad_folder(tmp_path / "data", modality)
+    source = "imagefolder" if modality == "image" else "audiofolder"
+    rc = main(["encode", str(tmp_path / "tok"), "--out", str(tmp_path / "codes"), "--data", source,
+               "--path", str(tmp_path / "data"), "--num-workers", str(workers)])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err, err  # progress bars aside, one line: the error
+    line = err.strip().splitlines()[-1]
+    assert err.count("error:") == 1 and line.startswith("hqvae encode: error: "), err
+    assert f"(file {bad})" in line and "split 'train'" in line, err
+    assert not (tmp_path / "codes" / "train").exists()
