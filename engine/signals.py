@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Optional
 
 
-class TrainingInterrupted(Exception):
+class Interrupted(Exception):
+    """A signal stopped a command after it kept what it had finished; the message says what
+    that is and how running the command again continues (the CLI prints it, exit status 130)."""
+
+
+class TrainingInterrupted(Interrupted):
     """SIGINT / SIGTERM stopped a run: a checkpoint of its last step was saved first."""
 
     def __init__(self, step: int, checkpoint: Path, signal_name: str):

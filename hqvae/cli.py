@@ -87,13 +87,39 @@ def _encode(args: argparse.Namespace) -> int:
 def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> int:
     from prior.codes import encode_splits
 
-    encode_splits(tok, data, args.out, splits, batch_size=args.batch_size, num_workers=args.num_workers,
-                  max_examples=args.max_examples, overwrite=args.overwrite,
-                  tokenizer_run=args.tokenizer_run, log=print)
+    splits = list(dict.fromkeys(splits))
+    finished: list[str] = []
+    for split in splits:  # one at a time: a Ctrl-C can say which splits are kept
+        try:
+            encode_splits(tok, data, args.out, [split], batch_size=args.batch_size,
+                          num_workers=args.num_workers, max_examples=args.max_examples,
+                          overwrite=args.overwrite, tokenizer_run=args.tokenizer_run, log=print)
+        except KeyboardInterrupt:
+            raise _encoding_interrupted(args, finished, split, splits[splits.index(split):]) from None
+        finished.append(split)
     shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
     print(f"codes of tokenizer {tok.identity} (levels {shapes}, K {tok.codebook_sizes}); "
           f"manifest: {Path(args.out) / 'codes.json'}")
     return 0
+
+
+def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: str, rest: list[str]):
+    """What a Ctrl-C during `hqvae encode` leaves and what running it again does: finished
+    splits are complete datasets on disk that a rerun keeps (without --overwrite); the split
+    it stopped in is not written (its partial rows are dropped) and is encoded from its start."""
+    from engine.signals import Interrupted
+
+    kept = (f"split{'s' if len(finished) > 1 else ''} {', '.join(map(repr, finished))} finished "
+            f"and kept in {args.out}" if finished else "no split finished")
+    if not args.overwrite:
+        again = (f"Run the same command again to continue: finished splits are kept and split "
+                 f"{split!r} is encoded from its start")
+    elif finished:  # --overwrite would encode the finished splits a second time
+        again = (f"Running the same command again encodes every split again (--overwrite); to "
+                 f"continue, run it with {' '.join(f'--split {s}' for s in rest)} instead")
+    else:
+        again = "Run the same command again to encode from the start"
+    return Interrupted(f"SIGINT: stopped while encoding split {split!r} ({kept}). {again}")
 
 
 def _train_prior(args: argparse.Namespace) -> int:
@@ -473,12 +499,12 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.signals import TrainingInterrupted
+    from engine.signals import Interrupted
 
     args = parse_cli(argv)
     try:
         return args.func(args)
-    except TrainingInterrupted as err:  # Ctrl-C / SIGTERM: a checkpoint was saved first
+    except Interrupted as err:  # Ctrl-C / SIGTERM: what was finished is kept (a checkpoint, codes)
         _close_progress_bars()
         print(f"hqvae {args.command}: {err}", file=sys.stderr)
         return 130

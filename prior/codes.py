@@ -238,6 +238,10 @@ def encode_split(
         if err.__cause__ is not None:
             raise err.__cause__ from None
         raise
+    except KeyboardInterrupt:  # the split is not written: its partial rows go too
+        for p in (cache, tmp):
+            shutil.rmtree(p, ignore_errors=True)
+        raise
     finally:
         if was_enabled:
             datasets.enable_progress_bars()

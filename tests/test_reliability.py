@@ -1043,3 +1043,53 @@ def test_weights_whose_stored_config_does_not_fit_them_are_named(tmp_path):
     save_file(load_file(str(path)), str(path), metadata=meta)
     with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match the stored config \(size mismatch"):
         Tokenizer.from_pretrained(run)
+
+
+def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path):
+    """Ctrl-C during `hqvae encode` printed a KeyboardInterrupt traceback. Now one line says
+    which splits finished (kept) and that running the same command again continues: it keeps
+    them and encodes the interrupted split from its start (a split is written whole or not
+    at all), exit status 130."""
+    Tokenizer.from_config(load_tokenizer_config(None, ["model.preset=vqvae", *TINY_TOK])).save_pretrained(
+        tmp_path / "tok")
+    codes = tmp_path / "codes"
+    marker = tmp_path / "encoding-test"
+    # the test split is encoded slowly, and says when it has begun
+    slow = (
+        "import time, prior.codes as pc\nreal = pc.encode_split\n"
+        "def encode_split(tok, dataset, codes_dir, split, **kw):\n"
+        "    if split == 'test':\n"
+        "        encode = tok.encode\n"
+        "        def slow(x):\n"
+        f"            open({str(marker)!r}, 'w').close(); time.sleep(0.5)\n"
+        "            return encode(x)\n"
+        "        tok.encode = slow\n"
+        "    return real(tok, dataset, codes_dir, split, **kw)\n"
+        "pc.encode_split = encode_split\n"
+        "from hqvae.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    args = ["encode", str(tmp_path / "tok"), "--out", str(codes), "--batch-size", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", "import sys\n" + slow, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("hqvae encode: SIGINT: stopped while encoding split 'test'"), err
+    assert "'train' finished and kept" in line and "same command again to continue" in line, err
+    assert json.loads((codes / "codes.json").read_text())["splits"].keys() == {"train"}
+    assert not [p for p in codes.iterdir() if p.name.startswith((".tmp-", ".cache-", "test"))]
+    train_files = {p.name: p.stat().st_ino for p in (codes / "train").iterdir()}
+    # the same command again keeps train (the same files) and encodes test
+    proc = subprocess.run([sys.executable, "-m", "hqvae.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.stat().st_ino for p in (codes / "train").iterdir()} == train_files
+    manifest = json.loads((codes / "codes.json").read_text())
+    assert manifest["splits"]["train"]["num_examples"] == 64 and manifest["splits"]["test"]["num_examples"] == 16
