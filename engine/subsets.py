@@ -14,4 +14,10 @@ def spread_indices(total: int, n: int | None) -> list[int]:
         return list(range(total))
     if n <= 0:
         return []
+    if total > 2**24 or n > 2**24:
+        # float32 linspace cannot tell such rows apart (the last one rounds past the end):
+        # exact integer rounding (half up); smaller sets keep the rows they always took
+        if n == 1:
+            return [0]
+        return [(2 * i * (total - 1) + n - 1) // (2 * (n - 1)) for i in range(n)]
     return [int(i) for i in torch.linspace(0, total - 1, n).round().long()]

@@ -488,3 +488,45 @@ def test_an_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(ValueError, match=r"data\.source 'someone/nothing': not a local file or folder.*ConnectionError"):
         build_dataset(DataConfig(source="someone/nothing"), "train")
+
+
+@pytest.mark.parametrize("source", ["shapes", "tones"])
+def test_a_huge_declared_size_of_generated_data_costs_nothing_up_front(source, tmp_path, monkeypatch):
+    """`data.num_train=1e9` on shapes / tones took 8 GB within 90 s: items are rendered by
+    index, but each epoch's order was a randperm of every row (and the evaluation's spread
+    rows, in float32, ran past the last one). An epoch over more rows than randperm is used
+    for is ordered index by index, a true permutation all the same."""
+    from engine.subsets import spread_indices
+    from engine.trainer import MAX_MATERIALISED_PERMUTATION, EpochSampler
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.train import train_tokenizer
+
+    real = torch.randperm
+
+    def randperm(n, *args, **kwargs):  # what would be gigabytes for a declared size
+        assert n <= MAX_MATERIALISED_PERMUTATION, f"randperm({n}): memory in proportion to the data's size"
+        return real(n, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", randperm)
+    rows = spread_indices(10**9, 8)
+    assert rows[0] == 0 and rows[-1] == 10**9 - 1 and len(set(rows)) == 8
+    assert spread_indices(1000, 7) == [int(i) for i in torch.linspace(0, 999, 7).round().long()]
+    extra = ["data.image_size=16"] if source == "shapes" else ["data.audio.num_frames=32",
+                                                               "data.audio.griffin_lim_iters=2"]
+    cfg = load_tokenizer_config(None, [
+        f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", "model.channels=8", "model.res_channels=4",
+        "model.res_blocks=0", f"data.source={source}", "data.num_train=1000000000",
+        "data.num_eval=1000000000", "train.steps=2", "train.batch_size=2", "train.progress=false",
+        "eval.max_examples=4", "eval.grid_size=2", "eval.num_audio=1", *extra])
+    assert train_tokenizer(cfg)  # trained and evaluated
+
+    # the order index by index: a permutation, a function of (seed, epoch) whose prefix is
+    # the same however much of the epoch is handed out
+    monkeypatch.setattr("engine.trainer.MAX_MATERIALISED_PERMUTATION", 0)
+    sampler = EpochSampler(1000, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order != list(range(1000))
+    sampler.limit = 10
+    assert list(sampler) == order[:10]
+    sampler.set_epoch(1)
+    assert list(sampler) != order[:10]
