@@ -349,6 +349,12 @@ def load_config(
     ``prepare`` may expand the raw mapping (e.g. presets) before it is type-checked.
     """
     data = read_yaml(path) if path is not None else {}
+    if path is not None and not data:
+        # a file with nothing in it (blank, only comments) would start a run of every default,
+        # most likely not the one meant (a config saved empty, the wrong file named)
+        raise ConfigError(
+            f"{path}: the config file sets nothing (empty, or only comments); put the settings "
+            f"in it, or leave the file out to run on the defaults and key=value overrides")
     parsed = [parse_override(text) for text in overrides]
     for keys, value in parsed:
         apply_override(data, keys, value)

@@ -271,3 +271,34 @@ def test_the_cli_ends_a_data_parallel_process_group_before_exit(tmp_path, capsys
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("command", ["train-tokenizer", "train-prior", "train-classifier", "pipeline", "config"])
+@pytest.mark.parametrize("text", ["", "\n\n", "# settings to come\n  # indented\n"])
+def test_an_empty_config_file_is_refused_naming_it(command, text, tmp_path, capsys, monkeypatch):
+    """`hqvae train-classifier empty.yaml` started a 2,000-step run of every default without
+    a word; every command that takes a config file refuses one that sets nothing (one rule,
+    in engine.config.load_config). No config file at all, with overrides, stays allowed."""
+    import hqvae.pipeline
+    import prior.train
+    import sampling.classifier
+    import tokenizer.train
+    from hqvae.cli import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a run started on a config file that sets nothing")
+
+    for module, name in ((tokenizer.train, "train_tokenizer"), (prior.train, "train_prior"),
+                         (sampling.classifier, "train_classifier"), (hqvae.pipeline, "run_pipeline")):
+        monkeypatch.setattr(module, name, must_not_run)
+    monkeypatch.chdir(tmp_path)  # a run that started anyway would write into runs/ here
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    assert main([command, str(empty), f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"hqvae {command}: error: {empty}: "), err
+    assert "sets nothing" in err and "leave the file out" in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match="sets nothing"):
+        load_tokenizer_config(empty, [])
+    assert load_tokenizer_config(None, ["model.preset=vqvae"]).model.preset == "vqvae"
