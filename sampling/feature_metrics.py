@@ -4,8 +4,8 @@ path, one reference cache and one arithmetic, all through torch-fidelity (README
 - Features: :func:`dataset_features` runs a registered torch-fidelity extractor (the offline
   FID Inception of sampling/inception.py, or the audio classifier) over a dataset with
   torch-fidelity's own loop (``get_featuresdict_from_dataset``).
-- Reference cache: :func:`cached_features` keeps a reference's features as safetensors with
-  their SHA-256 beside them under ``$HQVAE_CACHE/fid_ref``; a file that fails its checksum,
+- Reference cache: :func:`cached_features` (:func:`cached_tensors`) keeps a reference's
+  features as safetensors with their SHA-256 beside them under ``$HQVAE_CACHE/fid_ref``; a file that fails its checksum,
   is not safetensors or holds another shape is recomputed. torch-fidelity's own cache
   (pickles, read with ``torch.load(weights_only=False)``) is never used.
 - Metrics: :func:`metrics_from_features` gives FID, KID and precision / recall with
@@ -84,6 +84,19 @@ def cached_features(
 ) -> torch.Tensor:
     """The (N, D) features in the checksummed cache file ``path`` when it holds ``shape``,
     else ``compute()``, written there (safetensors, SHA-256 beside it). ``path`` None: no cache."""
+    return cached_tensors(
+        path, lambda: {"features": compute()},
+        lambda t: "features" in t and tuple(t["features"].shape) == tuple(shape), metadata)["features"]
+
+
+def cached_tensors(
+    path: Optional[Path],
+    compute: Callable[[], dict[str, torch.Tensor]],
+    valid: Callable[[dict[str, torch.Tensor]], bool],
+    metadata: Optional[dict[str, str]] = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors in the checksummed cache file ``path`` when ``valid`` accepts them, else
+    ``compute()``, written there (safetensors, SHA-256 beside it). ``path`` None: no cache."""
     from safetensors.torch import load as st_load
     from safetensors.torch import save as st_save
 
@@ -93,16 +106,16 @@ def cached_features(
         raw = read_checked(path)
         if raw is not None:
             try:
-                feats = st_load(raw).get("features")
+                tensors = st_load(raw)
             except Exception:  # checksum matches, yet not safetensors: rebuilt like a corrupt one
-                feats = None
-            if feats is not None and tuple(feats.shape) == tuple(shape):
-                return feats
+                tensors = None
+            if tensors is not None and valid(tensors):
+                return tensors
         check_cache_writable(path.parent)  # before computing what could not be kept
-    feats = compute()
+    tensors = compute()
     if path is not None:
-        write_checked(path, st_save({"features": feats.contiguous()}, metadata=metadata))
-    return feats
+        write_checked(path, st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    return tensors
 
 
 # ---------------------------------------------------------------------------------------

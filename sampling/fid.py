@@ -31,7 +31,7 @@ from engine.subsets import spread_indices
 from sampling.feature_metrics import (
     KID_SUBSETS,
     PRC_NEIGHBORHOOD,
-    cached_features,
+    cached_tensors,
     dataset_features,
     metrics_from_features,
     reference_cache_dir,
@@ -132,6 +132,9 @@ class _Images(Dataset):
         self.source = source
         self.rows = spread_indices(len(source), n)  # a capped set spans the whole split
         self.n = len(self.rows)
+        # items that stand in for an undecodable row (data.skip_bad_examples: a copy of the
+        # next good row), seen by this process as it read them
+        self.stand_ins: set[int] = set()
 
     def __len__(self) -> int:
         return self.n
@@ -139,6 +142,8 @@ class _Images(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         item = self.source[self.rows[index]]
         if isinstance(item, dict):
+            if item.get("bad_examples"):
+                self.stand_ins.add(index)
             item = item["x"]
         return inception_uint8(item.unsqueeze(0))[0]
 
@@ -154,6 +159,12 @@ def extract_features(
 ) -> torch.Tensor:
     """(N, 2048) float32 Inception pool3 features of ``max_examples`` images (spread evenly) of a
     folder, a (N, C, H, W) tensor (uint8, or float in [-1, 1]) or a dataset of either."""
+    return _features(images, max_examples, batch_size, device, num_workers, progress)[0]
+
+
+def _features(images, max_examples, batch_size, device, num_workers, progress) -> tuple[torch.Tensor, list[int]]:
+    """:func:`extract_features`, and the rows that stood in for bad ones (read in this
+    process, so known with ``num_workers`` 0 only)."""
     from sampling.inception import fid_feature_extractor
 
     if isinstance(images, (str, Path)):
@@ -163,7 +174,7 @@ def extract_features(
         raise ValueError("extract_features: no images")
     feats = dataset_features(data, fid_feature_extractor(device), batch_size=batch_size, device=device,
                              num_workers=num_workers, progress=progress)
-    return feats["2048"].float()
+    return feats["2048"].float(), sorted(data.stand_ins)
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,7 +295,24 @@ def reference_features(
     progress: bool = False,
 ) -> tuple[torch.Tensor, Optional[Path]]:
     """Inception features of ``ref.max_examples`` images spread over a split, from the
-    checksummed cache when present (-> (features, cache file or None))."""
+    checksummed cache when present (-> (features, cache file or None)). Rows that stood in
+    for undecodable ones (``data.skip_bad_examples``) are left out: see
+    :func:`reference_features_counted` for how many."""
+    feats, path, _ = reference_features_counted(ref, dataset, batch_size, device, cache, progress)
+    return feats, path
+
+
+def reference_features_counted(
+    ref: Reference,
+    dataset: Optional[Dataset] = None,
+    batch_size: int = 32,
+    device: Union[str, torch.device] = "cpu",
+    cache: bool = True,
+    progress: bool = False,
+) -> tuple[torch.Tensor, Optional[Path], int]:
+    """:func:`reference_features` and the number of bad rows skipped. A stand-in (a copy of
+    the next good row, which is scored at its own place) would count that image twice and
+    the reference as larger than it is, so its features are dropped."""
     from sampling.inception import FEATURE_DIM
 
     data = dataclasses.replace(ref.data, modality="image")
@@ -293,11 +321,26 @@ def reference_features(
     path = _reference_cache_file(ref, dataset) if cache else None
     meta = {"source": data.source, "path": str(data.path), "split": ref.split, "n": str(n),
             "image_size": str(data.image_size)}
-    feats = cached_features(
-        path, lambda: extract_features(dataset, max_examples=n, batch_size=batch_size, device=device,
-                                       progress=progress),
-        (n, FEATURE_DIM), meta)
-    return feats, path
+
+    def compute() -> dict[str, torch.Tensor]:
+        feats, stand_ins = _features(dataset, n, batch_size, device, 0, progress)
+        keep = torch.ones(len(feats), dtype=torch.bool)
+        keep[stand_ins] = False
+        return {"features": feats[keep], "bad_examples_skipped": torch.tensor([len(stand_ins)])}
+
+    def skipped_in(t: dict[str, torch.Tensor]) -> Optional[int]:
+        count = t.get("bad_examples_skipped")
+        if count is None:  # a file from before the count was kept: none without skipping
+            return None if data.skip_bad_examples else 0
+        return int(count.reshape(-1)[0]) if count.numel() == 1 else None
+
+    def valid(t: dict[str, torch.Tensor]) -> bool:
+        skipped = skipped_in(t)
+        return ("features" in t and skipped is not None
+                and tuple(t["features"].shape) == (n - skipped, FEATURE_DIM))
+
+    tensors = cached_tensors(path, compute, valid, meta)
+    return tensors["features"], path, skipped_in(tensors)
 
 
 def _reference_cache_file(ref: Reference, dataset: Dataset) -> Path:
@@ -485,14 +528,15 @@ def score_folder(
         check_reference_cache(ref, ref_set)
     f_samples = extract_features(samples, max_examples=max_examples, batch_size=batch_size,
                                  device=device, progress=progress)
-    f_ref, cached = reference_features(ref, dataset=ref_set, batch_size=batch_size, device=device,
-                                       cache=cache, progress=progress)
+    f_ref, cached, skipped = reference_features_counted(ref, dataset=ref_set, batch_size=batch_size,
+                                                        device=device, cache=cache, progress=progress)
     for name, f in (("samples", f_samples), ("reference", f_ref)):
         if len(f) < 2:
             raise ValueError(f"FID: the {name} side has {len(f)} image(s); need at least 2")
     out: dict[str, Any] = metrics_from_features(f_samples, f_ref, kid=kid, prc=prc)
     out.update({
         "num_samples": len(f_samples), "num_reference": len(f_ref),
+        "reference_bad_examples_skipped": skipped,
         "samples": str(samples.root), "sample_size": [samples.height, samples.width],
         "reference": {"source": source, "path": path, "split": split, "image_size": image_size,
                       "channels": data.channels, "resize": data.resize},
@@ -512,7 +556,9 @@ def format_report(result: dict[str, Any]) -> str:
                      if result["precision"] is not None else
                      f"precision / recall: undefined for {PRC_NEIGHBORHOOD} or fewer images a side")
     lines.append(f"samples: {result['num_samples']} images from {result['samples']}; reference: "
-                 f"{result['num_reference']} images of {ref['source']}:{ref['split']} at {ref['image_size']}px")
+                 f"{result['num_reference']} images of {ref['source']}:{ref['split']} at {ref['image_size']}px"
+                 + (f" ({bad} bad row{'s' if bad > 1 else ''} skipped, not scored)"
+                    if (bad := result.get("reference_bad_examples_skipped")) else ""))
     if result["num_samples"] < 2048 or result["num_reference"] < 2048:
         lines.append("note: fewer than 2048 images on a side: the covariance is rank-deficient and "
                      "FID is biased upwards; compare only numbers taken with the same counts")

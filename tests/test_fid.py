@@ -8,6 +8,7 @@ shares one converted network (module fixture, temporary cache) and uses 8 images
 import io
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -541,3 +542,53 @@ def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp
             I.load_fid_inception_weights()
     finally:
         readonly.chmod(0o700)
+
+
+def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tmp_path, capsys, monkeypatch):
+    """`hqvae fid --skip-bad-examples` reported 49 reference images when 3 of them were
+    stand-ins for bad rows (copies of the next good row, scored twice); now the stand-ins are
+    left out of the reference, and the summary and result give the good images scored and
+    the bad rows skipped, also when the reference comes from the cache."""
+    import datasets
+
+    def png(seed):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buf, "PNG")
+        return buf.getvalue()
+
+    cells = [{"bytes": png(i), "path": f"img{i}.png"} for i in range(8)]
+    for i in (2, 5):
+        cells[i] = {"bytes": b"not an image", "path": f"img{i}.png"}
+    table = datasets.Dataset.from_dict({"image": cells}).cast_column("image", datasets.Image())
+    table.to_parquet(str(tmp_path / "test.parquet"))
+    folder = write_pngs(tmp_path / "samples", torch.rand(4, 3, 16, 16) * 2 - 1)
+    out = tmp_path / "fid.json"
+    args = ["fid", str(folder), "--ref", "parquet:test", "--path", str(tmp_path), "--skip-bad-examples",
+            "--out", str(out)]
+    with pytest.warns(UserWarning, match=r"skipped a bad example.*row 2"):
+        assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "reference: 6 images of parquet:test at 16px (2 bad rows skipped, not scored)" in text, text
+    result = json.loads(out.read_text())
+    assert result["num_reference"] == 6 and result["reference_bad_examples_skipped"] == 2
+    data = DataConfig(source="parquet", path=str(tmp_path), image_size=16, modality="image",
+                      skip_bad_examples=True)
+    good = F.build_reference_dataset(data, "test")
+    good_feats = F.extract_features(torch.stack([good[i]["x"] for i in (0, 1, 3, 4, 6, 7)]))
+    with pytest.warns(UserWarning, match="skipped a bad example"):
+        ref_feats, path, skipped = F.reference_features_counted(F.Reference(data, "test"), cache=False)
+    assert skipped == 2 and torch.allclose(ref_feats, good_feats, atol=1e-4)
+    assert path is None and Path(result["reference_cache"]).is_file()
+
+    real, read = F._features, []
+
+    def spy(images, *args, **kwargs):
+        read.append(type(images).__name__)
+        return real(images, *args, **kwargs)
+
+    monkeypatch.setattr(F, "_features", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no row is read, so none is named again
+        assert main(args) == 0  # the reference from its cache: the same counts
+    assert "(2 bad rows skipped, not scored)" in capsys.readouterr().out
+    assert read == ["ImageFolderSamples"]  # only the samples were run through the network
