@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -367,6 +368,11 @@ def load_config(
             raise ConfigError(f"{path}: {err}") from None  # named like from_dict's errors
     obj = from_dict(cls, data, source=str(path) if path else None)
     _check_ignored_steps(obj, [keys for keys, _ in parsed], path)
+    if isinstance(getattr(obj, "run_dir", None), str):
+        # `~` is the home folder wherever a folder is named, also when quoted past the shell:
+        # left as it is, the run would go to a literal `./~` while Path.expanduser elsewhere
+        # looked in the home folder
+        object.__setattr__(obj, "run_dir", os.path.expanduser(obj.run_dir))
     return obj
 
 

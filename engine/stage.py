@@ -1,9 +1,10 @@
 """A stage's run around the shared loop (``engine.trainer.train``): what the tokenizer, each
 prior level and the audio classifier do alike before and after training.
 
-A stage first checks that its ``run_dir`` can be written and its trackers are installed
-(:func:`check_start`, before any work), then its own inputs; :func:`claim_run_dir` refuses
-a folder holding another run and holds it for this process; :func:`seeded` builds the
+A stage first checks that its ``run_dir`` is new, empty or a run of its kind
+(``engine/run_dir.py``'s ownership rule), can be written, and that its trackers are
+installed (:func:`check_start`, before any work), then its own inputs; :func:`claim_run_dir`
+refuses a folder holding another run, holds it for this process and marks it; :func:`seeded` builds the
 model; :func:`start_run` saves the resolved config. After training, :func:`train_summary`
 is ``eval.json``'s record of the run and :func:`finish_run` writes ``eval.json`` and the
 final line of ``metrics.jsonl`` (also to the run's trackers, which it ends). What each
@@ -26,16 +27,18 @@ from engine.config import save_yaml, to_dict
 from engine.distributed import process_state
 from engine.files import write_text_atomic
 from engine.resume import COUNTERS
-from engine.run_dir import check_run_dir, check_writable, run_lock
+from engine.run_dir import check_folder, check_run_dir, check_writable, hold_folder
 from engine.tracking import MetricsLog, Tracking, check_installed
 from engine.trainer import TrainResult
 
 M = TypeVar("M")
 
 
-def check_start(cfg: Any) -> None:
-    """Before any work: ``cfg.run_dir`` can be written and every tracker of
+def check_start(cfg: Any, kind: str) -> None:
+    """Before any work: ``cfg.run_dir`` is new, empty or holds a run of ``kind`` (a
+    ``engine.run_dir.KINDS`` entry), can be written, and every tracker of
     ``cfg.train.report_to`` is installed."""
+    check_folder(cfg.run_dir, kind, "run_dir")
     check_writable(cfg.run_dir, "run_dir")
     check_installed(cfg.train.report_to)
 
@@ -52,12 +55,14 @@ def training_splits(data: Any, build: Callable[..., Dataset]) -> tuple[Dataset, 
 
 
 @contextlib.contextmanager
-def claim_run_dir(cfg: Any, resumable: Sequence[str]) -> Iterator[Path]:
-    """Refuse a ``cfg.run_dir`` whose saved config differs outside the sections in
-    ``resumable`` (those may change between a run and its resumption), then hold it for
-    this process: a second process on it is refused."""
+def claim_run_dir(cfg: Any, resumable: Sequence[str], kind: str) -> Iterator[Path]:
+    """Refuse a ``cfg.run_dir`` that is not new, empty or a run of ``kind``, or whose saved
+    config differs outside the sections in ``resumable`` (those may change between a run
+    and its resumption), then hold it for this process (a second process on it is refused)
+    and mark it as a ``kind`` run."""
+    check_folder(cfg.run_dir, kind, "run_dir")
     check_run_dir(cfg.run_dir, to_dict(cfg), resumable)
-    with run_lock(cfg.run_dir):
+    with hold_folder(cfg.run_dir, kind, "run_dir"):
         yield Path(cfg.run_dir)
 
 

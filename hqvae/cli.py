@@ -11,7 +11,7 @@ from pathlib import Path
 
 from engine.config import ConfigError
 from engine.devices import resolve_device
-from engine.run_dir import check_output_file, check_writable, run_lock
+from engine.run_dir import check_folder, check_output_file, check_writable, hold_folder
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -43,6 +43,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     from tokenizer.train import format_summary
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    check_folder(out, "tokenizer-eval", "--out")  # new, empty or an evaluation of ours
     check_writable(out, "--out")  # before the evaluation, not after it
     device = resolve_device(args.device)
     tok = Tokenizer.from_pretrained(args.run_dir, device=device)
@@ -60,7 +61,7 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     if cfg.data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
     dataset = eval_dataset(cfg.data, cfg.data.eval_split, cfg.eval.max_examples)
-    with run_lock(out, "--out"):  # a second evaluation writing this folder is refused
+    with hold_folder(out, "tokenizer-eval", "--out"):  # a second evaluation writing it is refused
         metrics = run_tokenizer_evaluation(tok, cfg, dataset, out, rfid=args.rfid)
     print(format_summary(metrics, out))
     return 0
@@ -72,6 +73,7 @@ def _encode(args: argparse.Namespace) -> int:
     from prior.codes import check_encoding
     from tokenizer.pretrained import Tokenizer
 
+    check_folder(args.out, "codes", "--out")  # new, empty or a codes directory of ours
     check_writable(args.out, "--out")
     device = resolve_device(args.device)
     tok = Tokenizer.from_pretrained(args.tokenizer_run, device=device)
@@ -79,8 +81,8 @@ def _encode(args: argparse.Namespace) -> int:
     if args.data:
         data = dataclasses.replace(data, source=args.data, path=args.path)
     splits = args.split or [data.train_split, data.eval_split]
-    check_encoding(tok, data, args.out, splits)  # before the lock creates --out: refuse a folder not ours
-    with run_lock(args.out, "--out"):  # a second process writing these codes is refused
+    check_encoding(tok, data, args.out, splits)  # before the lock creates --out: refuse a split not ours
+    with hold_folder(args.out, "codes", "--out"):  # a second process writing these codes is refused
         return _encode_splits(args, tok, data, splits)
 
 
@@ -146,11 +148,9 @@ def _per_level_arg(text: str | None, cast, name: str):
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from sampling.outputs import check_sample_dir
-
+    check_folder(args.out, "samples", "--out")  # before any sampling: refuse a folder not ours
     check_writable(args.out, "--out")
-    replaced = check_sample_dir(args.out)  # before any sampling: refuse a folder not ours
-    with run_lock(args.out, "--out"):  # a second process writing this folder is refused
+    with hold_folder(args.out, "samples", "--out") as replaced:  # a second process writing it is refused
         return _sample_into(args, replaced)
 
 
@@ -495,7 +495,18 @@ def parse_cli(argv: list[str] | None = None) -> argparse.Namespace:
         # `hqvae train-tokenizer key=value ...` without a config file
         args.overrides = [args.config, *args.overrides]
         args.config = None
+    # `~` is the home folder in every path argument, also when quoted past the shell (as in
+    # a config's run_dir: engine.config.load_config): one rule, or a command would write a
+    # literal ./~ while another looked in the home folder
+    for name in PATH_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
     return args
+
+
+PATH_ARGUMENTS = ("config", "run_dir", "tokenizer_run", "prior_run", "tokenizer", "out", "dir",
+                  "classifier", "path", "labels", "data", "ref")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from engine.config import ConfigError, validate
 from engine.files import write_text_atomic
-from engine.run_dir import LOCK_FILE
+from engine.run_dir import OWN_FILES
 
 MANIFEST = "codes.json"
 
@@ -76,7 +76,7 @@ def check_codes_dir(codes_dir: str | Path, split: str) -> None:
     if not codes_dir.is_dir():
         raise ValueError(f"codes folder {codes_dir}: exists and is not a folder")
     if not (codes_dir / MANIFEST).is_file():
-        if any(p.name != LOCK_FILE for p in codes_dir.iterdir()):  # the lock is this tool's
+        if any(p.name not in OWN_FILES for p in codes_dir.iterdir()):  # the lock and marker are this tool's
             raise ValueError(
                 f"codes folder {codes_dir}: not empty and not a codes directory (no {MANIFEST}); "
                 f"nothing was written. Choose a new or empty folder")

@@ -31,7 +31,7 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
     (the run_dir's own config is checked when it is claimed): returns (manifest, info)."""
     if not cfg.data.codes:  # optional in the config: `hqvae pipeline` fills it in
         raise ConfigError("data.codes: set it to a directory written by `hqvae encode`")
-    check_start(cfg)
+    check_start(cfg, "prior")
     manifest = read_manifest(cfg.data.codes)
     num_levels = len(manifest["codebook_sizes"])
     if len(cfg.levels) > num_levels:
@@ -95,7 +95,7 @@ def train_prior(cfg: PriorConfig, levels: Optional[list[int]] = None) -> dict:
     for level in levels:
         if not 0 <= level < num_levels:
             raise ConfigError(f"--level {level}: the codes have levels 0..{num_levels - 1}")
-    with claim_run_dir(cfg, RESUMABLE_CHANGES):
+    with claim_run_dir(cfg, RESUMABLE_CHANGES, "prior"):
         return _train_levels(cfg, info, levels)
 
 
@@ -147,10 +147,10 @@ def _train_levels(cfg: PriorConfig, info: dict, levels: list[int]) -> dict:
     if not state.is_main_process:
         return {}
     summary_path = run_dir / "eval.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"levels": {}}
-    summary["tokenizer_identity"] = info["tokenizer_identity"]
-    # every level finished so far, from its own eval.json: a run killed between levels and
-    # resumed with the rest must not lose the levels of the first call
+    # the summary is rebuilt from the levels' own eval.json files: a run killed between
+    # levels and resumed with the rest must not lose the levels of the first call, and a
+    # summary damaged since (or a file that never was one) is replaced, not trusted
+    summary = {"tokenizer_identity": info["tokenizer_identity"], "levels": {}}
     for level_eval in sorted(run_dir.glob("level_*/eval.json")):
         summary["levels"][level_eval.parent.name.removeprefix("level_")] = json.loads(level_eval.read_text())
     for level, metrics in results.items():

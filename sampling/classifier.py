@@ -567,11 +567,11 @@ def train_classifier(cfg: ClassifierConfig) -> dict[str, Any]:
     from engine.stage import check_start, claim_run_dir, training_splits
     from tokenizer.data import build_dataset, resolve_modality
 
-    check_start(cfg)
+    check_start(cfg, "classifier")
     cfg = resolve_modality(cfg)
     train_set, eval_set = training_splits(cfg.data, build_dataset)
     cfg = resolve_data(cfg, train_set)
-    with claim_run_dir(cfg, RESUMABLE_CHANGES):
+    with claim_run_dir(cfg, RESUMABLE_CHANGES, "classifier"):
         return _train_classifier(cfg, train_set, eval_set)
 
 

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.files import write_atomic
-from engine.run_dir import LOCK_FILE
+from engine.run_dir import OWN_FILES
 from tokenizer.audio import write_wav
 from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
 
@@ -66,7 +66,7 @@ def check_sample_dir(out_dir: str | Path) -> bool:
         raise ValueError(f"sample folder {out}: exists and is not a folder")
     if (out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json"):
         return True
-    if any(p.name != LOCK_FILE for p in out.iterdir()):  # the lock is this tool's
+    if any(p.name not in OWN_FILES for p in out.iterdir()):  # the lock and marker are this tool's
         raise ValueError(
             f"sample folder {out}: not empty and holds no sample set written by hqvae "
             f"(no samples.json); nothing was written. Choose a new or empty folder")

@@ -654,11 +654,12 @@ def test_train_prior_refuses_run_dir_of_another_tokenizer(stage1, trained, tmp_p
     run.mkdir()
     shutil.copy(trained["run"] / "prior.json", run / "prior.json")
     shutil.copy(trained["run"] / "config.yaml", run / "config.yaml")
+    shutil.copy(trained["run"] / ".hqvae-run.json", run / ".hqvae-run.json")  # a prior run's folder
     cfg = prior_cfg(stage1["codes_b"], run, "class_cond=true", "train.steps=6",
                     "model.dropout=0.1", "label_dropout=0.2")
     with pytest.raises(IdentityError, match=rf"holds priors of tokenizer {stage1['tok'].identity}"):
         train_prior(cfg)
-    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "prior.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".hqvae-run.json", "config.yaml", "prior.json"]
     info = json.loads((run / "prior.json").read_text())
     assert info["tokenizer_identity"] == stage1["tok"].identity
 
@@ -779,7 +780,7 @@ def test_cli_encode_never_replaces_folders_it_did_not_write(stage1, tmp_path, ca
     rc = main(["encode", str(stage1["tok_dir"]), "--out", str(victim), "--max-examples", "4"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert str(victim) in err and "not a codes directory" in err and err.count("\n") == 1
+    assert str(victim) in err and "holds no codes output written by hqvae" in err and err.count("\n") == 1
     assert (victim / "train" / "a" / "img.png").read_bytes() == b"precious"
     assert sorted(p.name for p in victim.iterdir()) == ["train"]
     # a codes directory of ours, with a split folder it never wrote: refused as well

@@ -353,8 +353,11 @@ def test_a_pipeline_stage_that_produced_nothing_takes_corrected_settings(tmp_pat
 
     base = [f"run_dir={tmp_path / 'pipe'}", "audio=null"]
     typo = load_pipeline_config(Path("configs/quickstart.yaml"), [*base, "image.tokenizer.data.column=img"])
+    from engine.run_dir import write_marker
+
     (tmp_path / "pipe").mkdir()
-    save_yaml(typo, tmp_path / "pipe" / "pipeline.yaml")  # as the failed run left it
+    write_marker(tmp_path / "pipe", "pipeline")  # as the failed run left it: marked first,
+    save_yaml(typo, tmp_path / "pipe" / "pipeline.yaml")  # then its config
     fixed = load_pipeline_config(Path("configs/quickstart.yaml"), base)
     check_run_dir(fixed)  # the tokenizer stage holds no work: accepted
     weights = tmp_path / "pipe" / "image" / "tokenizer" / "model.safetensors"
@@ -1043,6 +1046,140 @@ def test_weights_whose_stored_config_does_not_fit_them_are_named(tmp_path):
     save_file(load_file(str(path)), str(path), metadata=meta)
     with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match the stored config \(size mismatch"):
         Tokenizer.from_pretrained(run)
+
+
+# -- whose folder is it -----------------------------------------------------------------------
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for folders)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+# every command that writes a folder, pointed at FOLDER; models that do not exist: the
+# folder is checked before anything is loaded, trained or written
+FOLDER_COMMANDS = {
+    "train-tokenizer": ["train-tokenizer", "model.preset=vqvae", "run_dir=FOLDER"],
+    "train-classifier": ["train-classifier", "run_dir=FOLDER"],
+    "train-prior": ["train-prior", "data.codes=no-codes", "run_dir=FOLDER"],
+    "pipeline": ["pipeline", "configs/quickstart.yaml", "run_dir=FOLDER"],
+    "encode": ["encode", "no-tokenizer", "--out", "FOLDER"],
+    "sample": ["sample", "no-prior", "--out", "FOLDER", "--n", "2"],
+    "eval-tokenizer": ["eval-tokenizer", "no-tokenizer", "--out", "FOLDER"],
+}
+USERS_FILES = {
+    # the user's notes and their own config (a file named config.yaml proves nothing)
+    "notes": {"README.md": "notes\n", "config.yaml": "foo: 1\n", "metrics.jsonl": "{}\n"},
+    # a folder named checkpoints/ was refused, yet config.yaml and the lock were written into it
+    "checkpoints": {"checkpoints/mine.txt": "mine\n"},
+    # a file named pipeline.yaml was taken for a pipeline run and overwritten with report.html
+    "pipeline.yaml": {"pipeline.yaml": "image: {}\n", "report.html": "<p>mine</p>\n", "summary.json": "{}\n"},
+    # a foreign eval.json made train-prior fail after its first level, and on every rerun
+    "eval.json": {"eval.json": '{"accuracy": 1}\n', "prior.json": "{}\n"},
+}
+
+
+@pytest.mark.parametrize("files", list(USERS_FILES))
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_was(command, files, tmp_path, capsys,
+                                                                        monkeypatch):
+    monkeypatch.chdir(REPO)  # the pipeline's config path
+    folder = tmp_path / "mine"
+    for name, text in USERS_FILES[files].items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    before = _snapshot(folder)
+    argv = [str(folder) if a == "FOLDER" else a.replace("FOLDER", str(folder)) for a in FOLDER_COMMANDS[command]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(folder) in err and "nothing was written" in err, err
+    assert next(iter(USERS_FILES[files])).split("/")[0] in err  # says what is in it
+    assert _snapshot(folder) == before  # no lock, no marker, no config
+
+
+@pytest.mark.parametrize("command", ["train-tokenizer", "train-prior", "pipeline", "sample", "encode"])
+def test_the_home_folder_and_roots_are_never_a_run_folder(command, tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(REPO)
+    for target in (str(home), "~", "/"):  # as the shell expands `run_dir=~`, quoted, the root
+        argv = [target if a == "FOLDER" else a.replace("FOLDER", target) for a in FOLDER_COMMANDS[command]]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        if target == "~" and "run_dir=FOLDER" in FOLDER_COMMANDS[command]:
+            # in a key=value override YAML reads a bare ~ as null: said as such, nothing written
+            assert "'~'" in err and err.count("\n") == 1, err
+        else:
+            assert ("home folder" if target != "/" else "filesystem root") in err, err
+    assert list(home.iterdir()) == []
+
+
+def test_a_quoted_tilde_is_the_home_folder_for_run_dirs_and_out(tmp_path, capsys, monkeypatch):
+    """`run_dir='~/x'` went to a literal ./~/x while its lock went to $HOME/x; `encode --out
+    '~/x'` failed midway and left $HOME/x/.cache-train behind."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    tok = ["train-tokenizer", "model.preset=vqvae", *TINY_TOK, "train.steps=1", "run_dir=~/tok"]
+    assert main(tok) == 0
+    assert (home / "tok" / "model.safetensors").is_file() and (home / "tok" / ".hqvae.lock").is_file()
+    assert main(["encode", "~/tok", "--out", "~/codes", "--max-examples", "8"]) == 0
+    assert (home / "codes" / "codes.json").is_file()
+    assert not (cwd / "~").exists()
+
+
+def test_a_folder_of_another_kind_of_output_is_refused_naming_it(tmp_path, capsys):
+    run = tmp_path / "tok"
+    assert main(["train-tokenizer", "model.preset=vqvae", *TINY_TOK, "train.steps=1", f"run_dir={run}"]) == 0
+    assert json.loads((run / ".hqvae-run.json").read_text())["kind"] == "tokenizer"
+    capsys.readouterr()
+    before = _snapshot(run)
+    for argv in (["train-prior", "data.codes=no-codes", f"run_dir={run}"],
+                 ["sample", "no-prior", "--out", str(run)], ["encode", str(run), "--out", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "holds tokenizer output (written by hqvae train-tokenizer)" in err, err
+    assert _snapshot(run) == before
+
+
+def test_run_folders_from_before_the_marker_are_still_ours(tmp_path):
+    """A run written before folders were marked is recognised by what only this tool
+    writes there (hqvae-tagged weights, checksummed checkpoints): it resumes, and is marked."""
+    from engine.run_dir import MARKER, check_folder
+
+    args = [f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", *TINY_TOK, "train.steps=1"]
+    train_tokenizer(load_tokenizer_config(None, args))
+    (tmp_path / "run" / MARKER).unlink()
+    assert check_folder(tmp_path / "run", "tokenizer")
+    assert train_tokenizer(load_tokenizer_config(None, [*args, "train.steps=2"]))["train"]["resumed_from"] == 1
+    assert (tmp_path / "run" / MARKER).is_file()
+    # weights without the hqvae kind tag, beside a config.yaml, prove nothing
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.yaml").write_text("model: {}\n")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(fake / "model.safetensors"))
+    with pytest.raises(ConfigError, match=r"holds no tokenizer output written by hqvae"):
+        check_folder(fake, "tokenizer")
+
+
+def test_report_replaces_only_a_report_it_wrote(tmp_path, capsys):
+    run = tmp_path / "pipe"
+    (run / "image" / "codes").mkdir(parents=True)  # a stage folder: a pipeline run to report on
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>my notes</p>\n")
+    assert main(["report", str(run), "--out", str(mine)]) == 2
+    assert "not a report written by hqvae" in capsys.readouterr().err
+    assert mine.read_text() == "<p>my notes</p>\n"
+    (run / "report.html").write_text("<p>mine too</p>\n")
+    assert main(["report", str(run)]) == 2
+    assert (run / "report.html").read_text() == "<p>mine too</p>\n"
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0 and main(["report", str(run)]) == 0  # its own: replaced
 
 
 def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path):

@@ -48,9 +48,9 @@ def check_rows(dataset, max_examples: int, split: str) -> None:
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
-    check_start(cfg)
+    check_start(cfg, "tokenizer")
     cfg = resolve_modality(cfg)
-    with claim_run_dir(cfg, RESUMABLE_CHANGES):
+    with claim_run_dir(cfg, RESUMABLE_CHANGES, "tokenizer"):
         return _train_tokenizer(cfg)
 
 

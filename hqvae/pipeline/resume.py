@@ -78,14 +78,12 @@ def samples_match(folder: Path, wanted: dict, random_codes: bool) -> bool:
 def check_run_dir(cfg: PipelineConfig) -> None:
     """A run directory holds one pipeline: refuse another one's (the stages would resume
     from foreign weights); changes to sampling / scoring settings are allowed."""
+    from engine.run_dir import check_folder
+
     run = Path(cfg.run_dir)
     saved = run / layout.CONFIG
-    if run.exists() and not run.is_dir():
-        raise ConfigError(f"run_dir: {run} exists and is not a directory")
-    if not saved.is_file():
-        if run.is_dir() and any(run.iterdir()):
-            raise ConfigError(f"run_dir: {run} is not empty and holds no {layout.CONFIG}; "
-                              "choose another run_dir")
+    # new, empty or a pipeline run of this tool's (a file named pipeline.yaml proves nothing)
+    if not check_folder(run, "pipeline", "run_dir") or not saved.is_file():
         return
     from engine.run_dir import config_diff, read_saved_config
 

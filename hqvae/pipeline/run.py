@@ -50,9 +50,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     check_trackers(cfg)
     check_sample_labels(cfg)
     check_classifier_runs(cfg)
-    from engine.run_dir import run_lock
+    if cfg.report:  # the report is written last: a file there that is not one is refused first
+        from hqvae.report import check_report_target
 
-    with run_lock(cfg.run_dir):  # a second pipeline on this run_dir is refused
+        check_report_target(Path(cfg.run_dir) / layout.REPORT)
+    from engine.run_dir import hold_folder
+
+    with hold_folder(cfg.run_dir, "pipeline", "run_dir"):  # a second pipeline on this run_dir is refused
         return _run_stages(cfg, log)
 
 

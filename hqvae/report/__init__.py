@@ -31,6 +31,28 @@ from hqvae.report.svg import Series, svg_bars, svg_plot
 __all__ = ["Series", "code_counts", "count_media", "render_report", "svg_bars", "svg_plot", "write_report"]
 
 
+# in the head of every report: what lets a later report replace this file (and nothing else)
+GENERATOR = '<meta name="generator" content="hqvae report">'
+
+
+def is_report(path: Path) -> bool:
+    """Whether the file ``path`` is a report this tool wrote (its generator tag, or the
+    "by hqvae report" line of reports written before the tag)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return GENERATOR in head or "by <code>hqvae report</code></p>" in head
+
+
+def check_report_target(target: Path) -> None:
+    """Refuse, before rendering, a report path that holds a file this tool did not write."""
+    if target.exists() and not (target.is_file() and is_report(target)):
+        raise ValueError(f"--out: {target} exists and is not a report written by hqvae; nothing was "
+                         f"written. Choose another file name")
+
+
 def _has_parts(run_dir: Path) -> bool:
     if (run_dir / layout.CONFIG).is_file() or (run_dir / layout.SUMMARY).is_file():
         return True
@@ -39,7 +61,7 @@ def _has_parts(run_dir: Path) -> bool:
 
 def render_report(run_dir: str | Path, out: Optional[str | Path] = None) -> tuple[Path, str]:
     """The report's HTML and where it belongs (``RUN/report.html`` unless ``out``)."""
-    run = Path(run_dir)
+    run = Path(run_dir).expanduser()
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: " + ("not a directory" if run.exists() else "no such run directory"))
     if not _has_parts(run):
@@ -47,13 +69,14 @@ def render_report(run_dir: str | Path, out: Optional[str | Path] = None) -> tupl
             f"{run}: not a pipeline run directory: none of {layout.CONFIG}, {layout.SUMMARY}, "
             f"or any stage folder under {'/, '.join(layout.TRACKS)}/ (tokenizer, codes, prior, ...) found"
         )
-    target = Path(out) if out else run / layout.REPORT
+    target = Path(out).expanduser() if out else run / layout.REPORT
     if target.is_dir():
         target = target / layout.REPORT
+    check_report_target(target)
     page = Page(run, target)
     tracks = [t for t in layout.TRACKS if (run / t).is_dir()]
     title = f"HQ-VAE run report: {run.resolve().name}"
-    page.add("<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+    page.add("<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', GENERATOR,
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>",
              f"<h1>{esc(title)}</h1>",
