@@ -530,3 +530,38 @@ def test_a_huge_declared_size_of_generated_data_costs_nothing_up_front(source, t
     assert list(sampler) == order[:10]
     sampler.set_epoch(1)
     assert list(sampler) != order[:10]
+
+
+def test_images_far_smaller_than_image_size_are_warned_about_and_counted(tmp_path):
+    """A 1x1 image in an image folder was blown up to 32x32 without a word. Images whose
+    sides are both under a quarter of data.image_size are warned about once per row: the
+    first five by name, then how many (like skipped bad rows)."""
+    import warnings
+
+    folder = tmp_path / "imgs" / "train" / "a"
+    folder.mkdir(parents=True)
+    sizes = {"big": (32, 32), "tall": (4, 40), "a_seven": (7, 7), "eight": (8, 8)}
+    sizes.update({f"tiny{i:02d}": (1, 1) for i in range(16)})
+    for name, size in sizes.items():
+        Image.new("RGB", size, (200, 30, 30)).save(folder / f"{name}.png")
+    ds = build_dataset(DataConfig(source="imagefolder", path=str(tmp_path / "imgs"), image_size=32), "train")
+    names = [Path(ds._cell_path(ds.table[i]["image"])).stem for i in range(len(ds))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(2):  # a row read again is not warned about again
+            for i in range(len(ds)):
+                assert ds[i]["x"].shape == (3, 32, 32)
+    text = [str(w.message) for w in caught]
+    named = [t for t in text if "row " in t]
+    assert len(named) == 5, text
+    tiny = [i for i, n in enumerate(names) if n.startswith(("tiny", "a_seven"))]  # 7x7: both sides under 8
+    assert len(tiny) == 17 and names[tiny[0]] == "a_seven"
+    assert [int(t.split("row ")[1].split(" ")[0]) for t in named] == tiny[:5]
+    assert f"row {tiny[0]} (file {folder / 'a_seven.png'}): a 7x7 image, far smaller than " \
+           f"data.image_size=32 (both sides under a quarter of it), is upscaled to 32x32" in named[0]
+    assert "a 1x1 image" in named[1] and "further ones are counted, not shown" in named[4]
+    counted = [t for t in text if "row " not in t]
+    assert counted == [f"imagefolder {tmp_path / 'imgs'} (split 'train'): {k} images so far were far smaller "
+                       "than data.image_size=32 (both sides under a quarter of it) and upscaled"
+                       for k in (8, 16)], text
+    assert not any(n in t for t in text for n in ("big", "tall", "eight"))

@@ -18,7 +18,8 @@ from tokenizer.data.modality import check_modality, feature_modality
 from tokenizer.data.transforms import LazySpectrogram, convert_mode, image_to_tensor, resize_image
 
 MAX_CONSECUTIVE_BAD = 64  # skip_bad_examples gives up (with an error) after this many in a row
-WARN_BAD_EXAMPLES = 5  # bad rows named in a warning, per process
+WARN_BAD_EXAMPLES = 5  # bad rows named in a warning, per process (and tiny images)
+TINY_IMAGE_FACTOR = 4  # images with both sides under image_size / 4 are warned about
 
 
 def _describe_columns(features) -> str:
@@ -117,6 +118,7 @@ class RowDecoding:
         self.shape = cfg.shape
         self.spectrogram = LazySpectrogram(cfg.audio) if modality == "audio" else None
         self.bad_seen = 0  # bad rows met by this process (DataLoader workers count their own)
+        self.tiny_rows: set[int] = set()  # rows of images far smaller than data.image_size, likewise
 
     def _raw_columns(self, table, features):
         """``table`` (map-style or streaming) cut to the media and label columns, the media
@@ -185,9 +187,31 @@ class RowDecoding:
         img.load()
         if img.getexif().get(0x0112, 1) != 1:  # camera JPEGs: upright as HF's decoder makes them
             img = ImageOps.exif_transpose(img)
+        if max(img.size) * TINY_IMAGE_FACTOR < self.cfg.image_size:
+            self._report_tiny(img.size, value, index)
         img = convert_mode(img, self.cfg.channels)
         img = resize_image(img, self.cfg.image_size, self.cfg.resize, self.train)
         return image_to_tensor(np.array(img, dtype=np.uint8))  # a writable copy for torch
+
+    def _report_tiny(self, size: tuple[int, int], value: Any, index: int) -> None:
+        """An image whose sides are both under a quarter of data.image_size is blown up to a
+        blur of a few pixels (a 1x1 image to one flat colour): rarely what the data was meant
+        to hold, so say so, per row once: the first few by name, then how many."""
+        if index in self.tiny_rows:
+            return
+        self.tiny_rows.add(index)
+        count, target = len(self.tiny_rows), self.cfg.image_size
+        if count <= WARN_BAD_EXAMPLES:
+            path = self._cell_path(value)
+            more = " (further ones are counted, not shown)" if count == WARN_BAD_EXAMPLES else ""
+            warnings.warn(
+                f"{self.where} (split {self.split!r}) row {index}{f' (file {path})' if path else ''}: "
+                f"a {size[0]}x{size[1]} image, far smaller than data.image_size={target} (both sides "
+                f"under a quarter of it), is upscaled to {target}x{target}{more}", stacklevel=4)
+        elif count & (count - 1) == 0 or count % 1000 == 0:  # 8, 16, 32, ... then every 1000
+            warnings.warn(
+                f"{self.where} (split {self.split!r}): {count} images so far were far smaller than "
+                f"data.image_size={target} (both sides under a quarter of it) and upscaled", stacklevel=4)
 
     # -- audio ------------------------------------------------------------------------------
     def _audio(self, value: Any, index: int) -> torch.Tensor:
