@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from engine.config import ConfigError, validate
 from engine.files import write_text_atomic
-from engine.run_dir import OWN_FILES
+from engine.run_dir import check_folder
 
 MANIFEST = "codes.json"
 
@@ -71,15 +71,8 @@ def check_codes_dir(codes_dir: str | Path, split: str) -> None:
     folder must be new, empty, or a codes directory (it holds codes.json), and a ``split``
     folder in it that the manifest does not list must be a dataset this tool saved."""
     codes_dir = Path(codes_dir)
-    if not codes_dir.exists():
-        return
-    if not codes_dir.is_dir():
-        raise ValueError(f"codes folder {codes_dir}: exists and is not a folder")
-    if not (codes_dir / MANIFEST).is_file():
-        if any(p.name not in OWN_FILES for p in codes_dir.iterdir()):  # the lock and marker are this tool's
-            raise ValueError(
-                f"codes folder {codes_dir}: not empty and not a codes directory (no {MANIFEST}); "
-                f"nothing was written. Choose a new or empty folder")
+    # the folder: new, empty or a codes directory of ours (the rule every output folder follows)
+    if not check_folder(codes_dir, "codes", "codes folder") or not (codes_dir / MANIFEST).is_file():
         return
     final = codes_dir / split
     listed = split in read_manifest(codes_dir)["splits"]
