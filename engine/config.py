@@ -158,6 +158,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return number
     if tp is str:
+        if value is None:
+            # a bare `~` (meant as the home folder, or left from a template) reads as null,
+            # which "expected a string, got None" does not explain
+            what = "path" if key.rsplit(".", 1)[-1] in ("run_dir", "path", "codes") else "string"
+            raise ConfigError(f"{key}: '~' (like null or an empty value) is YAML's null, not a "
+                              f"{what}; give a {what}")
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value

@@ -42,6 +42,10 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     from tokenizer.pretrained import Tokenizer
     from tokenizer.train import format_summary
 
+    if not args.out and Path(args.run_dir).expanduser().is_file():
+        # a weights file (as encode takes one): its evaluation goes to eval/ beside it, where
+        # a run folder's would go, not below the file
+        args.out = str(Path(args.run_dir).expanduser().parent / "eval")
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     check_folder(out, "tokenizer-eval", "--out")  # new, empty or an evaluation of ours
     check_writable(out, "--out")  # before the evaluation, not after it
@@ -349,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-tokenizer", help="evaluate a trained tokenizer: RMSE / PSNR / SSIM (images) or LSD "
                        "(audio), per-layer usage and collapse; rFID with --rfid")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="tokenizer run directory (or its model.safetensors)")
     _add_data_arguments(p)
     p.add_argument("--split", help="split to evaluate (default: the run's eval split)")
     p.add_argument("--max-examples", type=_positive_int, help="evaluate at most this many examples")

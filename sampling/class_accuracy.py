@@ -178,7 +178,9 @@ def score_folder(
     else:
         if recursive:
             raise ValueError("--recursive: audio folders only (images are read from one folder)")
-        inputs = ImageFolderSamples(folder, channels=model.input_shape[0])
+        inputs = ImageFolderSamples(
+            folder, channels=model.input_shape[0],
+            needs=f"the classifier takes {model.input_shape[2]}x{model.input_shape[1]} images (its data.image_size)")
         media = inputs.root  # the folder read: images/ of a sample set
         if (inputs.height, inputs.width) != model.input_shape[1:]:
             raise ValueError(

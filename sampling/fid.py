@@ -44,6 +44,9 @@ from tokenizer.media import quantize_uint8
 # images -> Inception features
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# smaller images hold next to nothing for Inception (which scales every input to 299x299),
+# and the generated `shapes` reference is drawn at 4x4 and up
+MIN_IMAGE_SIZE = 4
 REFERENCE_CACHE_VERSION = 2  # 2: capped references spread over the split; EXIF orientation
 
 
@@ -87,7 +90,7 @@ class ImageFolderSamples(Dataset):
     decoded on demand. Sizes are checked up front from the file headers, so mixed sizes fail
     at once, by name."""
 
-    def __init__(self, root: Union[str, Path], channels: int = 3):
+    def __init__(self, root: Union[str, Path], channels: int = 3, needs: str = "FID needs one size"):
         self.channels = channels
         self.root = Path(root).expanduser()
         if self.root.is_dir():
@@ -105,7 +108,7 @@ class ImageFolderSamples(Dataset):
             elif size != first[1]:
                 raise ValueError(
                     f"{self.root}: images of mixed sizes ({first[0].name} is {first[1][0]}x"
-                    f"{first[1][1]}, {path.name} is {size[0]}x{size[1]}); FID needs one size"
+                    f"{first[1][1]}, {path.name} is {size[0]}x{size[1]}); {needs}"
                 )
         self.width, self.height = first[1]
 
@@ -504,6 +507,12 @@ def score_folder(
     (as ``data.skip_bad_examples``). Every input error is raised before any network runs."""
     device = resolve_device(device) if device is None or isinstance(device, str) else device
     samples = ImageFolderSamples(folder)
+    if min(samples.width, samples.height) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"{samples.root}: the samples are {samples.width}x{samples.height} images, too small to "
+            f"score (FID needs at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE})")
+    if image_size is not None and image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size {image_size}: too small to score (at least {MIN_IMAGE_SIZE})")
     if image_size is None:
         if samples.width != samples.height:
             raise ValueError(

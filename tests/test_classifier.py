@@ -314,3 +314,23 @@ def test_quickstart_sweep_variants_are_valid_pipeline_settings(monkeypatch):
             cfg = load_pipeline_config(quickstart, [f"{sweep.OTHER[track]}=null",
                                                     *sweep.track_overrides(track, settings)])
             assert getattr(cfg, sweep.OTHER[track]) is None and getattr(cfg, track) is not None
+
+
+def test_classify_names_what_it_needs_of_images_of_mixed_sizes(tmp_path, capsys):
+    """`hqvae classify` on images of mixed sizes said "FID needs one size"; it says what the
+    classifier takes."""
+    from PIL import Image
+
+    cfg = load_classifier_config(None, [f"run_dir={tmp_path / 'clf'}", *TINY, "data.modality=image",
+                                        "model.num_classes=5"])
+    Classifier(cfg, SHAPES).save_pretrained(tmp_path / "clf")
+    folder = tmp_path / "s"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "a.png")
+    Image.new("RGB", (16, 16)).save(folder / "b.png")
+    (folder / "labels.json").write_text(json.dumps({"a.png": 0, "b.png": 1}))
+    assert main(["classify", str(folder), "--classifier", str(tmp_path / "clf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "FID" not in err, err
+    assert (f"{folder}: images of mixed sizes (a.png is 32x32, b.png is 16x16); the classifier takes "
+            "32x32 images (its data.image_size)") in err, err

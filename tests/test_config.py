@@ -302,3 +302,23 @@ def test_an_empty_config_file_is_refused_naming_it(command, text, tmp_path, caps
     with pytest.raises(ConfigError, match="sets nothing"):
         load_tokenizer_config(empty, [])
     assert load_tokenizer_config(None, ["model.preset=vqvae"]).model.preset == "vqvae"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("run_dir=~", "run_dir: '~' (like null or an empty value) is YAML's null, not a path; give a path"),
+    ("data.train_split=~", "data.train_split: '~' (like null or an empty value) is YAML's null, not a "
+                           "string; give a string"),
+])
+def test_a_tilde_for_a_string_key_says_it_is_yaml_s_null(override, message, tmp_path, capsys):
+    """A quoted `run_dir=~` said "expected a string, got None": YAML reads a bare `~` as null."""
+    from hqvae.cli import main
+
+    assert main(["train-tokenizer", override, "model.preset=vqvae"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    key, _ = override.split("=")
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {preset: vqvae}\n" + (f"{key}: ~\n" if key == "run_dir" else
+                                                    "data: {train_split: ~}\n"))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_tokenizer_config(config)

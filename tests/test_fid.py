@@ -592,3 +592,19 @@ def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tm
         assert main(args) == 0  # the reference from its cache: the same counts
     assert "(2 bad rows skipped, not scored)" in capsys.readouterr().out
     assert read == ["ImageFolderSamples"]  # only the samples were run through the network
+
+
+def test_samples_too_small_to_score_are_named(tmp_path, capsys):
+    """`hqvae fid` on 1-pixel images reported "ShapesDataset: need ... image_size >= 4", an
+    error about a dataset the user never named; it says the samples are too small."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (1, 1), (80 * i, 0, 0)).save(folder / f"{i}.png")
+    assert main(["fid", str(folder), "--ref", "shapes:test"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ShapesDataset" not in err, err
+    assert f"{folder}: the samples are 1x1 images, too small to score (FID needs at least 4x4)" in err
+    ok = write_pngs(tmp_path / "ok", shapes_images(2))
+    assert main(["fid", str(ok), "--ref", "shapes:test", "--image-size", "2"]) == 2
+    assert "--image-size 2: too small to score" in capsys.readouterr().err

@@ -259,3 +259,19 @@ def test_a_killed_run_resumed_with_the_same_length_matches_under_the_run_schedul
     assert sorted(losses) == list(range(1, 7))
     for step in range(1, 7):
         assert losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
+
+
+def test_eval_tokenizer_takes_a_weights_file_as_its_run(tmp_path, capsys):
+    """Given model.safetensors instead of its run folder, eval-tokenizer blamed --out (it
+    looked for a folder below the file); like encode it takes the file, and evaluates into
+    eval/ beside it, where the run folder's evaluation goes."""
+    from tokenizer.config import load_tokenizer_config
+    from tokenizer.pretrained import Tokenizer
+
+    cfg = load_tokenizer_config(None, ["model.preset=vqvae", *TINY])
+    Tokenizer.from_config(cfg).save_pretrained(tmp_path / "tok")
+    rc = main(["eval-tokenizer", str(tmp_path / "tok" / "model.safetensors"), "--max-examples", "4",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "--out" not in err, err
+    assert json.loads((tmp_path / "tok" / "eval" / "eval.json").read_text())["examples"] == 4
