@@ -1,13 +1,19 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from tokenizer.config import QuantizerConfig
+import hqvae
+from engine.config import ConfigError
+from tokenizer.config import ConfigTypeError, LayerConfig, QuantizerConfig, load_tokenizer_config
 from tokenizer.quantizers import (
+    NonFiniteInputError,
     ResidualQuantizer,
     StochasticQuantizer,
     VectorQuantizer,
+    build_quantizer,
     code_scores,
     perplexity,
     squared_distances,
@@ -414,3 +420,339 @@ def test_var_lr_scale_is_checked():
         VectorQuantizer(dim=4, codebook_size=8, var_lr_scale=2.0)
     with pytest.raises(ConfigError, match=r"var_lr_scale: must be in \(0, 1000\]"):
         StochasticQuantizer(dim=4, codebook_size=8, var_lr_scale=0.0)
+
+
+# -- input the quantizers cannot quantize, and constructor arguments that make no sense ----
+
+# every quantizer hqvae exports, in the configurations that hold state (EMA statistics,
+# usage counts, a data-initialised codebook) and in plain ones
+MAKERS = {
+    "VectorQuantizer": {
+        "vq": lambda: VectorQuantizer(dim=4, codebook_size=8),
+        "vq-ema-restart-init": lambda: VectorQuantizer(
+            dim=4, codebook_size=8, ema=True, restart_threshold=0.5, data_init=True),
+    },
+    "StochasticQuantizer": {
+        "sq": lambda: StochasticQuantizer(dim=4, codebook_size=8),
+    },
+    "ResidualQuantizer": {
+        "rq-vq": lambda: ResidualQuantizer(dim=4, codebook_size=8, depth=2, kind="vq", ema=True,
+                                           restart_threshold=0.5, data_init=True),
+        "rq-sq": lambda: ResidualQuantizer(dim=4, codebook_size=8, depth=2, kind="sq"),
+    },
+}
+ALL = [pytest.param(make, id=name) for group in MAKERS.values() for name, make in group.items()]
+STATEFUL = [pytest.param(MAKERS[c][n], id=n) for c, n in
+            [("VectorQuantizer", "vq-ema-restart-init"), ("ResidualQuantizer", "rq-vq")]]
+
+
+def test_every_exported_quantizer_is_covered_by_the_input_tests():
+    exported = {name for name, module in hqvae._EXPORTS.items() if module == "tokenizer.quantizers"}
+    assert exported == set(MAKERS)
+    for name in exported:
+        assert all(type(make()).__name__ == name for make in MAKERS[name].values())
+
+
+def _with_bad_values(layout: str, bad: float) -> torch.Tensor:
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 3, 3)
+    x[0, 1, 0, 0] = x[1, 2, 2, 1] = x[1, 3, 1, 2] = bad
+    return x if layout == "map" else x.flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
+
+
+def _state(q: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in q.state_dict().items()}
+
+
+def _assert_same_state(q: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = q.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), f"{k} changed"
+
+
+@pytest.mark.parametrize("make", ALL)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("layout", ["map", "seq"])
+@pytest.mark.parametrize("when", ["first-training-call", "later-training-call", "eval"])
+def test_nonfinite_input_is_refused_before_any_state_changes(make, bad, layout, when):
+    """NaN / inf used to give NaN z_q and code 0 for every vector, count those codes, and
+    with ema=True spread NaN to every codeword for good. Now the call is refused, naming the
+    class and the count, and every parameter and buffer is as it was."""
+    torch.manual_seed(0)
+    q = make().train(when != "eval")
+    if when == "later-training-call":
+        q(_with_bad_values(layout, 0.5))  # data_init done, EMA statistics and usage moved
+    before = _state(q)
+    x = _with_bad_values(layout, bad)
+    nan, inf = (3, 0) if math.isnan(bad) else (0, 3)
+    msg = rf"^{type(q).__name__}: the input holds 3 non-finite values \({nan} NaN, {inf} inf\) of 72;"
+    with pytest.raises(NonFiniteInputError, match=msg):
+        q(x)
+    assert issubclass(NonFiniteInputError, ValueError)  # the CLI's one-line report
+    _assert_same_state(q, before)
+    if "initialised" in before:
+        assert q.state_dict()["initialised"].item() == (when == "later-training-call")
+
+
+@pytest.mark.parametrize("make", STATEFUL)
+@pytest.mark.parametrize("check", ["eval", "never"])
+@pytest.mark.parametrize("when", ["first-training-call", "later-training-call"])
+def test_without_the_host_check_a_nonfinite_training_batch_changes_no_state(make, check, when):
+    """check_finite='eval' (the toolkit's models) or 'never': a training call does not
+    read the device; the NaN reaches the loss, and the EMA statistics, usage counts and the
+    data initialisation are masked on the device, so the codebook is not poisoned."""
+    torch.manual_seed(0)
+    q = make().train()
+    q.check_finite = check
+    if when == "later-training-call":
+        q(_with_bad_values("map", 0.5))
+    before = _state(q)
+    out = q(_with_bad_values("map", float("nan")))
+    assert not torch.isfinite(out.loss)  # what a training loop's own NaN handling sees
+    _assert_same_state(q, before)
+    # and the next finite batch trains as usual: the data initialisation happens then
+    q(_with_bad_values("map", 0.5))
+    assert all(torch.isfinite(v).all() for v in q.state_dict().values())
+    if when == "first-training-call":
+        assert all(bool(v) for k, v in q.state_dict().items() if k.endswith("initialised"))
+
+
+def test_check_finite_takes_only_its_three_values():
+    q = VectorQuantizer(dim=4, codebook_size=8)
+    assert q.check_finite == "always"
+    with pytest.raises(ValueError, match="check_finite: one of 'always', 'eval', 'never', got 'sometimes'"):
+        q.check_finite = "sometimes"
+
+
+@pytest.mark.parametrize("make", ALL)
+@pytest.mark.parametrize("given, named", [
+    (lambda x: x.long(), r"a torch.int64 tensor \(convert it with .float\(\) if it really holds features\)"),
+    (lambda x: x > 0, r"a torch.bool tensor \(convert it with .float\(\) if it really holds features\)"),
+    (lambda x: x.to(torch.int8), r"a torch.int8 tensor \(convert it with .float\(\) if it really holds features\)"),
+    (lambda x: x.numpy(), r"numpy.ndarray \(torch.from_numpy\(x\).float\(\) converts it\)"),
+    (lambda x: x.tolist(), "list"),
+], ids=["int64", "bool", "int8", "numpy", "list"])
+def test_anything_but_a_floating_point_tensor_is_a_type_error(make, given, named):
+    """Integer and bool tensors used to be cast silently; a numpy array failed with
+    "'numpy.ndarray' object has no attribute 'dim'"."""
+    q = make().train()
+    x = torch.randn(2, 4, 3, 3)
+    before = _state(q)
+    with pytest.raises(TypeError, match=rf"^{type(q).__name__}: expected a floating-point torch.Tensor, got {named}$"):
+        q(given(x))
+    _assert_same_state(q, before)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):  # every floating type is read
+        assert q.eval()(x.to(dtype)).z_q.dtype == torch.float32
+
+
+# constructor arguments: (keyword, value, the error's text). Types are ConfigTypeError (a
+# ConfigError and a TypeError), values ConfigError; both name the argument and the value
+COMMON_BAD = [
+    ("codebook_size", 0, r"codebook_size: must be in \[2, 1048576\], got 0"),  # was ZeroDivisionError / accepted
+    ("codebook_size", -1, r"codebook_size: must be in \[2, 1048576\], got -1"),
+    ("codebook_size", 1, r"codebook_size: must be in \[2, 1048576\], got 1"),  # one code for everything
+    ("codebook_size", 2**20 + 1, r"codebook_size: must be in \[2, 1048576\], got 1048577"),
+    ("codebook_size", 10**10, r"codebook_size: must be in \[2, 1048576\], got 10000000000"),  # 320 GB
+    ("codebook_size", 8.5, r"codebook_size: expected an integer, got 8.5"),
+    ("codebook_size", 1e10, r"codebook_size: expected an integer, got 10000000000.0"),
+    ("codebook_size", "8", r"codebook_size: expected an integer, got '8'"),
+    ("codebook_size", True, r"codebook_size: expected an integer, got True"),
+    ("dim", 0, r"dim: must be in \[1, 4096\], got 0"),
+    ("dim", -4, r"dim: must be in \[1, 4096\], got -4"),
+    ("dim", 4097, r"dim: must be in \[1, 4096\], got 4097"),
+    ("dim", 4.0, r"dim: expected an integer, got 4.0"),
+    ("dim", None, r"dim: expected an integer, got None"),
+]
+VQ_BAD = [  # keyword options of QuantizerConfig, checked when a quantizer is built from them
+    ("beta", float("nan"), r"beta: expected a finite number, got nan"),
+    ("beta", "0.25", r"beta: expected a number, got '0.25'"),
+    ("ema_decay", float("nan"), r"ema_decay: expected a finite number, got nan"),
+    ("ema_eps", 0.0, r"ema_eps: must be > 0, got 0.0"),  # never-used codes divided by zero
+    ("ema_eps", -1e-5, r"ema_eps: must be > 0, got -1e-05"),
+    ("restart_threshold", float("inf"), r"restart_threshold: expected a finite number, got inf"),
+    ("usage_decay", "0.9", r"usage_decay: expected a number, got '0.9'"),
+    ("ema", 1, r"ema: expected true/false, got 1"),
+    ("data_init", "yes", r"data_init: expected true/false, got 'yes'"),
+]
+SQ_BAD = [
+    ("tau", 0.0, r"tau: must be > 0, got 0.0"),
+    ("tau", -0.5, r"tau: must be > 0, got -0.5"),
+    ("tau", float("nan"), r"tau: expected a finite number, got nan"),
+    ("tau", float("inf"), r"tau: expected a finite number, got inf"),
+    ("tau", "0.5", r"tau: expected a number, got '0.5'"),
+    ("tau_init", float("nan"), r"tau_init: expected a finite number, got nan"),
+    ("tau_decay", float("inf"), r"tau_decay: expected a finite number, got inf"),
+    ("tau_min", float("nan"), r"tau_min: expected a finite number, got nan"),
+    ("var_init", float("inf"), r"var_init: expected a finite number, got inf"),
+    ("var_init", "1", r"var_init: expected a number, got '1'"),
+    ("tau_schedule", "linear", r"tau_schedule: 'linear' is not one of 'exp' \| 'run'"),
+    ("variance", "shared", r"variance: 'shared' is not one of 'independent' \| 'monotone'"),
+]
+RQ_BAD = [
+    ("depth", 0, r"depth: must be in \[1, 64\], got 0"),
+    ("depth", -2, r"depth: must be in \[1, 64\], got -2"),
+    ("depth", 65, r"depth: must be in \[1, 64\], got 65"),
+    ("depth", 2.5, r"depth: expected an integer, got 2.5"),
+    ("depth", "2", r"depth: expected an integer, got '2'"),
+    ("depth", True, r"depth: expected an integer, got True"),
+]
+BUILD = {
+    "VectorQuantizer": (lambda **kw: VectorQuantizer(**{"dim": 4, "codebook_size": 8, **kw}), COMMON_BAD + VQ_BAD),
+    "StochasticQuantizer": (lambda **kw: StochasticQuantizer(**{"dim": 4, "codebook_size": 8, **kw}), COMMON_BAD + SQ_BAD),
+    "ResidualQuantizer[vq]": (
+        lambda **kw: ResidualQuantizer(**{"dim": 4, "codebook_size": 8, "depth": 2, "kind": "vq", **kw}),
+        COMMON_BAD + RQ_BAD + VQ_BAD),
+    "ResidualQuantizer[sq]": (
+        lambda **kw: ResidualQuantizer(**{"dim": 4, "codebook_size": 8, "depth": 2, "kind": "sq", **kw}),
+        COMMON_BAD + RQ_BAD + SQ_BAD),
+}
+
+
+@pytest.mark.parametrize("build, key, value, message", [
+    pytest.param(build, key, value, message, id=f"{name}-{key}={value!r}")
+    for name, (build, cases) in BUILD.items() for key, value, message in cases])
+def test_constructor_arguments_that_make_no_sense_are_refused_naming_them(build, key, value, message):
+    with pytest.raises(ConfigError, match=rf"^{message}$") as err:
+        build(**{key: value})
+    # a wrong type is also a TypeError, a wrong value a ValueError (as ConfigError is)
+    assert isinstance(err.value, TypeError) == ("expected an integer" in message or "expected a number" in message
+                                                or "expected true/false" in message)
+
+
+def test_the_config_loader_and_the_constructors_share_the_codebook_and_depth_rules():
+    """One set of rules: the loader's model.layers.* / model.depth and the constructors'
+    arguments give the same words (LayerConfig built in Python is checked too)."""
+    for size, words in [(1, r"codebook_size: must be in \[2, 1048576\], got 1"),
+                        (2**21, r"codebook_size: must be in \[2, 1048576\], got 2097152")]:
+        with pytest.raises(ConfigError, match=words):
+            load_tokenizer_config(None, ["model.preset=vqvae", f"model.layers.0.codebook_size={size}"])
+        with pytest.raises(ConfigError, match=words):
+            VectorQuantizer(dim=4, codebook_size=size)
+    with pytest.raises(ConfigTypeError, match=r"codebook_size: expected an integer, got 8.5"):
+        LayerConfig(codebook_size=8.5).validate()
+    with pytest.raises(ConfigTypeError, match=r"codebook_dim: expected an integer, got '8'"):
+        LayerConfig(codebook_dim="8").validate()
+    with pytest.raises(ConfigError, match=r"model\.depth: must be in \[1, 64\], got 65"):
+        load_tokenizer_config(None, ["model.preset=rqvae", "model.depth=65"])  # built 65 layers
+    with pytest.raises(ConfigError, match=r"^depth: must be in \[1, 64\], got 65$"):
+        ResidualQuantizer(dim=4, codebook_size=8, depth=65)
+    with pytest.raises(ConfigError, match=r"model\.quantizer\.ema_eps: must be > 0, got 0.0"):
+        load_tokenizer_config(None, ["model.preset=vqvae2", "model.quantizer.ema_eps=0"])
+    assert load_tokenizer_config(None, ["model.preset=rqvae", "model.depth=64"]).model.layers[63].kind == "residual"
+
+
+def test_set_total_steps_takes_a_positive_count():
+    q = StochasticQuantizer(dim=4, codebook_size=8, tau_schedule="run")
+    for total, words in [(0, r"total: must be in \[1, "), (2.5, "total: expected an integer, got 2.5")]:
+        with pytest.raises(ConfigError, match=words):
+            q.set_total_steps(total)
+    q.set_total_steps(np.int64(10))
+    assert q.total_steps == 10 and type(q.total_steps) is int
+
+
+# -- non-finite values inside a training run: train.nan_policy decides ------------------------
+
+class _Points(torch.utils.data.Dataset):
+    def __init__(self, n: int = 32):
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i]}
+
+
+class _OneLayer(nn.Module):
+    """A linear map into one EMA, data-initialised VQ layer; the quantizer's input is NaN at
+    ``nan_steps`` (0-based), as when an encoder overflows or a batch holds NaN."""
+
+    def __init__(self, quantizer: nn.Module, nan_steps=()):
+        super().__init__()
+        self.lin, self.q, self.nan_steps = nn.Linear(4, 4), quantizer, set(nan_steps)
+
+    def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
+        z = self.lin(x)
+        if int(step) in self.nan_steps:
+            z = z * float("nan")
+        out = self.q(z[:, None, :])  # (B, N=1, D)
+        return {"loss": (out.z_q[:, 0] - x).pow(2).mean() + out.loss}
+
+
+def _vq_layer(toolkit: bool) -> nn.Module:
+    cfg = QuantizerConfig(kind="vq", ema=True, data_init=True, restart_threshold=0.1)
+    return build_quantizer(8, 4, cfg) if toolkit else VectorQuantizer(4, 8, cfg)
+
+
+def _train(tmp_path, model, policy: str, steps: int = 5):
+    from engine.train_config import TrainConfig
+    from engine.trainer import train
+
+    tc = TrainConfig(steps=steps, batch_size=4, lr=0.05, progress=False, log_every=1, ckpt_every=0,
+                     nan_policy=policy)
+    return train(model=model, dataset=_Points(), cfg=tc, run_dir=tmp_path / "run", config={})
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["nan-in-the-first-step", "nan-in-step-3"])
+def test_a_nan_inside_a_toolkit_model_is_left_to_the_nan_policy(tmp_path, first):
+    """The toolkit's models build their quantizers with check_finite='eval': a NaN that
+    reaches a quantizer in training is not refused there (no host sync per step), it reaches
+    the loss, and train.nan_policy handles it as documented: 'skip' withholds the step (the
+    codebook stays finite, a withheld data-initialising step is seeded again), 'stop' stops
+    naming the step. Evaluation calls, which no policy covers, refuse it."""
+    from engine.trainer import NonFiniteLossError
+
+    bad = 0 if first else 2
+    torch.manual_seed(0)
+    model = _OneLayer(_vq_layer(toolkit=True), nan_steps=(bad,))
+    assert model.q.check_finite == "eval"
+    with pytest.warns(UserWarning, match=rf"step {bad + 1}; step skipped"):
+        result = _train(tmp_path / "skip", model, "skip")
+    assert result.nonfinite_steps_skipped == 1 and result.step == 5
+    assert bool(model.q.initialised)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteLossError, match=rf"at step {bad + 1}\b"):
+        _train(tmp_path / "stop", _OneLayer(_vq_layer(toolkit=True), nan_steps=(bad,)), "stop")
+    with pytest.raises(NonFiniteInputError, match="^VectorQuantizer: the input holds 4 non-finite"):
+        model.q.eval()(torch.full((1, 1, 4), float("nan")))
+
+
+def test_a_quantizer_of_ones_own_refuses_a_nan_even_under_the_trainer(tmp_path):
+    """A quantizer built directly keeps check_finite='always': under the trainer too, a NaN
+    input stops the run with NonFiniteInputError naming the quantizer (nan_policy=skip does
+    not skip it: the step never produced a loss). check_finite='eval' hands it to the policy."""
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteInputError, match=r"^VectorQuantizer: the input holds 16 non-finite values \(16 NaN, 0 inf\) of 16;"):
+        _train(tmp_path / "always", _OneLayer(_vq_layer(toolkit=False), nan_steps=(2,)), "skip")
+    torch.manual_seed(0)
+    q = _vq_layer(toolkit=False)
+    q.check_finite = "eval"
+    with pytest.warns(UserWarning, match="step 3; step skipped"):
+        assert _train(tmp_path / "eval", _OneLayer(q, nan_steps=(2,)), "skip").nonfinite_steps_skipped == 1
+
+
+@pytest.mark.parametrize("make", ALL)
+def test_the_host_check_is_one_read_per_call_and_none_in_toolkit_training(make, monkeypatch):
+    """The cost of the check: one host read per call of a quantizer of one's own, whatever
+    its depth; none in a training call of the toolkit's models (check_finite='eval'), which
+    keeps nan_policy='stop' free of per-step syncs."""
+    q = make().train()
+    x = torch.randn(2, 4, 3, 3)
+    q(x)  # the data initialisation reads its flag on the host until it is seen set
+    q(x)
+    reads = []
+    real = torch.Tensor.__bool__
+
+    def counting(self):
+        reads.append(1)
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counting)
+    q(x)
+    assert len(reads) == 1
+    reads.clear()
+    q.check_finite = "eval"
+    q(x)
+    assert reads == []

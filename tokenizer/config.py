@@ -7,13 +7,92 @@ Every key lives here once, with its default and meaning. Presets only fill in
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, get_args, get_origin, get_type_hints
 
 from engine.config import ConfigError, load_config
 from engine.train_config import TrainConfig
+
+# ---------------------------------------------------------------------------------------
+# shared checks: the config loader (model.layers.*, model.depth, model.quantizer.*) and the
+# quantizer constructors (tokenizer/quantizers.py) refuse the same values with the same words
+
+# K = 1 gives every vector the same code; past 2^20 codes the N x K distances of a batch
+# outgrow an accelerator's memory (and 1e10 codes of width 8 are a 320 GB codebook)
+CODEBOOK_SIZE_RANGE = (2, 2**20)
+CODEBOOK_DIM_RANGE = (1, 4096)
+# residual depths of one quantizer stack (model.depth of the rqvae / rsqvae presets); past a
+# few dozen the later depths quantize rounding noise, and the bound keeps a typo'd depth
+# from building millions of layers
+DEPTH_RANGE = (1, 64)
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A setting of the wrong type: a ConfigError for the CLI's one-line report, and a
+    TypeError for Python callers who passed, say, '8' or 8.5 for a count."""
+
+
+def check_int(key: str, value, bounds: tuple[int, int]) -> int:
+    """``value`` as an int in the closed range ``bounds``, else an error naming ``key``.
+
+    bool is refused (True is no size); numpy integers are accepted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigTypeError(f"{key}: expected an integer, got {value!r}")
+    lo, hi = bounds
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}: must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def check_number(key: str, value) -> float:
+    """``value`` as a finite float, else an error naming ``key``: a NaN would pass every
+    ``x < 0`` check after it, and an inf reaches the codebook as inf or NaN."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigTypeError(f"{key}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def check_codebook(codebook_size, dim, dim_key: str = "codebook_dim") -> tuple[int, int]:
+    """K and D of one codebook, checked against the bounds above; the constructors name
+    the codebook width ``dim``, configs ``codebook_dim``."""
+    return (check_int("codebook_size", codebook_size, CODEBOOK_SIZE_RANGE),
+            check_int(dim_key, dim, CODEBOOK_DIM_RANGE))
+
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    return get_type_hints(cls)
+
+
+def check_field_types(obj) -> None:
+    """The types of a config dataclass's int / float / bool / Literal fields.
+
+    The loader has checked them already; a dataclass built in Python (QuantizerConfig(beta='0.3'),
+    or the keyword options of a quantizer constructor) has not, and its range checks
+    would otherwise fail with a raw comparison error or, for a NaN, pass."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp, value = hints[f.name], getattr(obj, f.name)
+        if tp is float:
+            check_number(f.name, value)
+        elif tp is int:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigTypeError(f"{f.name}: expected an integer, got {value!r}")
+        elif tp is bool:
+            if not isinstance(value, bool):
+                raise ConfigTypeError(f"{f.name}: expected true/false, got {value!r}")
+        elif get_origin(tp) is Literal:
+            options = get_args(tp)
+            if not any(value == o and type(value) is type(o) for o in options):
+                raise ConfigError(f"{f.name}: {value!r} is not one of {' | '.join(map(repr, options))}")
 
 
 @dataclass
@@ -24,10 +103,8 @@ class LayerConfig:
     codebook_dim: int = 64  # D
 
     def validate(self) -> None:
-        if not 2 <= self.codebook_size <= 2**20:
-            raise ConfigError(f"codebook_size: must be in [2, 1048576], got {self.codebook_size}")
-        if not 1 <= self.codebook_dim <= 4096:
-            raise ConfigError(f"codebook_dim: must be in [1, 4096], got {self.codebook_dim}")
+        check_field_types(self)
+        check_codebook(self.codebook_size, self.codebook_dim)
         if self.factor < 1 or self.factor & (self.factor - 1):
             raise ConfigError(f"factor: must be a power of 2 (1, 2, 4, ...), got {self.factor}")
 
@@ -70,6 +147,7 @@ class QuantizerConfig:
     tau_end: float = 0.1  # 'run' only
 
     def validate(self) -> None:
+        check_field_types(self)
         if self.kind == "sq":
             vq_only = {
                 "ema": self.ema,
@@ -91,6 +169,9 @@ class QuantizerConfig:
             raise ConfigError("ema_count_init: applies to the EMA codebook only (set ema=true)")
         if self.beta < 0:
             raise ConfigError(f"beta: must be >= 0, got {self.beta}")
+        if self.ema_eps <= 0:
+            # the Laplace smoothing is what keeps a never-used code from dividing by zero
+            raise ConfigError(f"ema_eps: must be > 0, got {self.ema_eps}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay: must be in (0, 1), got {self.ema_decay}")
         if not 0.0 < self.usage_decay < 1.0:
@@ -387,8 +468,9 @@ def expand_preset(data: dict) -> dict:
     qkind, layout, qdefaults, model_defaults = PRESETS[preset]
     down = model.get("downsample", 4)
     depth = model.get("depth", 4)
-    if not isinstance(down, int) or not isinstance(depth, int) or down < 1 or depth < 1:
-        raise ConfigError("model.downsample / model.depth: must be positive integers")
+    if isinstance(down, bool) or not isinstance(down, int) or down < 1:
+        raise ConfigError(f"model.downsample: must be a positive integer, got {down!r}")
+    check_int("model.depth", depth, DEPTH_RANGE)
     layers = model.get("layers")
     if layers is None or isinstance(layers, dict):
         base = [{"kind": k, "factor": f} for k, f in layout(down, depth)]

@@ -13,6 +13,13 @@ its config. A :class:`QuantizerOutput` holds the vector the decoder sees (in the
 the input), the code indices ((B, H, W) or (B, N)), a dict of loss terms, their sum and the
 code histogram of the batch. All of their math runs in float32, even under autocast: bf16
 distances and EMA statistics are a known source of NaNs and drifting codebooks.
+
+Input they cannot quantize is refused, not guessed at: anything but a floating-point tensor
+is a TypeError, and a NaN or inf is a :class:`NonFiniteInputError` (a ValueError) raised
+before any state (EMA statistics, usage counts, a data-initialised codebook) is touched.
+That check reads the device once per call; ``check_finite`` (see :class:`FiniteInputCheck`)
+says where it runs. Whatever it says, a training batch with a NaN or inf updates no codebook
+state: such a batch reaches the loss as NaN, where the training loop sees it.
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ConfigError
-from tokenizer.config import QuantizerConfig
+from tokenizer.config import (
+    DEPTH_RANGE,
+    ConfigTypeError,
+    QuantizerConfig,
+    check_codebook,
+    check_int,
+    check_number,
+)
 
 
 @dataclass
@@ -50,6 +64,8 @@ class QuantizerOutput:
 def resolve_config(kind: str, cfg: QuantizerConfig | None, options: dict) -> QuantizerConfig:
     """A quantizer's config: ``cfg`` as given, or built from keyword ``options`` (the fields
     of QuantizerConfig); either way validated, so incompatible options fail here."""
+    if cfg is not None and not isinstance(cfg, QuantizerConfig):
+        raise ConfigTypeError(f"cfg: expected a QuantizerConfig, got {type(cfg).__name__}")
     if cfg is not None and options:
         raise ConfigError(f"give a QuantizerConfig or keyword options, not both (got {sorted(options)})")
     if cfg is None:
@@ -62,6 +78,75 @@ def resolve_config(kind: str, cfg: QuantizerConfig | None, options: dict) -> Qua
         raise ConfigError(f"kind: this quantizer is {kind!r}, the config says {cfg.kind!r}")
     cfg.validate()
     return cfg
+
+
+class NonFiniteInputError(ValueError):
+    """A quantizer was handed NaN or inf values; nothing was quantized and no state changed."""
+
+
+class FiniteInputCheck(nn.Module):
+    """The input checks every public quantizer shares.
+
+    ``check_finite`` says which calls read on the host whether their input is finite (one
+    device sync per call, before any work) and refuse NaN / inf with
+    :class:`NonFiniteInputError`:
+
+    * ``'always'`` (the default of a quantizer you construct): every call, training or not.
+      Unchecked, a NaN is silent: every such vector gets code 0, and one EMA update spreads
+      it to every codeword for good. In a run of several processes the process that saw
+      it stops, and the launcher ends the others.
+    * ``'eval'``: evaluation calls only. What the toolkit's own models use (see
+      :func:`build_quantizer`): their trainer handles a NaN loss by ``train.nan_policy``
+      (stop naming the step, or withhold the step) and adds no per-step host sync for it,
+      so a training call leaves the NaN to reach the loss. Set it on a quantizer of your own
+      that trains under that trainer, for the same behaviour.
+    * ``'never'``: no host read at all; NaN goes through to the output and the losses.
+
+    Without the host read (training under 'eval', 'never', and while torch.compile traces,
+    where a host read would break the graph) a non-finite training batch still updates no
+    codebook state: the updates are masked on the device, with every process agreeing.
+    """
+
+    _check_finite = "always"
+    CHECK_FINITE = ("always", "eval", "never")
+
+    @property
+    def check_finite(self) -> str:
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: str) -> None:
+        if value not in self.CHECK_FINITE:
+            raise ValueError(f"check_finite: one of {', '.join(map(repr, self.CHECK_FINITE))}, got {value!r}")
+        self._check_finite = value
+
+    def _check_type(self, z) -> None:
+        if not torch.is_tensor(z):
+            kind = type(z)
+            name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+            hint = " (torch.from_numpy(x).float() converts it)" if kind.__module__ == "numpy" else ""
+            raise TypeError(f"{type(self).__name__}: expected a floating-point torch.Tensor, got {name}{hint}")
+        if not z.is_floating_point():
+            # an integer or bool tensor is not a vector of features: casting it would quantize
+            # something other than what was meant, without a word
+            raise TypeError(f"{type(self).__name__}: expected a floating-point torch.Tensor, got a "
+                            f"{z.dtype} tensor (convert it with .float() if it really holds features)")
+
+    def _refuse_nonfinite(self, z: torch.Tensor) -> None:
+        mode = self._check_finite
+        if mode == "never" or (mode == "eval" and self.training) or torch.compiler.is_compiling():
+            return
+        if bool(torch.isfinite(z).all()):  # the one host sync of the check
+            return
+        nan, inf = int(torch.isnan(z).sum()), int(torch.isinf(z).sum())
+        raise NonFiniteInputError(
+            f"{type(self).__name__}: the input holds {nan + inf} non-finite values ({nan} NaN, "
+            f"{inf} inf) of {z.numel()}; nothing was quantized and no codebook state changed")
+
+
+def _nonfinite_count(flat: torch.Tensor) -> torch.Tensor:
+    """How many values of ``flat`` are NaN or inf, as a (1,) float tensor on the device."""
+    return (~torch.isfinite(flat)).sum().float().reshape(1)
 
 
 def _to_map(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, bool]:
@@ -135,7 +220,7 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(FiniteInputCheck):
     """Deterministic VQ with straight-through gradients (van den Oord et al., 2017).
 
     Options (each off unless configured):
@@ -146,10 +231,13 @@ class VectorQuantizer(nn.Module):
         random encoder vectors of the batch (dead-code restart, as in Dhariwal et al. 2020 /
         Zeghidour et al. 2021).
       * ``data_init``: the first training batch seeds the codebook with encoder vectors.
+
+    A batch with a NaN or inf is refused (see :class:`FiniteInputCheck`).
     """
 
     def __init__(self, dim: int, codebook_size: int, cfg: QuantizerConfig | None = None, **options):
         super().__init__()
+        codebook_size, dim = check_codebook(codebook_size, dim, dim_key="dim")
         cfg = resolve_config("vq", cfg, options)
         self.K, self.D, self.cfg = codebook_size, dim, cfg
         if cfg.ema:
@@ -187,36 +275,47 @@ class VectorQuantizer(nn.Module):
         idx = (torch.randperm(n, device=flat.device)[: self.K] if n >= self.K
                else torch.randint(0, n, (self.K,), device=flat.device))
         new = _broadcast(flat[idx].clone())
-        self.codebook.data.copy_(new)
+        # a batch with a NaN or inf on any process seeds nothing (decided on the device, no
+        # host sync): the codebook stays as it was and the next batch seeds it
+        finite = (_all_reduce_sum(_nonfinite_count(flat)) == 0).reshape(())
+        self.codebook.data.copy_(torch.where(finite, new, self.codebook.data))
         if self.cfg.ema:
-            self.ema_sum.copy_(new)
-            self.ema_count.fill_(1.0)
+            self.ema_sum.copy_(torch.where(finite, new, self.ema_sum))
+            self.ema_count.copy_(torch.where(finite, torch.ones_like(self.ema_count), self.ema_count))
         # the host flag is not set here: it waits for the next forward to read the buffer,
         # since a trainer that withholds this step (nan_policy=skip) puts the buffer back to
         # False, and the next batch must seed the codebook again
-        self.initialised.fill_(True)
+        self.initialised.copy_(finite)
 
     @torch.no_grad()
-    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor) -> None:
+    def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor,
+                    finite: torch.Tensor) -> None:
+        """``counts``: the batch's code counts over every process; ``finite``: whether its
+        values were, on every process (else nothing changes: one NaN row turns every code's
+        sum into NaN, as 0 * NaN is NaN in the matmul)."""
         cfg = self.cfg
-        counts = _all_reduce_sum(onehot.sum(0))
         sums = _all_reduce_sum(onehot.t() @ flat)
         # written as copy_(a * d + b * (1 - d)), not mul_(d).add_(b, alpha=1 - d): torch 2.13's
         # inductor (CPU) miscompiles the latter when b is a matmul result used nowhere else
         # (ema_sum came out ~20x too large; eager and aot_eager were right), which made
         # train.compile=true diverge on every EMA preset
-        self.ema_count.copy_(self.ema_count * cfg.ema_decay + counts * (1 - cfg.ema_decay))
-        self.ema_sum.copy_(self.ema_sum * cfg.ema_decay + sums * (1 - cfg.ema_decay))
+        self.ema_count.copy_(torch.where(
+            finite, self.ema_count * cfg.ema_decay + counts * (1 - cfg.ema_decay), self.ema_count))
+        self.ema_sum.copy_(torch.where(
+            finite, self.ema_sum * cfg.ema_decay + sums * (1 - cfg.ema_decay), self.ema_sum))
         n = self.ema_count.sum()
         # Laplace smoothing keeps never-used codes from dividing by zero
         smoothed = (self.ema_count + cfg.ema_eps) / (n + self.K * cfg.ema_eps) * n
-        self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(1))
+        # the codebook too: before the first update it is not ema_sum / smoothed
+        self.codebook.copy_(torch.where(finite, self.ema_sum / smoothed.unsqueeze(1), self.codebook))
 
     @torch.no_grad()
-    def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor) -> None:
+    def _restart_dead(self, flat: torch.Tensor, counts: torch.Tensor, finite: torch.Tensor) -> None:
         cfg = self.cfg
-        self.usage.copy_(self.usage * cfg.usage_decay + counts * (1 - cfg.usage_decay))  # see _ema_update
-        dead = self.usage < cfg.restart_threshold
+        self.usage.copy_(torch.where(  # see _ema_update
+            finite, self.usage * cfg.usage_decay + counts * (1 - cfg.usage_decay), self.usage))
+        # a non-finite batch restarts nothing: its candidates could be NaN
+        dead = (self.usage < cfg.restart_threshold) & finite
         dead = _broadcast(dead.to(torch.uint8)).bool()
         # every code draws a candidate and only dead ones take it: selecting exactly the
         # dead rows would need their count on the host, a device sync every training step
@@ -234,7 +333,9 @@ class VectorQuantizer(nn.Module):
         return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
+        self._check_type(z)
         z, sequence = _to_map(z, self.D)
+        self._refuse_nonfinite(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
@@ -248,18 +349,22 @@ class VectorQuantizer(nn.Module):
             losses = {"commitment": self.cfg.beta * F.mse_loss(z, z_q.detach())}
             if not self.cfg.ema:
                 losses["codebook"] = F.mse_loss(z_q, z.detach())
-            if self.training:
+            if self.training and (self.cfg.ema or self.cfg.restart_threshold > 0):
+                # the batch's code counts and its number of non-finite values, summed over
+                # the processes in one collective: every process takes the same decision
+                stats = _all_reduce_sum(torch.cat([counts, _nonfinite_count(flat.detach())]))
+                total, finite = stats[:-1], stats[-1] == 0
                 if self.cfg.ema:
-                    self._ema_update(flat.detach(), onehot)
+                    self._ema_update(flat.detach(), onehot, total, finite)
                 if self.cfg.restart_threshold > 0:
-                    self._restart_dead(flat.detach(), _all_reduce_sum(counts.clone()))
+                    self._restart_dead(flat.detach(), total, finite)
             # straight-through: forward value z_q, gradient to the encoder as identity
             out = z + (z_q - z).detach()
         result = QuantizerOutput(out, codes.view(z.shape[0], *z.shape[2:]), losses, counts)
         return _from_map(result) if sequence else result
 
 
-class StochasticQuantizer(nn.Module):
+class StochasticQuantizer(FiniteInputCheck):
     """Gaussian stochastic quantization (SQ-VAE, Takida et al., 2022).
 
     Posterior over codes P_k ∝ exp(-||z - b_k||^2 / (2 sigma^2)) with learned sigma^2.
@@ -273,7 +378,10 @@ class StochasticQuantizer(nn.Module):
                  tau: float | None = None, **options):
         """``tau`` is a constant Gumbel temperature (shorthand for tau_init=tau, tau_decay=0)."""
         super().__init__()
+        codebook_size, dim = check_codebook(codebook_size, dim, dim_key="dim")
         if tau is not None:
+            if check_number("tau", tau) <= 0:
+                raise ConfigError(f"tau: must be > 0, got {tau}")
             clash = sorted(k for k in options if k.startswith("tau_"))
             if clash or cfg is not None:
                 raise ConfigError(f"tau: a constant temperature; do not also give {clash or 'a config'}")
@@ -293,7 +401,7 @@ class StochasticQuantizer(nn.Module):
 
     def set_total_steps(self, total: int) -> None:
         """The run's length in optimizer steps, which tau_schedule='run' spans."""
-        self.total_steps = int(total)
+        self.total_steps = check_int("total", total, (1, 2**62))
 
     def temperature(self, step: int | torch.Tensor) -> float | torch.Tensor:
         """'exp': tau_init * exp(-tau_decay * step), floored at tau_min; 'run': tau_init *
@@ -336,7 +444,9 @@ class StochasticQuantizer(nn.Module):
         log variance of that term where it differs from the posterior's: log sum_l sigma_l^2
         at the last depth of a residual run.
         """
+        self._check_type(z)
         z, sequence = _to_map(z, self.D)
+        self._refuse_nonfinite(z)
         b = z.shape[0]
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
@@ -378,9 +488,13 @@ class StochasticQuantizer(nn.Module):
 
 
 def build_quantizer(codebook_size: int, dim: int, cfg: QuantizerConfig) -> nn.Module:
-    if cfg.kind == "vq":
-        return VectorQuantizer(dim, codebook_size, cfg)
-    return StochasticQuantizer(dim, codebook_size, cfg)
+    """One layer's quantizer in the toolkit's models. It checks for NaN / inf on the host in
+    evaluation only (check_finite='eval'), where encoding and metrics read every batch on the
+    host anyway: in training, train.nan_policy decides what a non-finite step does, without
+    a host sync per step (docs/reliability.md, section 6)."""
+    q = (VectorQuantizer if cfg.kind == "vq" else StochasticQuantizer)(dim, codebook_size, cfg)
+    q.check_finite = "eval"
+    return q
 
 
 def run_log_variance(log_vars: list[torch.Tensor]) -> torch.Tensor:
@@ -390,7 +504,7 @@ def run_log_variance(log_vars: list[torch.Tensor]) -> torch.Tensor:
     return torch.logsumexp(torch.stack(log_vars), 0)
 
 
-class ResidualQuantizer(nn.Module):
+class ResidualQuantizer(FiniteInputCheck):
     """A residual stack (RQ-VAE / RSQ-VAE): depth l quantizes what depths < l left over,
     r_l = z - sum_{j<l} z_j, and the output is sum_l z_l.
 
@@ -406,13 +520,17 @@ class ResidualQuantizer(nn.Module):
     def __init__(self, dim: int, codebook_size: int, depth: int, kind: str = "sq",
                  cfg: QuantizerConfig | None = None, **options):
         super().__init__()
-        if depth < 1:
-            raise ConfigError(f"depth: must be >= 1, got {depth}")
+        depth = check_int("depth", depth, DEPTH_RANGE)
         if kind not in ("vq", "sq"):
             raise ConfigError(f"kind: 'vq' or 'sq', got {kind!r}")
+        codebook_size, dim = check_codebook(codebook_size, dim, dim_key="dim")
         cls = VectorQuantizer if kind == "vq" else StochasticQuantizer
         self.kind, self.D = kind, dim
         self.depths = nn.ModuleList(cls(dim, codebook_size, cfg, **options) for _ in range(depth))
+        for q in self.depths:
+            # the stack checks its input once (check_finite of the stack); a depth's input is
+            # that input minus finite codewords, and a host read per depth would cost depth syncs
+            q.check_finite = "never"
 
     def set_total_steps(self, total: int) -> None:
         if self.kind == "sq":
@@ -420,7 +538,9 @@ class ResidualQuantizer(nn.Module):
                 q.set_total_steps(total)
 
     def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
+        self._check_type(z)
         z, sequence = _to_map(z, self.D)
+        self._refuse_nonfinite(z)
         z = z.float()
         state = torch.zeros_like(z)
         outs: list[QuantizerOutput] = []
