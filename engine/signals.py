@@ -1,6 +1,8 @@
-"""Stopping a training run cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption):
-the loop saves a checkpoint of its last finished step, then raises :class:`TrainingInterrupted`,
-whose message says how to resume."""
+"""Stopping a long command cleanly on SIGINT (Ctrl-C) or SIGTERM (a scheduler's pre-emption):
+a training loop saves a checkpoint of its last finished step, then raises
+:class:`TrainingInterrupted`; sampling finishes the batch it is writing, then raises
+:class:`SamplingInterrupted`. Their message says how to go on; the CLI prints it as one line
+and exits with status 130 (128 + SIGINT, the shell's convention)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ class TrainingInterrupted(Interrupted):
         self.step, self.checkpoint = step, checkpoint
         super().__init__(f"{signal_name}: stopped after step {step}; checkpoint saved at {checkpoint}. "
                          f"Run the same command again to resume from it")
+
+
+class SamplingInterrupted(Interrupted):
+    """SIGINT / SIGTERM stopped a sample set: the samples of every finished batch are written
+    and recorded, and the same command continues the set from there."""
+
+    def __init__(self, done: int, n: int, out: Path, signal_name: str):
+        self.done, self.n = done, n
+        super().__init__(f"{signal_name}: stopped after {done} of {n} samples (written to {out}). "
+                         f"Run the same command again to continue")
 
 
 class StopSignals:

@@ -7,36 +7,66 @@ Layout of a sample directory::
     OUT/grid.png               the first ``grid`` samples (spectrograms for audio)
     OUT/codes.safetensors      the sampled codes, one tensor per level (+ labels)
     OUT/labels.json            {file name: label} for class-conditional samples
-    OUT/samples.json           settings, identities, counts and timings
+    OUT/samples.npz            (``npz``) the uint8 (N, H, W, 3) batch of the ADM evaluator
+    OUT/samples.json           settings, identities, counts and timings (written last)
+    OUT/.hqvae-partial/        while a set is unfinished: its progress and settings
 
-Writing into a folder that holds an earlier sample set replaces that set: its numbered
-files and the four files above are removed first (nothing else in the folder is touched),
-so a smaller second run never leaves the first run's extra files or labels to be scored.
-Any other non-empty folder is refused before sampling: only a set this tool wrote (its
-samples.json, or the marker file it writes before the first sample) is ever replaced.
+A set is written batch by batch (:class:`SampleSetWriter`): each batch's files, then its
+rows of the codes (and of the ADM batch) in files of the partial-state folder, then that
+folder's ``state.json``, which says how many samples are complete. Nothing kept in memory
+grows with the number of samples, and a run stopped at any moment (Ctrl-C, SIGKILL) leaves
+a folder that the same command continues: samples past ``state.json``'s count are drawn
+again from their own seeds, so the finished set is the one an uninterrupted run writes.
+
+Writing into a folder that holds an earlier set replaces that set, deleting exactly the
+files it wrote: a finished set's are told by its samples.json (``num_samples`` numbered
+files of its modality and the named files in ``set_files``), an unfinished set's by its
+partial state (the samples it completed, the batch it was writing, its named files).
+Anything else in the folder is left alone, and a file the new set would overwrite that no
+earlier set of this tool wrote is refused before any sampling. Any other non-empty folder
+is refused before sampling: only a set this tool wrote (its samples.json, or the marker
+file it writes before the first sample) is ever replaced.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import os
 import re
+import shutil
+import struct
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from PIL import Image
 
-from engine.files import write_atomic
+from engine.files import write_atomic, write_text_atomic
 from engine.run_dir import OWN_FILES
 from tokenizer.audio import write_wav
-from tokenizer.media import save_grid, save_png, spectrogram_rows, to_uint8
+from tokenizer.media import tile_uint8, to_uint8
 
 SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png", "samples.npz")
 # written into a sample folder before anything else: a set interrupted before its
 # samples.json is still provably this tool's to replace
 OWNER_MARK = ".hqvae-samples"
-_NUMBERED = re.compile(r"\d{6,}")
+# the progress of an unfinished set: state.json (settings, samples complete), the codes and
+# the ADM batch being filled in, the grid's samples so far
+PARTIAL = ".hqvae-partial"
+STATE = "state.json"
+MEDIA = {"image": ("images", ".png"), "audio": ("audio", ".wav")}
+# a sample shown in grid.png costs its bytes in memory until the grid is written
+MAX_GRID = 1024
+_NUMBERED = re.compile(r"(\d{6,})\.(png|wav)")
+# write_atomic's temporary names (".NAME.tmp-PID"): left only by a process killed mid-write
+_TEMP = re.compile(r"\.(.+)\.tmp-\d+")
+_GB = 1e9
 
 
 def media_folder(folder: Path, sub: str, extensions: tuple[str, ...]) -> Path:
@@ -48,23 +78,36 @@ def media_folder(folder: Path, sub: str, extensions: tuple[str, ...]) -> Path:
     return folder / sub if (folder / sub).is_dir() and not own else folder
 
 
-def _is_sample_record(path: Path) -> bool:
+def media_name(modality: str, index: int) -> str:
+    """The file of sample ``index`` inside its set's folder."""
+    sub, ext = MEDIA[modality]
+    return f"{sub}/{index:06d}{ext}"
+
+
+def _read_json(path: Path) -> Optional[dict]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "num_samples" in record and "tokenizer_identity" in record
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _is_sample_record(path: Path) -> bool:
+    record = _read_json(path)
+    return record is not None and "num_samples" in record and "tokenizer_identity" in record
 
 
 def check_sample_dir(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds an earlier sample set of this tool's (which writing there
-    replaces). A folder that is neither new, empty nor such a set is refused, naming it."""
+    replaces, or continues when it is unfinished). A folder that is neither new, empty nor
+    such a set is refused, naming it."""
     out = Path(out_dir)
     if not out.exists():
         return False
     if not out.is_dir():
         raise ValueError(f"sample folder {out}: exists and is not a folder")
-    if (out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json"):
+    if ((out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json")
+            or (out / PARTIAL / STATE).is_file()):
         return True
     if any(p.name not in OWN_FILES for p in out.iterdir()):  # the lock and marker are this tool's
         raise ValueError(
@@ -73,24 +116,561 @@ def check_sample_dir(out_dir: str | Path) -> bool:
     return False
 
 
-def clear_samples(out_dir: str | Path) -> int:
-    """Remove an earlier sample set written by :func:`write_samples` in ``out_dir`` (its
-    numbered PNG/WAV files and ``SAMPLE_FILES``); returns how many files went. samples.json
-    goes first, so an interrupted clear never leaves a record describing missing files."""
-    out = Path(out_dir)
+# -- which files a set wrote ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetFiles:
+    """The files one sample set wrote (or, unfinished, may have written) in its folder:
+    the numbered media files 0 .. count-1 of its modality and the named files."""
+
+    modality: str
+    count: int
+    names: tuple[str, ...]
+
+    def to_json(self) -> dict:
+        return {"modality": self.modality, "count": self.count, "names": list(self.names)}
+
+    @staticmethod
+    def from_json(d: dict) -> SetFiles:
+        return SetFiles(str(d["modality"]), int(d["count"]), tuple(d["names"]))
+
+    def owns_media(self, modality: str, index: int) -> bool:
+        return modality == self.modality and index < self.count
+
+
+def finished_set_files(record: dict) -> SetFiles:
+    """The files of the finished set that ``record`` (its samples.json) describes. Records
+    written before ``set_files`` existed name no files: their labels.json is told by their
+    settings, and a samples.npz beside them is taken for theirs (what replacing did then)."""
+    modality = record.get("modality", "image")
+    if modality not in MEDIA:
+        modality = "image"
+    names = record.get("set_files")
+    if not isinstance(names, list):
+        labelled = "class_names" in record or (
+            record.get("label") is not None and record.get("cfg_scale", 1.0) != 0)
+        names = ["samples.json", "codes.safetensors", "grid.png", "samples.npz"] + (
+            ["labels.json"] if labelled else [])
+    return SetFiles(modality, int(record.get("num_samples", 0)),
+                    tuple(n for n in names if n in SAMPLE_FILES))
+
+
+def delete_set(out: Path, files: SetFiles) -> int:
+    """Delete the files of one set in ``out`` (those present; a missing one was never
+    written or is already gone), samples.json first so no record describes missing files;
+    returns how many went."""
     removed = 0
-    for name in SAMPLE_FILES:
+    for name in sorted(files.names, key=lambda n: n != "samples.json"):
         path = out / name
         if path.is_file():
             path.unlink()
             removed += 1
-    for sub, ext in (("images", ".png"), ("audio", ".wav")):
-        if (out / sub).is_dir():
-            for path in (out / sub).iterdir():
-                if path.suffix == ext and _NUMBERED.fullmatch(path.stem) and path.is_file():
-                    path.unlink()
-                    removed += 1
+    sub, ext = MEDIA[files.modality]
+    folder = out / sub
+    if files.count and folder.is_dir():
+        for i in range(files.count - 1, -1, -1):  # from the top: what is left stays a prefix
+            path = folder / f"{i:06d}{ext}"
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass
     return removed
+
+
+def clear_samples(out_dir: str | Path) -> int:
+    """Remove the sample set(s) this tool wrote in ``out_dir``, finished or not (exactly
+    their files, see :func:`finished_set_files` and the partial state); returns how many
+    files went. Files it did not write are never touched."""
+    out = Path(out_dir)
+    owned = _owned_sets(out)
+    removed = sum(delete_set(out, files) for files in owned)
+    _remove_temporaries(out, owned)
+    if (out / PARTIAL).is_dir():
+        shutil.rmtree(out / PARTIAL)
+    return removed
+
+
+def _read_state(out: Path) -> Optional[dict]:
+    path = out / PARTIAL / STATE
+    if not path.exists():
+        return None
+    state = _read_json(path)
+    keys = ("settings", "num_samples", "modality", "rows", "done", "names", "clearing")
+    if state is None or not all(k in state for k in keys):
+        raise ValueError(f"{path}: damaged (not the progress record of an unfinished sample set); "
+                         f"move the folder away or remove {out / PARTIAL}")
+    return state
+
+
+def _state_files(state: dict) -> SetFiles:
+    """The files an unfinished set may have written: the samples it completed, the batch
+    it was writing when it stopped, and its named files."""
+    count = min(int(state["num_samples"]), int(state["done"]) + int(state["rows"]))
+    return SetFiles(state["modality"], count, tuple(state["names"]))
+
+
+def _owned_sets(out: Path) -> list[SetFiles]:
+    """Every set of this tool's whose files may be in ``out``."""
+    owned = []
+    state = _read_state(out)
+    if state is not None:
+        owned += [SetFiles.from_json(d) for d in state["clearing"]] + [_state_files(state)]
+    record = _read_json(out / "samples.json")
+    if record is not None and _is_sample_record(out / "samples.json"):
+        owned.append(finished_set_files(record))
+    return owned
+
+
+def _remove_temporaries(out: Path, owned: list[SetFiles]) -> None:
+    """Temporary files of write_atomic that a killed run left beside files of these sets."""
+    for folder in [out] + [out / MEDIA[m][0] for m in MEDIA]:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            m = _TEMP.fullmatch(entry.name)
+            if not m or not entry.is_file():
+                continue
+            name = m.group(1)
+            num = _NUMBERED.fullmatch(name)
+            if folder == out:
+                ours = any(name in s.names for s in owned)
+            else:
+                modality = "image" if folder.name == "images" else "audio"
+                ours = num is not None and any(s.owns_media(modality, int(num.group(1))) for s in owned)
+            if ours:
+                os.unlink(entry.path)
+
+
+# -- streamed file formats -------------------------------------------------------------------
+
+
+class StreamedSafetensors:
+    """A safetensors file of int64 tensors whose shapes are known up front, filled in row
+    by row: the header (safetensors' layout: tensors sorted by name, data back to back, the
+    JSON header padded with spaces to 8 bytes) is written first, each tensor's rows land at
+    their offsets. The finished file is byte for byte what ``safetensors.torch.save_file``
+    writes for the same tensors, without the tensors ever being whole in memory."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
+        header, self.offsets, pos = {}, {}, 0
+        for name in sorted(self.shapes):
+            size = 8 * math.prod(self.shapes[name])
+            header[name] = {"dtype": "I64", "shape": list(self.shapes[name]), "data_offsets": [pos, pos + size]}
+            self.offsets[name] = pos
+            pos += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-(8 + len(text)) % 8)
+        self.header = struct.pack("<Q", len(text)) + text
+        self.size = len(self.header) + pos
+
+    def create(self, path: Path) -> None:
+        with open(path, "wb") as fh:
+            fh.write(self.header)
+            fh.truncate(self.size)  # sparse: the rows are written as they come
+
+    def row_bytes(self, name: str) -> int:
+        return 8 * math.prod(self.shapes[name][1:])
+
+    def write_rows(self, fd: int, name: str, start: int, rows: torch.Tensor) -> None:
+        data = rows.to(torch.int64).contiguous().numpy().tobytes()
+        os.pwrite(fd, data, len(self.header) + self.offsets[name] + start * self.row_bytes(name))
+
+    def read_rows(self, fd: int, name: str, start: int, count: int) -> np.ndarray:
+        size = count * self.row_bytes(name)
+        data = os.pread(fd, size, len(self.header) + self.offsets[name] + start * self.row_bytes(name))
+        return np.frombuffer(data, dtype="<i8").reshape(count, *self.shapes[name][1:])
+
+
+class StreamedNpy:
+    """A .npy file of uint8 whose shape is known up front, filled in row by row (the header
+    is numpy's own, format 1.0, as ``np.save`` writes it)."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        self.shape = tuple(int(d) for d in shape)
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": self.shape})
+        self.header = buf.getvalue()
+        self.row_bytes = math.prod(self.shape[1:])
+        self.size = len(self.header) + self.shape[0] * self.row_bytes
+
+    def create(self, path: Path) -> None:
+        with open(path, "wb") as fh:
+            fh.write(self.header)
+            fh.truncate(self.size)
+
+    def write_rows(self, fd: int, start: int, rows: np.ndarray) -> None:
+        os.pwrite(fd, np.ascontiguousarray(rows, dtype=np.uint8).tobytes(), len(self.header) + start * self.row_bytes)
+
+
+def npz_from_npy(npy: Path, tmp: Path) -> None:
+    """The .npz that ``np.savez(tmp, arr_0=array)`` writes (an uncompressed zip holding
+    ``arr_0.npy``), from a .npy file on disk, copied through in chunks."""
+    with open(tmp, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as dst, open(npy, "rb") as src:
+            shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def _write_png(array: np.ndarray, path: Path) -> None:
+    """One image (H, W, C) uint8, written to a temporary name and renamed."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    write_atomic(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def _write_wav(wave: torch.Tensor, path: Path, rate: int) -> None:
+    write_atomic(path, lambda tmp: write_wav(tmp, wave, rate))
+
+
+def _labels_json(labels: Iterator[tuple[str, int]]) -> Callable[[Path], None]:
+    """A writer of ``json.dumps({name: label, ...}, indent=1)``, one entry at a time."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as fh:
+            first = True
+            for name, label in labels:
+                fh.write(("{\n " if first else ",\n ") + f"{json.dumps(name)}: {int(label)}")
+                first = False
+            fh.write("{}" if first else "\n}")
+
+    return write
+
+
+# -- the size of a set on disk ---------------------------------------------------------------
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def sample_bytes(tokenizer, code_tokens: int, *, labelled: bool, npz: bool, block: int = 4096) -> int:
+    """Bytes on disk per sample (an estimate, rounded up where the format can vary): its
+    PNG (stored nearly uncompressed at worst: a row filter byte, deflate's block headers,
+    the chunks) or 16-bit WAV, each rounded up to the file system's block; its codes (int64)
+    and label; its labels.json entry; and for ``npz`` its bytes twice (the .npy filled in
+    while sampling, then copied into the zip)."""
+    c, h, w = tokenizer.input_shape
+    if tokenizer.modality == "audio":
+        media = 44 + 2 * tokenizer.config.data.audio.num_samples
+    else:
+        raw = h * (w * c + 1)
+        media = raw + 5 * (raw // 16384 + 1) + 100
+    media = -(-media // block) * block
+    per = media + 8 * code_tokens
+    if labelled:
+        per += 8 + 20  # the codes' label, '"000000.png": 3,\n' in labels.json
+    if npz:
+        per += 2 * h * w * 3
+    return per
+
+
+def _freed_bytes(out: Path, files: SetFiles, block: int) -> int:
+    """Roughly what deleting a set's files frees (its media files sampled beyond 1,000)."""
+    total = sum(-(-(out / n).stat().st_size // block) * block for n in files.names if (out / n).is_file())
+    sub, ext = MEDIA[files.modality]
+    step = max(1, files.count // 1000)
+    seen = sizes = 0
+    for i in range(0, files.count, step):
+        path = out / sub / f"{i:06d}{ext}"
+        if path.is_file():
+            sizes += -(-path.stat().st_size // block) * block
+        seen += 1
+    return total + (sizes * files.count // seen if seen else 0)
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+# -- the writer ------------------------------------------------------------------------------
+
+
+class SampleSetWriter:
+    """Writes one sample set of ``n`` samples into ``out`` batch by batch, resumably.
+
+    ``settings`` identifies the command (everything that decides the samples: the models,
+    n, seed, batch size, sampling settings, device type, ...): an unfinished set in ``out``
+    drawn with the same settings is continued (``resume``), one drawn with others is
+    replaced, as is a finished set. ``rows`` is the batch partition (every batch starts
+    at a multiple of it). ``labelled``: the set has labels (codes' ``label``,
+    labels.json). ``flags`` names the settings in messages (``--n`` on the command line).
+
+    :meth:`open` inspects and prepares the folder (before any sampling: it refuses files
+    it would overwrite that no set of this tool wrote, and a set the disk cannot hold), then
+    :meth:`write_batch` for each batch from :attr:`done` on, then :meth:`finish`."""
+
+    def __init__(self, out: str | Path, tokenizer, n: int, rows: int, *, settings: dict,
+                 code_shapes: list[tuple[int, int]], labelled: bool, grid: int = 64, npz: bool = False,
+                 griffin_lim_iters: Optional[int] = None, resume: bool = True,
+                 flags: Optional[dict] = None, log: Callable[[str], None] = print):
+        if npz and tokenizer.modality != "image":
+            raise ValueError("--npz: the ADM evaluator's batch holds images; these samples are audio")
+        self.out = Path(out)
+        self.tokenizer = tokenizer
+        self.modality = tokenizer.modality
+        self.n, self.rows = int(n), int(rows)
+        self.settings = json.loads(json.dumps(settings))  # as it reads back from state.json
+        self.code_shapes = [tuple(s) for s in code_shapes]
+        self.labelled, self.npz = labelled, npz
+        self.grid = min(int(grid), self.n)
+        self.griffin_lim_iters = griffin_lim_iters
+        self.resume = resume
+        self.flags = {"n": "n", "out": "out", **(flags or {})}
+        self.log = log
+        self.names = ["codes.safetensors", "grid.png", "samples.json"] + (
+            ["labels.json"] if labelled else []) + (["samples.npz"] if npz else [])
+        tensors = {f"level_{lv}": (self.n, *s) for lv, s in enumerate(self.code_shapes)}
+        if labelled:
+            tensors["label"] = (self.n,)
+        self.codes_file = StreamedSafetensors(tensors)
+        c, h, w = tokenizer.input_shape
+        self.npy = StreamedNpy((self.n, h, w, 3)) if npz else None
+        self.grid_npy = StreamedNpy((self.grid, h, w, c))  # the bytes of the samples grid.png shows
+        self.done = 0
+        self.seconds = 0.0  # sampling time and tokens of every run that wrote this set
+        self.tokens = 0
+        self.resumed = 0  # samples already written when this run began
+        self.replaced: Optional[str] = None  # "finished" / "unfinished": what this set replaces
+        self._fds: dict[str, int] = {}
+
+    @property
+    def partial(self) -> Path:
+        return self.out / PARTIAL
+
+    def _state(self, clearing: list[SetFiles]) -> dict:
+        return {"settings": self.settings, "num_samples": self.n, "modality": self.modality, "rows": self.rows,
+                "done": self.done, "names": self.names, "clearing": [c.to_json() for c in clearing],
+                "seconds": self.seconds, "tokens": self.tokens}
+
+    def _save_state(self, clearing: list[SetFiles] = ()) -> None:
+        write_text_atomic(self.partial / STATE, json.dumps(self._state(list(clearing)), indent=1))
+
+    # -- opening ---------------------------------------------------------------------------
+    def open(self) -> int:
+        """Prepare the folder; returns how many samples are already written (a continued
+        set: batches from ``done // rows`` on remain)."""
+        check_sample_dir(self.out)
+        state = _read_state(self.out)
+        record = _read_json(self.out / "samples.json") if _is_sample_record(self.out / "samples.json") else None
+        finished = finished_set_files(record) if record is not None else None
+        clearing = [SetFiles.from_json(d) for d in state["clearing"]] if state else []
+        continuing = (self.resume and state is not None and record is None
+                      and state["settings"] == self.settings and self._partial_files_fit(state))
+        if state is not None and not continuing:
+            clearing.append(_state_files(state))
+            if record is None:
+                changed = [k for k in sorted(set(state["settings"]) | set(self.settings))
+                           if state["settings"].get(k) != self.settings.get(k)]
+                why = (f"drawn with other settings: {', '.join(changed[:6])}" if changed
+                       else "its progress files are incomplete")
+                self.log(f"{self.out}: replacing the unfinished sample set there ({state['done']} of "
+                         f"{state['num_samples']} samples written, {why})")
+                self.replaced = "unfinished"
+        if finished is not None:
+            clearing.append(finished)
+            self.replaced = "finished"
+        own = _state_files(state) if continuing else None
+        self._refuse_foreign(clearing + ([own] if own else []))
+        self._check_space(clearing, int(state["done"]) if continuing else 0)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / OWNER_MARK).write_text("sample set written by hqvae (sampling/outputs.py)\n")
+        _remove_temporaries(self.out, clearing + ([own] if own else []))
+        if continuing:
+            self.done = self.resumed = int(state["done"])
+            self.seconds, self.tokens = float(state.get("seconds", 0.0)), int(state.get("tokens", 0))
+            if self.done < self.n or clearing:
+                self.log(f"{self.out}: continuing the unfinished sample set there "
+                         f"({self.done} of {self.n} samples written)")
+        else:
+            # recorded first: a run killed while clearing leaves the list of what to delete
+            self.partial.mkdir(exist_ok=True)
+            for name in ("codes.safetensors", "samples.npy", "grid.npy"):
+                (self.partial / name).unlink(missing_ok=True)
+            self._save_state(clearing)
+            self.codes_file.create(self.partial / "codes.safetensors")
+            self.grid_npy.create(self.partial / "grid.npy")
+            if self.npy is not None:
+                self.npy.create(self.partial / "samples.npy")
+        for files in clearing:
+            delete_set(self.out, files)
+        if clearing or not continuing:
+            self._save_state()
+        if self.done < self.n:
+            self._fds["codes"] = os.open(self.partial / "codes.safetensors", os.O_RDWR)
+            self._fds["grid"] = os.open(self.partial / "grid.npy", os.O_RDWR)
+            if self.npy is not None:
+                self._fds["npy"] = os.open(self.partial / "samples.npy", os.O_RDWR)
+        return self.done
+
+    def _partial_files_fit(self, state: dict) -> bool:
+        """Whether an unfinished set's progress files are all there, at their sizes."""
+        if int(state["done"]) % self.rows and int(state["done"]) != self.n:
+            return False
+        codes = self.partial / "codes.safetensors"
+        if not codes.is_file():  # moved into place by a finish that was stopped
+            codes = self.out / "codes.safetensors"
+            if int(state["done"]) != self.n:
+                return False
+        if not codes.is_file() or codes.stat().st_size != self.codes_file.size:
+            return False
+        for npy, layout in ((self.partial / "samples.npy", self.npy), (self.partial / "grid.npy", self.grid_npy)):
+            if layout is not None and not (npy.is_file() and npy.stat().st_size == layout.size):
+                return False
+        return True
+
+    def _refuse_foreign(self, owned: list[SetFiles]) -> None:
+        """Refuse (before anything is written) when a file this set would write is there
+        and no set of this tool wrote it: a user's ``images/000099.png`` in a sample folder
+        is theirs, whatever its name."""
+        for name in self.names:
+            if (self.out / name).exists() and not any(name in s.names for s in owned):
+                self._refuse(name)
+        sub, ext = MEDIA[self.modality]
+        folder = self.out / sub
+        if not folder.is_dir():
+            return
+        for entry in os.scandir(folder):
+            m = _NUMBERED.fullmatch(entry.name)
+            if not m or "." + m.group(2) != ext:
+                continue
+            index = int(m.group(1))
+            if index < self.n and entry.name == f"{index:06d}{ext}" and not any(
+                    s.owns_media(self.modality, index) for s in owned):
+                self._refuse(f"{sub}/{entry.name}")
+
+    def _refuse(self, name: str) -> None:
+        raise ValueError(
+            f"{self.flags['out']}: {self.out / name} is no file of a sample set recorded there (by its "
+            f"samples.json, or the progress of an unfinished set) and this set of {self.n} would overwrite "
+            f"it; nothing was written. Move it away or choose another folder")
+
+    def _check_space(self, clearing: list[SetFiles], done: int) -> None:
+        """Refuse a set whose files would not fit on --out's file system; say how much a
+        large one needs."""
+        where = _existing_parent(self.out)
+        try:
+            block = max(512, os.statvfs(where).f_frsize)
+        except (OSError, AttributeError):
+            block = 4096
+        tokens = sum(h * w for h, w in self.code_shapes)
+        per = sample_bytes(self.tokenizer, tokens, labelled=self.labelled, npz=self.npz, block=block)
+        c, h, w = self.tokenizer.input_shape
+        grid = self.grid * (h + 2) * (w + 2) * c
+        needed = (self.n - done) * per + grid + len(self.codes_file.header)
+        free = shutil.disk_usage(where).free
+        if needed > free:
+            free += sum(_freed_bytes(self.out, files, block) for files in clearing)
+        flag = self.flags["n"]
+        if needed > free:
+            raise ValueError(
+                f"{flag} {self.n}: the sample set needs about {format_bytes(needed)} of files on the file system "
+                f"of {self.out} ({format_bytes(per)} a sample), which has {format_bytes(free)} free; "
+                f"lower {flag} or choose another {self.flags['out']}")
+        if needed >= LARGE_SET_BYTES:
+            self.log(f"{flag} {self.n}: about {format_bytes(needed)} of files to write in {self.out} "
+                     f"({format_bytes(free)} free there)")
+
+    # -- writing ---------------------------------------------------------------------------
+    def write_batch(self, start: int, decoded: torch.Tensor, codes: list[torch.Tensor],
+                    labels: Optional[torch.Tensor], *, seconds: float = 0.0, tokens: int = 0) -> None:
+        """Write samples ``start`` .. ``start + len(decoded) - 1`` (``decoded`` (B, C, H, W)
+        in [-1, 1]); ``seconds`` / ``tokens``: the sampling time and tokens of this batch.
+        The batch counts as written once its files are: state.json is saved last."""
+        if start != self.done:
+            raise ValueError(f"write_batch: expected the batch starting at sample {self.done}, got {start}")
+        take = decoded.shape[0]
+        if start + take > self.n or (take != min(self.rows, self.n - start) and self.done < self.n):
+            raise ValueError(f"write_batch: {take} samples at {start} do not fit the batches of {self.rows}")
+        if (labels is not None) != self.labelled:
+            raise ValueError("write_batch: labels are given exactly for a labelled set")
+        images = None
+        if self.modality == "audio":
+            rate = self.tokenizer.config.data.audio.sample_rate
+            waves = self.tokenizer.to_waveform(decoded.to(self.tokenizer.device),
+                                               n_iter=self.griffin_lim_iters).cpu()
+            for i, wave in enumerate(waves):
+                _write_wav(wave, self.out / media_name("audio", start + i), rate)
+        else:
+            images = to_uint8(decoded)  # (B, H, W, C)
+            for i in range(take):
+                _write_png(images[i], self.out / media_name("image", start + i))
+        fd = self._fds["codes"]
+        for level, grid in enumerate(codes):
+            self.codes_file.write_rows(fd, f"level_{level}", start, grid)
+        if labels is not None:
+            self.codes_file.write_rows(fd, "label", start, labels)
+        os.fsync(fd)
+        if self.npy is not None:
+            batch = images if images.shape[-1] == 3 else np.repeat(images, 3, axis=-1)
+            self.npy.write_rows(self._fds["npy"], start, batch)
+            os.fsync(self._fds["npy"])
+        if start < self.grid:
+            shown = to_uint8(decoded[: self.grid - start]) if images is None else images[: self.grid - start]
+            if self.modality == "audio":  # low frequencies at the bottom, as people read them
+                shown = shown[:, ::-1]
+            self.grid_npy.write_rows(self._fds["grid"], start, shown)
+            os.fsync(self._fds["grid"])
+        self.done = start + take
+        self.seconds += seconds
+        self.tokens += tokens
+        self._save_state()
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    # -- finishing -------------------------------------------------------------------------
+    def finish(self, record: dict, class_names: Optional[list[str]] = None) -> dict:
+        """Put the set's own files in place and write samples.json last; ``record`` holds
+        the settings to record. Returns samples.json's record. Safe to repeat after a stop
+        part way (everything it writes is written again from the partial state)."""
+        if self.done != self.n:
+            raise ValueError(f"finish: {self.done} of {self.n} samples written")
+        self.close()
+        codes_path = self.partial / "codes.safetensors"
+        if self.labelled:
+            src = codes_path if codes_path.is_file() else self.out / "codes.safetensors"
+            with open(src, "rb") as fh:
+                write_atomic(self.out / "labels.json", _labels_json(self._labels(fh.fileno())))
+        if self.npy is not None:
+            write_atomic(self.out / "samples.npz", lambda tmp: npz_from_npy(self.partial / "samples.npy", tmp))
+        grid = np.load(self.partial / "grid.npy")
+        write_atomic(self.out / "grid.png", lambda tmp: Image.fromarray(
+            tile_uint8(grid)[..., 0] if grid.shape[-1] == 1 else tile_uint8(grid)).save(tmp, format="PNG"))
+        if codes_path.is_file():
+            os.replace(codes_path, self.out / "codes.safetensors")
+        files = [media_name(self.modality, i) for i in range(min(3, self.n))] + (["..."] if self.n > 3 else [])
+        out = {"num_samples": self.n, "modality": self.modality, "files": files,
+               "tokenizer_identity": self.tokenizer.identity, **record}
+        if self.modality == "audio":
+            out["sample_rate"] = self.tokenizer.config.data.audio.sample_rate
+        if self.labelled and class_names:
+            out["class_names"] = class_names
+        out["set_files"] = self.names  # what replacing this set deletes besides its samples
+        write_text_atomic(self.out / "samples.json", json.dumps(out, indent=2))
+        shutil.rmtree(self.partial)
+        return out
+
+    def _labels(self, fd: int) -> Iterator[tuple[str, int]]:
+        for lo in range(0, self.n, 65536):
+            count = min(self.n, lo + 65536) - lo
+            for i, label in enumerate(self.codes_file.read_rows(fd, "label", lo, count).tolist()):
+                yield Path(media_name(self.modality, lo + i)).name, label
+
+
+# a set whose files take this much gets a line saying so before sampling starts
+LARGE_SET_BYTES = 1 * _GB
 
 
 def write_samples(
@@ -107,59 +687,24 @@ def write_samples(
     batch_size: int = 64,
     npz: bool = False,
 ) -> dict:
-    """Write ``decoded`` samples (N, C, H, W) in [-1, 1]; returns the samples.json record.
+    """Write ``decoded`` samples (N, C, H, W) in [-1, 1] held in memory, with their codes
+    and labels, as one set (replacing an earlier set there); returns the samples.json record.
+    :func:`sampling.sample_set.sample_into` draws, decodes and writes batch by batch instead.
 
     ``npz`` (images) also writes ``samples.npz``: the uint8 (N, H, W, 3) batch under
     ``arr_0`` that the ADM / guided-diffusion evaluator reads (the one LlamaGen and others
     report with), grey images repeated to three channels."""
-    out = Path(out_dir)
-    if npz and tokenizer.modality != "image":
-        raise ValueError("--npz: the ADM evaluator's batch holds images; these samples are audio")
-    check_sample_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / OWNER_MARK).write_text("sample set written by hqvae (sampling/outputs.py)\n")
-    clear_samples(out)  # an earlier, larger set's extra files would be scored with these
-    audio = tokenizer.modality == "audio"
     n = decoded.shape[0]
-    names: list[str] = []
-    if audio:
-        rate = tokenizer.config.data.audio.sample_rate
-        for lo in range(0, n, batch_size):
-            waves = tokenizer.to_waveform(decoded[lo : lo + batch_size].to(tokenizer.device),
-                                          n_iter=griffin_lim_iters).cpu()
-            for i, wave in enumerate(waves):
-                name = f"audio/{lo + i:06d}.wav"
-                write_wav(out / name, wave, rate)
-                names.append(name)
-    else:
-        images = to_uint8(decoded)
-        for i in range(n):
-            name = f"images/{i:06d}.png"
-            save_png(images[i], out / name)
-            names.append(name)
-    if npz:
-        batch = to_uint8(decoded)  # (N, H, W, C)
-        if batch.shape[-1] == 1:
-            batch = np.repeat(batch, 3, axis=-1)
-        def save_npz(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
-                np.savez(fh, arr_0=batch)
-
-        write_atomic(out / "samples.npz", save_npz)
-    shown = decoded[:grid]
-    save_grid(spectrogram_rows(shown) if audio else shown, out / "grid.png")
-    tensors = {f"level_{lv}": c.contiguous() for lv, c in enumerate(codes)}
-    if labels is not None:
-        tensors["label"] = labels.contiguous()
-    save_file(tensors, str(out / "codes.safetensors"))
-    record = {"num_samples": n, "modality": tokenizer.modality, "files": names[:3] + (["..."] if n > 3 else []),
-              "tokenizer_identity": tokenizer.identity, **(settings or {})}
-    if audio:
-        record["sample_rate"] = tokenizer.config.data.audio.sample_rate
-    if labels is not None:
-        mapping = {Path(name).name: int(label) for name, label in zip(names, labels.tolist())}
-        (out / "labels.json").write_text(json.dumps(mapping, indent=1))
-        if class_names:
-            record["class_names"] = class_names
-    (out / "samples.json").write_text(json.dumps(record, indent=2))
-    return record
+    writer = SampleSetWriter(out_dir, tokenizer, n, min(batch_size, n), settings={"write_samples": True},
+                             code_shapes=[tuple(c.shape[1:]) for c in codes], labelled=labels is not None,
+                             grid=grid, npz=npz, griffin_lim_iters=griffin_lim_iters, resume=False,
+                             log=lambda line: None)
+    writer.open()
+    try:
+        for lo in range(0, n, writer.rows):
+            hi = min(n, lo + writer.rows)
+            writer.write_batch(lo, decoded[lo:hi], [c[lo:hi] for c in codes],
+                               None if labels is None else labels[lo:hi])
+    finally:
+        writer.close()
+    return writer.finish(dict(settings or {}), class_names)

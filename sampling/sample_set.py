@@ -1,24 +1,29 @@
 """One sample set into one folder: the priors and their tokenizer loaded, codes drawn (or,
-for the pipeline's baseline, picked uniformly at random), decoded and written with
-:func:`sampling.outputs.write_samples`.
+for the pipeline's baseline, picked uniformly at random), decoded and written batch by batch
+with :class:`sampling.outputs.SampleSetWriter`, so memory stays flat in the number of
+samples and an interrupted set is continued by the same call.
 
 `hqvae sample` and the pipeline's ``samples`` / ``random`` stages both go through
 :func:`sample_into`, so they read labels the same way, refuse the same settings and record
 the same keys in samples.json. Guarding the folder (whose it is, who else writes it) is
-the caller's: the CLI locks its ``--out``, the pipeline writes a fresh folder it renames.
+the caller's: the CLI locks its ``--out``, the pipeline writes a folder of its own that it
+renames into place when the set is finished.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import torch
 
+from engine.signals import SamplingInterrupted, StopSignals
 from prior.pretrained import Prior
-from sampling.outputs import write_samples
-from sampling.sampler import PerLevel, Sampler
+from sampling.outputs import MAX_GRID, SampleSetWriter, format_bytes
+from sampling.sampler import CodeBatch, PerLevel, Sampler, batch_rows
 from tokenizer.pretrained import Tokenizer
 
 Label = Union[int, str, None]
@@ -49,6 +54,139 @@ def sample_labels(label: Label, n: int, num_classes: Optional[int], class_names:
     return torch.full((n,), class_index(label, class_names, key))
 
 
+MAX_SAMPLES = 10**9  # one folder of numbered files; far beyond what a file system lists well
+MAX_GRIFFIN_LIM_ITERS = 10_000
+
+
+class SampleRecord(dict):
+    """samples.json's record, and what the call found in the folder: ``resumed`` samples
+    were already written by an interrupted run of the same settings; ``replaced`` says
+    whether a "finished" or "unfinished" earlier set was replaced (None: neither)."""
+
+    resumed: int = 0
+    replaced: Optional[str] = None
+
+
+def check_counts(n: int, batch_size: int, grid: int, seed: int, griffin_lim_iters: Optional[int],
+                 flags: dict) -> None:
+    """Bounds on the counts of a sample set, checked before anything is loaded: beyond
+    them a set would allocate or write without end, or a seed would overflow torch's."""
+    for key, value, low, high in (("n", n, 1, MAX_SAMPLES), ("batch_size", batch_size, 1, None),
+                                  ("grid", grid, 1, MAX_GRID), ("seed", seed, 0, 2**32 - 1)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{flags[key]}: expected a whole number, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = f"in [{low}, {high:,}]" if high is not None else f">= {low}"
+            raise ValueError(f"{flags[key]}: must be {bound}, got {value:,}")
+    if griffin_lim_iters is not None and not 0 <= griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
+        raise ValueError(f"{flags['griffin_lim_iters']}: must be in [0, {MAX_GRIFFIN_LIM_ITERS:,}], "
+                         f"got {griffin_lim_iters:,}")
+
+
+def _available_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes free for one batch on ``device`` (a GPU's free memory; the machine's available
+    memory for the CPU) and the device's name in messages."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free), f"GPU {device}"
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "the CPU"
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "the CPU"
+
+
+@torch.no_grad()
+def _decoder_bytes_per_sample(tokenizer) -> int:
+    """The decoder's largest activation for one sample, in bytes, from a decode of one
+    sample of zero codes (forward hooks): a batch holds about three of those at a time
+    (a layer's input, its output and a temporary)."""
+    largest = [0]
+
+    def hook(module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in tokenizer.model.modules()]
+    try:
+        tokenizer.decode_codes([torch.zeros(1, h, w, dtype=torch.long) for h, w in tokenizer.code_shapes])
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
+
+
+def batch_memory(sampler: Sampler, tokenizer, rows: int, cfg_scale: float) -> dict[str, int]:
+    """Bytes one batch of ``rows`` samples needs at its peak, by part (an estimate): every
+    level's key/value cache (static caches of every level are kept for the next batch) and
+    conditioning, its logits, the decoded samples (float32) and the decoder's activations
+    (audio: and Griffin-Lim's complex spectrograms)."""
+    guided = 2 if cfg_scale not in (0.0, 1.0) else 1
+    kv = 0
+    for model in sampler.prior.levels.values():
+        item = model.head.weight.element_size()
+        kv += guided * rows * model.length * model.cfg.n_embd * item * (2 * model.cfg.n_layer + 1)
+        kv += guided * rows * model.codebook_size * 4 * 3 + rows * model.length * 8
+    out = rows * math.prod(tokenizer.input_shape) * 4
+    decoder = rows * 3 * _decoder_bytes_per_sample(tokenizer)
+    if tokenizer.modality == "audio":  # Griffin-Lim: a few complex spectrograms per clip
+        decoder += rows * math.prod(tokenizer.input_shape) * 8 * 4
+    return {"key/value caches": kv, "decoded samples": out, "decoder": decoder}
+
+
+def check_batch_memory(sampler: Sampler, tokenizer, rows: int, cfg_scale: float, flag: str) -> None:
+    """Refuse a batch size whose batch could not fit in memory, before it is allocated."""
+    parts = batch_memory(sampler, tokenizer, rows, cfg_scale)
+    need = sum(parts.values())
+    free, where = _available_memory(sampler.device)
+    if need > free:
+        detail = ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items())
+        raise ValueError(f"{flag} {rows}: one batch of {rows:,} samples would need about {format_bytes(need)} "
+                         f"of memory ({detail}) and {where} has {format_bytes(free)} available; lower {flag}")
+
+
+def random_code_batches(prior: Prior, n: int, seed: int, rows: int, first_batch: int = 0) -> Iterator[CodeBatch]:
+    """Uniformly random codes at every level, batch by batch: the codes of
+    ``torch.randint`` drawing level 0 for all n samples, then level 1, ... from one CPU
+    generator seeded ``seed`` (a CPU generator draws element by element, so a level's rows
+    can be drawn in pieces). Each level has a generator of its own, moved past the draws of
+    the levels above (and of the batches before ``first_batch``) by drawing and dropping."""
+    shapes, sizes = prior.code_shapes, prior.codebook_sizes
+    gens = []
+    before = 0
+    for level, (h, w) in enumerate(shapes):
+        g = torch.Generator().manual_seed(seed)
+        skip = before + min(n, first_batch * rows) * h * w
+        while skip:
+            chunk = min(skip, 1 << 22)
+            torch.randint(0, sizes[level], (chunk,), generator=g)
+            skip -= chunk
+        gens.append(g)
+        before += n * h * w
+    for b, lo in enumerate(range(min(n, first_batch * rows), n, rows), start=first_batch):
+        take = min(n, lo + rows) - lo
+        codes = [torch.randint(0, k, (take, h, w), generator=g) for k, (h, w), g in zip(sizes, shapes, gens)]
+        yield CodeBatch(b, lo, codes, None)
+
+
+def label_source(label: Label, num_classes: Optional[int], class_names: Optional[Sequence[str]] = None,
+                 key: str = "label") -> Union[int, str, None]:
+    """What :meth:`Sampler.code_batches` takes for ``label``: None (unconditional),
+    ``"cycle"`` or a class id (a class name of the data turned into its id)."""
+    if label is None:
+        return None
+    if not num_classes:
+        raise ValueError(f"{key}: the prior is not class-conditional")
+    return "cycle" if label == "cycle" else class_index(label, class_names, key)
+
+
+FLAGS = {"n": "n", "batch_size": "batch_size", "grid": "grid", "seed": "seed", "label": "label",
+         "griffin_lim_iters": "griffin_lim_iters", "out": "out"}
+
+
 def sample_into(
     out: str | Path,
     prior_run: str | Path,
@@ -71,13 +209,25 @@ def sample_into(
     random_codes: bool = False,
     label_key: str = "label",
     extra: Optional[dict] = None,
-) -> dict:
+    flags: Optional[dict] = None,
+    log: Callable[[str], None] = print,
+) -> SampleRecord:
     """Sample ``n`` examples from the priors in ``prior_run`` into ``out``; returns the
     samples.json record (``extra`` is added to it).
 
+    The set is drawn, decoded and written one batch at a time. An unfinished set in ``out``
+    drawn with the same settings (a run stopped by Ctrl-C, a kill, a crash) is continued
+    where its files stop, and ends as the uninterrupted run would have; a set with other
+    settings, or a finished one, is replaced (deleting exactly its files). SIGINT / SIGTERM
+    stop after the batch being written, raising :class:`engine.signals.SamplingInterrupted`.
+
     ``tokenizer_run`` defaults to the one recorded with the priors. ``random_codes`` draws
-    every level uniformly instead (the baseline a prior has to beat). ``label_key`` names
-    the setting in label errors (``--label`` on the command line)."""
+    every level uniformly instead (the baseline a prior has to beat). ``flags`` names the
+    settings in errors (``{"n": "--n", ...}`` on the command line; ``label_key`` names the
+    label's). Counts, the memory of one batch and the disk space of the set are checked
+    before any sampling."""
+    flags = {**FLAGS, "label": label_key, **(flags or {})}
+    check_counts(n, batch_size, grid, seed, griffin_lim_iters, flags)
     prior = Prior.from_pretrained(prior_run, device=device)
     tok_run = tokenizer_run or prior.info.get("tokenizer_run")
     if not tok_run:
@@ -93,23 +243,66 @@ def sample_into(
     # refuses guidance on a prior that is not class-conditional, naming cfg_scale
     sampler = Sampler(prior, tokenizer, device=device, temperature=temperature, top_k=top_k, top_p=top_p,
                       cfg_scale=cfg_scale, cache=cache, compile=compile)
+    rows = batch_rows(n, batch_size)
     labels = None
     if random_codes:
-        g = torch.Generator().manual_seed(seed)
-        codes = [torch.randint(0, k, (n, h, w), generator=g)
-                 for k, (h, w) in zip(prior.codebook_sizes, prior.code_shapes)]
         settings = {"baseline": "uniformly random codes at every level", "seed": seed}
     else:
-        labels = sample_labels(label, n, prior.num_classes, prior.class_names, label_key)
-        codes = sampler.sample_codes(n, labels=labels, seed=seed, batch_size=batch_size, progress=True)
+        labels = label_source(label, prior.num_classes, prior.class_names, label_key)
+        sampler.code_batches(n, labels, seed, batch_size)  # checks the labels; draws nothing
         settings = {
             "prior_run": str(prior_run), "tokenizer_run": str(tok_run), "seed": seed,
             "batch_size": batch_size, "cfg_scale": cfg_scale, "cache": cache, "compile": compile,
             "label": label, "levels": [vars(s) for s in sampler.settings],
-            "sampling_seconds": sampler.stats.seconds, "tokens_per_s": sampler.stats.tokens_per_second,
         }
-    decoded = sampler.decode(codes, batch_size=batch_size)
+    check_batch_memory(sampler, tokenizer, rows, cfg_scale if not random_codes else 1.0, flags["batch_size"])
     # guidance 0 samples with the null label whatever the label says: no labels to score against
-    return write_samples(out, decoded, codes, labels if cfg_scale != 0 else None, tokenizer, grid=grid,
-                         class_names=prior.class_names, settings={**settings, **(extra or {})},
-                         griffin_lim_iters=griffin_lim_iters, batch_size=batch_size, npz=npz)
+    labelled = labels is not None and cfg_scale != 0
+    # what decides the files: a rerun continues an unfinished set only when all of it is equal
+    identity = {**settings, "n": n, "batch_size": batch_size, "grid": grid, "npz": npz,
+                "griffin_lim_iters": griffin_lim_iters, "random_codes": random_codes,
+                "device": sampler.device.type, "tokenizer_identity": tokenizer.identity,
+                "prior_weights": None if random_codes else _prior_weights(prior), "extra": extra}
+    writer = SampleSetWriter(out, tokenizer, n, rows, settings=identity, code_shapes=prior.code_shapes,
+                             labelled=labelled, grid=grid, npz=npz, griffin_lim_iters=griffin_lim_iters,
+                             flags=flags, log=log)
+    try:
+        with StopSignals() as signals:
+            try:
+                done = writer.open()  # a stop while it clears an earlier set: the rest is recorded
+                first = -(-done // rows)  # done is where a batch starts, or n
+                if random_codes:
+                    batches = random_code_batches(prior, n, seed, rows, first)
+                else:
+                    batches = sampler.code_batches(n, labels, seed, batch_size, progress=True, first_batch=first)
+                seconds, tokens = sampler.stats.seconds, sampler.stats.tokens
+                for batch in batches:  # the sampler's stats have counted this batch's drawing
+                    decoded = sampler.decode(batch.codes, batch_size=rows)
+                    writer.write_batch(batch.start, decoded, batch.codes, batch.labels if labelled else None,
+                                       seconds=sampler.stats.seconds - seconds,
+                                       tokens=sampler.stats.tokens - tokens)
+                    seconds, tokens = sampler.stats.seconds, sampler.stats.tokens
+                    del decoded  # before the next batch is drawn: one batch in memory at a time
+                    if signals.received and writer.done < n:
+                        raise SamplingInterrupted(writer.done, n, Path(out), signals.received)
+                if not random_codes:
+                    settings["sampling_seconds"] = writer.seconds
+                    settings["tokens_per_s"] = writer.tokens / max(writer.seconds, 1e-9)
+                # every sample is written: a first signal from here on lets the set finish
+                record = SampleRecord(writer.finish({**settings, **(extra or {})},
+                                                    prior.class_names if labelled else None))
+            except KeyboardInterrupt:  # a second Ctrl-C: the batch under way is dropped
+                raise SamplingInterrupted(writer.done, n, Path(out), "SIGINT") from None
+    finally:
+        writer.close()
+    record.resumed, record.replaced = writer.resumed, writer.replaced
+    return record
+
+
+def _prior_weights(prior: Prior) -> str:
+    """A hash of the priors' weights: a set is continued only with the priors it began with
+    (a prior run retrained in place would otherwise finish another model's set)."""
+    from engine.pretrained import weights_identity
+
+    state = {f"{lv}.{k}": v for lv, m in sorted(prior.levels.items()) for k, v in m.state_dict().items()}
+    return weights_identity({"tokenizer_identity": prior.tokenizer_identity}, state)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
@@ -23,6 +23,25 @@ from prior.model import LevelPrior
 from prior.pretrained import Prior
 
 PerLevel = Union[float, int, Sequence, None]
+
+
+def batch_rows(n: int, batch_size: int) -> int:
+    """Rows of every batch when ``n`` samples are drawn at most ``batch_size`` at a time:
+    ceil(n / number of batches), so the batches are as equal as they can be."""
+    return -(-n // -(-n // batch_size))
+
+
+@dataclass
+class CodeBatch:
+    """One batch of :meth:`Sampler.code_batches`: samples ``start`` .. ``start + len - 1``."""
+
+    index: int  # the batch number b (its generator is seeded seed * 1_000_003 + b)
+    start: int  # the first sample's index in the set
+    codes: list[torch.Tensor]  # one (rows, h_l, w_l) int64 grid per level, on the CPU
+    labels: Optional[torch.Tensor]  # (rows,) labels drawn with (None: unconditional prior)
+
+    def __len__(self) -> int:
+        return self.codes[0].shape[0]
 
 
 @dataclass
@@ -294,53 +313,104 @@ class Sampler:
         return self._steps[level]
 
     # -- whole hierarchy --------------------------------------------------------------------
+    def code_batches(
+        self, n: int, labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False,
+        first_batch: int = 0,
+    ) -> Iterator[CodeBatch]:
+        """``n`` samples as an iterator of batches (:class:`CodeBatch`, codes on the CPU), so
+        that a caller can decode and write each batch before the next is drawn: nothing held
+        grows with ``n``. :meth:`sample_codes` is these batches joined.
+
+        The samples are drawn in equal batches of at most ``batch_size`` rows
+        (:func:`batch_rows`), the last one padded with a few extra rows that are dropped
+        (fewer than the number of batches): every batch then has one shape, so a level has one
+        static cache and one compiled step. An uneven last batch would be a second shape per
+        level, and a hierarchy of 4+ levels would exceed torch.compile's recompile limit (8 per
+        function) and fall back to eager. Batch ``b`` draws from its own generator, seeded
+        ``seed * 1_000_003 + b``, and the partition depends only on ``n`` and ``batch_size``:
+        starting at ``first_batch`` (a resumed set) draws exactly the batches an uninterrupted
+        run draws from there.
+
+        ``labels``: None (the null label of a class-conditional prior), a class id for every
+        sample, ``"cycle"`` (classes 0, 1, ..., K-1, 0, ...: computed per batch, so no (n,)
+        tensor exists), or one label per sample. Labels and arguments are checked here, before
+        the first batch is drawn."""
+        if n < 1:
+            raise ValueError(f"n: must be >= 1, got {n}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+        rows = batch_rows(n, batch_size)
+        batches = -(-n // rows)
+        if not 0 <= first_batch <= batches:
+            raise ValueError(f"first_batch: must be in [0, {batches}], got {first_batch}")
+        label_rows = self._label_source(n, labels)
+        for model in self.prior.levels.values():
+            model.eval()
+        return self._code_batches(n, label_rows, seed, rows, first_batch, progress)
+
+    def _label_source(self, n: int, labels):
+        """A function (lo, hi) -> the labels of samples lo..hi-1 (None for an unconditional
+        prior), after checking ``labels`` once for all n samples."""
+        if isinstance(labels, str):
+            if labels != "cycle":
+                raise ValueError(f"labels: expected a class id, 'cycle' or one label per sample, got {labels!r}")
+            if not self.prior.num_classes:
+                raise ValueError("labels: this prior is not class-conditional")
+            classes = self.prior.num_classes
+            return lambda lo, hi: torch.arange(lo, hi) % classes
+        if labels is None or isinstance(labels, int) or (
+                isinstance(labels, torch.Tensor) and labels.numel() == 1):
+            one = self.labels_for(1, labels)  # checked (range, null label) as for n samples
+            return lambda lo, hi: None if one is None else one.expand(hi - lo).clone()
+        every = self.labels_for(n, labels)
+        return lambda lo, hi: every[lo:hi]
+
+    @torch.no_grad()
+    def _code_batches(self, n: int, label_rows, seed: int, rows: int, first_batch: int,
+                      progress: bool) -> Iterator[CodeBatch]:
+        shapes = self.prior.code_shapes
+        per_sample = sum(h * w for h, w in shapes)
+        start = min(n, first_batch * rows)
+        bar = tqdm(total=n * per_sample, initial=start * per_sample, desc="sample", unit="tok",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            for b, lo in enumerate(range(start, n, rows), start=first_batch):
+                t0 = time.perf_counter()
+                take = min(n, lo + rows) - lo
+                generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
+                batch_labels = label_rows(lo, lo + take)
+                lab = None
+                if batch_labels is not None:  # padding rows repeat the last label
+                    lab = batch_labels.to(self.device)
+                    lab = torch.cat([lab, lab[-1:].expand(rows - take)])
+                codes: list[torch.Tensor] = []
+                for level in range(self.num_levels):
+                    self._sync()  # on a GPU, queued work would land in the wrong level's time
+                    tl = time.perf_counter()
+                    codes.append(self.sample_level(level, codes, lab, generator, rows))
+                    self._sync()
+                    self.stats.per_level_seconds[level] = (
+                        self.stats.per_level_seconds.get(level, 0.0) + time.perf_counter() - tl)
+                    bar.update(take * shapes[level][0] * shapes[level][1])
+                out = [grid[:take].view(take, *shapes[level]).cpu() for level, grid in enumerate(codes)]
+                # the time of drawing only: what the caller does between batches is not sampling
+                self.stats.tokens += take * per_sample
+                self.stats.seconds += time.perf_counter() - t0
+                yield CodeBatch(b, lo, out, batch_labels)
+        finally:
+            bar.close()
+
     @torch.no_grad()
     def sample_codes(
         self, n: int, labels=None, seed: int = 0, batch_size: int = 64, progress: bool = False,
     ) -> list[torch.Tensor]:
         """``n`` samples: one (n, h_l, w_l) code grid per level, top first. The same seed,
-        n and batch size give the same codes.
-
-        The samples are drawn in equal batches of at most ``batch_size`` rows, the last one
-        padded with a few extra rows that are dropped (fewer than the number of batches): every
-        batch then has one shape, so a level has one static cache and one compiled step. An
-        uneven last batch would be a second shape per level, and a hierarchy of 4+ levels
-        would exceed torch.compile's recompile limit (8 per function) and fall back to eager."""
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
-        all_labels = self.labels_for(n, labels)
-        for model in self.prior.levels.values():
-            model.eval()
-        shapes = self.prior.code_shapes
-        out: list[list[torch.Tensor]] = [[] for _ in range(self.num_levels)]
-        total_tokens = n * sum(h * w for h, w in shapes)
-        bar = tqdm(total=total_tokens, desc="sample", unit="tok", disable=not progress, dynamic_ncols=True)
-        t0 = time.perf_counter()
-        rows = -(-n // -(-n // batch_size))  # ceil(n / number of batches) <= batch_size
-        for b, lo in enumerate(range(0, n, rows)):
-            take = min(n, lo + rows) - lo
-            generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + b)
-            lab = None
-            if all_labels is not None:  # padding rows repeat the last label
-                lab = all_labels[lo : lo + take].to(self.device)
-                lab = torch.cat([lab, lab[-1:].expand(rows - take)])
-            codes: list[torch.Tensor] = []
-            for level in range(self.num_levels):
-                self._sync()  # on a GPU, queued work would land in the wrong level's time
-                tl = time.perf_counter()
-                codes.append(self.sample_level(level, codes, lab, generator, rows))
-                self._sync()
-                self.stats.per_level_seconds[level] = (
-                    self.stats.per_level_seconds.get(level, 0.0) + time.perf_counter() - tl)
-                bar.update(take * shapes[level][0] * shapes[level][1])
-            for level, grid in enumerate(codes):
-                out[level].append(grid[:take].view(take, *shapes[level]).cpu())
-        bar.close()
-        self.stats.tokens += total_tokens
-        self.stats.seconds += time.perf_counter() - t0
-        return [torch.cat(parts) for parts in out]
+        n and batch size give the same codes: the batches of :meth:`code_batches`, joined."""
+        parts: list[list[torch.Tensor]] = [[] for _ in range(self.num_levels)]
+        for batch in self.code_batches(n, labels, seed, batch_size, progress):
+            for level, grid in enumerate(batch.codes):
+                parts[level].append(grid)
+        return [torch.cat(p) for p in parts]
 
     @torch.no_grad()
     def decode(self, codes: list[torch.Tensor], batch_size: int = 64) -> torch.Tensor:

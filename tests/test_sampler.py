@@ -1,6 +1,10 @@
 """The sampler: seeding, the KV cache, per-level settings, guidance, decoding and files."""
 
+import io
 import json
+import os
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -408,7 +412,7 @@ def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, 
         (victim / name).write_bytes(b"precious")
     assert main(["sample", str(run), "--out", str(victim), "--n", "2"]) == 2
     err = capsys.readouterr().err
-    assert str(victim) in err and "no sample set written by hqvae" in err
+    assert str(victim) in err and "holds no samples output written by hqvae" in err
     for name in ("images/000000.png", "labels.json", "grid.png"):
         assert (victim / name).read_bytes() == b"precious"
     assert sorted(p.name for p in victim.iterdir()) == ["grid.png", "images", "labels.json"]
@@ -428,10 +432,12 @@ def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, 
         assert np.array_equal(f["arr_0"][0], first)  # the same pixels as the PNG
     assert main(["sample", str(run), "--out", str(out), "--n", "2"]) == 0
     assert not (out / "samples.npz").exists()  # no stale batch beside a new set
-    # a set killed before its samples.json still carries the marker written first
+    # a folder of ours whose files no record describes (an older hqvae killed before its
+    # samples.json): which files it wrote cannot be told, so none is overwritten or deleted
     (out / "samples.json").unlink()
-    assert main(["sample", str(run), "--out", str(out), "--n", "1"]) == 0
-    assert len(list((out / "images").glob("*.png"))) == 1
+    assert main(["sample", str(run), "--out", str(out), "--n", "1"]) == 2
+    assert "is no file of a sample set recorded there" in capsys.readouterr().err
+    assert len(list((out / "images").glob("*.png"))) == 2
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -449,3 +455,310 @@ def test_own_decode_loop_matches_stock_generate(tok, arch):
         assert torch.equal(model.to_sequence(ours), stock)
     with pytest.raises(ValueError, match="only the top level"):
         stock_causal_lm(prior.levels[1])
+
+
+# -- streaming, resuming, replacing, bounds -------------------------------------------------
+
+
+def set_contents(out):
+    """Every file of a sample set by relative path -> bytes (samples.npz: its arr_0; samples.json:
+    its record without the timings, which differ between any two runs)."""
+    files = {}
+    for path in sorted(out.rglob("*")):
+        rel = str(path.relative_to(out))
+        if not path.is_file() or rel.startswith(".hqvae"):
+            continue
+        if path.name == "samples.json":
+            record = json.loads(path.read_text())
+            files[rel] = {k: v for k, v in record.items() if k not in ("sampling_seconds", "tokens_per_s")}
+        elif path.name == "samples.npz":
+            with np.load(path) as f:
+                files[rel] = (list(f.keys()), f["arr_0"].tobytes(), f["arr_0"].shape)
+        else:
+            files[rel] = path.read_bytes()
+    return files
+
+
+SET = ["--n", "10", "--batch-size", "3", "--label", "cycle", "--npz", "--grid", "5"]  # batches 0-3, 3-6, 6-9, 9-10
+
+
+def test_sampling_draws_decodes_and_writes_one_batch_at_a_time(tmp_path, tok, prior, monkeypatch):
+    """Memory is flat in n: the decoded samples alive at once never exceed one batch, and a
+    batch's files are on disk before the next batch is drawn (all n used to be drawn, then
+    decoded, then written)."""
+    import weakref
+
+    run = save_prior_run(tmp_path, tok, prior)
+    out = tmp_path / "s"
+    alive, most, drawn_after = weakref.WeakSet(), [0], []
+    real_decode, real_level = Sampler.decode, Sampler.sample_level
+
+    def decode(self, codes, batch_size=64):
+        x = real_decode(self, codes, batch_size)
+        alive.add(x)
+        most[0] = max(most[0], sum(t.shape[0] for t in alive))
+        return x
+
+    def sample_level(self, level, upper, labels, generator, batch):
+        if level == 0:  # a new batch: what is written by now
+            drawn_after.append(len(list((out / "images").glob("*.png"))) if (out / "images").is_dir() else 0)
+        return real_level(self, level, upper, labels, generator, batch)
+
+    monkeypatch.setattr(Sampler, "decode", decode)
+    monkeypatch.setattr(Sampler, "sample_level", sample_level)
+    assert main(["sample", str(run), "--out", str(out), "--n", "12", "--batch-size", "3", "--npz"]) == 0
+    assert most[0] <= 3  # one batch of decoded samples at a time, whatever n
+    assert drawn_after == [0, 3, 6, 9]  # each batch written before the next is drawn
+    assert len(list((out / "images").glob("*.png"))) == 12
+    with np.load(out / "samples.npz") as f:
+        assert f["arr_0"].shape == (12, 16, 16, 3)
+
+
+def test_streamed_files_are_the_formats_readers_expect(tmp_path):
+    """codes.safetensors is byte for byte safetensors' own file; samples.npz is np.savez's
+    layout (arr_0.npy in an uncompressed zip); labels.json is json.dumps(indent=1)."""
+    from safetensors.torch import save
+
+    from sampling.outputs import StreamedNpy, StreamedSafetensors, _labels_json, npz_from_npy
+
+    tensors = {"level_0": torch.randint(0, 9, (7, 2, 2)), "level_1": torch.randint(0, 9, (7, 4, 4)),
+               "label": torch.arange(7) % 3}
+    st = StreamedSafetensors({k: tuple(v.shape) for k, v in tensors.items()})
+    st.create(tmp_path / "c.safetensors")
+    fd = os.open(tmp_path / "c.safetensors", os.O_RDWR)
+    for lo in (4, 0):  # rows land at their offsets in any order
+        for k, v in tensors.items():
+            st.write_rows(fd, k, lo, v[lo : lo + 4])
+    os.close(fd)
+    assert (tmp_path / "c.safetensors").read_bytes() == save(tensors)
+    arr = np.random.default_rng(0).integers(0, 255, (5, 3, 2, 3), dtype=np.uint8)
+    npy = StreamedNpy(arr.shape)
+    npy.create(tmp_path / "a.npy")
+    fd = os.open(tmp_path / "a.npy", os.O_RDWR)
+    npy.write_rows(fd, 2, arr[2:])
+    npy.write_rows(fd, 0, arr[:2])
+    os.close(fd)
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    assert (tmp_path / "a.npy").read_bytes() == buf.getvalue()
+    npz_from_npy(tmp_path / "a.npy", tmp_path / "a.npz")
+    with np.load(tmp_path / "a.npz") as f:
+        assert list(f.keys()) == ["arr_0"] and np.array_equal(f["arr_0"], arr)
+    with zipfile.ZipFile(tmp_path / "a.npz") as z:
+        assert [i.compress_type for i in z.infolist()] == [zipfile.ZIP_STORED]
+    mapping = {"000000.png": 2, "000001.png": 0}
+    _labels_json(iter(mapping.items()))(tmp_path / "l.json")
+    assert (tmp_path / "l.json").read_text() == json.dumps(mapping, indent=1)
+
+
+def test_random_codes_are_drawn_in_batches_as_they_were_drawn_whole(prior):
+    """The pipeline's baseline: level after level from one generator, drawn batch by batch."""
+    from sampling.sample_set import random_code_batches
+
+    g = torch.Generator().manual_seed(5)
+    whole = [torch.randint(0, k, (10, h, w), generator=g) for k, (h, w) in zip(prior.codebook_sizes, prior.code_shapes)]
+    for first in (0, 2):  # from the start, and continued after two batches of 3
+        parts = list(random_code_batches(prior, 10, 5, 3, first))
+        assert [b.start for b in parts] == [0, 3, 6, 9][first:]
+        assert same([torch.cat([b.codes[lv] for b in parts]) for lv in range(2)], [c[3 * first :] for c in whole])
+
+
+def _stop_at(monkeypatch, index, how):
+    """Stop a run while it writes sample ``index``: a SIGINT (as Ctrl-C sends) or SIGKILL."""
+    import signal
+
+    real = Image.Image.save
+
+    def save(self, fp, *args, **kwargs):
+        if f"{index:06d}.png" in str(fp):
+            signal.raise_signal(how)
+        return real(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+
+
+def _main_130(argv):
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended `hqvae sample` with a KeyboardInterrupt traceback")
+
+
+def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp_path, tok, prior, capsys,
+                                                                             monkeypatch):
+    import signal
+
+    run = save_prior_run(tmp_path, tok, prior)
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert main(["sample", str(run), "--out", str(whole), *SET]) == 0
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        _stop_at(m, 4, signal.SIGINT)  # in the second batch (samples 3-5): it is finished first
+        assert _main_130(["sample", str(run), "--out", str(out), *SET]) == 130
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("hqvae sample")]
+    assert said == [f"hqvae sample: SIGINT: stopped after 6 of 10 samples (written to {out}). "
+                    "Run the same command again to continue"]
+    assert "Traceback" not in err and not (out / "samples.json").exists()
+    assert len(list((out / "images").glob("*.png"))) == 6
+    batches = []
+    real = Sampler.sample_level
+    monkeypatch.setattr(Sampler, "sample_level", lambda self, level, *a: (
+        batches.append(level) if level == 0 else None) or real(self, level, *a))
+    assert main(["sample", str(run), "--out", str(out), *SET]) == 0
+    said = capsys.readouterr().out
+    assert f"{out}: continuing the unfinished sample set there (6 of 10 samples written)" in said
+    assert "replacing" not in said
+    assert len(batches) == 2  # only the batches that were missing (6-9, 9-10) are drawn
+    assert set_contents(out) == set_contents(whole)
+    assert not (out / ".hqvae-partial").exists()
+    record = json.loads((out / "samples.json").read_text())
+    assert record["sampling_seconds"] > 0 and record["num_samples"] == 10
+
+
+def test_a_killed_sample_run_is_continued_to_the_uninterrupted_set(tmp_path, tok, prior):
+    """SIGKILL in the middle of a batch (one of its files written, its progress not): the
+    same command draws that batch again and ends with the uninterrupted run's files."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run = save_prior_run(tmp_path, tok, prior)
+    whole, out = tmp_path / "whole", tmp_path / "out"
+    assert main(["sample", str(run), "--out", str(whole), *SET]) == 0
+    script = (
+        "import os, signal, sys\n"
+        "from PIL import Image\n"
+        "real = Image.Image.save\n"
+        "def save(self, fp, *args, **kwargs):\n"
+        "    if '000007.png' in str(fp):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return real(self, fp, *args, **kwargs)\n"
+        "Image.Image.save = save\n"
+        "from hqvae.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", script, "sample", str(run), "--out", str(out), *SET],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    state = json.loads((out / ".hqvae-partial" / "state.json").read_text())
+    assert state["done"] == 6 and (out / "images" / "000006.png").is_file()  # a batch half written
+    assert main(["sample", str(run), "--out", str(out), *SET]) == 0
+    assert set_contents(out) == set_contents(whole)
+
+
+def test_a_run_stopped_while_finishing_its_set_is_finished_by_the_same_command(tmp_path, tok, prior, monkeypatch):
+    """Every sample written but the set's own files not (yet) in place: the rerun draws
+    nothing and puts them in place, whether the stop came before or after the codes moved."""
+    import sampling.outputs as outputs
+    from sampling.outputs import SampleSetWriter
+
+    run = save_prior_run(tmp_path, tok, prior)
+    whole = tmp_path / "whole"
+    assert main(["sample", str(run), "--out", str(whole), *SET]) == 0
+    real_write = outputs.write_text_atomic
+
+    def crash_on_record(path, text):
+        if path.name == "samples.json":
+            raise RuntimeError("crash")
+        real_write(path, text)
+
+    stops = [lambda m: m.setattr(SampleSetWriter, "finish", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash"))),
+             lambda m: m.setattr(outputs, "write_text_atomic", crash_on_record)]
+    for i, stop in enumerate(stops):
+        out = tmp_path / f"out{i}"
+        with monkeypatch.context() as m:
+            stop(m)
+            with pytest.raises(RuntimeError):
+                main(["sample", str(run), "--out", str(out), *SET])
+        assert not (out / "samples.json").exists()
+        assert (out / "codes.safetensors").is_file() == (i == 1)  # moved into place before the record
+        with monkeypatch.context() as m:
+            m.setattr(Sampler, "sample_level", lambda *a: pytest.fail("a finished batch drawn again"))
+            assert main(["sample", str(run), "--out", str(out), *SET]) == 0
+        assert set_contents(out) == set_contents(whole)
+
+
+def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior, capsys, monkeypatch):
+    import signal
+
+    run = save_prior_run(tmp_path, tok, prior)
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "--out", str(out), "--n", "4"]) == 0
+    mine = ["images/000099.png", "images/000004.png", "audio/000000.wav", "notes.txt", "images/mine.png"]
+    (out / "audio").mkdir()
+    for name in mine:
+        (out / name).write_bytes(b"precious")
+    # a smaller set replaces the set of 4: its 4 images and files go, the user's stay
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--seed", "1"]) == 0
+    assert "replacing the sample set that was there" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "000000.png", "000001.png", "000004.png", "000099.png", "mine.png"]
+    assert all((out / name).read_bytes() == b"precious" for name in mine)
+    # a set that would overwrite a file no set wrote is refused before sampling
+    before = set_contents(out)
+    assert main(["sample", str(run), "--out", str(out), "--n", "6"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'images' / '000004.png'} is no file of a sample set recorded there" in err
+    assert set_contents(out) == before
+    # an unfinished set drawn with other settings: replaced (its files, as far as it got), saying so
+    (out / "images" / "000004.png").unlink()
+    with monkeypatch.context() as m:
+        _stop_at(m, 4, signal.SIGINT)
+        assert _main_130(["sample", str(run), "--out", str(out), "--n", "9", "--batch-size", "3"]) == 130
+    assert len(list((out / "images").glob("0000[0-8][0-9].png"))) == 6
+    assert main(["sample", str(run), "--out", str(out), "--n", "3", "--batch-size", "3"]) == 0
+    said = capsys.readouterr().out
+    assert f"{out}: replacing the unfinished sample set there (6 of 9 samples written, drawn with other " \
+           "settings: n)" in said
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png",
+                                                                  "000099.png", "mine.png"]
+    assert (out / "audio" / "000000.wav").read_bytes() == b"precious"
+    assert json.loads((out / "samples.json").read_text())["num_samples"] == 3
+
+
+def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys, monkeypatch):
+    import shutil
+
+    import sampling.outputs as outputs
+
+    run = save_prior_run(tmp_path, tok, prior)
+    out = tmp_path / "s"
+
+    def never(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(Sampler, "sample_level", never)
+    # one batch of ten million: the memory it needs is named, nothing is allocated or written
+    assert main(["sample", str(run), "--out", str(out), "--n", "1e7", "--batch-size", "1e7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hqvae sample: error: --batch-size 10000000: one batch of 10,000,000 samples "
+                          "would need about") and "of memory" in err and "\n" not in err
+    # ten million samples at the default batch size: more files than the disk holds
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
+    assert main(["sample", str(run), "--out", str(out), "--n", "1e7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hqvae sample: error: --n 10000000: the sample set needs about 4") and \
+        "which has 1.0 GB free; lower --n or choose another --out" in err
+    assert not list(out.rglob("*.png")) and not (out / "samples.json").exists()
+    for bad, message in [(["--grid", "5000"], "--grid: must be in [1, 1,024], got 5,000"),
+                         (["--seed", "-1"], "--seed: must be in [0, 4,294,967,295], got -1"),
+                         (["--griffin-lim-iters", "-2"], "--griffin-lim-iters: must be in [0, 10,000], got -2"),
+                         (["--n", "2e9"], "--n: must be in [1, 1,000,000,000], got 2,000,000,000")]:
+        assert main(["sample", str(run), "--out", str(out), *bad]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", str(run), "--out", str(out), "--n", "2.5"])  # not a whole number
+    assert "--n: expected a whole number, got '2.5'" in capsys.readouterr().err
+
+
+def test_a_large_set_says_how_much_it_will_write(tmp_path, tok, prior, capsys, monkeypatch):
+    import sampling.outputs as outputs
+
+    run = save_prior_run(tmp_path, tok, prior)
+    monkeypatch.setattr(outputs, "LARGE_SET_BYTES", 0)
+    assert main(["sample", str(run), "--out", str(tmp_path / "s"), "--n", "2"]) == 0
+    said = capsys.readouterr().out
+    assert re.search(rf"--n 2: about [\d.]+ kB of files to write in {re.escape(str(tmp_path / 's'))} "
+                     r"\([\d.]+ [kMGT]B free there\)", said)

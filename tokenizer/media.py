@@ -32,10 +32,16 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def make_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> one uint8 image (rows of ``nrow``) with white padding."""
-    n, c, h, w = x.shape
+    return tile_uint8(to_uint8(x), nrow, pad)
+
+
+def tile_uint8(imgs: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, H, W, C) uint8 images -> one uint8 image (rows of ``nrow``) with white padding:
+    :func:`make_grid` of images already turned into bytes (a streamed sample set keeps only
+    the bytes of the samples its grid shows)."""
+    n, h, w, c = imgs.shape
     nrow = nrow or max(1, int(math.ceil(math.sqrt(n))))
     ncol = int(math.ceil(n / nrow))
-    imgs = to_uint8(x)
     grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, nrow)

@@ -45,6 +45,13 @@ class SampleConfig:
             raise ConfigError(f"n: must be >= 2 (FID needs two samples), got {self.n}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
+        # the bounds `hqvae sample` checks (sampling/sample_set.py), here before any stage runs
+        if self.n > 10**9:
+            raise ConfigError(f"n: must be in [2, 1,000,000,000], got {self.n:,}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed: must be in [0, 4,294,967,295], got {self.seed:,}")
+        if self.griffin_lim_iters is not None and not 0 <= self.griffin_lim_iters <= 10_000:
+            raise ConfigError(f"griffin_lim_iters: must be in [0, 10,000], got {self.griffin_lim_iters:,}")
         if self.temperature < 0:
             raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
         if self.top_k < 0:

@@ -59,14 +59,18 @@ def run_classifier(clf_cfg: ClassifierConfig) -> dict:
 def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool = False) -> dict:
     """Sample from the priors (or, for the baseline, draw uniformly random codes) as
     `hqvae sample` does, into ``root/samples`` (``root/random``)."""
+    from sampling.outputs import PARTIAL, STATE
     from sampling.sample_set import sample_into
 
     s = track.sample
-    # into a fresh folder, renamed into place: no stale files of an earlier, larger run, and
-    # no half-written folder that a re-run would score
+    # into a folder of its own, renamed into place when the set is finished: no stale files
+    # of an earlier, larger run, and no half-written folder that a re-run would score. A set
+    # stopped part way (its progress recorded) is continued by sample_into, or replaced when
+    # the settings changed; anything else there is a leftover of this stage's
     out = root / ("random" if random_codes else "samples")
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    if not (tmp / PARTIAL / STATE).is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     # 'cycle', the default, on an unconditional prior samples unconditionally (the config
     # refuses any other label there)
