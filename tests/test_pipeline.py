@@ -299,6 +299,10 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("image.score.batch_size=0", r"image\.score\.batch_size: must be >= 1"),
     ("image.encode.batch_size=0", r"image\.encode\.batch_size: must be >= 1"),
     ("audio.encode.max_examples=0", r"audio\.encode\.max_examples: must be >= 1"),
+    # the bounds `hqvae sample` checks, here before the first stage
+    ("image.sample.n=2000000000", r"image\.sample\.n: must be in \[2, 1,000,000,000\]"),
+    ("image.sample.seed=-1", r"image\.sample\.seed: must be in \[0, 4,294,967,295\]"),
+    ("audio.sample.griffin_lim_iters=-1", r"audio\.sample\.griffin_lim_iters: must be in \[0, 10,000\]"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -739,8 +739,9 @@ def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys,
     monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
     assert main(["sample", str(run), "--out", str(out), "--n", "1e7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("hqvae sample: error: --n 10000000: the sample set needs about 4") and \
-        "which has 1.0 GB free; lower --n or choose another --out" in err
+    assert re.fullmatch(r"hqvae sample: error: --n 10000000: the sample set needs about [\d.]+ GB of files on "
+                        rf"the file system of {re.escape(str(out))} \([\d.]+ kB a sample\), which has 1.0 GB "
+                        r"free; lower --n or choose another --out", err), err
     assert not list(out.rglob("*.png")) and not (out / "samples.json").exists()
     for bad, message in [(["--grid", "5000"], "--grid: must be in [1, 1,024], got 5,000"),
                          (["--seed", "-1"], "--seed: must be in [0, 4,294,967,295], got -1"),
