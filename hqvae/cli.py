@@ -547,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         print(f"hqvae {args.command}: {err}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        # Ctrl-C outside the loops that stop cleanly (loading, scoring, a second Ctrl-C):
+        # what is written stays as it was (files are written to a temporary name and renamed)
+        _close_progress_bars()
+        print(f"hqvae {args.command}: stopped by Ctrl-C before it finished; files already written "
+              f"are kept, nothing is half-written", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -1230,3 +1230,17 @@ def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path):
     assert {p.name: p.stat().st_ino for p in (codes / "train").iterdir()} == train_files
     manifest = json.loads((codes / "codes.json").read_text())
     assert manifest["splits"]["train"]["num_examples"] == 64 and manifest["splits"]["test"]["num_examples"] == 16
+
+
+def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
+    """Outside the loops that stop cleanly (training, encoding, sampling), a Ctrl-C while a
+    command loads or scores gave a KeyboardInterrupt traceback."""
+    import sampling.fid
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sampling.fid, "score_folder", interrupted)
+    assert main(["fid", str(tmp_path), "--ref", "shapes"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("hqvae fid: stopped by Ctrl-C") and err.count("\n") == 1
