@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def main() -> int:
         verdicts.append(f"{name}: peak at n = {rows[-1]['n']:,} is {ratio:.3f}× the peak at n = {rows[0]['n']:,}"
                         + (" (within 10 %)" if abs(ratio - 1) <= 0.10 else " (**not** within 10 %)")
                         + f"; {growth:.1f} MB more per 1,000 samples")
-    command = " ".join(["python bench/sample_memory.py", *sys.argv[1:]])
+    command = shlex.join(["python", "bench/sample_memory.py", *sys.argv[1:]])
     text = "\n".join([
         f"## Sampling memory: peak RSS against the number of samples ({args.tag})", "",
         f"Command: `{command}`; machine: {machine(args.device)}; date {time.strftime('%Y-%m-%d')}.",
