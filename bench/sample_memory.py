@@ -147,7 +147,7 @@ def main() -> int:
         growth = (rows[-1]["peak_rss_mb"] - base) / max(rows[-1]["n"] - rows[0]["n"], 1) * 1000
         verdicts.append(f"{name}: peak at n = {rows[-1]['n']:,} is {ratio:.3f}× the peak at n = {rows[0]['n']:,}"
                         + (" (within 10 %)" if abs(ratio - 1) <= 0.10 else " (**not** within 10 %)")
-                        + f"; {growth:.1f} MB more per 1,000 samples")
+                        + f"; {growth:+.1f} MB per 1,000 samples")
     command = shlex.join(["python", "bench/sample_memory.py", *sys.argv[1:]])
     text = "\n".join([
         f"## Sampling memory: peak RSS against the number of samples ({args.tag})", "",
