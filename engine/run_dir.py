@@ -294,9 +294,10 @@ def legacy_codes(folder: Path) -> bool:
 
 
 def legacy_samples(folder: Path) -> bool:
-    """A sample set written before the marker: its own marker file or its samples.json."""
-    return (folder / ".hqvae-samples").is_file() or _json_record(
-        folder / "samples.json", "num_samples", "tokenizer_identity")
+    """A sample set written before the marker: the samples' own earlier marker file, its
+    samples.json or the progress record of an unfinished set."""
+    return ((folder / ".hqvae-samples").is_file() or (folder / ".hqvae-partial" / "state.json").is_file()
+            or _json_record(folder / "samples.json", "num_samples", "tokenizer_identity"))
 
 
 def legacy_pipeline(folder: Path) -> bool:

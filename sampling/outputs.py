@@ -48,14 +48,11 @@ import torch
 from PIL import Image
 
 from engine.files import write_atomic, write_text_atomic
-from engine.run_dir import OWN_FILES
+from engine.run_dir import check_folder, write_marker
 from tokenizer.audio import write_wav
 from tokenizer.media import tile_uint8, to_uint8
 
 SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png", "samples.npz")
-# written into a sample folder before anything else: a set interrupted before its
-# samples.json is still provably this tool's to replace
-OWNER_MARK = ".hqvae-samples"
 # the progress of an unfinished set: state.json (settings, samples complete), the codes and
 # the ADM batch being filled in, the grid's samples so far
 PARTIAL = ".hqvae-partial"
@@ -99,21 +96,14 @@ def _is_sample_record(path: Path) -> bool:
 
 def check_sample_dir(out_dir: str | Path) -> bool:
     """Whether ``out_dir`` holds an earlier sample set of this tool's (which writing there
-    replaces, or continues when it is unfinished). A folder that is neither new, empty nor
-    such a set is refused, naming it."""
+    replaces, or continues when it is unfinished). The folder itself follows the rule of
+    every output folder (``engine.run_dir.check_folder``): new, empty or marked as samples
+    (or, from before the marker, holding a set's record); anything else is refused, naming
+    it. Within a folder of ours, a file no recorded set wrote is still never overwritten."""
     out = Path(out_dir)
-    if not out.exists():
+    if not check_folder(out, "samples", "sample folder"):
         return False
-    if not out.is_dir():
-        raise ValueError(f"sample folder {out}: exists and is not a folder")
-    if ((out / OWNER_MARK).is_file() or _is_sample_record(out / "samples.json")
-            or (out / PARTIAL / STATE).is_file()):
-        return True
-    if any(p.name not in OWN_FILES for p in out.iterdir()):  # the lock and marker are this tool's
-        raise ValueError(
-            f"sample folder {out}: not empty and holds no sample set written by hqvae "
-            f"(no samples.json); nothing was written. Choose a new or empty folder")
-    return False
+    return _is_sample_record(out / "samples.json") or (out / PARTIAL / STATE).is_file()
 
 
 # -- which files a set wrote ---------------------------------------------------------------
@@ -483,7 +473,7 @@ class SampleSetWriter:
         self._refuse_foreign(clearing + ([own] if own else []))
         self._check_space(clearing, int(state["done"]) if continuing else 0)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / OWNER_MARK).write_text("sample set written by hqvae (sampling/outputs.py)\n")
+        write_marker(self.out, "samples")  # before the first sample: the folder is recognisably ours
         _remove_temporaries(self.out, clearing + ([own] if own else []))
         if continuing:
             self.done = self.resumed = int(state["done"])
