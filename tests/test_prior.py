@@ -925,3 +925,16 @@ def test_cli_encode_names_a_bad_file_in_one_line(tmp_path, capsys, modality, wor
     assert err.count("error:") == 1 and line.startswith("hqvae encode: error: "), err
     assert f"(file {bad})" in line and "split 'train'" in line, err
     assert not (tmp_path / "codes" / "train").exists()
+
+
+def test_a_damaged_prior_summary_is_rebuilt_from_its_levels(trained, tmp_path):
+    """The run's eval.json is derived from its levels' own records: one damaged (or never a
+    summary at all) made every later call fail with KeyError: 'levels' after training."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    (run / "eval.json").write_text('{"accuracy": 1}\n')
+    cfg = dataclasses.replace(trained["cfg"], run_dir=str(run))
+    train_prior(cfg, levels=[1])  # finished: resumes at its last step and evaluates again
+    summary = json.loads((run / "eval.json").read_text())
+    assert sorted(summary["levels"]) == ["0", "1"] and "accuracy" not in summary
+    assert summary["tokenizer_identity"] == json.loads((run / "prior.json").read_text())["tokenizer_identity"]
