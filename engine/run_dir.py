@@ -171,7 +171,7 @@ def run_lock(folder: str | Path, key: str = "run_dir") -> Iterator[None]:
     """Hold ``folder`` for this process: another process (a second command on the same
     run_dir) is refused at once, naming the folder and the holder. Only the first process
     of a data-parallel run takes it (the others write nothing of their own)."""
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+    if _rank() != 0:
         yield
         return
     path = Path(folder).expanduser().resolve()
@@ -355,6 +355,10 @@ def check_folder(path: str | Path, kind: str, key: str = "run_dir") -> bool:
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     folder = user_folder(path, key)
+    if _rank() != 0:
+        # the first process decides and writes (lock, marker, config); the others would see
+        # its files half-way (a marker still under its temporary name) and refuse their own run
+        return (folder / MARKER).is_file()
     if not folder.exists():
         return False
     if not folder.is_dir():
@@ -396,6 +400,11 @@ def hold_folder(path: str | Path, kind: str, key: str = "run_dir") -> Iterator[b
     check_folder(path, kind, key)
     with run_lock(user_folder(path, key), key):
         held = check_folder(path, kind, key)
-        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+        if _rank() == 0:
             write_marker(user_folder(path, key), kind)
         yield held
+
+
+def _rank() -> int:
+    """This process's rank in a data-parallel launch (0 outside one)."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))

@@ -1244,3 +1244,19 @@ def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(tmp_path, capsys,
     assert main(["fid", str(tmp_path), "--ref", "shapes"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("hqvae fid: stopped by Ctrl-C") and err.count("\n") == 1
+
+
+def test_only_the_first_process_judges_whose_folder_it_is(tmp_path, monkeypatch):
+    """In a data-parallel launch the first process locks, marks and writes the run folder;
+    another process checking it meanwhile saw the marker under its temporary name and
+    refused its own run ("is not empty")."""
+    from engine.run_dir import check_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".hqvae.lock").write_text("")
+    (run / ".hqvae-run.json.tmp-123").write_text("{")  # the first process, half-way through
+    with pytest.raises(ConfigError, match="is not empty"):
+        check_folder(run, "tokenizer")
+    monkeypatch.setenv("RANK", "1")
+    assert check_folder(run, "tokenizer") is False
