@@ -6,6 +6,8 @@ and exits with status 130 (128 + SIGINT, the shell's convention)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
@@ -65,3 +67,35 @@ class StopSignals:
         for sig, old in self._old.items():
             signal.signal(sig, old)
         return False
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the process was (see :func:`interrupt_on_signals`)."""
+
+    def __init__(self, signal_name: str):
+        self.signal_name = signal_name
+        super().__init__(signal_name)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """While installed, SIGINT and SIGTERM raise :class:`SignalInterrupt` at once, for work
+    that keeps only what it finished whole (an encoded split). Installed rather than left to
+    Python's default: a process started in the background by a shell inherits SIGINT
+    ignored, and SIGTERM's default ends it without a word. Main thread only."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_interrupt(signum, frame):
+        raise SignalInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

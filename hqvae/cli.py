@@ -92,17 +92,20 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> int:
+    from engine.signals import interrupt_on_signals
     from prior.codes import encode_splits
 
     splits = list(dict.fromkeys(splits))
     finished: list[str] = []
     for split in splits:  # one at a time: a Ctrl-C can say which splits are kept
         try:
-            encode_splits(tok, data, args.out, [split], batch_size=args.batch_size,
-                          num_workers=args.num_workers, max_examples=args.max_examples,
-                          overwrite=args.overwrite, tokenizer_run=args.tokenizer_run, log=print)
-        except KeyboardInterrupt:
-            raise _encoding_interrupted(args, finished, split, splits[splits.index(split):]) from None
+            with interrupt_on_signals():
+                encode_splits(tok, data, args.out, [split], batch_size=args.batch_size,
+                              num_workers=args.num_workers, max_examples=args.max_examples,
+                              overwrite=args.overwrite, tokenizer_run=args.tokenizer_run, log=print)
+        except KeyboardInterrupt as err:
+            name = getattr(err, "signal_name", "SIGINT")
+            raise _encoding_interrupted(args, finished, split, splits[splits.index(split):], name) from None
         finished.append(split)
     shapes = ", ".join(f"{h}x{w}" for h, w in tok.code_shapes)
     print(f"codes of tokenizer {tok.identity} (levels {shapes}, K {tok.codebook_sizes}); "
@@ -110,7 +113,8 @@ def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> in
     return 0
 
 
-def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: str, rest: list[str]):
+def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: str, rest: list[str],
+                          signal_name: str = "SIGINT"):
     """What a Ctrl-C during `hqvae encode` leaves and what running it again does: finished
     splits are complete datasets on disk that a rerun keeps (without --overwrite); the split
     it stopped in is not written (its partial rows are dropped) and is encoded from its start."""
@@ -126,7 +130,7 @@ def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: 
                  f"continue, run it with {' '.join(f'--split {s}' for s in rest)} instead")
     else:
         again = "Run the same command again to encode from the start"
-    return Interrupted(f"SIGINT: stopped while encoding split {split!r} ({kept}). {again}")
+    return Interrupted(f"{signal_name}: stopped while encoding split {split!r} ({kept}). {again}")
 
 
 def _train_prior(args: argparse.Namespace) -> int:

@@ -1182,11 +1182,14 @@ def test_report_replaces_only_a_report_it_wrote(tmp_path, capsys):
     assert main(["report", str(run)]) == 0 and main(["report", str(run)]) == 0  # its own: replaced
 
 
-def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path):
+@pytest.mark.parametrize("sig, ignored", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["sigint", "sigint-started-in-the-background", "sigterm"])
+def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path, sig, ignored):
     """Ctrl-C during `hqvae encode` printed a KeyboardInterrupt traceback. Now one line says
     which splits finished (kept) and that running the same command again continues: it keeps
     them and encodes the interrupted split from its start (a split is written whole or not
-    at all), exit status 130."""
+    at all), exit status 130. The same for SIGTERM, and for a process started in the
+    background by a shell, which inherits SIGINT ignored (it encoded to the end)."""
     Tokenizer.from_config(load_tokenizer_config(None, ["model.preset=vqvae", *TINY_TOK])).save_pretrained(
         tmp_path / "tok")
     codes = tmp_path / "codes"
@@ -1206,19 +1209,22 @@ def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path):
         "from hqvae.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     args = ["encode", str(tmp_path / "tok"), "--out", str(codes), "--batch-size", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # SIGINT as a shell's background job gets it, or as the terminal's default
+    disposition = signal.SIG_IGN if ignored else signal.SIG_DFL
     proc = subprocess.Popen([sys.executable, "-c", "import sys\n" + slow, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("hqvae encode: SIGINT: stopped while encoding split 'test'"), err
+    assert line.startswith(f"hqvae encode: {sig.name}: stopped while encoding split 'test'"), err
     assert "'train' finished and kept" in line and "same command again to continue" in line, err
     assert json.loads((codes / "codes.json").read_text())["splits"].keys() == {"train"}
     assert not [p for p in codes.iterdir() if p.name.startswith((".tmp-", ".cache-", "test"))]
