@@ -119,11 +119,8 @@ def check_writable(path: str | Path, key: str = "run_dir") -> None:
     """Fail before any work when ``path`` (a directory, created later by the run) cannot be
     created or written, naming ``key`` and the path. Probes by creating the missing folders
     and a file in the deepest one, then removes everything it created: no side effects."""
-    if not str(path).strip():
-        raise ConfigError(f"{key}: empty; give a folder to write to")
-    path = Path(path).expanduser()
-    if path.resolve() == Path(path.resolve().anchor):
-        raise ConfigError(f"{key}: {str(path)!r} is the filesystem root; give a folder of its own")
+    # the parent of an output file may be the home folder; an empty name and the root may not
+    path = user_folder(path, key, home_ok=True)
     if int(os.environ.get("LOCAL_RANK", "0")) != 0:
         # one probe per machine: processes creating and removing the same probe folders at
         # once would fail each other's probes
@@ -217,10 +214,10 @@ KINDS = tuple(COMMANDS)
 OWN_FILES = (LOCK_FILE, MARKER)
 
 
-def user_folder(path: str | Path, key: str = "run_dir") -> Path:
+def user_folder(path: str | Path, key: str = "run_dir", home_ok: bool = False) -> Path:
     """The folder a user named, by one rule for every command: ``~`` (also when quoted, so
     the shell did not expand it) is the home folder; an empty name, a filesystem root and
-    the home folder itself are refused, naming ``key``."""
+    (unless ``home_ok``) the home folder itself are refused, naming ``key``."""
     text = str(path) if path is not None else ""
     if not text.strip():
         raise ConfigError(f"{key}: empty; give a folder to write to")
@@ -228,7 +225,7 @@ def user_folder(path: str | Path, key: str = "run_dir") -> Path:
     resolved = folder.resolve()
     if resolved == Path(resolved.anchor):
         raise ConfigError(f"{key}: {text!r} is the filesystem root; give a folder of its own")
-    if resolved == Path.home().resolve():
+    if not home_ok and resolved == Path.home().resolve():
         raise ConfigError(f"{key}: {text!r} is the home folder; give a folder of its own "
                           f"(e.g. {str(Path(text) / 'runs')!r})")
     return folder
