@@ -9,10 +9,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tokenizer.config import QuantizerConfig
-from tokenizer.quantizers import VectorQuantizer
+from tokenizer.quantizers import StochasticQuantizer, VectorQuantizer
 
 EMA = dict(kind="vq", ema=True, ema_decay=0.9)
 RESTART = dict(EMA, restart_threshold=0.05, usage_decay=0.5)
+# SQ seeded from the first batch: codebook and sigma^2 must come out the same everywhere
+SQ_FROM_DATA = dict(kind="sq", data_init=True, var_init_from_data=5.0, variance="bounded")
 STEPS = 4
 
 
@@ -25,7 +27,8 @@ def _worker(rank: int, world: int, port: int, out: str, cfg: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)  # the same initial codebook everywhere, as DDP would broadcast
-    q = VectorQuantizer(dim=4, codebook_size=16, cfg=QuantizerConfig(**cfg)).train()
+    cls = StochasticQuantizer if cfg["kind"] == "sq" else VectorQuantizer
+    q = cls(dim=4, codebook_size=16, cfg=QuantizerConfig(**cfg)).train()
     torch.manual_seed(1234 + rank)  # restart draws differ per process unless broadcast
     for step in range(STEPS):
         q(_data(rank, step))
@@ -41,11 +44,16 @@ def _run(tmp_path, cfg: dict) -> tuple[dict, dict]:
     return a, b
 
 
-@pytest.mark.parametrize("cfg", [EMA, RESTART], ids=["ema", "ema+restart"])
+@pytest.mark.parametrize("cfg", [EMA, RESTART, SQ_FROM_DATA], ids=["ema", "ema+restart", "sq-from-data"])
 def test_codebooks_identical_across_processes(tmp_path, cfg):
     a, b = _run(tmp_path, cfg)
     for key in a:
         torch.testing.assert_close(a[key], b[key], msg=key)
+    if cfg is SQ_FROM_DATA:
+        # the seeds are rank 0's: its first batch's vectors and 5x its variance
+        first = _data(0, 0).permute(0, 2, 3, 1).reshape(-1, 4)
+        assert (a["codebook"][:, None] == first[None]).all(-1).any(1).all()
+        assert float(a["var_start"]) == pytest.approx(5 * float(first.var(0, unbiased=False).mean()), rel=1e-5)
     if cfg is EMA:
         # equal to one process that saw both processes' batches
         torch.manual_seed(0)

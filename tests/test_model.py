@@ -219,6 +219,27 @@ def test_monotone_variances_decrease_with_depth():
     assert all(layer.quantizer.log_var.grad is not None for layer in model.layers)
 
 
+@pytest.mark.parametrize("preset", ["sqvae2", "rsqvae", "hqvae"])
+def test_the_first_step_already_uses_the_variances_seeded_from_its_batch(preset):
+    """var_init_from_data seeds every SQ layer's sigma^2 from the first batch; the objective
+    of that same batch must use the seeded values (the residual run's summed variance and
+    the posteriors read sigma^2 before their layer's forward call)."""
+    cfg = small_cfg(preset, extra=["model.quantizer.var_init_from_data=5.0",
+                                   "model.quantizer.variance=bounded"])
+    torch.manual_seed(0)
+    model = HQVAE(cfg.model, cfg.data.shape).train()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(1)
+    first = model(x)
+    assert all(bool(layer.quantizer.initialised) for layer in model.layers)
+    starts = [float(layer.quantizer.var_start) for layer in model.layers]
+    assert all(abs(v - 1.0) > 1e-3 for v in starts)  # seeded, not var_init
+    torch.manual_seed(1)  # same Gumbel noise; no seeding the second time
+    second = model(x)
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], msg=key)
+
+
 def _fit(preset: str, steps: int) -> tuple[float, float]:
     from tokenizer.data import ShapesDataset
 

@@ -16,6 +16,7 @@ from tokenizer.quantizers import (
     build_quantizer,
     code_scores,
     perplexity,
+    seed_vectors,
     squared_distances,
 )
 
@@ -250,6 +251,86 @@ def test_data_init_runs_once_and_again_after_loading_an_uninitialised_state():
     assert q.codebook.detach().mean() < -5
 
 
+def test_seed_vectors_are_distinct_batch_vectors_or_a_noisy_tiling():
+    torch.manual_seed(0)
+    flat = torch.randn(40, 4) * 3 + 7
+    seeds = seed_vectors(flat, 16)  # enough vectors: 16 distinct rows of the batch
+    assert seeds.shape == (16, 4)
+    assert (seeds[:, None] == flat[None]).all(-1).any(1).all()
+    assert len({tuple(r.tolist()) for r in seeds}) == 16
+    seeds = seed_vectors(flat[:5], 16)  # fewer: every batch vector tiled, with small noise
+    d = torch.cdist(seeds.double(), flat[:5].double()).pow(2)
+    assert (d.min(1).values.sqrt() < 0.1 * 3 * 5).all()  # near a batch vector...
+    assert (d.min(1).values > 0).all() and len({tuple(r.tolist()) for r in seeds}) == 16  # ...none a copy
+    assert set(d.argmin(1).tolist()) == set(range(5))
+
+
+def test_sq_takes_its_codebook_and_variance_from_the_first_training_batch():
+    torch.manual_seed(0)
+    q = StochasticQuantizer(dim=4, codebook_size=8, data_init=True, var_init_from_data=5.0)
+    z = torch.randn(2, 4, 4, 4) * 3 + 10
+    q.eval()(z)  # evaluation seeds nothing
+    assert not bool(q.initialised) and float(q.variance()) == pytest.approx(1.0)
+    q.train()(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    assert bool(q.initialised)
+    assert (q.codebook.detach()[:, None] == flat[None]).all(-1).any(1).all()
+    assert float(q.variance()) == pytest.approx(5 * float(flat.var(0, unbiased=False).mean()), rel=1e-5)
+    seeded = _state(q)
+    q(torch.randn(2, 4, 4, 4) - 10)  # seeded once only
+    _assert_same_state(q, seeded)
+
+
+def test_a_bounded_variance_starts_at_its_start_and_never_exceeds_twice_it():
+    torch.manual_seed(0)
+    q = StochasticQuantizer(dim=4, codebook_size=8, var_init=0.3, variance="bounded").eval()
+    assert float(q.variance()) == pytest.approx(0.3)
+    z = torch.randn(2, 4, 3, 3)
+    with torch.no_grad():
+        q.log_var.fill_(1.5)  # sigma^2 = 2 sigmoid(1.5) * 0.3
+        var = 2 * torch.sigmoid(torch.tensor(1.5)) * 0.3
+        out = q(z)
+        # the dequantisation term with the bounded variance: sum ||z - z_q||^2 / (2 sigma^2) / B
+        assert float(out.losses["kl_continuous"]) == pytest.approx(
+            float((z - out.z_q).pow(2).sum() / (2 * var) / 2), rel=1e-5)
+        q.log_var.fill_(1e4)
+        assert float(q.variance()) == pytest.approx(0.6)
+        q.log_var.fill_(-30.0)
+        assert 0 < float(q.variance()) < 1e-12
+    # from data, the bound is twice the seeded start
+    q = StochasticQuantizer(dim=4, codebook_size=8, variance="bounded", var_init_from_data=5.0).train()
+    q(z)
+    start = 5 * float(z.permute(0, 2, 3, 1).reshape(-1, 4).var(0, unbiased=False).mean())
+    assert float(q.var_start) == pytest.approx(start, rel=1e-5)
+    with torch.no_grad():
+        q.log_var.fill_(1e4)
+    assert float(q.variance()) == pytest.approx(2 * start, rel=1e-5)
+
+
+def test_a_residual_stack_sums_the_seeded_variances_from_its_first_step():
+    """The last depth's continuous term divides by sum_l sigma_l^2: on the first training
+    batch that sum already holds every depth's variance seeded from its own residual."""
+    torch.manual_seed(0)
+    q = ResidualQuantizer(dim=4, codebook_size=8, depth=3, kind="sq", var_init_from_data=5.0).train()
+    z = torch.randn(2, 4, 4, 4) * 2
+    out = q(z)
+    variances = [float(d.variance()) for d in q.depths]
+    assert all(v != pytest.approx(1.0) for v in variances)  # each seeded, from its own residual
+    expected = float((z - out.z_q).pow(2).sum() / (2 * sum(variances)) / 2)
+    assert float(out.losses["d2/kl_continuous"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_sq_variance_options_that_cannot_combine_are_refused():
+    with pytest.raises(ConfigError, match="var_init_from_data: a 'monotone' variance"):
+        QuantizerConfig(kind="sq", variance="monotone", var_init_from_data=5.0).validate()
+    with pytest.raises(ConfigError, match="var_init_from_data: applies to kind 'sq' only"):
+        QuantizerConfig(kind="vq", var_init_from_data=5.0).validate()
+    with pytest.raises(ConfigError, match=r"variance: 'bounded' applies to kind 'sq' only"):
+        QuantizerConfig(kind="vq", variance="bounded").validate()
+    with pytest.raises(ConfigError, match=r"var_init_from_data: must be in \[0, 1e6\]"):
+        QuantizerConfig(kind="sq", var_init_from_data=-1.0).validate()
+
+
 def test_sq_temperature_accepts_a_tensor_step():
     q = StochasticQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(tau_init=1.0, tau_decay=1e-3, tau_min=0.1))
     for step in (0, 7, 1000, 10**6):
@@ -434,16 +515,21 @@ MAKERS = {
     },
     "StochasticQuantizer": {
         "sq": lambda: StochasticQuantizer(dim=4, codebook_size=8),
+        "sq-from-data": lambda: StochasticQuantizer(
+            dim=4, codebook_size=8, data_init=True, var_init_from_data=5.0, variance="bounded"),
     },
     "ResidualQuantizer": {
         "rq-vq": lambda: ResidualQuantizer(dim=4, codebook_size=8, depth=2, kind="vq", ema=True,
                                            restart_threshold=0.5, data_init=True),
         "rq-sq": lambda: ResidualQuantizer(dim=4, codebook_size=8, depth=2, kind="sq"),
+        "rq-sq-from-data": lambda: ResidualQuantizer(dim=4, codebook_size=8, depth=2, kind="sq",
+                                                     data_init=True, var_init_from_data=5.0),
     },
 }
 ALL = [pytest.param(make, id=name) for group in MAKERS.values() for name, make in group.items()]
 STATEFUL = [pytest.param(MAKERS[c][n], id=n) for c, n in
-            [("VectorQuantizer", "vq-ema-restart-init"), ("ResidualQuantizer", "rq-vq")]]
+            [("VectorQuantizer", "vq-ema-restart-init"), ("ResidualQuantizer", "rq-vq"),
+             ("StochasticQuantizer", "sq-from-data"), ("ResidualQuantizer", "rq-sq-from-data")]]
 
 
 def test_every_exported_quantizer_is_covered_by_the_input_tests():
@@ -587,7 +673,7 @@ SQ_BAD = [
     ("var_init", float("inf"), r"var_init: expected a finite number, got inf"),
     ("var_init", "1", r"var_init: expected a number, got '1'"),
     ("tau_schedule", "linear", r"tau_schedule: 'linear' is not one of 'exp' \| 'run'"),
-    ("variance", "shared", r"variance: 'shared' is not one of 'independent' \| 'monotone'"),
+    ("variance", "shared", r"variance: 'shared' is not one of 'independent' \| 'monotone' \| 'bounded'"),
 ]
 RQ_BAD = [
     ("depth", 0, r"depth: must be in \[1, 64\], got 0"),

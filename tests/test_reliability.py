@@ -255,13 +255,17 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
 class TinyVQ(nn.Module):
     """A linear map into a data-initialised EMA VQ layer; the loss is NaN at `nan_steps`."""
 
-    def __init__(self, nan_steps=()):
+    def __init__(self, nan_steps=(), kind="vq"):
         super().__init__()
         from tokenizer.config import QuantizerConfig
-        from tokenizer.quantizers import VectorQuantizer
+        from tokenizer.quantizers import StochasticQuantizer, VectorQuantizer
 
         self.lin = nn.Linear(4, 4)
-        self.q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", ema=True, data_init=True))
+        if kind == "vq":
+            self.q = VectorQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(kind="vq", ema=True, data_init=True))
+        else:  # an SQ layer seeding its codebook and sigma^2 from the first batch
+            self.q = StochasticQuantizer(dim=4, codebook_size=8, cfg=QuantizerConfig(
+                kind="sq", data_init=True, var_init_from_data=5.0, variance="bounded"))
         self.nan_steps = set(nan_steps)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> dict[str, torch.Tensor]:
@@ -270,11 +274,12 @@ class TinyVQ(nn.Module):
         return {"loss": loss * float("nan") if step in self.nan_steps else loss}
 
 
-def test_skipped_first_step_does_not_lose_the_data_init(tmp_path):
+@pytest.mark.parametrize("kind", ["vq", "sq"])
+def test_skipped_first_step_does_not_lose_the_data_init(tmp_path, kind):
     """The first step seeds the codebook from its batch; when that step is withheld its
     buffers are put back (codebook not initialised), so the next step must seed it again."""
     torch.manual_seed(0)
-    model = TinyVQ(nan_steps=(0,))
+    model = TinyVQ(nan_steps=(0,), kind=kind)
     random_init = model.q.codebook.clone()
     tc = TrainConfig(steps=3, batch_size=4, lr=0.05, progress=False, log_every=1, ckpt_every=0,
                      nan_policy="skip")
@@ -282,6 +287,8 @@ def test_skipped_first_step_does_not_lose_the_data_init(tmp_path):
     assert result.nonfinite_steps_skipped == 1
     assert bool(model.q.initialised)
     assert not torch.allclose(model.q.codebook, random_init)
+    if kind == "sq":
+        assert float(model.q.var_start) != pytest.approx(1.0)  # seeded, not var_init
 
 
 def test_nan_loss_skip_policy_withholds_the_update_and_counts(tmp_path):

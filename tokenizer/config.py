@@ -124,13 +124,20 @@ class QuantizerConfig:
     ema_count_init: float = 0.0
     restart_threshold: float = 0.0  # re-seed codes whose EMA usage falls below this; 0 = off
     usage_decay: float = 0.99  # EMA decay of the per-code usage that restarts look at
-    data_init: bool = False  # initialise the codebook from the first training batch
+    data_init: bool = False  # initialise the codebook from the first training batch (vq and sq)
     # --- stochastic SQ (SQ-VAE / HQ-VAE family) ---
     # initial sigma^2. SQ-VAE uses ~20 for D=64 with its batch-normalised encoder, whose
     # outputs are unit-scale; ours start ~0.07 per element against a unit-Gaussian codebook,
     # and on CIFAR-10 sigma^2 = 1 learns fast where 20 (and 0.1) collapse (docs/benchmarks.md)
     var_init: float = 1.0
-    variance: Literal["independent", "monotone"] = "independent"  # monotone: s_l^2 = s_{l-1}^2 * sigmoid(a_l)
+    # > 0: sigma^2 starts at this multiple of the variance of the first training batch's
+    # quantizer input (per channel, averaged), per SQ layer and residual depth; var_init is
+    # then unused. The public minimal-sqvae (yukara-ikemiya) starts at 5 times it
+    var_init_from_data: float = 0.0
+    # independent: each layer learns log sigma^2 freely. monotone: s_l^2 = s_{l-1}^2 *
+    # sigmoid(a_l). bounded: sigma^2 = 2 sigmoid(p) sigma_0^2 with sigma_0^2 its start, so it
+    # can never exceed twice its start (as minimal-sqvae)
+    variance: Literal["independent", "monotone", "bounded"] = "independent"
     # log sigma^2 = var_lr_scale * s with s the stored parameter: under Adam, whose steps are
     # ~lr whatever the gradient's size, log sigma^2 then moves var_lr_scale times faster
     # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, issue 18)
@@ -152,17 +159,21 @@ class QuantizerConfig:
             vq_only = {
                 "ema": self.ema,
                 "restart_threshold": self.restart_threshold > 0,
-                "data_init": self.data_init,
                 "ema_count_init": self.ema_count_init != 0,
             }
             for key, on in vq_only.items():
                 if on:
                     raise ConfigError(f"{key}: applies to kind 'vq' only, not 'sq'")
+            if self.var_init_from_data and self.variance == "monotone":
+                raise ConfigError("var_init_from_data: a 'monotone' variance sets every layer's sigma^2 "
+                                  "relative to the first; use variance 'independent' or 'bounded'")
         else:
             if self.variance != "independent":
-                raise ConfigError("variance: 'monotone' applies to kind 'sq' only")
+                raise ConfigError(f"variance: {self.variance!r} applies to kind 'sq' only")
             if self.var_lr_scale != 1.0:
                 raise ConfigError("var_lr_scale: applies to kind 'sq' only")
+            if self.var_init_from_data:
+                raise ConfigError("var_init_from_data: applies to kind 'sq' only")
         if self.ema_count_init < 0:
             raise ConfigError(f"ema_count_init: must be >= 0, got {self.ema_count_init}")
         if self.ema_count_init and not self.ema:
@@ -180,6 +191,8 @@ class QuantizerConfig:
             raise ConfigError(f"restart_threshold: must be >= 0, got {self.restart_threshold}")
         if self.var_init <= 0:
             raise ConfigError(f"var_init: must be > 0, got {self.var_init}")
+        if not 0 <= self.var_init_from_data <= 1e6:
+            raise ConfigError(f"var_init_from_data: must be in [0, 1e6] (0 = off), got {self.var_init_from_data}")
         if not 0 < self.var_lr_scale <= 1000:
             raise ConfigError(f"var_lr_scale: must be in (0, 1000], got {self.var_lr_scale}")
         if self.tau_init <= 0:

@@ -162,22 +162,24 @@ class HQVAE(nn.Module):
     def log_variances(self) -> list[torch.Tensor]:
         """log sigma_l^2 per SQ layer (applying the monotone parameterisation)."""
         out: list[torch.Tensor] = []
-        for i, layer in enumerate(self.layers):
-            p = layer.quantizer.log_variance()
-            out.append(out[-1] + F.logsigmoid(p) if self.monotone and i > 0 else p)
+        for i in range(len(self.layers)):
+            out.append(self._log_variance(i, out))
         return out
 
-    def continuous_terms(self, log_vars: list[torch.Tensor]) -> list[tuple[bool, torch.Tensor | None]]:
-        """Per SQ layer: whether it carries a continuous term, and that term's log variance
-        (None: the layer's own). The last depth of a residual run takes log sum_l sigma_l^2
-        over the run; its other depths take none."""
-        out: list[tuple[bool, torch.Tensor | None]] = [(True, None)] * len(self.layers)
-        for run in self.residual_runs:
-            for i in run[:-1]:
-                out[i] = (False, None)
-            if len(run) > 1:
-                out[run[-1]] = (True, run_log_variance([log_vars[i] for i in run]))
-        return out
+    def _log_variance(self, i: int, above: list[torch.Tensor]) -> torch.Tensor:
+        """log sigma_i^2 given those of the layers above it (monotone: relative to i - 1)."""
+        p = self.layers[i].quantizer.log_variance()
+        return above[-1] + F.logsigmoid(p) if self.monotone and i > 0 else p
+
+    def continuous_term(self, i: int, log_vars: list[torch.Tensor]) -> tuple[bool, torch.Tensor | None]:
+        """Whether SQ layer ``i`` carries a continuous term, and that term's log variance
+        (None: the layer's own); ``log_vars`` holds those of layers 0..i at least. The last
+        depth of a residual run takes log sum_l sigma_l^2 over the run; its other depths
+        take none."""
+        run = next((r for r in self.residual_runs if i in r), [i])
+        if i != run[-1]:
+            return False, None
+        return True, run_log_variance([log_vars[j] for j in run]) if len(run) > 1 else None
 
     # -- passes ---------------------------------------------------------------------------
     def run(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> ForwardOutput:
@@ -188,16 +190,17 @@ class HQVAE(nn.Module):
     def quantize(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> tuple[torch.Tensor, list[QuantizerOutput]]:
         """Encoder and the top-down layers: the final state H_L and every layer's output."""
         feats = self.encoder(x)
-        if self.is_stochastic:
-            log_vars = self.log_variances()
-            terms = self.continuous_terms(log_vars)
         state = self._h0(x.shape[0], x)
-        quant = []
+        quant, log_vars = [], []
         for i, layer in enumerate(self.layers):
             u = layer.up(state)
             z_hat = layer.encoder_input(feats[layer.factor], u, self.proj[str(layer.factor)] if layer.kind == "residual" else None)
             if self.is_stochastic:
-                continuous, term_log_var = terms[i]
+                # a layer whose sigma^2 starts from data takes it from the first batch before
+                # its variance is read (a no-op after that batch)
+                layer.quantizer.seed_from(z_hat)
+                log_vars.append(self._log_variance(i, log_vars))
+                continuous, term_log_var = self.continuous_term(i, log_vars)
                 q = layer.quantizer(z_hat, step, log_vars[i], continuous, term_log_var)
             else:
                 q = layer.quantizer(z_hat, step)

@@ -220,7 +220,70 @@ def perplexity(counts: torch.Tensor) -> float:
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
-class VectorQuantizer(FiniteInputCheck):
+@torch.no_grad()
+def seed_vectors(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` codebook seeds drawn from the vectors ``flat`` (N, D).
+
+    Distinct rows when N >= k: a duplicate seed is a code that never wins. A smaller batch
+    is tiled to k rows with Gaussian noise of 0.1 of each channel's spread added, so the
+    copies of one vector are still k distinct codes."""
+    n = flat.shape[0]
+    if n >= k:
+        return flat[torch.randperm(n, device=flat.device)[:k]].clone()
+    reps = -(-k // n)
+    tiled = flat.repeat(reps, 1)[torch.randperm(n * reps, device=flat.device)[:k]]
+    spread = flat.std(0, unbiased=False) if n > 1 else flat.abs().reshape(-1)
+    return tiled + torch.randn_like(tiled) * 0.1 * spread.clamp_min(1e-6)
+
+
+class FirstBatchInit(FiniteInputCheck):
+    """The state a quantizer takes from its first training batch (``data_init``, and for SQ
+    ``var_init_from_data``), remembered in the ``initialised`` buffer so that a resumed or
+    loaded model does not seed again.
+
+    Reading that buffer is a host sync: it is read only until it is seen True, then the
+    host remembers. The seeding batch itself does not set the host flag: a trainer that
+    withholds that step (train.nan_policy=skip) puts the buffer back to False, and the next
+    batch must seed again."""
+
+    from_data = False
+
+    def _register_first_batch(self) -> None:
+        self.register_buffer("initialised", torch.tensor(False))
+        self._initialised_seen = False
+        self._seeded_now = False  # seed_from() ran on the batch the next forward quantizes
+
+    def _known_initialised(self) -> bool:
+        if not self._initialised_seen:
+            self._initialised_seen = bool(self.initialised)
+        return self._initialised_seen
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._initialised_seen = False  # the loaded buffer decides again
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _needs_seed(self) -> bool:
+        if not (self.from_data and self.training):
+            return False
+        if self._seeded_now:  # this batch was seeded by seed_from(); the forward goes on
+            self._seeded_now = False
+            return False
+        return not self._known_initialised()
+
+    @torch.no_grad()
+    def _seed(self, flat: torch.Tensor) -> None:
+        """Take this layer's data-dependent state from ``flat`` (N, D), the same on every
+        process (rank 0's draw); a batch with a NaN or inf on any process seeds nothing
+        (decided on the device) and the next batch seeds instead."""
+        finite = (_all_reduce_sum(_nonfinite_count(flat)) == 0).reshape(())
+        self._seed_state(flat, finite)
+        self.initialised.copy_(finite)
+
+    def _seed_state(self, flat: torch.Tensor, finite: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class VectorQuantizer(FirstBatchInit):
     """Deterministic VQ with straight-through gradients (van den Oord et al., 2017).
 
     Options (each off unless configured):
@@ -253,39 +316,16 @@ class VectorQuantizer(FiniteInputCheck):
             self.codebook = nn.Parameter(init)
         if cfg.restart_threshold > 0:
             self.register_buffer("usage", torch.ones(codebook_size))
+        self.from_data = cfg.data_init
         if cfg.data_init:
-            self.register_buffer("initialised", torch.tensor(False))
-            self._initialised_seen = False
+            self._register_first_batch()
 
-    def _known_initialised(self) -> bool:
-        # reading the buffer is a host sync: do it only until it is seen True (after the
-        # first batch, or at once for a loaded checkpoint), then remember that on the host
-        if not self._initialised_seen:
-            self._initialised_seen = bool(self.initialised)
-        return self._initialised_seen
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._initialised_seen = False  # the loaded buffer decides again
-        super()._load_from_state_dict(*args, **kwargs)
-
-    @torch.no_grad()
-    def _data_init(self, flat: torch.Tensor) -> None:
-        n = flat.shape[0]
-        # distinct vectors when there are enough: a duplicate seed is a code that never wins
-        idx = (torch.randperm(n, device=flat.device)[: self.K] if n >= self.K
-               else torch.randint(0, n, (self.K,), device=flat.device))
-        new = _broadcast(flat[idx].clone())
-        # a batch with a NaN or inf on any process seeds nothing (decided on the device, no
-        # host sync): the codebook stays as it was and the next batch seeds it
-        finite = (_all_reduce_sum(_nonfinite_count(flat)) == 0).reshape(())
+    def _seed_state(self, flat: torch.Tensor, finite: torch.Tensor) -> None:
+        new = _broadcast(seed_vectors(flat, self.K))
         self.codebook.data.copy_(torch.where(finite, new, self.codebook.data))
         if self.cfg.ema:
             self.ema_sum.copy_(torch.where(finite, new, self.ema_sum))
             self.ema_count.copy_(torch.where(finite, torch.ones_like(self.ema_count), self.ema_count))
-        # the host flag is not set here: it waits for the next forward to read the buffer,
-        # since a trainer that withholds this step (nan_policy=skip) puts the buffer back to
-        # False, and the next batch must seed the codebook again
-        self.initialised.copy_(finite)
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, onehot: torch.Tensor, counts: torch.Tensor,
@@ -339,8 +379,8 @@ class VectorQuantizer(FiniteInputCheck):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
-            if self.training and self.cfg.data_init and not self._known_initialised():
-                self._data_init(flat.detach())
+            if self._needs_seed():
+                self._seed(flat.detach())
             codebook = self.codebook.float()
             codes = code_scores(flat.detach(), codebook.detach()).argmax(1)
             onehot = F.one_hot(codes, self.K).type_as(flat)
@@ -364,7 +404,7 @@ class VectorQuantizer(FiniteInputCheck):
         return _from_map(result) if sequence else result
 
 
-class StochasticQuantizer(FiniteInputCheck):
+class StochasticQuantizer(FirstBatchInit):
     """Gaussian stochastic quantization (SQ-VAE, Takida et al., 2022).
 
     Posterior over codes P_k ∝ exp(-||z - b_k||^2 / (2 sigma^2)) with learned sigma^2.
@@ -372,6 +412,16 @@ class StochasticQuantizer(FiniteInputCheck):
     evaluation and encoding take the argmax code. Loss terms are summed over positions
     (and codes / channels) and averaged over the batch only: averaging over positions
     too makes them ~H*W times too weak, the usual cause of collapse in re-implementations.
+
+    Options (each off unless configured):
+      * ``data_init``: the first training batch seeds the codebook with its vectors (see
+        :func:`seed_vectors`), as VQ's data_init.
+      * ``var_init_from_data``: sigma^2 starts at this multiple of the first training
+        batch's variance (per channel, averaged over channels) instead of ``var_init``.
+      * ``variance='bounded'``: sigma^2 = 2 sigmoid(p) sigma_0^2 with sigma_0^2 its start,
+        so it can never exceed twice its start (unbounded, log sigma^2 learns freely).
+    The three are the recipe of a public SQ-VAE by one of the HQ-VAE authors
+    (yukara-ikemiya/minimal-sqvae: start 5x the data's variance, bounded, codebook from data).
     """
 
     def __init__(self, dim: int, codebook_size: int, cfg: QuantizerConfig | None = None,
@@ -390,14 +440,50 @@ class StochasticQuantizer(FiniteInputCheck):
         self.K, self.D, self.cfg = codebook_size, dim, cfg
         # SQ-VAE initialises its codebook with a unit Gaussian
         self.codebook = nn.Parameter(torch.randn(codebook_size, dim))
-        # the stored parameter is log sigma^2 / var_lr_scale (see log_variance)
-        self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init) / cfg.var_lr_scale))
+        self.bounded = cfg.variance == "bounded"
+        if self.bounded:
+            # sigma_0^2, the start of a bounded variance (var_init, or from the first batch);
+            # the stored parameter is p / var_lr_scale, and p = 0 is sigma_0^2
+            self.register_buffer("var_start", torch.tensor(float(cfg.var_init)))
+            self.log_var = nn.Parameter(torch.zeros(()))
+        else:
+            # the stored parameter is log sigma^2 / var_lr_scale (see log_variance)
+            self.log_var = nn.Parameter(torch.tensor(math.log(cfg.var_init) / cfg.var_lr_scale))
+        self.from_data = cfg.data_init or cfg.var_init_from_data > 0
+        if self.from_data:
+            self._register_first_batch()
         self.total_steps: int | None = None  # set_total_steps; what tau_schedule='run' spans
         self._warned_no_length = False
 
     def log_variance(self) -> torch.Tensor:
         """This layer's own log sigma^2."""
-        return self.log_var * self.cfg.var_lr_scale
+        p = self.log_var * self.cfg.var_lr_scale
+        if self.bounded:
+            return F.logsigmoid(p) + torch.log(2.0 * self.var_start)
+        return p
+
+    def seed_from(self, z: torch.Tensor) -> None:
+        """On the first training batch, take the data-dependent state (``data_init``,
+        ``var_init_from_data``) from ``z``, the input the next forward call quantizes; a
+        no-op otherwise. Forward does this itself: a caller that reads sigma^2 before the
+        forward (a residual stack's summed variance, the hierarchy's variances) calls it
+        first, so that the first step already uses the seeded sigma^2."""
+        if self._needs_seed():
+            z, _ = _to_map(z, self.D)
+            self._seed(_flatten(z.detach().float()))
+            self._seeded_now = True
+
+    def _seed_state(self, flat: torch.Tensor, finite: torch.Tensor) -> None:
+        cfg = self.cfg
+        if cfg.data_init:
+            new = _broadcast(seed_vectors(flat, self.K))
+            self.codebook.data.copy_(torch.where(finite, new, self.codebook.data))
+        if cfg.var_init_from_data > 0:
+            start = _broadcast(flat.var(0, unbiased=False).mean().clamp_min(1e-12) * cfg.var_init_from_data)
+            if self.bounded:
+                self.var_start.copy_(torch.where(finite, start, self.var_start))
+            else:
+                self.log_var.data.copy_(torch.where(finite, start.log() / cfg.var_lr_scale, self.log_var.data))
 
     def set_total_steps(self, total: int) -> None:
         """The run's length in optimizer steps, which tau_schedule='run' spans."""
@@ -451,6 +537,8 @@ class StochasticQuantizer(FiniteInputCheck):
         with torch.autocast(device_type=z.device.type, enabled=False):
             z = z.float()
             flat = _flatten(z)
+            if self._needs_seed():
+                self._seed(flat.detach())
             codebook = self.codebook.float()
             log_var = (self.log_variance() if log_var is None else log_var).float()
             precision = torch.exp(-log_var)
@@ -552,7 +640,11 @@ class ResidualQuantizer(FiniteInputCheck):
                 out = q(z - (state.detach() if i else state), step)
                 state = state + (out.z_q.detach() if i else out.z_q)
             else:
-                term = run_log_variance([d.log_variance() for d in self.depths]) if i == last and last else None
+                if i == last and last:
+                    q.seed_from(z - state)  # the summed variance below reads its sigma^2
+                    term = run_log_variance([d.log_variance() for d in self.depths])
+                else:
+                    term = None
                 out = q(z - state, step, continuous=i == last, continuous_log_var=term)
                 state = state + out.z_q
             outs.append(out)
