@@ -225,11 +225,12 @@ def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     return obj
 
 
-def from_dict(cls: type[T], data: dict | None, source: str | None = None) -> T:
-    """Build ``cls`` from a plain mapping, validating every key."""
+def from_dict(cls: type[T], data: dict | None, source: str | None = None, prefix: str = "") -> T:
+    """Build ``cls`` from a plain mapping, validating every key; errors name keys under
+    ``prefix`` (the dotted place of this section in a larger config) when given."""
     try:
-        obj = _build(cls, data or {})
-        validate(obj)
+        obj = _build(cls, data or {}, prefix)
+        validate(obj, prefix)
     except ConfigError as err:
         where = f"{source}: " if source else ""
         raise ConfigError(f"{where}{err}") from None

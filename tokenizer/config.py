@@ -228,10 +228,20 @@ class ModelConfig:
     # then living in codebook space (one codebook_dim for every layer). The SQ presets with
     # injected layers set add (SQ_INJECTED below)
     injection: Literal["concat", "add"] = "concat"
+    # the encoder / decoder network (tokenizer/nets): 'conv', the small stack sized by the
+    # keys above (quickstart and CPU benchmarks), or 'vqgan', the scalable network of the
+    # VQGAN family for 256 px and above; a registered network's own keys go in net_options
+    net: str = "conv"
+    net_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.layers:
             raise ConfigError("layers: at least one layer is required (or set `preset`)")
+        # imported here: the registry imports the networks, and with them torch, which
+        # loading and checking a config does not otherwise need
+        from tokenizer.nets.registry import net_options
+
+        net_options(self.net, self.net_options, [la.factor for la in self.layers])
         if self.channels < 1 or self.res_channels < 1 or self.res_blocks < 0:
             raise ConfigError("channels/res_channels must be >= 1 and res_blocks >= 0")
         for name, cap in (("channels", 4096), ("res_channels", 4096), ("res_blocks", 64)):

@@ -1,15 +1,22 @@
-"""2-D convolutional building blocks: residual blocks, the bottom-up encoder, the decoder.
+"""The small convolutional network (``model.net: conv``, the default): residual blocks, the
+bottom-up encoder, the decoder.
 
 Shapes follow the small reference networks of VQ-VAE-2 and SQ-VAE: stride-2 4x4 convs
 down, a 3x3 conv, residual blocks (conv3x3 -> conv1x1 bottleneck); transposed 4x4 convs up.
+Its sizes are the model section's own keys (channels, res_blocks, res_channels, norm); the
+hierarchy's glue (tokenizer/model.py) uses its residual stack and upsampler on every network.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from tokenizer.nets.checkpointing import Checkpointed
+from tokenizer.nets.registry import register_net
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -68,7 +75,7 @@ def upsampler(c_in: int, c_out: int, factor: int, mid: int | None = None) -> nn.
     return nn.Sequential(*layers)
 
 
-class Encoder(nn.Module):
+class Encoder(Checkpointed):
     """Bottom-up path: features at every factor the hierarchy needs (finest first)."""
 
     def __init__(
@@ -92,12 +99,12 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         feats = {}
         for f, stage in zip(self.factors, self.stages):
-            x = stage(x)
+            x = self.run(stage, x)
             feats[f] = x
         return feats
 
 
-class Decoder(nn.Module):
+class Decoder(Checkpointed):
     """Top-down state H_L -> reconstruction (linear output: data lives in [-1, 1])."""
 
     def __init__(
@@ -112,4 +119,18 @@ class Decoder(nn.Module):
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.net(h)
+        return self.run(self.net, h)
+
+
+@dataclass
+class ConvOptions:
+    """No options of its own: model.channels, res_blocks, res_channels and norm size it."""
+
+
+@register_net("conv", ConvOptions)
+def build_conv(cfg, options: ConvOptions, in_channels: int, factors: list[int], state_channels: int):
+    """Small conv stack of VQ-VAE-2 / SQ-VAE: stride-2 convs, bottleneck residual blocks, no normalisation or attention."""
+    encoder = Encoder(in_channels, cfg.channels, cfg.res_channels, cfg.res_blocks, factors, cfg.norm)
+    decoder = Decoder(state_channels, in_channels, cfg.channels, cfg.res_channels, cfg.res_blocks,
+                      factors[-1], cfg.norm)
+    return encoder, decoder
