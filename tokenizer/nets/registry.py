@@ -22,8 +22,9 @@ networks themselves register when :mod:`tokenizer.nets` is imported.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from engine.config import ConfigError, from_dict
 
