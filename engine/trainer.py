@@ -38,7 +38,6 @@ from engine.streams import StreamBatches, is_stream
 from engine.tracking import MetricsLog, Tracking
 from engine.train_config import TrainConfig
 
-
 # Above this many rows an epoch's order is computed index by index instead of as one
 # randperm: a dataset's declared size (the generated `shapes` / `tones` take any
 # data.num_train) must not cost 8 bytes a row before the first step. Sets up to this size

@@ -109,13 +109,16 @@ def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradien
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     calls = {}
     for name, model in (("plain", plain), ("recomputing", recomputing)):
-        count = [0]
+        calls[name] = 0
+
+        def counted(*_, name=name):
+            calls[name] += 1
+
         blocks = [m for m in model.encoder.modules() if type(m).__name__ in ("ResBlock", "ResnetBlock")]
-        handles = [b.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1)) for b in blocks]
+        handles = [b.register_forward_pre_hook(counted) for b in blocks]
         model(x)["loss"].backward()
         for h in handles:
             h.remove()
-        calls[name] = count[0]
     assert calls["recomputing"] == 2 * calls["plain"] > 0  # each block ran again in backward
     grads = dict(recomputing.named_parameters())
     for n, p in plain.named_parameters():
