@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 from engine.config import ConfigError, load_config
 from engine.train_config import TrainConfig
+from tokenizer.losses.config import LossConfig
 from tokenizer.quantizer_config import (  # noqa: F401 -- re-exported: the config's public names
     CODEBOOK_DIM_RANGE,
     CODEBOOK_SIZE_RANGE,
@@ -266,9 +267,13 @@ class TokenizerConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # optional perceptual / adversarial terms
 
     def validate(self) -> None:
         c, h, w = self.data.shape
+        if self.loss.perceptual.weight > 0 and self.data.resolved_modality == "audio":
+            raise ConfigError("loss.perceptual.weight: LPIPS compares images (an ImageNet VGG16's "
+                              "features); the data here is audio")
         for i, layer in enumerate(self.model.layers):
             if h % layer.factor or w % layer.factor:
                 raise ConfigError(

@@ -213,7 +213,15 @@ class HQVAE(nn.Module):
         """Training objective and its parts (all scalars; 'loss' is what is minimised).
 
         It is ``forward`` so that data-parallel wrappers see the call."""
-        out = self.run(x, step)
+        return self.objective(x, self.run(x, step))
+
+    def objective(self, x: torch.Tensor, out: ForwardOutput,
+                  extra_distortion: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The objective of the pass ``out`` on ``x``. ``extra_distortion`` (a scalar on the
+        per-element scale of the MSE, e.g. a weighted perceptual distance) joins the MSE in
+        the distortion the decoder's likelihood measures: the SQ objective then takes the log
+        of their sum, so the extra term is balanced against the pixels by the same learned
+        (ML) decoder variance instead of a hand-set ratio."""
         recon = out.recon.float()
         b = x.shape[0]
         sq_err = (recon - x.float()).pow(2)
@@ -223,9 +231,12 @@ class HQVAE(nn.Module):
             # Gaussian decoder with its variance at the ML value (SQ-VAE's ARELBO form):
             # (D_x / 2) * log(sum_batch ||x - x_hat||^2 / B)
             d_x = x[0].numel()
-            rec = 0.5 * d_x * torch.log(sq_err.sum() / b)
+            distortion = sq_err.sum() / b
+            if extra_distortion is not None:
+                distortion = distortion + d_x * extra_distortion
+            rec = 0.5 * d_x * torch.log(distortion)
         else:
-            rec = mse
+            rec = mse if extra_distortion is None else mse + extra_distortion
         total = rec
         for i, q in enumerate(out.quant):
             for name, value in q.losses.items():

@@ -121,6 +121,10 @@ class Decoder(Checkpointed):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.run(self.net, h)
 
+    def last_weight(self) -> nn.Parameter:
+        """The output layer's weight (where the adaptive adversarial weight compares gradients)."""
+        return self.net[-1][-1].weight
+
 
 @dataclass
 class ConvOptions:

@@ -12,7 +12,8 @@ with ``model.channels`` channels} for every factor in ``factors`` (the code grid
 hierarchy, coarse to fine), and a decoder mapping the top-down state (B, state_channels,
 H / f, W / f) at the finest factor f back to (B, C, H, W); both derive from
 :class:`tokenizer.nets.checkpointing.Checkpointed` so that gradient checkpointing reaches
-them. The hierarchy (tokenizer/model.py)
+them, and the decoder's ``last_weight()`` returns its output layer's weight (the adaptive
+adversarial weight compares gradients there). The hierarchy (tokenizer/model.py)
 is the same on every network, so every preset runs on each.
 
 This module does not import torch, so a config can be loaded and checked without it; the

@@ -228,6 +228,10 @@ class VQGANDecoder(Checkpointed):
                 x = self.up[i](x)
         return self.head(x)
 
+    def last_weight(self) -> nn.Parameter:
+        """The output layer's weight (where the adaptive adversarial weight compares gradients)."""
+        return self.head[-1].weight
+
 
 @register_net("vqgan", VQGANOptions)
 def build_vqgan(cfg, options: VQGANOptions, in_channels: int, factors: list[int], state_channels: int):

@@ -1,0 +1,190 @@
+"""The tokenizer's optional losses (tokenizer/losses): LPIPS, the PatchGAN discriminator, the
+adversarial losses and adaptive weight, and the objective that trains both players.
+
+The LPIPS tests that need a backbone use a randomly initialised VGG16 (random_vgg16_state):
+they test the plumbing (loading, shapes, gradients, what is stored), not the distance's
+calibration, which needs the ImageNet weights this test suite does not download."""
+
+import importlib.util
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tokenizer.losses.objective as objective_module
+from engine.config import ConfigError
+from tokenizer.config import load_tokenizer_config
+from tokenizer.losses import (
+    LPIPS,
+    PatchDiscriminator,
+    TokenizerObjective,
+    adaptive_weight,
+    discriminator_loss,
+    generator_loss,
+    load_lpips,
+    random_vgg16_state,
+)
+from tokenizer.losses.perceptual import BLOCK_WIDTHS
+from tokenizer.model import HQVAE
+
+
+def random_heads(seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for i, c in enumerate(BLOCK_WIDTHS)}
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    return LPIPS(random_vgg16_state(), random_heads())  # random backbone: plumbing only
+
+
+def test_lpips_is_zero_for_equal_images_positive_otherwise_and_has_gradients(lpips):
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    assert torch.allclose(lpips(x, x), torch.zeros(2), atol=1e-6)
+    d = lpips(x, y)
+    assert d.shape == (2,) and (d > 0).all()
+    torch.testing.assert_close(d, lpips(y, x), rtol=1e-5, atol=1e-7)
+    d.sum().backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    grey = lpips(x[:, :1], y[:, :1].detach())  # grey images are compared as RGB
+    assert grey.shape == (2,) and (grey > 0).all()
+
+
+def test_lpips_trains_nothing_and_stays_out_of_checkpoints(lpips):
+    assert not list(lpips.parameters())
+    assert lpips.state_dict() == {}
+    assert lpips.to(torch.float64).w0.dtype == torch.float64  # moves with .to()
+    lpips.float()
+
+
+def test_lpips_loads_from_configured_files_in_either_format(tmp_path):
+    torch.save(random_vgg16_state(), tmp_path / "vgg.pth")
+    save_file(random_vgg16_state(), str(tmp_path / "vgg.safetensors"))
+    torch.save(random_heads(), tmp_path / "heads.pth")
+    x, y = torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16) * 0.5
+    a = load_lpips(str(tmp_path / "vgg.pth"), str(tmp_path / "heads.pth"))(x, y)
+    b = load_lpips(str(tmp_path / "vgg.safetensors"), str(tmp_path / "heads.pth"))(x, y)
+    torch.testing.assert_close(a, b)
+
+
+def test_missing_lpips_weights_are_refused_naming_the_key_and_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch.save(random_heads(), tmp_path / "heads.pth")
+    with pytest.raises(ConfigError, match=r"^loss.perceptual.vgg_path: VGG16 weights not found; looked for "
+                                          rf"{tmp_path}/hub/checkpoints/vgg16-397923af.pth; set loss.perceptual.vgg_path"):
+        load_lpips(None, str(tmp_path / "heads.pth"))
+    with pytest.raises(ConfigError, match=rf"^loss.perceptual.vgg_path: VGG16 weights not found at {tmp_path}/nope.pth"):
+        load_lpips(str(tmp_path / "nope.pth"), str(tmp_path / "heads.pth"))
+    bad = random_vgg16_state()
+    del bad["features.28.weight"]
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match=r"features.28 missing or not of shape \(512, 512, 3, 3\)"):
+        load_lpips(str(tmp_path / "bad.pth"), str(tmp_path / "heads.pth"))
+
+
+def test_the_lpips_package_heads_load_when_installed(tmp_path):
+    if importlib.util.find_spec("lpips") is None:  # located, not imported: it imports torchvision
+        pytest.skip("the lpips package (which ships the linear heads) is not installed")
+    torch.save(random_vgg16_state(), tmp_path / "vgg.pth")
+    net = load_lpips(str(tmp_path / "vgg.pth"))
+    assert (net.head0 >= 0).all() and net.head4.shape == (1, 512, 1, 1)
+
+
+def test_patch_discriminator_gives_a_logit_per_patch():
+    d = PatchDiscriminator(3, channels=8, layers=3)
+    assert d(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)
+    assert PatchDiscriminator(1, channels=8, layers=2, norm="group")(torch.randn(2, 1, 64, 64)).shape == (2, 1, 14, 14)
+
+
+def test_adversarial_losses_take_their_textbook_values():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    # hinge: (mean(relu(1 - real)) + mean(relu(1 + fake))) / 2 = (0.25 + 0.75) / 2
+    assert float(discriminator_loss(real, fake, "hinge")) == pytest.approx(0.5)
+    assert float(generator_loss(fake, "hinge")) == pytest.approx(0.75)
+    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    assert float(discriminator_loss(real, fake, "non_saturating")) == pytest.approx(
+        0.5 * ((sp(-2) + sp(-0.5)) / 2 + (sp(-2) + sp(0.5)) / 2), rel=1e-6)
+    assert float(generator_loss(fake, "non_saturating")) == pytest.approx((sp(2) + sp(-0.5)) / 2, rel=1e-6)
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms_at_the_last_layer():
+    w = torch.nn.Parameter(torch.ones(3))
+    a, b = torch.tensor([3.0, 0.0, 4.0]), torch.tensor([0.0, 1.0, 0.0])
+    weight = adaptive_weight((w * a).sum(), (w * b).sum(), w)
+    assert float(weight) == pytest.approx(5.0 / (1.0 + 1e-4))
+    assert float(adaptive_weight((w * a).sum(), (w * b * 1e-9).sum(), w, max_weight=10.0)) == 10.0
+
+
+def tiny_objective(preset: str, **adv) -> tuple[TokenizerObjective, torch.Tensor]:
+    cfg = load_tokenizer_config(None, [
+        f"model.preset={preset}", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
+        "model.layers.0.codebook_size=32", "data.image_size=16", "loss.adversarial.weight=0.5",
+        "loss.adversarial.channels=8", "loss.adversarial.layers=2", "loss.perceptual.weight=0.1",
+        *[f"loss.adversarial.{k}={v}" for k, v in adv.items()]])
+    torch.manual_seed(0)
+    model = HQVAE(cfg.model, cfg.data.shape)
+    obj = TokenizerObjective(model, cfg.loss, 3, LPIPS(random_vgg16_state(), random_heads())).train()
+    return obj, torch.rand(4, 3, 16, 16) * 2 - 1
+
+
+def _grads(obj, x, part) -> list[torch.Tensor]:
+    obj.zero_grad()
+    torch.manual_seed(5)
+    obj(x, step=10)["loss"].backward()
+    return [p.grad.clone() for p in part.parameters()]
+
+
+@pytest.mark.parametrize("preset", ["vqvae", "sqvae2"])
+def test_each_player_gets_the_gradient_of_its_own_loss_only(preset, monkeypatch):
+    """One backward serves both: scaling the discriminator's loss changes no tokenizer
+    gradient, and scaling the generator's adversarial loss changes no discriminator one."""
+    obj, x = tiny_objective(preset, adaptive_weight="false")
+    model_grads, disc_grads = _grads(obj, x, obj.model), _grads(obj, x, obj.discriminator)
+    state = {k: v.clone() for k, v in obj.state_dict().items()}  # BatchNorm statistics move per call
+    scaled = objective_module.discriminator_loss
+    monkeypatch.setattr(objective_module, "discriminator_loss", lambda *a: 1000 * scaled(*a))
+    obj.load_state_dict(state)
+    for a, b in zip(_grads(obj, x, obj.model), model_grads):
+        torch.testing.assert_close(a, b)
+    monkeypatch.setattr(objective_module, "discriminator_loss", scaled)
+    g = objective_module.generator_loss
+    monkeypatch.setattr(objective_module, "generator_loss", lambda *a: 1000 * g(*a))
+    obj.load_state_dict(state)
+    for a, b in zip(_grads(obj, x, obj.discriminator), disc_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_before_its_start_step_the_adversarial_game_weighs_nothing():
+    obj, x = tiny_objective("vqvae", start_step=100)
+    terms = obj(x, step=99)
+    assert float(terms["adv/weight"]) == 0.0
+    plain = obj.model.objective(x, obj.model.run(x), obj.cfg.perceptual.weight * obj.perceptual(
+        obj.model.run(x).recon, x).mean())
+    assert float(terms["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
+    terms = obj(x, step=100)
+    assert float(terms["adv/weight"]) > 0
+
+
+def test_perceptual_distance_joins_the_distortion_inside_the_sq_log_likelihood():
+    obj, x = tiny_objective("sqvae")
+    obj.eval()
+    with torch.no_grad():
+        out = obj.model.run(x)
+        lp = obj.perceptual(out.recon, x).mean()
+        terms = obj.model.objective(x, out, 0.1 * lp)
+        d_x = x[0].numel()
+        sq = (out.recon - x).pow(2).sum() / x.shape[0]
+        assert float(terms["recon"]) == pytest.approx(float(0.5 * d_x * torch.log(sq + d_x * 0.1 * lp)), rel=1e-6)
+
+
+def test_the_loss_settings_are_checked_at_load():
+    with pytest.raises(ConfigError, match=r"loss.perceptual.weight: LPIPS compares images"):
+        load_tokenizer_config(None, ["model.preset=vqvae", "data.source=tones", "loss.perceptual.weight=1"])
+    with pytest.raises(ConfigError, match=r"loss.adversarial.loss: 'wasserstein' is not one of"):
+        load_tokenizer_config(None, ["model.preset=vqvae", "loss.adversarial.loss=wasserstein"])
+    with pytest.raises(ConfigError, match=r"loss.adversarial.start_step: must be >= 0"):
+        load_tokenizer_config(None, ["model.preset=vqvae", "loss.adversarial.start_step=-1"])

@@ -1,0 +1,94 @@
+"""The tokenizer's training objective with the optional perceptual and adversarial terms.
+
+:class:`TokenizerObjective` is what the trainer trains when ``loss.*`` turns either on; the
+tokenizer itself (its ``model``) is what is exported. One backward pass serves both
+players: the generator's adversarial term reads the discriminator through detached
+parameters (its gradient reaches the tokenizer only) and the discriminator's loss reads
+detached reconstructions (its gradient reaches the discriminator only), so one optimizer
+with a parameter group per player, one gradient accumulation, one ``train.nan_policy``
+and one checkpoint cover both, and a resumed run continues both exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from tokenizer.losses.adversarial import (
+    PatchDiscriminator,
+    adaptive_weight,
+    discriminator_loss,
+    generator_loss,
+)
+from tokenizer.losses.config import LossConfig
+from tokenizer.losses.perceptual import LPIPS
+
+
+class TokenizerObjective(nn.Module):
+    def __init__(self, model: nn.Module, cfg: LossConfig, in_channels: int, lpips: Optional[LPIPS] = None):
+        super().__init__()
+        if cfg.perceptual.weight > 0 and lpips is None:
+            raise ValueError("loss.perceptual.weight > 0 needs the LPIPS network (tokenizer.losses.load_lpips)")
+        self.model, self.cfg = model, cfg
+        self.perceptual = lpips if cfg.perceptual.weight > 0 else None
+        adv = cfg.adversarial
+        self.discriminator = (PatchDiscriminator(in_channels, adv.channels, adv.layers, adv.norm)
+                              if adv.weight > 0 else None)
+
+    def forward(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
+        out = self.model.run(x, step)
+        extra = None
+        if self.perceptual is not None:
+            distance = self.perceptual(out.recon, x).mean()
+            extra = self.cfg.perceptual.weight * distance
+        terms = self.model.objective(x, out, extra)
+        if self.perceptual is not None:
+            terms["lpips"] = distance.detach()
+        if self.discriminator is not None:
+            terms.update(self._adversarial(x, out.recon, terms, int(step)))
+        return terms
+
+    def _adversarial(self, x: torch.Tensor, recon: torch.Tensor, terms: dict, step: int) -> dict[str, torch.Tensor]:
+        adv = self.cfg.adversarial
+        # before start_step both terms are computed and weighted 0: every parameter takes
+        # part in every step, as data-parallel training requires
+        on = 1.0 if step >= adv.start_step else 0.0
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        g_loss = generator_loss(functional_call(self.discriminator, frozen, (recon,)), adv.loss)
+        weight = torch.ones((), device=x.device)
+        if adv.adaptive_weight and on and torch.is_grad_enabled() and self.training:
+            # the quantizer terms do not reach the decoder's last layer: the gradient of the
+            # whole objective there is the reconstruction term's
+            weight = adaptive_weight(terms["loss"], g_loss, self.model.decoder.last_weight(),
+                                     adv.max_adaptive_weight)
+        d_loss = discriminator_loss(self.discriminator(x.detach()), self.discriminator(recon.detach()), adv.loss)
+        terms["loss"] = terms["loss"] + on * adv.weight * weight * g_loss + on * d_loss
+        return {"adv/generator": g_loss.detach(), "adv/discriminator": d_loss.detach(),
+                "adv/weight": weight.detach() * adv.weight * on}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """The optimizer's parameter groups: the tokenizer's, then the discriminator's with
+        its own learning rate and Adam betas (and its own schedule, see ``schedules``)."""
+        groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+        if self.discriminator is not None:
+            adv = self.cfg.adversarial
+            groups.append({"params": list(self.discriminator.parameters()), "lr": adv.lr or lr,
+                           "betas": (adv.beta1, adv.beta2), "weight_decay": 0.0})
+        return groups
+
+    def schedules(self, tokenizer_schedule):
+        """One learning-rate multiplier function per parameter group."""
+        if self.discriminator is None:
+            return [tokenizer_schedule]
+        same = self.cfg.adversarial.schedule == "same"
+        return [tokenizer_schedule, tokenizer_schedule if same else (lambda step: 1.0)]
+
+    # what the trainer asks of the model it trains, passed on to the tokenizer
+    def set_total_steps(self, total: int) -> None:
+        self.model.set_total_steps(total)
+
+    def train_stats(self, step: int) -> dict[str, float]:
+        return self.model.train_stats(step)
