@@ -188,3 +188,27 @@ def test_the_loss_settings_are_checked_at_load():
         load_tokenizer_config(None, ["model.preset=vqvae", "loss.adversarial.loss=wasserstein"])
     with pytest.raises(ConfigError, match=r"loss.adversarial.start_step: must be >= 0"):
         load_tokenizer_config(None, ["model.preset=vqvae", "loss.adversarial.start_step=-1"])
+
+
+def test_the_evaluation_reports_lpips_when_its_weights_are_there(tmp_path, monkeypatch):
+    """With the weights named (random ones here: plumbing only) the images' mean LPIPS is
+    reported; with none named and none cached, the metric is left out."""
+    from tokenizer.data import ShapesDataset
+    from tokenizer.evaluate import available_lpips, evaluate_tokenizer
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch.save(random_vgg16_state(), tmp_path / "vgg.pth")
+    torch.save(random_heads(), tmp_path / "heads.pth")
+    base = ["model.preset=vqvae", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
+            "data.image_size=16"]
+    cfg = load_tokenizer_config(None, base)
+    assert available_lpips(cfg) is None or importlib.util.find_spec("lpips") is None
+    cfg = load_tokenizer_config(None, [*base, f"loss.perceptual.vgg_path={tmp_path}/vgg.pth",
+                                       f"loss.perceptual.heads_path={tmp_path}/heads.pth"])
+    torch.manual_seed(0)
+    model = HQVAE(cfg.model, cfg.data.shape)
+    data = ShapesDataset(4, 16, 3, 0, "test")
+    m = evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2, lpips=available_lpips(cfg))
+    assert m["lpips"] > 0
+    assert "lpips" not in evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2)

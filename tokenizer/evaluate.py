@@ -27,9 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from engine.config import ConfigError
 from engine.files import write_text_atomic
 from engine.subsets import spread_indices
 from tokenizer.config import TokenizerConfig
+from tokenizer.losses.perceptual import load_lpips
 from tokenizer.media import save_grid, spectrogram_rows
 from tokenizer.model import HQVAE
 from tokenizer.quantizers import perplexity
@@ -48,9 +50,10 @@ class _ErrorMeter:
     """Accumulates squared error (and, for audio, per-frame log-spectral distance; with
     ``with_ssim``, the per-image SSIM of images)."""
 
-    def __init__(self, with_ssim: bool = False):
+    def __init__(self, with_ssim: bool = False, lpips: Optional[torch.nn.Module] = None):
         self.sq, self.n, self.lsd, self.frames = 0.0, 0, 0.0, 0
         self.with_ssim, self.ssim_sum, self.images = with_ssim, 0.0, 0
+        self.lpips, self.lpips_sum, self.lpips_images = lpips, 0.0, 0
 
     def add(self, x: torch.Tensor, y: torch.Tensor, db_per_unit: float | None) -> None:
         x, y = x.float(), y.float().clamp(-1, 1)
@@ -61,6 +64,10 @@ class _ErrorMeter:
             s = ssim((x + 1) * 127.5, (y + 1) * 127.5, data_range=255.0)
             self.ssim_sum += float(s.sum())
             self.images += s.numel()
+        if self.lpips is not None:
+            d_lpips = self.lpips(x, y)
+            self.lpips_sum += float(d_lpips.sum())
+            self.lpips_images += d_lpips.numel()
         if db_per_unit is not None:  # spectrogram images (B, 1, F, T): LSD per frame
             per_frame = (d * db_per_unit).pow(2).mean(dim=-2).sqrt()
             self.lsd += float(per_frame.sum())
@@ -81,6 +88,8 @@ def _report(meter: _ErrorMeter, modality: str) -> dict[str, float]:
         out = {"rmse": rmse, "psnr": 20 * math.log10(255.0 / max(rmse, 1e-8))}
         if meter.images:
             out["ssim"] = meter.ssim_sum / meter.images
+        if meter.lpips_images:
+            out["lpips"] = meter.lpips_sum / meter.lpips_images
         return out
     out = {"rmse": math.sqrt(meter.mse), "psnr": 20 * math.log10(2.0 / max(math.sqrt(meter.mse), 1e-8))}
     if meter.frames:
@@ -99,6 +108,7 @@ def evaluate_tokenizer(
     layer_collapse: bool = True,
     seed: int = 0,
     progress: bool = False,
+    lpips: Optional[torch.nn.Module] = None,
 ) -> dict:
     """Metrics of ``model`` on ``dataset`` (items {"x": (C,H,W) in [-1,1], ...}).
 
@@ -107,7 +117,8 @@ def evaluate_tokenizer(
     (peak 255) with ``ssim``, the mean over images of SSIM (Wang et al. 2004, on the 0-255
     range, averaged over channels); audio reports them in normalised spectrogram units
     (peak 2, the width of [-1, 1]) with ``lsd_db``. ``db_range`` (db_max - db_min) turns
-    spectrogram errors into dB for LSD.
+    spectrogram errors into dB for LSD. With ``lpips`` (a :class:`tokenizer.losses.LPIPS`)
+    images also report ``lpips``, the mean over images of that perceptual distance.
     """
     was = model.training
     model.eval()
@@ -116,7 +127,7 @@ def evaluate_tokenizer(
     n_layers = len(model.layers)
     hists = [torch.zeros(k, dtype=torch.float64) for k in model.codebook_sizes]
     entropy = [0.0] * n_layers  # SQ: summed posterior entropy (nats) over positions
-    full = _ErrorMeter(with_ssim=modality == "image")
+    full = _ErrorMeter(with_ssim=modality == "image", lpips=lpips.to(device) if modality == "image" and lpips else None)
     loader = _loader(dataset, max_examples, batch_size)
     for batch in tqdm(loader, desc="eval: encode", disable=not progress, leave=False):
         x = batch["x"].to(device)
@@ -218,6 +229,19 @@ def write_reconstructions(
     return written
 
 
+def available_lpips(cfg: TokenizerConfig) -> Optional[torch.nn.Module]:
+    """LPIPS for the evaluation when its weights are at hand: the files loss.perceptual
+    names (an error if named and absent) or, none named, the local caches (skipped quietly
+    when empty: the metric is reported where the weights are present)."""
+    p = cfg.loss.perceptual
+    try:
+        return load_lpips(p.vgg_path, p.heads_path)
+    except ConfigError:
+        if p.vgg_path is not None or p.heads_path is not None:
+            raise
+        return None
+
+
 def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset: Dataset, out_dir: Path, progress: bool = True,
                    extra: Optional[Callable[[], dict]] = None) -> dict:
     """Metrics of the tokenizer ``tok`` on ``dataset`` (the eval split), written with its
@@ -228,6 +252,7 @@ def run_evaluation(tok: Tokenizer, cfg: TokenizerConfig, dataset: Dataset, out_d
     metrics = evaluate_tokenizer(
         tok.model, dataset, modality=modality, max_examples=cfg.eval.max_examples,
         batch_size=cfg.eval.batch_size, db_range=audio.db_max - audio.db_min, progress=progress,
+        lpips=available_lpips(cfg) if modality == "image" else None,
     )
     if extra is not None:
         metrics.update(extra())
