@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ConfigError
+from engine.registry import register_entry
 
 if TYPE_CHECKING:
     from prior.config import LevelModelConfig
@@ -53,10 +54,7 @@ BACKBONES: dict[str, Backbone] = {}
 
 def register(backbone: Backbone) -> Backbone:
     """Make ``backbone`` available as ``model.arch: <backbone.name>``."""
-    if backbone.name in BACKBONES:
-        raise ValueError(f"arch: a backbone named {backbone.name!r} is already registered")
-    BACKBONES[backbone.name] = backbone
-    return backbone
+    return register_entry(BACKBONES, backbone, "arch")
 
 
 def get_backbone(name: str) -> Backbone:

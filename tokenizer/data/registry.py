@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from torch.utils.data import Dataset
 
+from engine.registry import register_entry
 from tokenizer.config import DataConfig
 from tokenizer.data.procedural import ShapesDataset, TonesDataset
 from tokenizer.data.sources import (
@@ -64,10 +65,7 @@ SOURCES: dict[str, DataSource] = {}
 
 def register(source: DataSource) -> DataSource:
     """Make ``source`` available as ``data.source: <source.name>``."""
-    if source.name in SOURCES:
-        raise ValueError(f"data.source: a source named {source.name!r} is already registered")
-    SOURCES[source.name] = source
-    return source
+    return register_entry(SOURCES, source, "data.source")
 
 
 def source_entry(name: str) -> DataSource:
