@@ -107,7 +107,9 @@ def main() -> int:
     p.add_argument("--tokenizers", nargs="+", default=DEFAULT_TOKENIZERS, help="tokenizer run dirs")
     p.add_argument("--cifar", default="../shared/data/cifar10")
     p.add_argument("--fsdd", default="../shared/data/fsdd")
-    p.add_argument("--arch", default="gpt2", choices=["gpt2", "llama"])
+    from prior.backbones import BACKBONES
+
+    p.add_argument("--arch", default="gpt2", choices=sorted(BACKBONES))
     p.add_argument("--n-layer", type=int, default=3)
     p.add_argument("--n-embd", type=int, default=128)
     p.add_argument("--n-head", type=int, default=4)

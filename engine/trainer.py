@@ -8,13 +8,13 @@ evaluation/statistics callbacks. A model
 with a ``set_total_steps(n)`` method is told the run's length before its first step.
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic
 evaluation, checkpoints, resume (engine/resume.py), progress, JSON-lines metrics and the
-live trackers of ``train.report_to`` (engine/tracking.py) -- lives here, once.
+live trackers of ``train.report_to`` (engine/tracking.py) -- lives here, once: the loop in
+this module, its parts beside it (engine/epoch_order.py, engine/optim.py,
+engine/train_forward.py, engine/nonfinite.py, engine/step_metrics.py, engine/cadence.py).
 """
 
-from __future__ import annotations
 
 import itertools
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -26,88 +26,27 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, gather_object, set_seed
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from engine.checkpoint import CKPT_RE, clean_stale, rng_state, save_checkpoint
+from engine.cadence import due, run_evaluation, stop_requested
+from engine.checkpoint import clean_stale, rng_state, save_checkpoint
 from engine.distributed import use_cpu
-from engine.resume import CheckpointMismatchError as CheckpointMismatchError  # also importable here
+
+# the loop's parts live in their own modules; the names callers import from here stay here
+from engine.epoch_order import MAX_MATERIALISED_PERMUTATION as MAX_MATERIALISED_PERMUTATION
+from engine.epoch_order import EpochSampler
+from engine.nonfinite import NonFiniteGuard
+from engine.nonfinite import NonFiniteLossError as NonFiniteLossError
+from engine.optim import build_optimizer
+from engine.resume import CheckpointMismatchError as CheckpointMismatchError
 from engine.resume import resume
 from engine.signals import StopSignals, TrainingInterrupted
+from engine.step_metrics import BadExampleCount, LossWindow
 from engine.streams import StreamBatches, is_stream
 from engine.tracking import MetricsLog, Tracking
 from engine.train_config import TrainConfig
-
-# Above this many rows an epoch's order is computed index by index instead of as one
-# randperm: a dataset's declared size (the generated `shapes` / `tones` take any
-# data.num_train) must not cost 8 bytes a row before the first step. Sets up to this size
-# keep randperm's order.
-MAX_MATERIALISED_PERMUTATION = 2**24
-_M64 = 2**64 - 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64's finaliser: a well-spread 64-bit hash of ``x``."""
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _lazy_permutation(n: int, g: torch.Generator, limit: int):
-    """The first ``limit`` entries of a pseudo-random permutation of range(n), seeded by
-    ``g``, in constant memory: a 4-round Feistel network is a bijection of the 2^(2h)
-    integers of 2h bits, and cycle-walking (applying it again until the value falls below
-    n) restricts it to a bijection of range(n)."""
-    half = max(1, ((n - 1).bit_length() + 1) // 2)
-    mask = (1 << half) - 1
-    keys = torch.randint(0, 2**62, (4,), generator=g).tolist()
-    for i in range(limit):
-        x = i
-        while True:
-            left, right = x >> half, x & mask
-            for key in keys:
-                left, right = right, left ^ (_mix64(right ^ key) & mask)
-            x = (left << half) | right
-            if x < n:
-                break
-        yield x
-
-
-class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch: the data order is a function of (seed, epoch),
-    so a resumed run sees exactly the batches the uninterrupted run would have seen."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-        # how many of the epoch's rows to hand out: the loop cuts an epoch to the batches it
-        # trains on, so no loader (nor accelerate's one-batch look-ahead) reads a row it
-        # would not use; the order of those it does use stays the full epoch's
-        self.limit = n
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.n > MAX_MATERIALISED_PERMUTATION:
-            return _lazy_permutation(self.n, g, self.limit)
-        return iter(torch.randperm(self.n, generator=g)[: self.limit].tolist())
-
-    def __len__(self) -> int:
-        return self.limit
-
-
-def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        span = max(1, total_steps - cfg.warmup_steps)
-        progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
+from engine.train_forward import TrainForward
 
 
 @dataclass
@@ -127,9 +66,6 @@ class TrainResult:
     processes: int = 1  # data-parallel processes that trained together
 
 
-class NonFiniteLossError(ValueError):
-    """Training stopped on a NaN / inf loss (train.nan_policy='stop'). A ValueError, so the
-    CLI reports it as an error line (exit status 2), not a traceback."""
 
 
 class CheckpointWriteError(ValueError):
@@ -182,169 +118,14 @@ def _micro_batch(cfg: TrainConfig, world: int, n: Optional[int]) -> int:
     return micro // world
 
 
-class _Forward:
-    """The training forward of one micro-batch, under autocast.
-
-    train.compile: only this forward goes through the compiled wrapper; the prepared model
-    (accumulate, clipping, train/eval) and the unwrapped one (checkpoints, evaluation, the
-    caller's save) stay the plain modules, so saved keys carry no ``_orig_mod.`` prefix."""
-
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, accelerator: Accelerator,
-                 batch_key: str | None):
-        self.cfg, self.accelerator, self.batch_key = cfg, accelerator, batch_key
-        if cfg.compile:
-            # the compiled entries of earlier runs in this process (prior levels share
-            # LevelPrior.forward) count against dynamo's recompile limit (8 per function);
-            # past it training silently runs eager
-            torch.compiler.reset()
-        self.module = torch.compile(model, mode=cfg.compile_mode) if cfg.compile else model
-        # under compile the step is a device tensor refilled each step: a Python int would
-        # be a graph constant (the SQ temperature depends on it), a new tensor a host-to-
-        # device copy, and a CPU tensor would keep CUDA graphs from being used
-        self.step = torch.zeros((), dtype=torch.long, device=accelerator.device) if cfg.compile else None
-
-    def __call__(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        with self.accelerator.autocast():
-            inputs = batch[self.batch_key] if self.batch_key else batch
-            if self.cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            if self.step is None:
-                return self.module(inputs, step=step)
-            self.step.fill_(step)
-            return self.module(inputs, step=self.step)
-
-
-class _NonFinite:
-    """train.nan_policy (docs/reliability.md, "Numerical faults").
-
-    'stop' adds no per-step host sync: the first bad step is recorded on the device and
-    read where the loop syncs anyway (log lines, evaluations, checkpoints, the end); steps
-    after it may run, but nothing of theirs is checkpointed, evaluated or logged. 'skip'
-    must withhold the very update, so it reads each loss on the host (one sync per
-    micro-batch, only under that policy) and puts the buffers back."""
-
-    def __init__(self, policy: str, accelerator: Accelerator, skipped: int, bar: tqdm):
-        self.policy, self.accelerator, self.bar = policy, accelerator, bar
-        self.bad_step = torch.full((), -1, dtype=torch.long, device=accelerator.device)
-        self.skipped = skipped  # optimizer steps withheld so far, over the whole run
-        self.window_ok = True  # 'skip': every micro-batch of this optimizer step was finite
-        self.saved_buffers: list[torch.Tensor] | None = None
-
-    def start_micro_batch(self, model: torch.nn.Module) -> None:
-        if self.policy == "skip" and self.saved_buffers is None:
-            # the forward pass updates buffers (EMA codebooks, BatchNorm statistics): a
-            # withheld step must leave them as they were too
-            self.saved_buffers = [b.detach().clone() for b in model.buffers()]
-
-    def check(self, loss: torch.Tensor, step: int) -> bool:
-        """Whether to backpropagate ``loss`` (False: 'skip' and a non-finite loss)."""
-        if self.policy != "skip":
-            self.bad_step = torch.where(
-                (self.bad_step < 0) & ~torch.isfinite(loss.detach()).all(),
-                torch.full_like(self.bad_step, step + 1), self.bad_step,
-            )
-            return True
-        flag = torch.isfinite(loss.detach()).all().float().reshape(1)
-        world = self.accelerator.num_processes
-        if world > 1:  # every process must agree, or DDP's collectives deadlock
-            flag = self.accelerator.reduce(flag, "sum") / world
-        finite = bool(flag.item() == 1.0)  # the one host sync of 'skip'
-        self.window_ok = self.window_ok and finite
-        return finite
-
-    def withhold(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> None:
-        """Drop the gradients and put the buffers back."""
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buf, old in zip(model.buffers(), self.saved_buffers):
-                buf.copy_(old)
-
-    def end_step(self, step: int) -> None:
-        if not self.window_ok:
-            self.skipped += 1
-            warnings.warn(f"train: non-finite loss at step {step + 1}; step skipped "
-                          f"(train.nan_policy=skip; {self.skipped} so far)", stacklevel=3)
-        self.window_ok, self.saved_buffers = True, None
-
-    def stop_if_bad(self, last_good: Optional[Path]) -> None:
-        """'stop': raise :class:`NonFiniteLossError` if any process saw a bad loss."""
-        if self.policy != "stop":
-            return
-        found = self.bad_step.reshape(1)
-        if self.accelerator.num_processes > 1:
-            found = self.accelerator.gather(found)
-        found = found[found >= 0]
-        if not found.numel():
-            return
-        self.bar.close()
-        kept = f"the last good checkpoint, {last_good}, is intact" if last_good else \
-            "no checkpoint had been written yet"
-        last_good_step = int(CKPT_RE.match(last_good.name).group(1)) if last_good else 0
-        raise NonFiniteLossError(
-            f"train: non-finite loss (NaN or inf) at step {int(found.min())}; training stopped and "
-            f"nothing after step {last_good_step} was saved; {kept}. Lower train.lr, set "
-            f"train.clip_grad, or set train.nan_policy=skip to skip such steps"
-        )
-
-
-class _BadExamples:
-    """Examples the dataset replaced (data.skip_bad_examples: a batch field
-    ``bad_examples``), counted on the device: no host sync per batch."""
-
-    def __init__(self, accelerator: Accelerator, resumed: int):
-        self.accelerator, self.resumed = accelerator, resumed
-        self.count = torch.zeros((), dtype=torch.long, device=accelerator.device)
-        self.reported = False  # the data reports them: train lines carry the count
-
-    def add(self, batch: Any) -> None:
-        if isinstance(batch, dict) and "bad_examples" in batch:
-            self.reported = True
-            self.count += batch["bad_examples"].sum()
-
-    def total(self) -> int:
-        """The run's count, all processes and resumptions together."""
-        n = self.count
-        if self.accelerator.num_processes > 1:
-            n = self.accelerator.reduce(self.count.reshape(1).clone(), "sum")
-        return self.resumed + int(n)
-
-
-class _Window:
-    """The loss terms since the last train line, summed on the device (no host sync until
-    that line), and the examples seen since."""
-
-    def __init__(self, accelerator: Accelerator, t0: float):
-        self.accelerator = accelerator
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n, self.seen, self.t = 0, 0, t0
-
-    def add(self, terms: dict[str, torch.Tensor]) -> None:
-        for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0) + v.detach().float()
-        self.n += 1
-
-    def close(self) -> tuple[dict[str, float], float]:
-        """(the mean of each term, examples per second) over the window; starts the next."""
-        now = time.perf_counter()
-        sums = self.sums
-        if self.accelerator.num_processes > 1 and sums:
-            # the mean over all processes (each saw an equal share of the batch)
-            keys = sorted(sums)
-            sums = dict(zip(keys, self.accelerator.reduce(torch.stack([sums[k] for k in keys]), "mean").unbind()))
-        record = {k: float(v) / self.n for k, v in sums.items()} if self.n else {}
-        rate = self.seen / max(now - self.t, 1e-9)
-        self.sums, self.n, self.seen, self.t = {}, 0, 0, now
-        return record, rate
-
-
 class _Checkpoints:
     """Writes the run's checkpoints (the main process) and remembers the last good one,
     which a stop names."""
 
     def __init__(self, run_dir: Path, cfg: TrainConfig, config: dict, accelerator: Accelerator,
                  model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                 steps_per_epoch: int, last_good: Optional[Path], nonfinite: _NonFinite,
-                 bad: _BadExamples, stream: Optional[StreamBatches]):
+                 steps_per_epoch: int, last_good: Optional[Path], nonfinite: NonFiniteGuard,
+                 bad: BadExampleCount, stream: Optional[StreamBatches]):
         self.run_dir, self.cfg, self.config, self.accelerator = run_dir, cfg, config, accelerator
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.steps_per_epoch, self.last_good = steps_per_epoch, last_good
@@ -380,34 +161,6 @@ class _Checkpoints:
         else:
             self.last_good = self.run_dir / "checkpoints" / f"step_{step:08d}"
         acc.wait_for_everyone()
-
-
-def _due(every: int, step: int, total: int) -> bool:
-    """A periodic evaluation / checkpoint at ``step`` (the end of the run has its own)."""
-    return bool(every) and step % every == 0 and step != total
-
-
-def _stop_requested(signals: StopSignals, step: int, cfg: TrainConfig, accelerator: Accelerator) -> bool:
-    if accelerator.num_processes == 1:
-        return signals.received is not None
-    if step % cfg.log_every:
-        return False
-    # processes agree at log steps (where they sync anyway), or the checkpoint's
-    # collectives would wait on a process that went on training
-    flag = torch.tensor([1.0 if signals.received else 0.0], device=accelerator.device)
-    return float(accelerator.reduce(flag, "sum")) > 0
-
-
-def _evaluate(evaluate: Callable, step: int, model: torch.nn.Module, unwrapped: torch.nn.Module,
-              accelerator: Accelerator, log: MetricsLog) -> dict[str, float]:
-    result: dict[str, float] = {}
-    if accelerator.is_main_process:
-        model.eval()
-        result = evaluate(unwrapped, step)
-        model.train()
-        log.write({"step": step, "split": "eval", **result})
-    accelerator.wait_for_everyone()
-    return result
 
 
 def train(
@@ -472,13 +225,7 @@ def train(
         # before the optimizer exists, so its state is created in the same format; the
         # conversion keeps parameter identity (and only touches 4-D tensors)
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-    )
-    # stepped by hand once per optimizer step (a prepared scheduler would step per process)
-    schedule = lr_lambda(cfg, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler, schedule = build_optimizer(model, cfg, total)
     resumed = resume(run_dir, accelerator, model, optimizer, scheduler, schedule, cfg)
     if stream is None:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -486,7 +233,7 @@ def train(
         model, optimizer = accelerator.prepare(model, optimizer)
         stream.restore(resumed.stream, resumed.step, resumed.checkpoint)
     unwrapped = accelerator.unwrap_model(model)
-    forward = _Forward(model, cfg, accelerator, batch_key)
+    forward = TrainForward(model, cfg, accelerator, batch_key)
 
     start = step = resumed.step
     epoch, skip = divmod(step, steps_per_epoch)
@@ -494,13 +241,13 @@ def train(
     last: dict[str, float] = {}
     eval_metrics: dict[str, float] = {}
     t0 = time.perf_counter()
-    window = _Window(accelerator, t0)
+    window = LossWindow(accelerator, t0)
     bar = tqdm(total=total, initial=start, desc=desc, disable=not (main and cfg.progress),
                dynamic_ncols=True, unit="step")
     tracking.start(accelerator, start, config)
     log = MetricsLog(run_dir / "metrics.jsonl", main, tracking)
-    nonfinite = _NonFinite(cfg.nan_policy, accelerator, resumed.counters["nonfinite_steps_skipped"], bar)
-    bad = _BadExamples(accelerator, resumed.counters["bad_examples_skipped"])
+    nonfinite = NonFiniteGuard(cfg.nan_policy, accelerator, resumed.counters["nonfinite_steps_skipped"], bar)
+    bad = BadExampleCount(accelerator, resumed.counters["bad_examples_skipped"])
     ckpts = _Checkpoints(run_dir, cfg, config, accelerator, unwrapped, optimizer.optimizer, scheduler,
                          steps_per_epoch, resumed.checkpoint, nonfinite, bad, stream)
     model.train()
@@ -567,12 +314,12 @@ def train(
                                "examples_per_s": rate, **record})
                     if "loss" in record:
                         bar.set_postfix(loss=f"{record['loss']:.4g}", ex_s=f"{rate:.0f}")
-                if evaluate is not None and _due(cfg.eval_every, step, total):
+                if evaluate is not None and due(cfg.eval_every, step, total):
                     nonfinite.stop_if_bad(ckpts.last_good)
-                    eval_metrics = _evaluate(evaluate, step, model, unwrapped, accelerator, log)
-                if _due(cfg.ckpt_every, step, total):
+                    eval_metrics = run_evaluation(evaluate, step, model, unwrapped, accelerator, log)
+                if due(cfg.ckpt_every, step, total):
                     ckpts.save(step)
-                if _stop_requested(signals, step, cfg, accelerator) and step < total:
+                if stop_requested(signals, step, cfg, accelerator) and step < total:
                     bar.close()
                     ckpts.save(step)
                     raise TrainingInterrupted(step, ckpts.last_good, signals.received or "a stop signal")
@@ -592,7 +339,7 @@ def train(
         ckpts.save(step)
     if final_eval and evaluate is not None:
         nonfinite.stop_if_bad(ckpts.last_good)
-        eval_metrics = _evaluate(evaluate, step, model, unwrapped, accelerator, log) or eval_metrics
+        eval_metrics = run_evaluation(evaluate, step, model, unwrapped, accelerator, log) or eval_metrics
     n_bad = bad.total()
     if n_bad and main:
         warnings.warn(f"train: {n_bad} bad examples were skipped (data.skip_bad_examples; a bad "

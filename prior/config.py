@@ -14,11 +14,13 @@ from typing import Literal, Optional
 
 from engine.config import ConfigError, load_config
 from engine.train_config import TrainConfig
+from prior.backbones import get_backbone
 
 
 @dataclass
 class LevelModelConfig:
-    arch: Literal["gpt2", "llama"] = "gpt2"  # transformers backbone, fed through inputs_embeds
+    # transformers backbone, fed through inputs_embeds: a name registered in prior/backbones.py
+    arch: str = "gpt2"
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
@@ -31,6 +33,7 @@ class LevelModelConfig:
     order: Literal["raster", "column"] = "raster"
 
     def validate(self) -> None:
+        backbone = get_backbone(self.arch)
         for name in ("n_layer", "n_head", "n_embd", "cond_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -38,9 +41,9 @@ class LevelModelConfig:
             raise ConfigError(f"cond_blocks: must be >= 0, got {self.cond_blocks}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd: {self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.arch == "llama" and (self.n_embd // self.n_head) % 2:
+        if backbone.rotary and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
-                f"n_embd: the head size {self.n_embd // self.n_head} must be even for llama's rotary embedding"
+                f"n_embd: the head size {self.n_embd // self.n_head} must be even for {self.arch}'s rotary embedding"
             )
         if self.mlp_ratio <= 0:
             raise ConfigError(f"mlp_ratio: must be > 0, got {self.mlp_ratio}")

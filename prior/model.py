@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.torchvision_compat import ensure_torchvision
+from prior.backbones import get_backbone, transformers_class
 from prior.codes import level_column
 from prior.config import LevelModelConfig
 
@@ -74,36 +74,16 @@ class ConditionNet(nn.Module):
 
 
 def build_backbone(cfg: LevelModelConfig, positions: int) -> nn.Module:
-    """A ``transformers`` decoder used through ``inputs_embeds`` (its token table is unused)."""
-    ensure_torchvision()  # transformers imports torchvision when it is installed
+    """A ``transformers`` decoder of kind ``cfg.arch`` (prior/backbones.py), used through
+    ``inputs_embeds`` (its token table is unused)."""
+    backbone = get_backbone(cfg.arch)
     common = dict(vocab_size=1, bos_token_id=None, eos_token_id=None, pad_token_id=None)
     inner = max(1, round(cfg.mlp_ratio * cfg.n_embd))
-    if cfg.arch == "gpt2":
-        from transformers import GPT2Config, GPT2Model
-
-        config = GPT2Config(
-            n_positions=positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-            n_inner=inner, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
-            attn_pdrop=cfg.dropout, **common,
-        )
-        config._attn_implementation = "sdpa"
-        model = GPT2Model(config)
-        unused = model.wte
-    elif cfg.arch == "llama":
-        from transformers import LlamaConfig, LlamaModel
-
-        config = LlamaConfig(
-            hidden_size=cfg.n_embd, intermediate_size=inner, num_hidden_layers=cfg.n_layer,
-            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_head,
-            max_position_embeddings=positions, attention_dropout=cfg.dropout, **common,
-        )
-        config._attn_implementation = "sdpa"
-        model = LlamaModel(config)
-        unused = model.embed_tokens
-    else:
-        raise ValueError(f"arch: unknown backbone {cfg.arch!r}")
+    config = backbone.make_config(cfg, positions, inner, **common)
+    config._attn_implementation = "sdpa"
+    model = transformers_class(backbone.model)(config)
     # frozen, so neither the optimizer nor DDP's unused-parameter check sees it
-    unused.weight.requires_grad_(False)
+    getattr(model, backbone.token_table).weight.requires_grad_(False)
     return model
 
 
@@ -143,8 +123,8 @@ class LevelPrior(nn.Module):
                 list(codebook_sizes[:level]), [tuple(s) for s in code_shapes[:level]], self.shape,
                 cfg.cond_channels, cfg.cond_blocks, d,
             )
-        # llama applies no dropout to its inputs; GPT-2 does (embd_pdrop) on its own
-        self.in_drop = nn.Dropout(cfg.dropout if cfg.arch == "llama" else 0.0)
+        # dropout on the inputs, unless the backbone applies its own there
+        self.in_drop = nn.Dropout(0.0 if get_backbone(cfg.arch).embeds_dropout else cfg.dropout)
         self.backbone = build_backbone(cfg, self.length)
         self.head = nn.Linear(d, self.codebook_size, bias=False)
         self.register_buffer("order", sequence_order(self.shape, cfg.order), persistent=False)

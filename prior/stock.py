@@ -2,8 +2,8 @@
 
 Our priors drive a ``transformers`` backbone through ``inputs_embeds`` with their own token
 table, start / class embedding and head. For the top level (no per-position conditioning)
-that is exactly a ``GPT2LMHeadModel`` / ``LlamaForCausalLM`` whose vocabulary is the
-codebook: the start embedding is the prompt (``inputs_embeds`` of length 1) and every code
+that is exactly the backbone's causal LM (``GPT2LMHeadModel``, ``LlamaForCausalLM``, ...:
+prior/backbones.py) whose vocabulary is the codebook: the start embedding is the prompt (``inputs_embeds`` of length 1) and every code
 after it enters through the LM's token table. This builds that model with the same weights:
 the baseline that the sampler's own decode loop is benchmarked and cross-checked against.
 Lower levels add the upper levels' conditioning at every position, which ``generate()``
@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from prior.backbones import get_backbone, transformers_class
 from prior.model import LevelPrior
 
 
@@ -29,18 +30,14 @@ def stock_causal_lm(model: LevelPrior):
     if model.label_every_position:
         raise ValueError("label_every_position: the label is added at every position, which a "
                          "stock causal LM has no way to do")
-    from transformers import GPT2LMHeadModel, LlamaForCausalLM
-
+    backbone = get_backbone(model.cfg.arch)
     config = copy.deepcopy(model.backbone.config)
     config.vocab_size = model.codebook_size
     config.tie_word_embeddings = False  # our token table and head are separate weights
-    cls = GPT2LMHeadModel if model.cfg.arch == "gpt2" else LlamaForCausalLM
-    lm = cls(config)
-    inner = lm.transformer if model.cfg.arch == "gpt2" else lm.model
-    table = "wte.weight" if model.cfg.arch == "gpt2" else "embed_tokens.weight"
+    lm = transformers_class(backbone.causal_lm)(config)
     state = dict(model.backbone.state_dict())
-    state[table] = model.tok_emb.weight.detach()
-    inner.load_state_dict(state)
+    state[f"{backbone.token_table}.weight"] = model.tok_emb.weight.detach()
+    getattr(lm, backbone.lm_body).load_state_dict(state)
     lm.lm_head.weight.data.copy_(model.head.weight.detach())
     return lm.to(model.head.weight.device).eval()
 

@@ -522,7 +522,7 @@ def test_a_huge_declared_size_of_generated_data_costs_nothing_up_front(source, t
 
     # the order index by index: a permutation, a function of (seed, epoch) whose prefix is
     # the same however much of the epoch is handed out
-    monkeypatch.setattr("engine.trainer.MAX_MATERIALISED_PERMUTATION", 0)
+    monkeypatch.setattr("engine.epoch_order.MAX_MATERIALISED_PERMUTATION", 0)
     sampler = EpochSampler(1000, seed=3)
     order = list(sampler)
     assert sorted(order) == list(range(1000)) and order != list(range(1000))

@@ -174,10 +174,19 @@ class AudioConfig:
         return self.hop_length * (self.num_frames - 1)
 
 
+def _source_entry(name: str):
+    """tokenizer/data/registry.py's entry for ``data.source: name``. Imported when called:
+    the registry's loaders import this module."""
+    from tokenizer.data.registry import source_entry
+
+    return source_entry(name)
+
+
 @dataclass
 class DataConfig:
-    # 'shapes' / 'tones' (built-in, procedural), 'parquet', 'imagefolder', 'audiofolder',
-    # a hub dataset name, or a local path (a .parquet file or a folder of them)
+    # 'shapes' / 'tones' (built-in, procedural), 'parquet', 'webdataset', 'imagefolder',
+    # 'audiofolder' (tokenizer/data/registry.py), a hub dataset name, or a local path (a
+    # .parquet file or a folder of them)
     source: str = "shapes"
     path: Optional[str] = None  # data_dir / files for parquet, imagefolder, audiofolder
     train_split: str = "train"
@@ -206,7 +215,7 @@ class DataConfig:
 
     def validate(self) -> None:
         if self.streaming:
-            if self.source in ("shapes", "tones", "imagefolder", "audiofolder"):
+            if not _source_entry(self.source).streamable:
                 raise ConfigError(
                     f"streaming: source {self.source!r} is not read as a stream; use Parquet "
                     f"(data.source=parquet), WebDataset .tar shards (data.source=webdataset) or a "
@@ -235,7 +244,7 @@ class DataConfig:
     def resolved_modality(self) -> str:
         if self.modality is not None:
             return self.modality
-        return "audio" if self.source in ("tones", "audiofolder") else "image"
+        return _source_entry(self.source).modality or "image"
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -11,8 +11,7 @@ from engine.config import validate
 from tokenizer.config import DataConfig
 from tokenizer.data.hf_dataset import HFDataset
 from tokenizer.data.modality import check_modality, feature_modality
-from tokenizer.data.procedural import ShapesDataset, TonesDataset
-from tokenizer.data.sources import load_table
+from tokenizer.data.registry import load_table, source_entry
 from tokenizer.data.streaming import StreamingDataset, open_stream
 
 C = TypeVar("C")
@@ -38,20 +37,15 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> Dataset:
             f"data.streaming: split {split!r} is needed here with random access, which a stream "
             f"does not have (train-tokenizer, eval-tokenizer and encode read streams); set "
             f"data.streaming=false")
-    if cfg.source in ("shapes", "tones"):
+    entry = source_entry(cfg.source)
+    if entry.procedural:
         # generated on demand, so any name would "exist": only the usual ones do
         known = dict.fromkeys([cfg.train_split, cfg.eval_split, "train", "validation", "test"])
         if split not in known:
             raise ValueError(f"data: source {cfg.source!r} has the splits {', '.join(map(repr, known))}; "
                              f"got {split!r}")
-    if cfg.source == "shapes":
-        check_modality(cfg, "image", "source 'shapes'")
-        size = cfg.num_train if split == cfg.train_split else cfg.num_eval
-        return ShapesDataset(size, cfg.image_size, cfg.channels, cfg.seed, split)
-    if cfg.source == "tones":
-        check_modality(cfg, "audio", "source 'tones'")
-        size = cfg.num_train if split == cfg.train_split else cfg.num_eval
-        return TonesDataset(size, cfg.audio, cfg.seed, split)
+        check_modality(cfg, entry.modality, f"source {cfg.source!r}")
+        return entry.generate(cfg, split)
     table, where = load_table(cfg, split)
     if len(table) == 0:
         raise ValueError(f"{where}: split {split!r} has no rows (an empty dataset)")
@@ -81,10 +75,8 @@ def detect_modality(cfg: DataConfig, split: Optional[str] = None) -> str:
     the named (or first) Image/Audio column of ``split``. Reading the schema is cheap
     (Arrow files are memory-mapped), and it lets an audio Parquet dataset such as FSDD
     work without ``data.modality=audio``."""
-    if cfg.modality is not None or cfg.source in ("shapes", "tones"):
+    if cfg.modality is not None or source_entry(cfg.source).modality is not None:
         return cfg.resolved_modality
-    if cfg.source == "audiofolder":
-        return "audio"
     if cfg.streaming:  # the schema only: nothing of the split is downloaded
         features = open_stream(cfg, split or cfg.train_split)[0].features or {}
     else:

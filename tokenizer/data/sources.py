@@ -1,6 +1,7 @@
 """Where a split's rows come from: local Parquet files and folders, WebDataset .tar shards,
 imagefolder / audiofolder trees and hub names, loaded as one memory-mapped HF
-``datasets.Dataset`` (or read as a stream: tokenizer/data/streaming.py)."""
+``datasets.Dataset`` (or read as a stream: tokenizer/data/streaming.py). Which of these
+a ``data.source`` is: tokenizer/data/registry.py."""
 
 from __future__ import annotations
 
@@ -79,65 +80,23 @@ _AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
 
 
 def is_local_parquet(source: str) -> bool:
+    """Whether a ``data.source`` name is a local Parquet file or folder (else a hub name)."""
     p = Path(source).expanduser()
     return source.endswith(".parquet") or p.is_dir()
 
 
-def builder_args(cfg: DataConfig, split: str) -> tuple[dict[str, Any], str]:
-    """The ``datasets.load_dataset`` arguments (but the split) for a Parquet, WebDataset or
-    hub source, and a short description of where the data is."""
-    source = cfg.source
-    base = split_base(split)
-    if source in ("parquet", "webdataset") or is_local_parquet(source):
-        path = cfg.path if source in ("parquet", "webdataset") else source
-        kind = "webdataset" if source == "webdataset" else "parquet"
-        if not path:
-            raise ValueError(f"data.path: source {kind!r} needs a {kind} file or folder")
-        files = shard_files(path, split, "tar" if kind == "webdataset" else "parquet")
-        return {"path": kind, "data_files": {base: files}}, f"{kind} {path}"
-    return {"path": source}, source  # a hub name; needs the network or a populated HF cache
-
-
-def load_table(cfg: DataConfig, split: str):
-    """-> (HF ``datasets.Dataset``, a short description of where it came from)."""
-    import datasets
-
-    source = cfg.source
-    kwargs: dict[str, Any]
-    if source in ("imagefolder", "audiofolder"):
-        if not cfg.path:
-            raise ValueError(f"data.path: source {source!r} needs a folder (data_dir)")
-        if not Path(cfg.path).expanduser().is_dir():
-            raise FileNotFoundError(f"{cfg.path}: no such folder for source {source!r}")
-        where = f"{source} {cfg.path}"
-        if source == "audiofolder":
-            return _scan_audiofolder(Path(cfg.path).expanduser(), split), where
-        kwargs = {"path": source, "data_dir": str(Path(cfg.path).expanduser())}
-    else:
-        kwargs, where = builder_args(cfg, split)
-    table = load_split(cfg, kwargs, split, where)
-    if source == "imagefolder" and isinstance(table, datasets.Dataset):
-        table = _drop_split_name_labels(table, Path(cfg.path).expanduser())
-    if not isinstance(table, datasets.Dataset):
-        raise ValueError(f"{where}: split {split!r} did not load as one map-style dataset")
-    return table, where
-
-
-def load_split(cfg: DataConfig, kwargs: dict[str, Any], split: str, where: str, streaming: bool = False):
+def load_split(cfg: DataConfig, kwargs: dict[str, Any], split: str, where: str, streaming: bool = False,
+               unknown_split_hint: str = ""):
     """``datasets.load_dataset(**kwargs, split=split)`` (a stream with ``streaming``), its
-    failures made one line that names the data."""
+    failures made one line that names the data; ``unknown_split_hint`` is added to the
+    error about a split the data does not have."""
     import datasets
 
     source = cfg.source
-    base = split_base(split)
     try:
         return datasets.load_dataset(**kwargs, split=split, streaming=streaming)
     except ValueError as err:  # e.g. an unknown split: add which data it was
-        hint = ""
-        if source == "imagefolder" and "Unknown split" in str(err):
-            # the same layout advice audiofolder gives (_scan_audiofolder)
-            hint = (f" (without DIR/{base}/ folders every image is in split 'train'; make a "
-                    f"{base}/ folder, or hold out a slice such as data.eval_split='train[90%:]')")
+        hint = unknown_split_hint if "Unknown split" in str(err) else ""
         raise ValueError(f"{where}: cannot load split {split!r}: {err}{hint}") from err
     except Exception as err:  # a hub name: no network, no such repository, ...
         if kwargs.get("path") != source:
@@ -149,7 +108,7 @@ def load_split(cfg: DataConfig, kwargs: dict[str, Any], split: str, where: str, 
             f"data.source to parquet / imagefolder / audiofolder with data.path") from None
 
 
-def _drop_split_name_labels(table, root: Path):
+def drop_split_name_labels(table, root: Path):
     """HF's imagefolder builder takes the parent folder names as classes; with images directly
     in split folders (root/train/*.png, root/test/*.png) those are the split names, not
     classes. Such a label column is dropped."""
@@ -162,7 +121,7 @@ def _drop_split_name_labels(table, root: Path):
     return table
 
 
-def _scan_audiofolder(root: Path, split: str):
+def scan_audiofolder(root: Path, split: str):
     """An audiofolder as a table of file paths (+ labels), built without ``datasets``'
     ``audiofolder`` builder: since datasets 4 that builder encodes every row through
     torchcodec, which needs FFmpeg and is absent here, although only paths are stored.

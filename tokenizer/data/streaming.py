@@ -32,7 +32,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from tokenizer.config import DataConfig
 from tokenizer.data.hf_dataset import MAX_CONSECUTIVE_BAD, BadExampleError, HFDataset, RowDecoding
-from tokenizer.data.sources import builder_args, load_split, split_base
+from tokenizer.data.registry import builder_args
+from tokenizer.data.sources import load_split, split_base
 
 READ_BATCH = 64  # rows read from a shard at a time
 
