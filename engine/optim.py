@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -26,15 +27,34 @@ def lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
 
 
 
+@dataclass
+class LearningRates:
+    """Per parameter group: its base learning rate and its multiplier at each step."""
+
+    base: list[float]
+    schedules: list[Callable[[int], float]]
+
+    def at(self, step: int) -> list[float]:
+        return [lr * f(step) for lr, f in zip(self.base, self.schedules)]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
-    """-> (AdamW over ``model``'s trainable parameters, its LambdaLR scheduler, the schedule
-    function, which resume uses to set the LR of the step it continues from). The loop
-    steps the scheduler by hand once per optimizer step: a scheduler prepared by
-    Accelerate would step once per process."""
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-    )
+    """-> (AdamW, its LambdaLR scheduler, the :class:`LearningRates` of its groups, which
+    resume uses to set the LR of the step it continues from). The loop steps the scheduler
+    by hand once per optimizer step: a scheduler prepared by Accelerate would step once per
+    process.
+
+    One group of ``model``'s trainable parameters, unless the model defines
+    ``param_groups(lr)``: then a list of AdamW groups (their own "lr", "betas",
+    "weight_decay" where given) each with an optional "schedule" (a step -> multiplier
+    function; absent or None: the run's), e.g. a discriminator beside a tokenizer."""
     schedule = lr_lambda(cfg, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    return optimizer, scheduler, schedule
+    make_groups = getattr(model, "param_groups", None)
+    groups = (make_groups(cfg.lr) if callable(make_groups)
+              else [{"params": [p for p in model.parameters() if p.requires_grad]}])
+    schedules = [g.pop("schedule", None) or schedule for g in groups]
+    rates = LearningRates([g.setdefault("lr", cfg.lr) for g in groups], schedules)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
+    return optimizer, scheduler, rates

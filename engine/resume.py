@@ -9,7 +9,6 @@ step appears once.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,6 +19,7 @@ from accelerate.utils import set_seed
 
 from engine.checkpoint import clean_stale, load_latest_checkpoint, quarantine, restore_rng
 from engine.files import write_text_atomic
+from engine.optim import LearningRates
 from engine.train_config import TrainConfig
 
 # what a run counts across its resumptions (stored in every checkpoint)
@@ -80,7 +80,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def resume(
     run_dir: Path, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR, schedule: Callable[[int], float], cfg: TrainConfig,
+    scheduler: torch.optim.lr_scheduler.LambdaLR, rates: LearningRates, cfg: TrainConfig,
 ) -> Resumed:
     """Restore model, optimizer, schedule, RNG, loss scale and counters from the newest
     good checkpoint in ``run_dir`` (before ``accelerator.prepare``); a fresh run when there
@@ -114,9 +114,9 @@ def resume(
         resumed.stream = ckpt.get("stream")
         # a resumed run may ask for more steps or another lr, which reshapes the schedule;
         # the restored optimizer still holds the old schedule's LR for this step
-        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * schedule(start)
+        scheduler.base_lrs = list(rates.base)
+        for group, lr in zip(optimizer.param_groups, rates.at(start)):
+            group["lr"] = lr
     accelerator.wait_for_everyone()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,9 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     # keep conv weights and 4-D input batches in torch.channels_last (NHWC) memory format
     channels_last: bool = False
+    # recompute activations in the backward pass instead of storing them (the tokenizer's
+    # encoder / decoder blocks, a prior's transformer layers): less memory, more compute
+    gradient_checkpointing: bool = False
 
     def validate(self) -> None:
         import os

@@ -225,8 +225,8 @@ def train(
         # before the optimizer exists, so its state is created in the same format; the
         # conversion keeps parameter identity (and only touches 4-D tensors)
         model.to(memory_format=torch.channels_last)
-    optimizer, scheduler, schedule = build_optimizer(model, cfg, total)
-    resumed = resume(run_dir, accelerator, model, optimizer, scheduler, schedule, cfg)
+    optimizer, scheduler, rates = build_optimizer(model, cfg, total)
+    resumed = resume(run_dir, accelerator, model, optimizer, scheduler, rates, cfg)
     if stream is None:
         model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     else:  # each process reads its own share of the stream: no loader for Accelerate to shard

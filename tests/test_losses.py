@@ -6,6 +6,7 @@ they test the plumbing (loading, shapes, gradients, what is stored), not the dis
 calibration, which needs the ImageNet weights this test suite does not download."""
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -212,3 +213,47 @@ def test_the_evaluation_reports_lpips_when_its_weights_are_there(tmp_path, monke
     m = evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2, lpips=available_lpips(cfg))
     assert m["lpips"] > 0
     assert "lpips" not in evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2)
+
+
+def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_only(tmp_path):
+    """The discriminator's weights and Adam state (its own parameter group, learning rate
+    and schedule) are checkpointed: a run stopped at step 3 and resumed to 6 logs the
+    uninterrupted run's losses, the adversarial terms included (they start at step 2)."""
+    from safetensors import safe_open
+
+    from engine.checkpoint import list_checkpoints, load_checkpoint
+    from tokenizer.train import train_tokenizer
+
+    torch.save(random_vgg16_state(), tmp_path / "vgg.pth")
+    torch.save(random_heads(), tmp_path / "heads.pth")
+
+    def cfg(run, steps):
+        return load_tokenizer_config(None, [
+            f"run_dir={run}", "model.preset=vqvae", "model.net=vqgan", "model.channels=16",
+            "model.net_options.base_channels=8", "model.net_options.norm_groups=4",
+            "model.net_options.num_res_blocks=1", "data.image_size=16", "data.num_train=32",
+            "data.num_eval=8", "train.batch_size=8", "train.progress=false", "train.log_every=1",
+            f"train.steps={steps}", "train.ckpt_every=3", "train.gradient_checkpointing=true",
+            "eval.max_examples=8", "eval.batch_size=8", "eval.grid_size=2",
+            "loss.adversarial.weight=0.5", "loss.adversarial.start_step=2", "loss.adversarial.channels=8",
+            "loss.adversarial.layers=2", "loss.adversarial.lr=0.01", "loss.perceptual.weight=0.1",
+            f"loss.perceptual.vgg_path={tmp_path}/vgg.pth", f"loss.perceptual.heads_path={tmp_path}/heads.pth"])
+
+    def logged(run):
+        rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: (r["loss"], r["adv/discriminator"]) for r in rows if r["split"] == "train"}
+
+    metrics = train_tokenizer(cfg(tmp_path / "a", 6))
+    assert "lpips" in metrics  # evaluated with the configured weights
+    train_tokenizer(cfg(tmp_path / "b", 3))
+    ckpt = load_checkpoint(list_checkpoints(tmp_path / "b")[-1])
+    assert any(k.startswith("discriminator.") for k in ckpt["model"])
+    groups = ckpt["optimizer"]["param_groups"]
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(0.01) and groups[1]["betas"] == [0.5, 0.9]
+    train_tokenizer(cfg(tmp_path / "b", 6))
+    ref, resumed = logged(tmp_path / "a"), logged(tmp_path / "b")
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
+    with safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as f:
+        assert not any("discriminator" in k or "perceptual" in k for k in f.keys())

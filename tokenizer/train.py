@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import torch
+
 from engine.config import to_dict
 from engine.stage import (
     check_start,
@@ -30,6 +32,9 @@ from engine.trainer import train
 from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, build_stream, eval_dataset, resolve_modality
 from tokenizer.evaluate import evaluate_tokenizer, run_evaluation
+from tokenizer.losses.objective import TokenizerObjective
+from tokenizer.losses.perceptual import load_lpips
+from tokenizer.model import HQVAE
 from tokenizer.pretrained import Tokenizer
 
 # sections that may change between a run and its resumption (more steps, other eval sizes)
@@ -44,6 +49,21 @@ def check_rows(dataset, max_examples: int, split: str) -> None:
     rows = spread_indices(len(dataset), max_examples)
     for i in tqdm(rows, desc=f"check {split}", unit="ex", leave=False, disable=len(rows) < 2000):
         dataset[i]
+
+
+def training_objective(model: HQVAE, cfg: TokenizerConfig) -> torch.nn.Module:
+    """What the trainer trains: the tokenizer itself (its own objective), or with loss.*
+    on, a :class:`TokenizerObjective` holding it, LPIPS and the discriminator (checkpoints
+    then hold the discriminator too; the exported tokenizer never does). The LPIPS weights
+    are loaded here, before the first step: missing files stop the run at once."""
+    if cfg.train.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    if not cfg.loss.any:
+        return model
+    lpips = None
+    if cfg.loss.perceptual.weight > 0:
+        lpips = load_lpips(cfg.loss.perceptual.vgg_path, cfg.loss.perceptual.heads_path)
+    return TokenizerObjective(model, cfg.loss, cfg.data.shape[0], lpips)
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
@@ -63,12 +83,13 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
         train_set, eval_set = training_splits(cfg.data, build_dataset)
     check_rows(eval_set, cfg.eval.max_examples, cfg.data.eval_split)
     tok = seeded(cfg.train.seed, lambda: Tokenizer.from_config(cfg))
+    trained = seeded(cfg.train.seed + 1, lambda: training_objective(tok.model, cfg))
     state = start_run(cfg)
     modality = cfg.data.resolved_modality
     db_range = cfg.data.audio.db_max - cfg.data.audio.db_min
 
     def periodic_eval(model, step):
-        m = evaluate_tokenizer(model, eval_set, modality=modality,
+        m = evaluate_tokenizer(tok.model, eval_set, modality=modality,
                                max_examples=min(cfg.eval.max_examples, 512),
                                batch_size=cfg.eval.batch_size, db_range=db_range,
                                layer_collapse=False)
@@ -80,7 +101,7 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
 
     tracking = Tracking(cfg.train.report_to, run_dir)
     result = train(
-        model=tok.model, dataset=train_set, cfg=cfg.train, run_dir=run_dir,
+        model=trained, dataset=train_set, cfg=cfg.train, run_dir=run_dir,
         config=to_dict(cfg), evaluate=periodic_eval,
         stats=lambda model, step: model.train_stats(step), desc=f"train {cfg.model.preset or 'hqvae'}",
         final_eval=False,  # the full evaluation below replaces it

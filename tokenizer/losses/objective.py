@@ -27,6 +27,10 @@ from tokenizer.losses.config import LossConfig
 from tokenizer.losses.perceptual import LPIPS
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 class TokenizerObjective(nn.Module):
     def __init__(self, model: nn.Module, cfg: LossConfig, in_channels: int, lpips: Optional[LPIPS] = None):
         super().__init__()
@@ -70,21 +74,16 @@ class TokenizerObjective(nn.Module):
                 "adv/weight": weight.detach() * adv.weight * on}
 
     def param_groups(self, lr: float) -> list[dict]:
-        """The optimizer's parameter groups: the tokenizer's, then the discriminator's with
-        its own learning rate and Adam betas (and its own schedule, see ``schedules``)."""
+        """The optimizer's parameter groups (engine.optim.build_optimizer): the tokenizer's,
+        then the discriminator's with its own learning rate, Adam betas, no weight decay and
+        its own schedule (constant, or the run's with schedule 'same')."""
         groups = [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
         if self.discriminator is not None:
             adv = self.cfg.adversarial
             groups.append({"params": list(self.discriminator.parameters()), "lr": adv.lr or lr,
-                           "betas": (adv.beta1, adv.beta2), "weight_decay": 0.0})
+                           "betas": (adv.beta1, adv.beta2), "weight_decay": 0.0,
+                           "schedule": None if adv.schedule == "same" else _constant})
         return groups
-
-    def schedules(self, tokenizer_schedule):
-        """One learning-rate multiplier function per parameter group."""
-        if self.discriminator is None:
-            return [tokenizer_schedule]
-        same = self.cfg.adversarial.schedule == "same"
-        return [tokenizer_schedule, tokenizer_schedule if same else (lambda step: 1.0)]
 
     # what the trainer asks of the model it trains, passed on to the tokenizer
     def set_total_steps(self, total: int) -> None:
