@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from engine.cadence import due, run_evaluation, stop_requested
 from engine.checkpoint import clean_stale, rng_state, save_checkpoint
+from engine.config import ConfigError
 from engine.distributed import use_cpu
 
 # the loop's parts live in their own modules; the names callers import from here stay here
@@ -221,6 +222,11 @@ def train(
     total = cfg.epochs * steps_per_epoch if cfg.epochs else cfg.steps
     if callable(getattr(model, "set_total_steps", None)):
         model.set_total_steps(total)  # schedules inside the model that span the run (SQ temperature)
+    if cfg.gradient_checkpointing:
+        if not callable(getattr(model, "set_gradient_checkpointing", None)):
+            raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no "
+                              f"set_gradient_checkpointing(on); turn the option off for it")
+        model.set_gradient_checkpointing(True)
     if cfg.channels_last:
         # before the optimizer exists, so its state is created in the same format; the
         # conversion keeps parameter identity (and only touches 4-D tensors)

@@ -231,5 +231,14 @@ class LevelPrior(nn.Module):
         loss = F.cross_entropy(logits.float().reshape(-1, self.codebook_size), target.reshape(-1))
         return {"loss": loss, "bits_per_token": loss.detach() / math.log(2)}
 
+    def set_gradient_checkpointing(self, on: bool = True) -> None:
+        """Recompute the transformer's layers in the backward pass instead of storing their
+        activations (train.gradient_checkpointing): at 1024 tokens a level those dominate
+        training memory. The gradients are the same."""
+        if on:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.backbone.gradient_checkpointing_disable()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

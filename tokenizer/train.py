@@ -56,8 +56,6 @@ def training_objective(model: HQVAE, cfg: TokenizerConfig) -> torch.nn.Module:
     on, a :class:`TokenizerObjective` holding it, LPIPS and the discriminator (checkpoints
     then hold the discriminator too; the exported tokenizer never does). The LPIPS weights
     are loaded here, before the first step: missing files stop the run at once."""
-    if cfg.train.gradient_checkpointing:
-        model.set_gradient_checkpointing(True)
     if not cfg.loss.any:
         return model
     lpips = None

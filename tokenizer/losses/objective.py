@@ -89,5 +89,8 @@ class TokenizerObjective(nn.Module):
     def set_total_steps(self, total: int) -> None:
         self.model.set_total_steps(total)
 
+    def set_gradient_checkpointing(self, on: bool = True) -> None:
+        self.model.set_gradient_checkpointing(on)
+
     def train_stats(self, step: int) -> dict[str, float]:
         return self.model.train_stats(step)
