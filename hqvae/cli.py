@@ -5,14 +5,17 @@ Each command's own --help lists its arguments; configs take key=value overrides.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
+import typing
 from pathlib import Path
 
 from engine.config import ConfigError
 from engine.devices import resolve_device
 from engine.run_dir import check_folder, check_output_file, check_writable, hold_folder
+from sampling.settings import SamplingSettings, flag_names
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -156,38 +159,46 @@ def _per_level_arg(text: str | None, cast, name: str):
     return values[0] if len(values) == 1 else values
 
 
+# the sampling settings' flags (--top-p ...), also the names in sample_into's messages
+SAMPLE_FLAGS = {**flag_names(), "out": "--out"}
+# settings given one value or one per level ("1.0,0.8"), parsed after argparse so that a
+# bad list is a one-line error naming the flag
+PER_LEVEL = {"temperature": float, "top_k": int, "top_p": float}
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    """The sampling settings of `hqvae sample`'s arguments, checked (a bad value is one line
+    naming its flag, before any folder or model is touched)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSettings)}
+    for name, cast in PER_LEVEL.items():
+        if isinstance(values[name], str):  # given on the command line, not the default
+            values[name] = _per_level_arg(values[name], cast, name.replace("_", "-"))
+    settings = SamplingSettings(**values)
+    settings.validate(SAMPLE_FLAGS)
+    return settings
+
+
 def _sample(args: argparse.Namespace) -> int:
+    settings = sampling_settings(args)
     check_folder(args.out, "samples", "--out")  # before any sampling: refuse a folder not ours
     check_writable(args.out, "--out")
-    with hold_folder(args.out, "samples", "--out") as replaced:  # a second process writing it is refused
-        return _sample_into(args, replaced)
+    with hold_folder(args.out, "samples", "--out"):  # a second process writing it is refused
+        return _sample_into(args, settings)
 
 
-def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
+def _sample_into(args: argparse.Namespace, settings: SamplingSettings) -> int:
     from sampling.sample_set import sample_into
 
-    record = sample_into(
-        args.out, args.prior_run, args.tokenizer, n=args.n, label=args.label, seed=args.seed,
-        batch_size=args.batch_size, cfg_scale=args.cfg_scale, cache=args.cache, compile=args.compile,
-        temperature=_per_level_arg(args.temperature, float, "temperature"),
-        top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
-        grid=args.grid, npz=args.npz, griffin_lim_iters=args.griffin_lim_iters,
-        device=resolve_device(args.device), label_key="--label", flags=SAMPLE_FLAGS,
-    )
+    record = sample_into(args.out, args.prior_run, args.tokenizer, settings,
+                         device=resolve_device(args.device), flags=SAMPLE_FLAGS)
     kind = "clips" if record["modality"] == "audio" else "images"
     seconds = record["sampling_seconds"]
-    print(f"sampled {args.n} {kind} in {seconds:.1f}s "
-          f"({record['tokens_per_s']:.0f} tokens/s, {args.n / max(seconds, 1e-9):.1f} {kind}/s)")
-    labelled = args.label is not None and args.cfg_scale != 0
+    print(f"sampled {settings.n} {kind} in {seconds:.1f}s "
+          f"({record['tokens_per_s']:.0f} tokens/s, {settings.n / max(seconds, 1e-9):.1f} {kind}/s)")
     print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
-          f"codes.safetensors, samples.json" + (", labels.json" if labelled else "")
+          f"codes.safetensors, samples.json" + (", labels.json" if settings.labelled() else "")
           + (" (replacing the sample set that was there)" if record.replaced == "finished" else ""))
     return 0
-
-
-# the names of sample_into's settings on the command line, for its messages
-SAMPLE_FLAGS = {"n": "--n", "batch_size": "--batch-size", "grid": "--grid", "seed": "--seed",
-                "griffin_lim_iters": "--griffin-lim-iters", "out": "--out"}
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
@@ -338,28 +349,46 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_count(text: str) -> int:
-    """A count >= 1, also written in scientific notation (``--n 1e6``) when it is whole."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not (math.isfinite(number) and number.is_integer()):
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        value = int(number)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def _whole_number(text: str) -> int:
+    """A whole number, also written in scientific notation (``--n 1e6``)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not (math.isfinite(number) and number.is_integer()):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(number)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per field of SamplingSettings, with its default and help; the values are
+    parsed here and checked by SamplingSettings.validate (:func:`sampling_settings`)."""
+    hints = typing.get_type_hints(SamplingSettings)
+    for f in dataclasses.fields(SamplingSettings):
+        flag, tp = SAMPLE_FLAGS[f.name], hints[f.name]
+        kwargs: dict = {"default": f.default, "help": f.metadata["help"]}
+        if tp is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(tp) is typing.Literal:
+            kwargs["choices"] = typing.get_args(tp)
+        elif f.name in PER_LEVEL or f.name == "label":
+            pass  # given, a string: sampling_settings reads it
+        elif float in typing.get_args(tp) or tp is float:
+            kwargs["type"] = float
+        else:  # a count or a seed
+            kwargs["type"] = _whole_number
+        p.add_argument(flag, **kwargs)
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -413,29 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample new images / audio from trained priors")
     p.add_argument("prior_run", help="prior run directory (from train-prior)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=_positive_count, default=64, help="number of samples (1e6 style accepted)")
-    p.add_argument("--label", help="class id (or class name) for every sample, or 'cycle' for balanced classes "
-                   "(class-conditional priors; default: unconditional)")
-    p.add_argument("--temperature", help="sampling temperature: one value or one per level, e.g. 1.0,0.9 (0 = greedy)")
-    p.add_argument("--top-k", help="keep the k most likely codes: one value or one per level (0 = off)")
-    p.add_argument("--top-p", help="nucleus sampling mass: one value or one per level (1 = off)")
-    p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_count, default=64,
-                   help="samples drawn, decoded and written at a time (memory grows with it, not with --n)")
-    p.add_argument("--cache", choices=["static", "dynamic", "none"], default="static",
-                   help="key/value cache: preallocated (static), growing (dynamic), or none (re-run "
-                   "the prefix each step; slow, for checking); all draw the same codes")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the one-token step (with CUDA graphs on a GPU); pays off "
-                   "for many samples, the first batch pays the compilation")
     p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
-    p.add_argument("--grid", type=_positive_int, default=64, help="samples shown in grid.png (at most 1024)")
-    p.add_argument("--npz", action="store_true",
-                   help="also write samples.npz: the uint8 (N, H, W, 3) arr_0 batch of the ADM / "
-                   "guided-diffusion evaluator (images)")
-    p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
+    _add_sampling_arguments(p)
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_sample)
 
