@@ -106,20 +106,23 @@ def class_names(folder: Folder) -> Optional[list[str]]:
 
 
 def media_files(folder: Folder, modality: Optional[str] = None) -> list[Path]:
-    """The set's sample files in order. A finished set's are the ``num_samples`` its
-    record names (of the record's modality unless ``modality`` says); without a record,
-    the numbered files of ``modality`` (default image) that are there. Other files in the
-    media folder (a user's own) are never samples."""
+    """The set's sample files that are there, in sample order: the numbered files of its
+    modality (the record's, else ``modality``, else image), and with a record only the
+    ``num_samples`` it wrote. Other files in the media folder (a user's own) are never
+    samples."""
     record = read_record(folder)
     modality = modality or (record or {}).get("modality") or "image"
     sub, ext = MEDIA[modality]
-    if record is not None and record.get("modality", "image") == modality:
-        return [Path(folder) / media_name(modality, i) for i in range(int(record["num_samples"]))]
+    count = int(record["num_samples"]) if record is not None and record.get("modality", "image") == modality else None
     where = media_dir(folder, modality)
     if not where.is_dir():
         return []
-    found = [p for p in where.iterdir() if (m := NUMBERED.fullmatch(p.name)) and "." + m.group(2) == ext]
-    return sorted(found, key=lambda p: int(p.stem))
+    found = {}
+    for path in where.iterdir():
+        m = NUMBERED.fullmatch(path.name)
+        if m and "." + m.group(2) == ext and path.name == f"{int(m.group(1)):06d}{ext}":
+            found[int(m.group(1))] = path
+    return [found[i] for i in sorted(found) if count is None or i < count]
 
 
 def read_codes(folder: Folder) -> dict:
