@@ -10,8 +10,9 @@ import pytest
 from test_sampler import make_prior, make_tokenizer
 
 from engine.config import ConfigError
-from hqvae.cli import SAMPLE_FLAGS, build_parser, main, sampling_settings
+from hqvae.cli import build_parser, main
 from hqvae.pipeline.config import SampleConfig, load_pipeline_config
+from hqvae.sample_command import SAMPLE_FLAGS, sampling_settings
 from sampling.sample_set import sample_into
 from sampling.sampler import Sampler
 from sampling.settings import SamplingSettings
