@@ -42,6 +42,7 @@ from sampling.sample_reader import (
     media_folder,  # noqa: F401  (the scoring modules import it from here)
     media_name,
     read_record,
+    set_file_names,
 )
 from sampling.set_ownership import (
     SetFiles,
@@ -157,7 +158,7 @@ class SampleSetWriter:
         self.resume = resume
         self.flags = {"n": "n", "out": "out", **(flags or {})}
         self.log = log
-        self.names = [CODES, GRID, RECORD] + ([LABELS] if labelled else []) + ([NPZ] if npz else [])
+        self.names = set_file_names(labelled, npz)
         tensors = {f"level_{lv}": (self.n, *s) for lv, s in enumerate(self.code_shapes)}
         if labelled:
             tensors["label"] = (self.n,)

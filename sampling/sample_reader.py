@@ -40,6 +40,11 @@ NUMBERED = re.compile(r"(\d{6,})\.(png|wav)")  # a sample's file name (six digit
 Folder = Union[str, Path]
 
 
+def set_file_names(labelled: bool, npz: bool) -> list[str]:
+    """The named files (besides its samples) of a set with labels and / or the ADM batch."""
+    return [CODES, GRID, RECORD] + ([LABELS] if labelled else []) + ([NPZ] if npz else [])
+
+
 def media_name(modality: str, index: int) -> str:
     """The file of sample ``index`` inside its set's folder (``images/000003.png``)."""
     sub, ext = MEDIA[modality]

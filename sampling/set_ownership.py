@@ -17,21 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.run_dir import check_folder
-from sampling.sample_reader import (
-    CODES,
-    GRID,
-    LABELS,
-    MEDIA,
-    NPZ,
-    NUMBERED,
-    PARTIAL,
-    RECORD,
-    SAMPLE_FILES,
-    STATE,
-    is_unfinished,
-    read_json,
-    read_record,
-)
+from sampling import sample_reader as reader
 
 # write_atomic's temporary names (".NAME.tmp-PID"): left only by a process killed mid-write
 _TEMP = re.compile(r"\.(.+)\.tmp-\d+")
@@ -46,7 +32,7 @@ def check_sample_dir(out_dir: str | Path) -> bool:
     out = Path(out_dir)
     if not check_folder(out, "samples", "sample folder"):
         return False
-    return read_record(out) is not None or is_unfinished(out)
+    return reader.read_record(out) is not None or reader.is_unfinished(out)
 
 
 # -- which files a set wrote ---------------------------------------------------------------
@@ -77,15 +63,15 @@ def finished_set_files(record: dict) -> SetFiles:
     written before ``set_files`` existed name no files: their labels.json is told by their
     settings, and a samples.npz beside them is taken for theirs (what replacing did then)."""
     modality = record.get("modality", "image")
-    if modality not in MEDIA:
+    if modality not in reader.MEDIA:
         modality = "image"
     names = record.get("set_files")
     if not isinstance(names, list):
         labelled = "class_names" in record or (
             record.get("label") is not None and record.get("cfg_scale", 1.0) != 0)
-        names = [RECORD, CODES, GRID, NPZ] + ([LABELS] if labelled else [])
+        names = reader.set_file_names(labelled, npz=True)
     return SetFiles(modality, int(record.get("num_samples", 0)),
-                    tuple(n for n in names if n in SAMPLE_FILES))
+                    tuple(n for n in names if n in reader.SAMPLE_FILES))
 
 
 def delete_set(out: Path, files: SetFiles) -> int:
@@ -93,12 +79,12 @@ def delete_set(out: Path, files: SetFiles) -> int:
     written or is already gone), samples.json first so no record describes missing files;
     returns how many went."""
     removed = 0
-    for name in sorted(files.names, key=lambda n: n != RECORD):
+    for name in sorted(files.names, key=lambda n: n != reader.RECORD):
         path = out / name
         if path.is_file():
             path.unlink()
             removed += 1
-    sub, ext = MEDIA[files.modality]
+    sub, ext = reader.MEDIA[files.modality]
     folder = out / sub
     if files.count and folder.is_dir():
         for i in range(files.count - 1, -1, -1):  # from the top: what is left stays a prefix
@@ -119,21 +105,21 @@ def clear_samples(out_dir: str | Path) -> int:
     owned = owned_sets(out)
     removed = sum(delete_set(out, files) for files in owned)
     remove_temporaries(out, owned)
-    if (out / PARTIAL).is_dir():
-        shutil.rmtree(out / PARTIAL)
+    if (out / reader.PARTIAL).is_dir():
+        shutil.rmtree(out / reader.PARTIAL)
     return removed
 
 
 def read_state(out: Path) -> Optional[dict]:
     """The progress record of the unfinished set in ``out`` (None: there is none)."""
-    path = out / PARTIAL / STATE
+    path = out / reader.PARTIAL / reader.STATE
     if not path.exists():
         return None
-    state = read_json(path)
+    state = reader.read_json(path)
     keys = ("settings", "num_samples", "modality", "rows", "done", "names", "clearing")
     if state is None or not all(k in state for k in keys):
         raise ValueError(f"{path}: damaged (not the progress record of an unfinished sample set); "
-                         f"move the folder away or remove {out / PARTIAL}")
+                         f"move the folder away or remove {out / reader.PARTIAL}")
     return state
 
 
@@ -150,7 +136,7 @@ def owned_sets(out: Path) -> list[SetFiles]:
     state = read_state(out)
     if state is not None:
         owned += [SetFiles.from_json(d) for d in state["clearing"]] + [state_files(state)]
-    record = read_record(out)
+    record = reader.read_record(out)
     if record is not None:
         owned.append(finished_set_files(record))
     return owned
@@ -158,7 +144,7 @@ def owned_sets(out: Path) -> list[SetFiles]:
 
 def remove_temporaries(out: Path, owned: list[SetFiles]) -> None:
     """Temporary files of write_atomic that a killed run left beside files of these sets."""
-    for folder in [out] + [out / MEDIA[m][0] for m in MEDIA]:
+    for folder in [out] + [out / reader.MEDIA[m][0] for m in reader.MEDIA]:
         if not folder.is_dir():
             continue
         for entry in os.scandir(folder):
@@ -166,7 +152,7 @@ def remove_temporaries(out: Path, owned: list[SetFiles]) -> None:
             if not m or not entry.is_file():
                 continue
             name = m.group(1)
-            num = NUMBERED.fullmatch(name)
+            num = reader.NUMBERED.fullmatch(name)
             if folder == out:
                 ours = any(name in s.names for s in owned)
             else:
