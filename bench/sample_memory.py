@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from sections import write_section  # noqa: E402  (bench/, beside this script)
 
+from sampling.sample_reader import media_files  # noqa: E402
+
 TOKENIZER = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
              "data.image_size=32", "model.downsample=4", "model.layers.0.codebook_size=16",
              "model.layers.1.codebook_size=32"]
@@ -82,7 +84,7 @@ def run_sample(prior_run: Path, out: Path, n: int, args, src: str | None) -> dic
     seconds = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed; see {out.parent / (out.name + '.log')}")
-    files = len(list((out / "images").glob("*.png")))
+    files = len(media_files(out, "image"))
     if files != n:
         raise SystemExit(f"{out}: {files} images, expected {n}")
     return {"n": n, "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds}  # Linux: kB

@@ -36,6 +36,8 @@ _EXPORTS = {
     "train_prior": "prior.train",
     # sampling and evaluation
     "Sampler": "sampling.sampler",
+    "SamplingSettings": "sampling.settings",
+    "sample_into": "sampling.sample_set",
     "write_samples": "sampling.outputs",
     "compute_fid": "sampling.fid",
     "score_folder": "sampling.fid",

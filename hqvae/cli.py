@@ -5,7 +5,6 @@ Each command's own --help lists its arguments; configs take key=value overrides.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from engine.config import ConfigError
 from engine.devices import resolve_device
 from engine.run_dir import check_folder, check_output_file, check_writable, hold_folder
+from hqvae.sample_command import add_sample_command
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
@@ -143,51 +143,6 @@ def _train_prior(args: argparse.Namespace) -> int:
         return 0
     print(format_summary(results, cfg.run_dir))
     return 0
-
-
-def _per_level_arg(text: str | None, cast, name: str):
-    """'0.9' -> 0.9 (every level); '1.0,0.8' -> [1.0, 0.8] (one per level)."""
-    if text is None:
-        return None
-    try:
-        values = [cast(v) for v in text.split(",")]
-    except ValueError:
-        raise ValueError(f"--{name}: {text!r} is not a number or a comma-separated list of numbers") from None
-    return values[0] if len(values) == 1 else values
-
-
-def _sample(args: argparse.Namespace) -> int:
-    check_folder(args.out, "samples", "--out")  # before any sampling: refuse a folder not ours
-    check_writable(args.out, "--out")
-    with hold_folder(args.out, "samples", "--out") as replaced:  # a second process writing it is refused
-        return _sample_into(args, replaced)
-
-
-def _sample_into(args: argparse.Namespace, replaced: bool) -> int:
-    from sampling.sample_set import sample_into
-
-    record = sample_into(
-        args.out, args.prior_run, args.tokenizer, n=args.n, label=args.label, seed=args.seed,
-        batch_size=args.batch_size, cfg_scale=args.cfg_scale, cache=args.cache, compile=args.compile,
-        temperature=_per_level_arg(args.temperature, float, "temperature"),
-        top_k=_per_level_arg(args.top_k, int, "top-k"), top_p=_per_level_arg(args.top_p, float, "top-p"),
-        grid=args.grid, npz=args.npz, griffin_lim_iters=args.griffin_lim_iters,
-        device=resolve_device(args.device), label_key="--label", flags=SAMPLE_FLAGS,
-    )
-    kind = "clips" if record["modality"] == "audio" else "images"
-    seconds = record["sampling_seconds"]
-    print(f"sampled {args.n} {kind} in {seconds:.1f}s "
-          f"({record['tokens_per_s']:.0f} tokens/s, {args.n / max(seconds, 1e-9):.1f} {kind}/s)")
-    labelled = args.label is not None and args.cfg_scale != 0
-    print(f"wrote {args.out}: {'audio/*.wav' if kind == 'clips' else 'images/*.png'}, grid.png, "
-          f"codes.safetensors, samples.json" + (", labels.json" if labelled else "")
-          + (" (replacing the sample set that was there)" if record.replaced == "finished" else ""))
-    return 0
-
-
-# the names of sample_into's settings on the command line, for its messages
-SAMPLE_FLAGS = {"n": "--n", "batch_size": "--batch-size", "grid": "--grid", "seed": "--seed",
-                "griffin_lim_iters": "--griffin-lim-iters", "out": "--out"}
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
@@ -338,23 +293,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_count(text: str) -> int:
-    """A count >= 1, also written in scientific notation (``--n 1e6``) when it is whole."""
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            number = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not (math.isfinite(number) and number.is_integer()):
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        value = int(number)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -410,34 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only this level (repeatable; default: every level, top first)")
     p.set_defaults(func=_train_prior)
 
-    p = sub.add_parser("sample", help="sample new images / audio from trained priors")
-    p.add_argument("prior_run", help="prior run directory (from train-prior)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=_positive_count, default=64, help="number of samples (1e6 style accepted)")
-    p.add_argument("--label", help="class id (or class name) for every sample, or 'cycle' for balanced classes "
-                   "(class-conditional priors; default: unconditional)")
-    p.add_argument("--temperature", help="sampling temperature: one value or one per level, e.g. 1.0,0.9 (0 = greedy)")
-    p.add_argument("--top-k", help="keep the k most likely codes: one value or one per level (0 = off)")
-    p.add_argument("--top-p", help="nucleus sampling mass: one value or one per level (1 = off)")
-    p.add_argument("--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = plain conditional, 0 = unconditional)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_count, default=64,
-                   help="samples drawn, decoded and written at a time (memory grows with it, not with --n)")
-    p.add_argument("--cache", choices=["static", "dynamic", "none"], default="static",
-                   help="key/value cache: preallocated (static), growing (dynamic), or none (re-run "
-                   "the prefix each step; slow, for checking); all draw the same codes")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the one-token step (with CUDA graphs on a GPU); pays off "
-                   "for many samples, the first batch pays the compilation")
-    p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
-    p.add_argument("--grid", type=_positive_int, default=64, help="samples shown in grid.png (at most 1024)")
-    p.add_argument("--npz", action="store_true",
-                   help="also write samples.npz: the uint8 (N, H, W, 3) arr_0 batch of the ADM / "
-                   "guided-diffusion evaluator (images)")
-    p.add_argument("--griffin-lim-iters", type=int, help="audio: Griffin-Lim iterations (default: the tokenizer's)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(func=_sample)
+    add_sample_command(sub)
 
     p = sub.add_parser("train-classifier", help="train a classifier of the data's classes (images or "
                        "spectrograms): class accuracy of samples, audio FID features")

@@ -1,15 +1,6 @@
 """Writing samples to disk: PNG files and a grid for images; WAV files at the dataset's
-sample rate (plus a spectrogram grid) for audio; the codes, labels and settings beside them.
-
-Layout of a sample directory::
-
-    OUT/images/000000.png ...  or  OUT/audio/000000.wav ...
-    OUT/grid.png               the first ``grid`` samples (spectrograms for audio)
-    OUT/codes.safetensors      the sampled codes, one tensor per level (+ labels)
-    OUT/labels.json            {file name: label} for class-conditional samples
-    OUT/samples.npz            (``npz``) the uint8 (N, H, W, 3) batch of the ADM evaluator
-    OUT/samples.json           settings, identities, counts and timings (written last)
-    OUT/.hqvae-partial/        while a set is unfinished: its progress and settings
+sample rate (plus a spectrogram grid) for audio; the codes, labels and settings beside them,
+in the layout :mod:`sampling.sample_reader` describes and reads.
 
 A set is written batch by batch (:class:`SampleSetWriter`): each batch's files, then its
 rows of the codes (and of the ADM batch) in files of the partial-state folder, then that
@@ -19,27 +10,16 @@ a folder that the same command continues: samples past ``state.json``'s count ar
 again from their own seeds, so the finished set is the one an uninterrupted run writes.
 
 Writing into a folder that holds an earlier set replaces that set, deleting exactly the
-files it wrote: a finished set's are told by its samples.json (``num_samples`` numbered
-files of its modality and the named files in ``set_files``), an unfinished set's by its
-partial state (the samples it completed, the batch it was writing, its named files).
-Anything else in the folder is left alone, and a file the new set would overwrite that no
-earlier set of this tool wrote is refused before any sampling. Any other non-empty folder
-is refused before sampling: only a set this tool wrote (its samples.json, or the marker
-file it writes before the first sample) is ever replaced.
+files it wrote (:mod:`sampling.set_ownership`); a file the new set would overwrite that no
+earlier set of this tool wrote is refused before any sampling.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
-import re
 import shutil
-import struct
-import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -48,261 +28,36 @@ import torch
 from PIL import Image
 
 from engine.files import write_atomic, write_text_atomic
-from engine.run_dir import check_folder, write_marker
+from engine.run_dir import write_marker
+from sampling.sample_reader import (
+    CODES,
+    GRID,
+    LABELS,
+    MEDIA,
+    NPZ,
+    NUMBERED,
+    PARTIAL,
+    RECORD,
+    STATE,
+    media_folder,  # noqa: F401  (the scoring modules import it from here)
+    media_name,
+    read_record,
+    set_file_names,
+)
+from sampling.set_ownership import (
+    SetFiles,
+    check_sample_dir,
+    delete_set,
+    finished_set_files,
+    read_state,
+    remove_temporaries,
+    state_files,
+)
+from sampling.streamed_files import StreamedNpy, StreamedSafetensors, labels_json, npz_from_npy
 from tokenizer.audio import write_wav
 from tokenizer.media import tile_uint8, to_uint8
 
-SAMPLE_FILES = ("samples.json", "labels.json", "codes.safetensors", "grid.png", "samples.npz")
-# the progress of an unfinished set: state.json (settings, samples complete), the codes and
-# the ADM batch being filled in, the grid's samples so far
-PARTIAL = ".hqvae-partial"
-STATE = "state.json"
-MEDIA = {"image": ("images", ".png"), "audio": ("audio", ".wav")}
-# a sample shown in grid.png costs its bytes in memory until the grid is written
-MAX_GRID = 1024
-_NUMBERED = re.compile(r"(\d{6,})\.(png|wav)")
-# write_atomic's temporary names (".NAME.tmp-PID"): left only by a process killed mid-write
-_TEMP = re.compile(r"\.(.+)\.tmp-\d+")
 _GB = 1e9
-
-
-def media_folder(folder: Path, sub: str, extensions: tuple[str, ...]) -> Path:
-    """The folder of a sample set's files (what FID, audio FID and class accuracy read):
-    ``folder/sub`` (``images``, ``audio``) when it exists and ``folder`` holds no such files
-    of its own, else ``folder``. The set's own files (grid.png) are not its samples."""
-    own = any(p.suffix.lower() in extensions and p.name not in SAMPLE_FILES
-              for p in folder.iterdir() if p.is_file())
-    return folder / sub if (folder / sub).is_dir() and not own else folder
-
-
-def media_name(modality: str, index: int) -> str:
-    """The file of sample ``index`` inside its set's folder."""
-    sub, ext = MEDIA[modality]
-    return f"{sub}/{index:06d}{ext}"
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _is_sample_record(path: Path) -> bool:
-    record = _read_json(path)
-    return record is not None and "num_samples" in record and "tokenizer_identity" in record
-
-
-def check_sample_dir(out_dir: str | Path) -> bool:
-    """Whether ``out_dir`` holds an earlier sample set of this tool's (which writing there
-    replaces, or continues when it is unfinished). The folder itself follows the rule of
-    every output folder (``engine.run_dir.check_folder``): new, empty or marked as samples
-    (or, from before the marker, holding a set's record); anything else is refused, naming
-    it. Within a folder of ours, a file no recorded set wrote is still never overwritten."""
-    out = Path(out_dir)
-    if not check_folder(out, "samples", "sample folder"):
-        return False
-    return _is_sample_record(out / "samples.json") or (out / PARTIAL / STATE).is_file()
-
-
-# -- which files a set wrote ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SetFiles:
-    """The files one sample set wrote (or, unfinished, may have written) in its folder:
-    the numbered media files 0 .. count-1 of its modality and the named files."""
-
-    modality: str
-    count: int
-    names: tuple[str, ...]
-
-    def to_json(self) -> dict:
-        return {"modality": self.modality, "count": self.count, "names": list(self.names)}
-
-    @staticmethod
-    def from_json(d: dict) -> SetFiles:
-        return SetFiles(str(d["modality"]), int(d["count"]), tuple(d["names"]))
-
-    def owns_media(self, modality: str, index: int) -> bool:
-        return modality == self.modality and index < self.count
-
-
-def finished_set_files(record: dict) -> SetFiles:
-    """The files of the finished set that ``record`` (its samples.json) describes. Records
-    written before ``set_files`` existed name no files: their labels.json is told by their
-    settings, and a samples.npz beside them is taken for theirs (what replacing did then)."""
-    modality = record.get("modality", "image")
-    if modality not in MEDIA:
-        modality = "image"
-    names = record.get("set_files")
-    if not isinstance(names, list):
-        labelled = "class_names" in record or (
-            record.get("label") is not None and record.get("cfg_scale", 1.0) != 0)
-        names = ["samples.json", "codes.safetensors", "grid.png", "samples.npz"] + (
-            ["labels.json"] if labelled else [])
-    return SetFiles(modality, int(record.get("num_samples", 0)),
-                    tuple(n for n in names if n in SAMPLE_FILES))
-
-
-def delete_set(out: Path, files: SetFiles) -> int:
-    """Delete the files of one set in ``out`` (those present; a missing one was never
-    written or is already gone), samples.json first so no record describes missing files;
-    returns how many went."""
-    removed = 0
-    for name in sorted(files.names, key=lambda n: n != "samples.json"):
-        path = out / name
-        if path.is_file():
-            path.unlink()
-            removed += 1
-    sub, ext = MEDIA[files.modality]
-    folder = out / sub
-    if files.count and folder.is_dir():
-        for i in range(files.count - 1, -1, -1):  # from the top: what is left stays a prefix
-            path = folder / f"{i:06d}{ext}"
-            try:
-                path.unlink()
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def clear_samples(out_dir: str | Path) -> int:
-    """Remove the sample set(s) this tool wrote in ``out_dir``, finished or not (exactly
-    their files, see :func:`finished_set_files` and the partial state); returns how many
-    files went. Files it did not write are never touched."""
-    out = Path(out_dir)
-    owned = _owned_sets(out)
-    removed = sum(delete_set(out, files) for files in owned)
-    _remove_temporaries(out, owned)
-    if (out / PARTIAL).is_dir():
-        shutil.rmtree(out / PARTIAL)
-    return removed
-
-
-def _read_state(out: Path) -> Optional[dict]:
-    path = out / PARTIAL / STATE
-    if not path.exists():
-        return None
-    state = _read_json(path)
-    keys = ("settings", "num_samples", "modality", "rows", "done", "names", "clearing")
-    if state is None or not all(k in state for k in keys):
-        raise ValueError(f"{path}: damaged (not the progress record of an unfinished sample set); "
-                         f"move the folder away or remove {out / PARTIAL}")
-    return state
-
-
-def _state_files(state: dict) -> SetFiles:
-    """The files an unfinished set may have written: the samples it completed, the batch
-    it was writing when it stopped, and its named files."""
-    count = min(int(state["num_samples"]), int(state["done"]) + int(state["rows"]))
-    return SetFiles(state["modality"], count, tuple(state["names"]))
-
-
-def _owned_sets(out: Path) -> list[SetFiles]:
-    """Every set of this tool's whose files may be in ``out``."""
-    owned = []
-    state = _read_state(out)
-    if state is not None:
-        owned += [SetFiles.from_json(d) for d in state["clearing"]] + [_state_files(state)]
-    record = _read_json(out / "samples.json")
-    if record is not None and _is_sample_record(out / "samples.json"):
-        owned.append(finished_set_files(record))
-    return owned
-
-
-def _remove_temporaries(out: Path, owned: list[SetFiles]) -> None:
-    """Temporary files of write_atomic that a killed run left beside files of these sets."""
-    for folder in [out] + [out / MEDIA[m][0] for m in MEDIA]:
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            m = _TEMP.fullmatch(entry.name)
-            if not m or not entry.is_file():
-                continue
-            name = m.group(1)
-            num = _NUMBERED.fullmatch(name)
-            if folder == out:
-                ours = any(name in s.names for s in owned)
-            else:
-                modality = "image" if folder.name == "images" else "audio"
-                ours = num is not None and any(s.owns_media(modality, int(num.group(1))) for s in owned)
-            if ours:
-                os.unlink(entry.path)
-
-
-# -- streamed file formats -------------------------------------------------------------------
-
-
-class StreamedSafetensors:
-    """A safetensors file of int64 tensors whose shapes are known up front, filled in row
-    by row: the header (safetensors' layout: tensors sorted by name, data back to back, the
-    JSON header padded with spaces to 8 bytes) is written first, each tensor's rows land at
-    their offsets. The finished file is byte for byte what ``safetensors.torch.save_file``
-    writes for the same tensors, without the tensors ever being whole in memory."""
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        self.shapes = {k: tuple(int(d) for d in v) for k, v in shapes.items()}
-        header, self.offsets, pos = {}, {}, 0
-        for name in sorted(self.shapes):
-            size = 8 * math.prod(self.shapes[name])
-            header[name] = {"dtype": "I64", "shape": list(self.shapes[name]), "data_offsets": [pos, pos + size]}
-            self.offsets[name] = pos
-            pos += size
-        text = json.dumps(header, separators=(",", ":")).encode()
-        text += b" " * (-(8 + len(text)) % 8)
-        self.header = struct.pack("<Q", len(text)) + text
-        self.size = len(self.header) + pos
-
-    def create(self, path: Path) -> None:
-        with open(path, "wb") as fh:
-            fh.write(self.header)
-            fh.truncate(self.size)  # sparse: the rows are written as they come
-
-    def row_bytes(self, name: str) -> int:
-        return 8 * math.prod(self.shapes[name][1:])
-
-    def write_rows(self, fd: int, name: str, start: int, rows: torch.Tensor) -> None:
-        data = rows.to(torch.int64).contiguous().numpy().tobytes()
-        os.pwrite(fd, data, len(self.header) + self.offsets[name] + start * self.row_bytes(name))
-
-    def read_rows(self, fd: int, name: str, start: int, count: int) -> np.ndarray:
-        size = count * self.row_bytes(name)
-        data = os.pread(fd, size, len(self.header) + self.offsets[name] + start * self.row_bytes(name))
-        return np.frombuffer(data, dtype="<i8").reshape(count, *self.shapes[name][1:])
-
-
-class StreamedNpy:
-    """A .npy file of uint8 whose shape is known up front, filled in row by row (the header
-    is numpy's own, format 1.0, as ``np.save`` writes it)."""
-
-    def __init__(self, shape: tuple[int, ...]):
-        self.shape = tuple(int(d) for d in shape)
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                  "shape": self.shape})
-        self.header = buf.getvalue()
-        self.row_bytes = math.prod(self.shape[1:])
-        self.size = len(self.header) + self.shape[0] * self.row_bytes
-
-    def create(self, path: Path) -> None:
-        with open(path, "wb") as fh:
-            fh.write(self.header)
-            fh.truncate(self.size)
-
-    def write_rows(self, fd: int, start: int, rows: np.ndarray) -> None:
-        os.pwrite(fd, np.ascontiguousarray(rows, dtype=np.uint8).tobytes(), len(self.header) + start * self.row_bytes)
-
-
-def npz_from_npy(npy: Path, tmp: Path) -> None:
-    """The .npz that ``np.savez(tmp, arr_0=array)`` writes (an uncompressed zip holding
-    ``arr_0.npy``), from a .npy file on disk, copied through in chunks."""
-    with open(tmp, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        with zf.open("arr_0.npy", "w", force_zip64=True) as dst, open(npy, "rb") as src:
-            shutil.copyfileobj(src, dst, 1 << 22)
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:
@@ -314,20 +69,6 @@ def _write_png(array: np.ndarray, path: Path) -> None:
 
 def _write_wav(wave: torch.Tensor, path: Path, rate: int) -> None:
     write_atomic(path, lambda tmp: write_wav(tmp, wave, rate))
-
-
-def _labels_json(labels: Iterator[tuple[str, int]]) -> Callable[[Path], None]:
-    """A writer of ``json.dumps({name: label, ...}, indent=1)``, one entry at a time."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as fh:
-            first = True
-            for name, label in labels:
-                fh.write(("{\n " if first else ",\n ") + f"{json.dumps(name)}: {int(label)}")
-                first = False
-            fh.write("{}" if first else "\n}")
-
-    return write
 
 
 # -- the size of a set on disk ---------------------------------------------------------------
@@ -417,8 +158,7 @@ class SampleSetWriter:
         self.resume = resume
         self.flags = {"n": "n", "out": "out", **(flags or {})}
         self.log = log
-        self.names = ["codes.safetensors", "grid.png", "samples.json"] + (
-            ["labels.json"] if labelled else []) + (["samples.npz"] if npz else [])
+        self.names = set_file_names(labelled, npz)
         tensors = {f"level_{lv}": (self.n, *s) for lv, s in enumerate(self.code_shapes)}
         if labelled:
             tensors["label"] = (self.n,)
@@ -450,14 +190,14 @@ class SampleSetWriter:
         """Prepare the folder; returns how many samples are already written (a continued
         set: batches from ``done // rows`` on remain)."""
         check_sample_dir(self.out)
-        state = _read_state(self.out)
-        record = _read_json(self.out / "samples.json") if _is_sample_record(self.out / "samples.json") else None
+        state = read_state(self.out)
+        record = read_record(self.out)
         finished = finished_set_files(record) if record is not None else None
         clearing = [SetFiles.from_json(d) for d in state["clearing"]] if state else []
         continuing = (self.resume and state is not None and record is None
                       and state["settings"] == self.settings and self._partial_files_fit(state))
         if state is not None and not continuing:
-            clearing.append(_state_files(state))
+            clearing.append(state_files(state))
             if record is None:
                 changed = [k for k in sorted(set(state["settings"]) | set(self.settings))
                            if state["settings"].get(k) != self.settings.get(k)]
@@ -469,12 +209,12 @@ class SampleSetWriter:
         if finished is not None:
             clearing.append(finished)
             self.replaced = "finished"
-        own = _state_files(state) if continuing else None
+        own = state_files(state) if continuing else None
         self._refuse_foreign(clearing + ([own] if own else []))
         self._check_space(clearing, int(state["done"]) if continuing else 0)
         self.out.mkdir(parents=True, exist_ok=True)
         write_marker(self.out, "samples")  # before the first sample: the folder is recognisably ours
-        _remove_temporaries(self.out, clearing + ([own] if own else []))
+        remove_temporaries(self.out, clearing + ([own] if own else []))
         if continuing:
             self.done = self.resumed = int(state["done"])
             self.seconds, self.tokens = float(state.get("seconds", 0.0)), int(state.get("tokens", 0))
@@ -484,10 +224,10 @@ class SampleSetWriter:
         else:
             # recorded first: a run killed while clearing leaves the list of what to delete
             self.partial.mkdir(exist_ok=True)
-            for name in ("codes.safetensors", "samples.npy", "grid.npy"):
+            for name in (CODES, "samples.npy", "grid.npy"):
                 (self.partial / name).unlink(missing_ok=True)
             self._save_state(clearing)
-            self.codes_file.create(self.partial / "codes.safetensors")
+            self.codes_file.create(self.partial / CODES)
             self.grid_npy.create(self.partial / "grid.npy")
             if self.npy is not None:
                 self.npy.create(self.partial / "samples.npy")
@@ -496,7 +236,7 @@ class SampleSetWriter:
         if clearing or not continuing:
             self._save_state()
         if self.done < self.n:
-            self._fds["codes"] = os.open(self.partial / "codes.safetensors", os.O_RDWR)
+            self._fds["codes"] = os.open(self.partial / CODES, os.O_RDWR)
             self._fds["grid"] = os.open(self.partial / "grid.npy", os.O_RDWR)
             if self.npy is not None:
                 self._fds["npy"] = os.open(self.partial / "samples.npy", os.O_RDWR)
@@ -506,9 +246,9 @@ class SampleSetWriter:
         """Whether an unfinished set's progress files are all there, at their sizes."""
         if int(state["done"]) % self.rows and int(state["done"]) != self.n:
             return False
-        codes = self.partial / "codes.safetensors"
+        codes = self.partial / CODES
         if not codes.is_file():  # moved into place by a finish that was stopped
-            codes = self.out / "codes.safetensors"
+            codes = self.out / CODES
             if int(state["done"]) != self.n:
                 return False
         if not codes.is_file() or codes.stat().st_size != self.codes_file.size:
@@ -530,7 +270,7 @@ class SampleSetWriter:
         if not folder.is_dir():
             return
         for entry in os.scandir(folder):
-            m = _NUMBERED.fullmatch(entry.name)
+            m = NUMBERED.fullmatch(entry.name)
             if not m or "." + m.group(2) != ext:
                 continue
             index = int(m.group(1))
@@ -628,18 +368,18 @@ class SampleSetWriter:
         if self.done != self.n:
             raise ValueError(f"finish: {self.done} of {self.n} samples written")
         self.close()
-        codes_path = self.partial / "codes.safetensors"
+        codes_path = self.partial / CODES
         if self.labelled:
-            src = codes_path if codes_path.is_file() else self.out / "codes.safetensors"
+            src = codes_path if codes_path.is_file() else self.out / CODES
             with open(src, "rb") as fh:
-                write_atomic(self.out / "labels.json", _labels_json(self._labels(fh.fileno())))
+                write_atomic(self.out / LABELS, labels_json(self._labels(fh.fileno())))
         if self.npy is not None:
-            write_atomic(self.out / "samples.npz", lambda tmp: npz_from_npy(self.partial / "samples.npy", tmp))
+            write_atomic(self.out / NPZ, lambda tmp: npz_from_npy(self.partial / "samples.npy", tmp))
         grid = np.load(self.partial / "grid.npy")
-        write_atomic(self.out / "grid.png", lambda tmp: Image.fromarray(
+        write_atomic(self.out / GRID, lambda tmp: Image.fromarray(
             tile_uint8(grid)[..., 0] if grid.shape[-1] == 1 else tile_uint8(grid)).save(tmp, format="PNG"))
         if codes_path.is_file():
-            os.replace(codes_path, self.out / "codes.safetensors")
+            os.replace(codes_path, self.out / CODES)
         files = [media_name(self.modality, i) for i in range(min(3, self.n))] + (["..."] if self.n > 3 else [])
         out = {"num_samples": self.n, "modality": self.modality, "files": files,
                "tokenizer_identity": self.tokenizer.identity, **record}
@@ -648,7 +388,7 @@ class SampleSetWriter:
         if self.labelled and class_names:
             out["class_names"] = class_names
         out["set_files"] = self.names  # what replacing this set deletes besides its samples
-        write_text_atomic(self.out / "samples.json", json.dumps(out, indent=2))
+        write_text_atomic(self.out / RECORD, json.dumps(out, indent=2))
         shutil.rmtree(self.partial)
         return out
 

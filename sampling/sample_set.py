@@ -12,18 +12,20 @@ renames into place when the set is finished.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 
 from engine.signals import SamplingInterrupted, StopSignals
 from prior.pretrained import Prior
-from sampling.outputs import MAX_GRID, SampleSetWriter, format_bytes
-from sampling.sampler import CodeBatch, PerLevel, Sampler, batch_rows
+from sampling.outputs import SampleSetWriter, format_bytes
+from sampling.sampler import CodeBatch, Sampler, batch_rows
+from sampling.settings import SamplingSettings
 from tokenizer.pretrained import Tokenizer
 
 Label = Union[int, str, None]
@@ -54,10 +56,6 @@ def sample_labels(label: Label, n: int, num_classes: Optional[int], class_names:
     return torch.full((n,), class_index(label, class_names, key))
 
 
-MAX_SAMPLES = 10**9  # one folder of numbered files; far beyond what a file system lists well
-MAX_GRIFFIN_LIM_ITERS = 10_000
-
-
 class SampleRecord(dict):
     """samples.json's record, and what the call found in the folder: ``resumed`` samples
     were already written by an interrupted run of the same settings; ``replaced`` says
@@ -65,22 +63,6 @@ class SampleRecord(dict):
 
     resumed: int = 0
     replaced: Optional[str] = None
-
-
-def check_counts(n: int, batch_size: int, grid: int, seed: int, griffin_lim_iters: Optional[int],
-                 flags: dict) -> None:
-    """Bounds on the counts of a sample set, checked before anything is loaded: beyond
-    them a set would allocate or write without end, or a seed would overflow torch's."""
-    for key, value, low, high in (("n", n, 1, MAX_SAMPLES), ("batch_size", batch_size, 1, None),
-                                  ("grid", grid, 1, MAX_GRID), ("seed", seed, 0, 2**32 - 1)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{flags[key]}: expected a whole number, got {value!r}")
-        if value < low or (high is not None and value > high):
-            bound = f"in [{low}, {high:,}]" if high is not None else f">= {low}"
-            raise ValueError(f"{flags[key]}: must be {bound}, got {value:,}")
-    if griffin_lim_iters is not None and not 0 <= griffin_lim_iters <= MAX_GRIFFIN_LIM_ITERS:
-        raise ValueError(f"{flags['griffin_lim_iters']}: must be in [0, {MAX_GRIFFIN_LIM_ITERS:,}], "
-                         f"got {griffin_lim_iters:,}")
 
 
 def _available_memory(device: torch.device) -> tuple[int, str]:
@@ -183,37 +165,23 @@ def label_source(label: Label, num_classes: Optional[int], class_names: Optional
     return "cycle" if label == "cycle" else class_index(label, class_names, key)
 
 
-FLAGS = {"n": "n", "batch_size": "batch_size", "grid": "grid", "seed": "seed", "label": "label",
-         "griffin_lim_iters": "griffin_lim_iters", "out": "out"}
-
-
 def sample_into(
     out: str | Path,
     prior_run: str | Path,
     tokenizer_run: str | Path | None = None,
+    settings: Optional[SamplingSettings] = None,
     *,
-    n: int,
-    label: Label = None,
-    seed: int = 0,
-    batch_size: int = 64,
-    temperature: PerLevel = 1.0,
-    top_k: PerLevel = 0,
-    top_p: PerLevel = 1.0,
-    cfg_scale: float = 1.0,
-    cache: Literal["static", "dynamic", "none"] = "static",
-    compile: bool = False,
-    grid: int = 64,
-    npz: bool = False,
-    griffin_lim_iters: Optional[int] = None,
     device: Optional[str] = None,
     random_codes: bool = False,
-    label_key: str = "label",
     extra: Optional[dict] = None,
-    flags: Optional[dict] = None,
+    flags: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
+    **options: Any,
 ) -> SampleRecord:
-    """Sample ``n`` examples from the priors in ``prior_run`` into ``out``; returns the
-    samples.json record (``extra`` is added to it).
+    """Sample ``settings.n`` examples from the priors in ``prior_run`` into ``out`` as
+    ``settings`` say; returns the samples.json record (``extra`` is added to it).
+    ``options`` are settings given one by one (``n=16, seed=3``), over ``settings`` or
+    the defaults.
 
     The set is drawn, decoded and written one batch at a time. An unfinished set in ``out``
     drawn with the same settings (a run stopped by Ctrl-C, a kill, a crash) is continued
@@ -223,11 +191,13 @@ def sample_into(
 
     ``tokenizer_run`` defaults to the one recorded with the priors. ``random_codes`` draws
     every level uniformly instead (the baseline a prior has to beat). ``flags`` names the
-    settings in errors (``{"n": "--n", ...}`` on the command line; ``label_key`` names the
-    label's). Counts, the memory of one batch and the disk space of the set are checked
-    before any sampling."""
-    flags = {**FLAGS, "label": label_key, **(flags or {})}
-    check_counts(n, batch_size, grid, seed, griffin_lim_iters, flags)
+    settings in errors (``{"n": "--n", ...}`` on the command line, and ``"out"``). The
+    settings, the memory of one batch and the disk space of the set are checked before any
+    sampling."""
+    s = dataclasses.replace(settings or SamplingSettings(), **options)
+    flags = {"out": "out", **(flags or {})}
+    s.validate(flags)
+    key = flags.get
     prior = Prior.from_pretrained(prior_run, device=device)
     tok_run = tokenizer_run or prior.info.get("tokenizer_run")
     if not tok_run:
@@ -241,30 +211,31 @@ def sample_into(
             f"of identity {prior.tokenizer_identity}")
     tokenizer = Tokenizer.from_pretrained(tok_run, device=device)
     # refuses guidance on a prior that is not class-conditional, naming cfg_scale
-    sampler = Sampler(prior, tokenizer, device=device, temperature=temperature, top_k=top_k, top_p=top_p,
-                      cfg_scale=cfg_scale, cache=cache, compile=compile)
+    sampler = Sampler.from_settings(prior, tokenizer, s, device=device)
+    n, batch_size = s.n, s.batch_size
     rows = batch_rows(n, batch_size)
     labels = None
     if random_codes:
-        settings = {"baseline": "uniformly random codes at every level", "seed": seed}
+        record = {"baseline": "uniformly random codes at every level", "seed": s.seed}
     else:
-        labels = label_source(label, prior.num_classes, prior.class_names, label_key)
-        sampler.code_batches(n, labels, seed, batch_size)  # checks the labels; draws nothing
-        settings = {
-            "prior_run": str(prior_run), "tokenizer_run": str(tok_run), "seed": seed,
-            "batch_size": batch_size, "cfg_scale": cfg_scale, "cache": cache, "compile": compile,
-            "label": label, "levels": [vars(s) for s in sampler.settings],
+        labels = label_source(s.label, prior.num_classes, prior.class_names, key("label", "label"))
+        sampler.code_batches(n, labels, s.seed, batch_size)  # checks the labels; draws nothing
+        record = {
+            "prior_run": str(prior_run), "tokenizer_run": str(tok_run), "seed": s.seed,
+            "batch_size": batch_size, "cfg_scale": s.cfg_scale, "cache": s.cache, "compile": s.compile,
+            "label": s.label, "levels": [vars(level) for level in sampler.settings],
         }
-    check_batch_memory(sampler, tokenizer, rows, cfg_scale if not random_codes else 1.0, flags["batch_size"])
+    check_batch_memory(sampler, tokenizer, rows, s.cfg_scale if not random_codes else 1.0,
+                       key("batch_size", "batch_size"))
     # guidance 0 samples with the null label whatever the label says: no labels to score against
-    labelled = labels is not None and cfg_scale != 0
+    labelled = labels is not None and s.labelled()
     # what decides the files: a rerun continues an unfinished set only when all of it is equal
-    identity = {**settings, "n": n, "batch_size": batch_size, "grid": grid, "npz": npz,
-                "griffin_lim_iters": griffin_lim_iters, "random_codes": random_codes,
+    identity = {**record, "n": n, "batch_size": batch_size, "grid": s.grid, "npz": s.npz,
+                "griffin_lim_iters": s.griffin_lim_iters, "random_codes": random_codes,
                 "device": sampler.device.type, "tokenizer_identity": tokenizer.identity,
                 "prior_weights": None if random_codes else _prior_weights(prior), "extra": extra}
     writer = SampleSetWriter(out, tokenizer, n, rows, settings=identity, code_shapes=prior.code_shapes,
-                             labelled=labelled, grid=grid, npz=npz, griffin_lim_iters=griffin_lim_iters,
+                             labelled=labelled, grid=s.grid, npz=s.npz, griffin_lim_iters=s.griffin_lim_iters,
                              flags=flags, log=log)
     try:
         with StopSignals() as signals:
@@ -272,9 +243,9 @@ def sample_into(
                 done = writer.open()  # a stop while it clears an earlier set: the rest is recorded
                 first = -(-done // rows)  # done is where a batch starts, or n
                 if random_codes:
-                    batches = random_code_batches(prior, n, seed, rows, first)
+                    batches = random_code_batches(prior, n, s.seed, rows, first)
                 else:
-                    batches = sampler.code_batches(n, labels, seed, batch_size, progress=True, first_batch=first)
+                    batches = sampler.code_batches(n, labels, s.seed, batch_size, progress=True, first_batch=first)
                 seconds, tokens = sampler.stats.seconds, sampler.stats.tokens
                 for batch in batches:  # the sampler's stats have counted this batch's drawing
                     decoded = sampler.decode(batch.codes, batch_size=rows)
@@ -286,17 +257,17 @@ def sample_into(
                     if signals.received and writer.done < n:
                         raise SamplingInterrupted(writer.done, n, Path(out), signals.received)
                 if not random_codes:
-                    settings["sampling_seconds"] = writer.seconds
-                    settings["tokens_per_s"] = writer.tokens / max(writer.seconds, 1e-9)
+                    record["sampling_seconds"] = writer.seconds
+                    record["tokens_per_s"] = writer.tokens / max(writer.seconds, 1e-9)
                 # every sample is written: a first signal from here on lets the set finish
-                record = SampleRecord(writer.finish({**settings, **(extra or {})},
+                result = SampleRecord(writer.finish({**record, **(extra or {})},
                                                     prior.class_names if labelled else None))
             except KeyboardInterrupt:  # a second Ctrl-C: the batch under way is dropped
                 raise SamplingInterrupted(writer.done, n, Path(out), "SIGINT") from None
     finally:
         writer.close()
-    record.resumed, record.replaced = writer.resumed, writer.replaced
-    return record
+    result.resumed, result.replaced = writer.resumed, writer.replaced
+    return result
 
 
 def _prior_weights(prior: Prior) -> str:

@@ -10,7 +10,6 @@ conditional sampling, s = 0 unconditional.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,14 @@ from tqdm.auto import tqdm
 
 from prior.model import LevelPrior
 from prior.pretrained import Prior
+from sampling.settings import (
+    SamplingSettings,
+    check_cache,
+    check_cfg_scale,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+)
 
 PerLevel = Union[float, int, Sequence, None]
 
@@ -51,12 +58,9 @@ class LevelSettings:
     top_p: float = 1.0  # keep the smallest set with probability >= top_p; 1 = all
 
     def validate(self, level: int) -> None:
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise ValueError(f"temperature for level {level}: must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k for level {level}: must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p for level {level}: must be in (0, 1], got {self.top_p}")
+        check_temperature(self.temperature, f"temperature for level {level}")
+        check_top_k(self.top_k, f"top_k for level {level}")
+        check_top_p(self.top_p, f"top_p for level {level}")
 
 
 @dataclass
@@ -161,9 +165,7 @@ class Sampler:
         self.settings = [LevelSettings(float(t), int(k), float(p)) for t, k, p in zip(temps, ks, ps)]
         for level, s in enumerate(self.settings):
             s.validate(level)
-        if not math.isfinite(cfg_scale) or abs(cfg_scale) > 1000:
-            # beyond this the guided logits overflow float32 (1e308 gave a raw traceback)
-            raise ValueError(f"cfg_scale: must be a number in [-1000, 1000], got {cfg_scale}")
+        check_cfg_scale(cfg_scale)
         if cfg_scale != 1.0 and not prior.num_classes:
             raise ValueError("cfg_scale: classifier-free guidance needs a class-conditional prior")
         # the null label is only a model of unconditional codes if training dropped labels to it
@@ -173,12 +175,7 @@ class Sampler:
                 f"cfg_scale: guidance needs the unconditional (null-label) model, which levels "
                 f"{self._no_null} never trained (label_dropout=0); use cfg_scale=1 or retrain with label_dropout > 0")
         self.cfg_scale = float(cfg_scale)
-        if cache not in ("static", "dynamic", "none"):
-            raise ValueError(f"cache: expected 'static', 'dynamic' or 'none', got {cache!r}")
-        if compile and cache != "static":
-            # only the static cache gives the step fixed shapes; with a growing cache every
-            # step would be a new graph
-            raise ValueError(f"compile: needs cache='static', got cache={cache!r}")
+        check_cache(cache, compile)
         if compile_mode not in (None, "default", "reduce-overhead", "max-autotune"):
             raise ValueError(f"compile_mode: expected 'default', 'reduce-overhead' or 'max-autotune', got {compile_mode!r}")
         if compile_mode is not None and not compile:
@@ -194,6 +191,15 @@ class Sampler:
         if tokenizer is not None:
             tokenizer.model.to(self.device)
         self.stats = SampleStats()
+
+    @classmethod
+    def from_settings(cls, prior: Prior, tokenizer, settings: SamplingSettings,
+                      device: Union[str, torch.device, None] = None) -> Sampler:
+        """A sampler drawing as ``settings`` say (their temperature, top-k, top-p, guidance
+        scale, cache and compilation; the counts are the caller's)."""
+        return cls(prior, tokenizer, temperature=settings.temperature, top_k=settings.top_k,
+                   top_p=settings.top_p, cfg_scale=settings.cfg_scale, cache=settings.cache,
+                   compile=settings.compile, device=device)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -1015,7 +1015,6 @@ def test_a_damaged_config_yaml_is_reported_by_path_and_config_is_written_atomica
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "x", "--out", "y", "--grid", "0"], "--grid: must be >= 1"),
     (["eval-tokenizer", "x", "--max-examples", "0"], "--max-examples: must be >= 1"),  # was 'default'
     (["encode", "x", "--out", "y", "--num-workers", "-1"], "--num-workers: must be >= 0"),
     (["fid", "x", "--ref", "shapes", "--batch-size", "0"], "--batch-size: must be >= 1"),
@@ -1024,6 +1023,13 @@ def test_nonsense_counts_on_the_command_line_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_nonsense_sample_count_is_one_line_naming_the_flag(tmp_path, capsys):
+    # the sampling settings are checked together (SamplingSettings), before the folder is touched
+    assert main(["sample", "x", "--out", str(tmp_path / "y"), "--grid", "0"]) == 2
+    assert capsys.readouterr().err == "hqvae sample: error: --grid: must be in [1, 1,024], got 0\n"
+    assert not (tmp_path / "y").exists()
 
 
 def test_an_absurd_guidance_scale_is_a_clear_error():

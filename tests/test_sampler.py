@@ -396,7 +396,8 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert set(json.loads((tmp_path / "blue" / "labels.json").read_text()).values()) == {2}
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
                        (["--label", "purple"], "or a class name: red, green, blue; got 'purple'"),
-                       (["--temperature", "-1"], "temperature for level 0"),
+                       (["--temperature", "-1"], "--temperature: must be >= 0, got -1.0"),
+                       (["--temperature", "1,-1"], "--temperature for level 1: must be >= 0, got -1.0"),
                        (["--top-k", "1,2,3"], "3 values for a prior with 2 levels"),
                        (["--temperature", "hot"], "--temperature")]:
         assert main(["sample", str(run), "--out", str(tmp_path / "x"), "--n", "2", *bad]) == 2
@@ -519,7 +520,7 @@ def test_streamed_files_are_the_formats_readers_expect(tmp_path):
     layout (arr_0.npy in an uncompressed zip); labels.json is json.dumps(indent=1)."""
     from safetensors.torch import save
 
-    from sampling.outputs import StreamedNpy, StreamedSafetensors, _labels_json, npz_from_npy
+    from sampling.streamed_files import StreamedNpy, StreamedSafetensors, labels_json, npz_from_npy
 
     tensors = {"level_0": torch.randint(0, 9, (7, 2, 2)), "level_1": torch.randint(0, 9, (7, 4, 4)),
                "label": torch.arange(7) % 3}
@@ -547,7 +548,7 @@ def test_streamed_files_are_the_formats_readers_expect(tmp_path):
     with zipfile.ZipFile(tmp_path / "a.npz") as z:
         assert [i.compress_type for i in z.infolist()] == [zipfile.ZIP_STORED]
     mapping = {"000000.png": 2, "000001.png": 0}
-    _labels_json(iter(mapping.items()))(tmp_path / "l.json")
+    labels_json(iter(mapping.items()))(tmp_path / "l.json")
     assert (tmp_path / "l.json").read_text() == json.dumps(mapping, indent=1)
 
 

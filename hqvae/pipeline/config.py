@@ -15,52 +15,35 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from engine.config import ConfigError, load_config, merge
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
 from sampling.classifier import ClassifierConfig
+from sampling.settings import settings_section
 from tokenizer.config import TokenizerConfig, expand_preset
+
+# the options of `hqvae sample` a pipeline track sets (its YAML keys under ``sample:``); the
+# others keep their defaults. 256 samples of balanced classes: enough for a first FID, and
+# 'cycle' on an unconditional prior samples unconditionally (the config refuses any other
+# label there)
+_SampleSection = settings_section(
+    "SampleConfig", ("n", "batch_size", "temperature", "top_k", "top_p", "cfg_scale", "label", "seed",
+                     "griffin_lim_iters", "compile"), n=256, label="cycle")
 
 
 @dataclass
-class SampleConfig:
-    n: int = 256  # samples to generate (and to score)
-    batch_size: int = 64
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    cfg_scale: float = 1.0  # classifier-free guidance (class-conditional priors); 1 = off
-    # 'cycle' = balanced classes 0, 1, ..., K-1, 0, ...; a class id or class name; or
-    # null = unconditional (an unconditional prior samples unconditionally under 'cycle')
-    label: Union[int, str, None] = "cycle"
-    seed: int = 0
-    griffin_lim_iters: Optional[int] = None  # audio: None = the tokenizer's setting
-    # torch.compile the sampler's one-token step (CUDA graphs on a GPU): pays off for large n
-    compile: bool = False
+class SampleConfig(_SampleSection):
+    """A track's ``sample`` section: these options of :class:`SamplingSettings`, with their
+    bounds, and at least two samples."""
+
+    min_n = 2  # FID needs two samples
 
     def validate(self) -> None:
-        if self.n < 2:
-            raise ConfigError(f"n: must be >= 2 (FID needs two samples), got {self.n}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size: must be >= 1, got {self.batch_size}")
-        # the bounds `hqvae sample` checks (sampling/sample_set.py), here before any stage runs
-        if self.n > 10**9:
-            raise ConfigError(f"n: must be in [2, 1,000,000,000], got {self.n:,}")
-        if not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed: must be in [0, 4,294,967,295], got {self.seed:,}")
-        if self.griffin_lim_iters is not None and not 0 <= self.griffin_lim_iters <= 10_000:
-            raise ConfigError(f"griffin_lim_iters: must be in [0, 10,000], got {self.griffin_lim_iters:,}")
-        if self.temperature < 0:
-            raise ConfigError(f"temperature: must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k: must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p: must be in (0, 1] (1 = off), got {self.top_p}")
-        if self.label == "" or isinstance(self.label, int) and self.label < 0:
-            # a class name is checked against the data before the first stage
-            raise ConfigError(f"label: expected 'cycle', a class id, a class name or null, got {self.label!r}")
+        if isinstance(self.n, int) and self.n < self.min_n:
+            raise ConfigError(f"n: must be >= {self.min_n} (FID needs two samples), got {self.n}")
+        super().validate()
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from engine.config import ConfigError, to_dict
 from hqvae import layout
 from hqvae.pipeline.config import PipelineConfig
+from sampling.sample_reader import read_record
 
 # the sample settings the random-codes baseline depends on
 RANDOM_SAMPLE_KEYS = ("n", "batch_size", "seed", "griffin_lim_iters")
@@ -67,7 +68,7 @@ def prior_levels_todo(prior_dir: Path, num_levels: int) -> list[int]:
 
 def samples_match(folder: Path, wanted: dict, random_codes: bool) -> bool:
     """Whether the sample set in ``folder`` was drawn with the sample settings ``wanted``."""
-    prev = read_json(folder / "samples.json") or {}
+    prev = read_record(folder) or {}
     # random codes depend on the tokenizer and on n / seed / batch size, not on the prior
     # or the sampling knobs: changing the temperature must not decode them again
     keys = RANDOM_SAMPLE_KEYS if random_codes else tuple(wanted)

@@ -24,6 +24,7 @@ from hqvae.report.html import (
     table,
 )
 from hqvae.report.run_files import read_json, read_text
+from sampling.sample_reader import GRID, LABELS, RECORD, media_files
 
 SAMPLE_PLAYERS = 8  # generated clips given an <audio> player
 RANDOM_PLAYERS = 4  # random-baseline clips given an <audio> player
@@ -55,8 +56,8 @@ def _status_table(page: Page, track: str) -> str:
 
 
 def _labels(samples: Path, problems: list[str]) -> tuple[dict, list]:
-    labels = read_json(samples / "labels.json", problems)
-    record = read_json(samples / "samples.json", problems)
+    labels = read_json(samples / LABELS, problems)
+    record = read_json(samples / RECORD, problems)
     names = record.get("class_names") if isinstance(record, dict) else None
     return (labels if isinstance(labels, dict) else {}), (names if isinstance(names, list) else [])
 
@@ -67,7 +68,7 @@ def _sample_section(page: Page, track: str) -> None:
     figs = []
     for stage, caption in (("samples", "samples from the priors"),
                            ("random", "baseline: uniformly random codes")):
-        grid = tdir / stage / "grid.png"
+        grid = tdir / stage / GRID
         if grid.is_file():
             figs.append(page.image(grid, f"{caption} ({page.rel_name(grid)})"))
         else:
@@ -77,7 +78,7 @@ def _sample_section(page: Page, track: str) -> None:
         for stage, limit, caption in (("samples", SAMPLE_PLAYERS, "Generated clips"),
                                       ("random", RANDOM_PLAYERS, "Random-codes clips")):
             folder = tdir / stage
-            wavs = sorted((folder / "audio").glob("*.wav")) if (folder / "audio").is_dir() else []
+            wavs = media_files(folder, "audio")
             if not wavs:
                 continue
             labels, names = _labels(folder, page.problems)
@@ -92,9 +93,9 @@ def _sample_section(page: Page, track: str) -> None:
             more = f" (first {limit} of {len(wavs)})" if len(wavs) > limit else ""
             page.add(f"<h4>{esc(caption)}{esc(more)}</h4><div>", *players, "</div>")
     for stage in ("samples", "random"):
-        record = read_json(tdir / stage / "samples.json", page.problems)
+        record = read_json(tdir / stage / RECORD, page.problems)
         if isinstance(record, dict):
-            page.add(details(f"{stage}/samples.json: sampling settings", kv_table(record)))
+            page.add(details(f"{stage}/{RECORD}: sampling settings", kv_table(record)))
 
 
 def _clip_number(path: Path) -> int:
