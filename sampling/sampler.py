@@ -246,6 +246,10 @@ class Sampler:
             upper = [torch.cat([u, u]) for u in upper]
             labels = torch.cat([labels, torch.full_like(labels, model.null_label)])
         start, cond = model.condition(upper, labels, 2 * batch if guided else batch)
+        # an unconditional prior's start is an expanded view of its parameter: it keeps
+        # requires_grad even under no_grad and has a 0 batch stride, so the compiled step's
+        # first call would be traced for such an input and compiled again at the second
+        start = start.detach().contiguous()
 
         def step_input(i: int, tokens: Optional[torch.Tensor]) -> torch.Tensor:
             x = start if i == 0 else model.tok_emb(tokens)[:, None]
