@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ConfigError
@@ -250,3 +251,23 @@ class FirstBatchInit(FiniteInputCheck):
 
     def _seed_state(self, flat: torch.Tensor, finite: torch.Tensor) -> None:
         raise NotImplementedError
+
+    def _checked_map(self, z) -> tuple[torch.Tensor, bool]:
+        """The input as a (B, D, H, W) map after the checks every call starts with, and
+        whether it came as a (B, N, D) sequence."""
+        self._check_type(z)
+        z, sequence = _to_map(z, self.D)
+        self._refuse_nonfinite(z)
+        return z, sequence
+
+    def _float_rows(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The map in float32 and its rows (N, D); the first training batch seeds here."""
+        z = z.float()
+        flat = _flatten(z)
+        if self._needs_seed():
+            self._seed(flat.detach())
+        return z, flat
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, H, W) -> codewords (B, D, H, W)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)

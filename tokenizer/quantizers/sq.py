@@ -136,9 +136,6 @@ class StochasticQuantizer(FirstBatchInit):
             return (cfg.tau_init * torch.exp(-cfg.tau_decay * step.double())).clamp_min(cfg.tau_min).float()
         return max(cfg.tau_init * math.exp(-cfg.tau_decay * step), cfg.tau_min)
 
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
-
     def forward(
         self, z: torch.Tensor, step: int | torch.Tensor = 0, log_var: torch.Tensor | None = None,
         continuous: bool = True, continuous_log_var: torch.Tensor | None = None,
@@ -151,15 +148,10 @@ class StochasticQuantizer(FirstBatchInit):
         log variance of that term where it differs from the posterior's: log sum_l sigma_l^2
         at the last depth of a residual run.
         """
-        self._check_type(z)
-        z, sequence = _to_map(z, self.D)
-        self._refuse_nonfinite(z)
+        z, sequence = self._checked_map(z)
         b = z.shape[0]
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = z.float()
-            flat = _flatten(z)
-            if self._needs_seed():
-                self._seed(flat.detach())
+            z, flat = self._float_rows(z)
             codebook = self.codebook.float()
             log_var = (self.log_variance() if log_var is None else log_var).float()
             precision = torch.exp(-log_var)

@@ -12,10 +12,8 @@ from tokenizer.quantizers.base import (
     QuantizerOutput,
     _all_reduce_sum,
     _broadcast,
-    _flatten,
     _from_map,
     _nonfinite_count,
-    _to_map,
     _unflatten,
     code_scores,
     resolve_config,
@@ -108,19 +106,10 @@ class VectorQuantizer(FirstBatchInit):
             self.ema_count.masked_fill_(dead, 1.0)
         self.usage.masked_fill_(dead, 1.0)
 
-    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (B, H, W) -> codewords (B, D, H, W)."""
-        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
-
     def forward(self, z: torch.Tensor, step: int | torch.Tensor = 0) -> QuantizerOutput:
-        self._check_type(z)
-        z, sequence = _to_map(z, self.D)
-        self._refuse_nonfinite(z)
+        z, sequence = self._checked_map(z)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = z.float()
-            flat = _flatten(z)
-            if self._needs_seed():
-                self._seed(flat.detach())
+            z, flat = self._float_rows(z)
             codebook = self.codebook.float()
             codes = code_scores(flat.detach(), codebook.detach()).argmax(1)
             onehot = F.one_hot(codes, self.K).type_as(flat)
