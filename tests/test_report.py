@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,59 @@ def test_report_in_headless_chromium(tmp_path, browser):
     assert shot.stat().st_size > 20_000
 
 
+class _Page(HTMLParser):
+    """The parts of a report the tests read: tables (rows of cell texts, with each cell's
+    tag and classes), <summary> texts, <pre> texts and every tag seen."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[tuple[str, str, str]]]] = []
+        self.summaries: list[str] = []
+        self.pres: list[str] = []
+        self.tags: list[str] = []
+        self._cell = self._text = None
+        self._bold: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = (tag, dict(attrs).get("class") or "", [])
+        elif tag in ("summary", "pre"):
+            self._text = (tag, [])
+        elif tag == "b" and self._cell is not None:
+            self._cell[2].append("<b>")
+
+    def handle_endtag(self, tag):
+        if tag == "b" and self._cell is not None:
+            self._cell[2].append("</b>")
+        elif tag in ("td", "th") and self._cell is not None:
+            kind, cls, parts = self._cell
+            self.tables[-1][-1].append((kind, cls, "".join(parts)))
+            self._cell = None
+        elif tag in ("summary", "pre") and self._text is not None:
+            (self.summaries if tag == "summary" else self.pres).append("".join(self._text[1]))
+            self._text = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[2].append(data)
+        if self._text is not None:
+            self._text[1].append(data)
+
+    def rows(self) -> list[list[str]]:
+        """Every table row as its cell texts."""
+        return [[c[2] for c in row] for table in self.tables for row in table]
+
+    def row(self, first: str) -> list[tuple[str, str, str]]:
+        """The (first) row whose first cell reads ``first``."""
+        return next(row for table in self.tables for row in table if row and row[0][2] == first)
+
+
 def test_report_links_are_relative_and_survive_a_move(tmp_path):
     run = make_run(tmp_path)
     text = write_report(run).read_text()
@@ -253,29 +307,34 @@ def test_report_links_are_relative_and_survive_a_move(tmp_path):
 def test_report_escapes_everything(tmp_path):
     run = make_run(tmp_path)
     text = write_report(run).read_text()
-    assert "<script" not in text
+    page = _Page(text)
+    assert "script" not in page.tags
+    # the config's script is text on the page (escaped in the source), never markup
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
     # pipeline.yaml verbatim, every stage config in a <details>
-    assert "image:\n  data: shapes  # &lt;script&gt;" in text
-    assert text.count("<summary>image/tokenizer/config.yaml</summary>") == 1
-    assert "<summary>audio/classifier/config.yaml</summary>" in text
+    assert any("image:\n  data: shapes  # <script>" in pre for pre in page.pres)
+    assert page.summaries.count("image/tokenizer/config.yaml") == 1
+    assert "audio/classifier/config.yaml" in page.summaries
 
 
 def test_report_tables(tmp_path):
-    text = write_report(make_run(tmp_path)).read_text()
+    page = _Page(write_report(make_run(tmp_path)).read_text())
+    rows = page.rows()
     # fid.json: one column per result, the ratio beside it
-    assert "<tr><th>metric</th><th>samples</th><th>random</th></tr><tr><td>fid</td>" in text
-    assert '<td>ratio_random_to_samples</td><td class="num">20</td>' in text
-    rows = [text.index(f"<td>{k}</td>") for k in ("kid_std", "precision", "recall", "num")]
-    assert rows == sorted(rows)  # precision / recall beside FID / KID, before the counts
+    header = rows.index(["metric", "samples", "random"])
+    assert rows[header + 1][0] == "fid"
+    assert page.row("ratio_random_to_samples")[1] == ("td", "num", "20")
+    order = [next(i for i, r in enumerate(rows) if r and r[0] == k) for k in ("kid_std", "precision", "recall", "num")]
+    assert order == sorted(order)  # precision / recall beside FID / KID, before the counts
     # summary.json: one row per stage, the headline numbers
-    assert '<tr><td>tokenizer</td><td>ran</td><td class="num">1.5</td>' in text
-    assert '<td>fid_random_codes</td><td class="num">250</td>' in text
-    # a stage's details are named values, not raw JSON (issue 23)
-    assert "<td>samples fid <b>12.5</b></td>" in text and '{"fid"' not in text.split("<h4>")[1]
+    assert page.row("tokenizer")[:3] == [("td", "", "tokenizer"), ("td", "", "ran"), ("td", "num", "1.5")]
+    assert page.row("fid_random_codes")[1] == ("td", "num", "250")
+    # a stage's details are named values, not raw JSON
+    cells = [c[2] for table in page.tables for row in table for c in row]
+    assert "samples fid <b>12.5</b>" in cells and not any(c.startswith('{"fid"') for c in cells)
     # per-layer codebook usage, prior bits per token
-    assert '<td class="num">31.25</td>' in text  # 5 of 16 codes used
-    assert "<th>bits/token (held out)</th>" in text
+    assert ("td", "num", "31.25") in [c for table in page.tables for row in table for c in row]  # 5 of 16 codes used
+    assert "bits/token (held out)" in [c[2] for table in page.tables for row in table for c in row if c[0] == "th"]
 
 
 def test_report_of_a_partial_run(tmp_path):
