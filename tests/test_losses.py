@@ -257,3 +257,23 @@ def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_onl
         assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
     with safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as f:
         assert not any("discriminator" in k or "perceptual" in k for k in f.keys())
+
+
+@pytest.mark.parametrize("preset", ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae", "hqvae"])
+@pytest.mark.parametrize("audio", [False, True], ids=["image", "spectrogram"])
+def test_every_preset_trains_on_the_scalable_network_with_the_adversarial_loss(preset, audio):
+    data = (["data.source=tones", "data.audio.num_frames=16", "data.audio.n_fft=32", "data.audio.hop_length=8"]
+            if audio else ["data.image_size=16"])
+    cfg = load_tokenizer_config(None, [
+        f"model.preset={preset}", "model.net=vqgan", "model.channels=16", "model.net_options.base_channels=8",
+        "model.net_options.norm_groups=4", "model.net_options.num_res_blocks=1", "model.downsample=4",
+        "model.layers.0.codebook_size=32", "loss.adversarial.weight=0.5", "loss.adversarial.channels=8",
+        "loss.adversarial.layers=2", *data])
+    torch.manual_seed(0)
+    c, h, w = cfg.data.shape
+    obj = TokenizerObjective(HQVAE(cfg.model, cfg.data.shape), cfg.loss, c).train()
+    terms = obj(torch.rand(2, c, h, w) * 2 - 1, step=0)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and float(terms["adv/weight"]) > 0
+    missing = [n for n, p in obj.named_parameters() if p.grad is None]
+    assert not missing, missing

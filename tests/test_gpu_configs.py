@@ -1,0 +1,37 @@
+"""The configs sized for GPUs (configs/tokenizer/imagenet256_*.yaml, speech16k_*.yaml) run: each
+trains two steps here at its own resolution, presets, code layout, network shape (channel
+multipliers, attention), bf16 autocast and gradient checkpointing, with the widths shrunk
+and generated data in place of the dataset, so a GPU user's first run does not fail on a
+setting."""
+
+from pathlib import Path
+
+import pytest
+
+from tokenizer.config import load_tokenizer_config
+from tokenizer.train import train_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs" / "tokenizer").glob("imagenet256_*.yaml")) + sorted(
+    (ROOT / "configs" / "tokenizer").glob("speech16k_*.yaml"))
+SHRINK = ["model.channels=8", "model.net_options.base_channels=8", "model.net_options.norm_groups=4",
+          "model.net_options.num_res_blocks=1", "data.num_train=4", "data.num_eval=2", "train.epochs=1",
+          "train.batch_size=2", "train.num_workers=0", "train.warmup_steps=0", "train.progress=false",
+          "eval.max_examples=2", "eval.batch_size=2", "eval.grid_size=2", "eval.num_audio=1"]
+
+
+def test_every_gpu_config_is_covered():
+    assert len(CONFIGS) >= 7
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_a_gpu_config_trains_two_steps_at_its_resolution(path, tmp_path):
+    audio = "speech" in path.stem
+    data = ["data.source=tones", "data.path=null"] if audio else ["data.source=shapes", "data.path=null"]
+    extra = ["loss.adversarial.weight=0.5", "loss.adversarial.start_step=0", "loss.adversarial.channels=8"] \
+        if path.stem.endswith("vqvae") else []  # one of them with the discriminator on
+    cfg = load_tokenizer_config(path, [f"run_dir={tmp_path / 'run'}", *data, *SHRINK, *extra])
+    assert cfg.train.mixed_precision == "bf16" and cfg.train.gradient_checkpointing
+    metrics = train_tokenizer(cfg)
+    assert metrics["train"]["steps"] == 2
+    assert len(metrics["layers"]) == len(cfg.model.layers)
