@@ -2,6 +2,7 @@
 one classifier for images and spectrograms. Kept because model cards written before that,
 and code outside this repository, import ``AudioClassifier`` from here."""
 
+from sampling.classifier.augment import augment_spectrograms
 from sampling.classifier.config import (
     RESUMABLE_CHANGES,
     AugmentConfig,
@@ -10,7 +11,6 @@ from sampling.classifier.config import (
     ClassifierModelConfig,
     load_classifier_config,
 )
-from sampling.classifier.augment import augment_spectrograms
 from sampling.classifier.evaluate import accuracy_report, evaluate_classifier
 from sampling.classifier.model import AudioClassifier
 from sampling.classifier.train import format_summary, resolve_data, train_classifier

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 from hqvae.cli import main
-from sampling.metrics.features import FeatureSpace
 from sampling.metrics import cache as C
 from sampling.metrics import distances as M
 from sampling.metrics import image_fid as F
 from sampling.metrics import inception as I
 from sampling.metrics import reference as R
+from sampling.metrics.features import FeatureSpace, reference_set_features
 from tokenizer.config import DataConfig, load_tokenizer_config
 from tokenizer.data import ShapesDataset
 from tokenizer.pretrained import Tokenizer
@@ -602,9 +602,9 @@ def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tm
     good = F.build_reference_dataset(data, "test")
     good_feats = F.extract_features(torch.stack([good[i]["x"] for i in (0, 1, 3, 4, 6, 7)]))
     with pytest.warns(UserWarning, match="skipped a bad example"):
-        ref_feats, path, skipped = F.reference_features_counted(F.Reference(data, "test"), cache=False)
+        ref_feats, skipped = reference_set_features(F.image_space(), F.Reference(data, "test").reference_set())
     assert skipped == 2 and torch.allclose(ref_feats, good_feats, atol=1e-4)
-    assert path is None and Path(result["reference_cache"]).is_file()
+    assert Path(result["reference_cache"]).is_file()
 
     real, read = FeatureSpace.features, []
 
@@ -634,3 +634,71 @@ def test_samples_too_small_to_score_are_named(tmp_path, capsys):
     ok = write_pngs(tmp_path / "ok", shapes_images(2))
     assert main(["fid", str(ok), "--ref", "shapes:test", "--image-size", "2"]) == 2
     assert "--image-size 2: too small to score" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# the pieces every scorer shares
+
+
+def test_one_report_for_every_scorer():
+    """`hqvae fid`, `hqvae audio-fid` and `hqvae classify` print through one formatter."""
+    from sampling.metrics.scorer import format_report
+
+    image = {"fid": 12.34567, "kid_mean": 0.01, "kid_std": 0.002, "precision": None, "recall": None,
+             "num_samples": 8, "num_reference": 8, "folder": "s/images", "modality": "image",
+             "reference": {"source": "shapes", "path": None, "split": "test", "image_size": 32},
+             "reference_bad_examples_skipped": 1, "feature_dim": 2048}
+    assert format_report(image).splitlines() == [
+        "FID 12.3457", "KID 0.01000 ± 0.00200",
+        "precision / recall: undefined for 3 or fewer images a side",
+        "samples: 8 images from s/images; reference: 8 images of shapes:test at 32px "
+        "(1 bad row skipped, not scored)",
+        "note: fewer than 2048 images on a side: the covariance is rank-deficient and FID is biased "
+        "upwards; compare only numbers taken with the same counts",
+    ]
+    accuracy = {"accuracy": 0.5, "num_examples": 2, "per_class_accuracy": [1.0, 0.0, None],
+                "class_names": ["a", "b", "c"]}
+    audio = {"fid": -1e-7, "num_samples": 8, "num_reference": 9, "folder": "s/audio", "modality": "audio",
+             "reference": {"source": "parquet", "path": "data", "split": "test"}, "feature_dim": 4,
+             "classifier": "abc", "accuracy": accuracy, "labels": "l.json"}
+    classified = ["class accuracy 0.5000 on 2 labelled audio files in s/audio (labels: l.json)",
+                  "  per class: a:1.00  b:0.00",
+                  "  classifier abc (accuracies compare under the same classifier only)"]
+    assert format_report(audio).splitlines() == [
+        "audio FID 0.0000",  # a rounding-level negative distance is not printed as -0.0000
+        "samples: 8 clips from s/audio; reference: 9 clips of parquet:test (data)",
+        "features: 4-d penultimate layer of classifier abc (not Inception: comparable only under the "
+        "same classifier)",
+        *classified,
+    ]
+    classify = {**accuracy, "folder": "s/audio", "labels": "l.json", "modality": "audio", "classifier": "abc"}
+    assert format_report(classify).splitlines() == classified
+
+
+def test_reference_fingerprints_follow_the_data(tmp_path):
+    """What keys cached reference features besides their settings: a tensor's contents, a
+    generator's settings, a folder's files; reading a set does not change it."""
+    from sampling.metrics.inputs import ImageFolderSamples
+
+    t = torch.arange(12.0).reshape(3, 4)
+    assert R.fingerprint(t) == R.fingerprint(t.clone()) != R.fingerprint(t + 1)
+    shapes = ShapesDataset(N, 32, split="test")
+    shapes[0]
+    assert R.fingerprint(shapes) == R.fingerprint(ShapesDataset(N, 32, split="test"))
+    assert R.fingerprint(shapes) != R.fingerprint(ShapesDataset(N, 32, split="test", seed=1))
+    folder = write_pngs(tmp_path / "f", shapes_images(2))
+    samples = ImageFolderSamples(folder)
+    before = R.fingerprint(samples)
+    samples[0]  # decoding builds nothing the fingerprint reads
+    assert R.fingerprint(samples) == before
+    write_pngs(folder, -shapes_images(2))  # other images under the same names
+    assert R.fingerprint(ImageFolderSamples(folder)) != before
+
+
+def test_the_reference_parser_is_one_for_every_command():
+    assert R.parse_reference("shapes") == ("shapes", "test")
+    assert R.parse_reference("shapes", default_split=None) == ("shapes", None)
+    assert R.parse_reference("parquet:validation") == ("parquet", "validation")
+    assert R.parse_reference("C:/data/cifar") == ("C:/data/cifar", "test")  # a drive letter
+    assert R.parse_reference("../d:x/y") == ("../d:x/y", "test")  # a colon inside a path
+    assert R.parse_reference("data:") == ("data:", "test")

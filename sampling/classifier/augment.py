@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from sampling.classifier.config import AugmentConfig
 
+
 def _span_mask(batch: int, length: int, max_width: int, device: torch.device) -> torch.Tensor:
     """(batch, length) bool: one span per row, width uniform in [0, max_width]."""
     width = torch.randint(0, max_width + 1, (batch, 1), device=device)

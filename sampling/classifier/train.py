@@ -17,7 +17,15 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from engine.config import ConfigError, to_dict, validate
-from engine.stage import check_start, claim_run_dir, finish_run, seeded, start_run, train_summary, training_splits
+from engine.stage import (
+    check_start,
+    claim_run_dir,
+    finish_run,
+    seeded,
+    start_run,
+    train_summary,
+    training_splits,
+)
 from engine.tracking import Tracking
 from engine.trainer import train
 from sampling.classifier.config import RESUMABLE_CHANGES, ClassifierConfig

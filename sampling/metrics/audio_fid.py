@@ -24,8 +24,6 @@ unless they used this very classifier.
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import copy
 import dataclasses
 import os

@@ -30,9 +30,19 @@ from sampling.metrics.features import (
     cache_entry,
     reference_set_features,
 )
-from sampling.metrics.inception import EXTRACTOR_NAME, FEATURE_DIM, fid_feature_extractor, weights_identity
+from sampling.metrics.inception import (
+    EXTRACTOR_NAME,
+    FEATURE_DIM,
+    fid_feature_extractor,
+    weights_identity,
+)
 from sampling.metrics.inputs import ImageFolderSamples
-from sampling.metrics.reference import build_reference_dataset, data_settings, location, parse_reference
+from sampling.metrics.reference import (
+    build_reference_dataset,
+    data_settings,
+    location,
+    parse_reference,
+)
 from sampling.metrics.scorer import fid_scores, score_against_reference
 from tokenizer.config import DataConfig, load_tokenizer_config
 from tokenizer.media import quantize_uint8
@@ -125,26 +135,12 @@ def reference_features(
 ) -> tuple[torch.Tensor, Optional[Path]]:
     """Inception features of ``ref.max_examples`` images spread over a split, from the
     checksummed cache when it holds them (-> (features, cache file or None)). Rows that
-    stood in for undecodable ones (``data.skip_bad_examples``) are left out: see
-    :func:`reference_features_counted` for how many."""
-    feats, path, _ = reference_features_counted(ref, dataset, batch_size, device, cache, progress)
-    return feats, path
-
-
-def reference_features_counted(
-    ref: Reference,
-    dataset: Optional[Dataset] = None,
-    batch_size: int = 32,
-    device: Union[str, torch.device] = "cpu",
-    cache: bool = True,
-    progress: bool = False,
-) -> tuple[torch.Tensor, Optional[Path], int]:
-    """:func:`reference_features` and the number of bad rows skipped."""
+    stood in for undecodable ones (``data.skip_bad_examples``) are left out
+    (``reference_set_features`` of sampling/metrics/features.py also counts them)."""
     space = image_space(device, batch_size, 0, progress)  # in this process: stand-ins are seen
     ref_set = ref.reference_set(dataset)
     entry = cache_entry(space, ref_set) if cache else None
-    feats, skipped = reference_set_features(space, ref_set, entry)
-    return feats, entry.path if entry else None, skipped
+    return reference_set_features(space, ref_set, entry)[0], entry.path if entry else None
 
 
 # ---------------------------------------------------------------------------------------

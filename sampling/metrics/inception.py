@@ -36,14 +36,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-
-from engine.torchvision_compat import ensure_torchvision
-from sampling.metrics.cache import cache_dir, check_cache_writable, checksum_path, read_checked, write_checked
-
-ensure_torchvision()  # before torch_fidelity, which imports torchvision (engine/torchvision_compat.py)
-
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase  # noqa: E402
-from torch_fidelity.feature_extractor_inceptionv3 import (  # noqa: E402
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import (
     BasicConv2d,
     FeatureExtractorInceptionV3,
     InceptionA,
@@ -53,8 +47,16 @@ from torch_fidelity.feature_extractor_inceptionv3 import (  # noqa: E402
     InceptionE_1,
     InceptionE_2,
 )
-from torch_fidelity.helpers import text_to_dtype, vassert  # noqa: E402
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor  # noqa: E402
+from torch_fidelity.helpers import text_to_dtype, vassert
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from sampling.metrics.cache import (
+    cache_dir,
+    check_cache_writable,
+    checksum_path,
+    read_checked,
+    write_checked,
+)
 
 log = logging.getLogger(__name__)
 
