@@ -56,8 +56,8 @@ class SpreadRows(Dataset):
     def __init__(self, source: Union[torch.Tensor, Dataset], n: Optional[int] = None, name: str = "input"):
         if torch.is_tensor(source):
             source = source.detach().cpu()
-        elif not isinstance(source, Dataset):
-            raise ValueError(f"{name}: expected a tensor or a Dataset, got {type(source).__name__}")
+        elif not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+            raise ValueError(f"{name}: expected a tensor or a dataset, got {type(source).__name__}")
         self.source = source
         self.name = name
         self.rows = spread_indices(len(source), n)

@@ -161,6 +161,12 @@ def _describe(source: Any, depth: int = 0) -> Any:
         return ["tensor", str(t.dtype), list(t.shape), digest]
     if isinstance(source, HFDataset):
         return ["hf", _hf_fingerprint(source, source.cfg, source.split)]
+    if isinstance(source, (list, tuple)):  # items held in memory: their contents
+        return [_describe(item, depth + 1) for item in source]
+    if isinstance(source, dict):
+        return {str(k): _describe(v, depth + 1) for k, v in sorted(source.items(), key=lambda kv: str(kv[0]))}
+    if source is None or isinstance(source, (bool, int, float, str)):
+        return source
     try:
         code = inspect.getsource(type(source))  # a procedural set: its generator
     except (OSError, TypeError):
