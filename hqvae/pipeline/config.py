@@ -284,6 +284,7 @@ def check_classifier_runs(cfg: PipelineConfig) -> None:
     """A ``score.classifier_run`` is read only when scoring, after every model has trained:
     load it first, so a wrong path, a classifier of the other modality, of another input
     shape or (class-conditional priors) of other classes fails now, naming the key."""
+    # imported on use: loading a pipeline config starts without the network
     from sampling.classifier.model import as_classifier
 
     for name in layout.TRACKS:

@@ -49,6 +49,7 @@ def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
 
 
 def run_classifier(clf_cfg: ClassifierConfig) -> dict:
+    # imported on use: loading a pipeline config starts without the trainer
     from sampling.classifier.train import format_summary, train_classifier
 
     metrics = train_classifier(clf_cfg)
@@ -201,6 +202,7 @@ def _add_real_accuracy(row: dict, model, x, real: RealExamples, batch_size: int,
     """``row["accuracy"]``: the classifier's accuracy on the real examples ``x`` (``real.x``,
     or as heard after the round trip), unless their labels are not its classes (one line
     logged saying why)."""
+    # imported on use: loading a pipeline config starts without the network
     from sampling.classifier.evaluate import class_accuracy
 
     why = real_data_mismatch(model, real)
