@@ -148,7 +148,7 @@ def held_out(root: Path, threads: int, n: int | None = None):
     examples of its tokenizer's eval split as (x, labels)."""
     import torch
 
-    from sampling.classifier import Classifier
+    from sampling.classifier.model import Classifier
     from tokenizer.data.build import build_dataset
     from tokenizer.pretrained import Tokenizer
 
@@ -169,7 +169,7 @@ def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
     import torch
 
     from prior.pretrained import Prior
-    from sampling.class_accuracy import class_accuracy
+    from sampling.classifier.evaluate import class_accuracy
     from sampling.sampler import Sampler
 
     root = folder / track
@@ -187,12 +187,8 @@ def level_swap(folder: Path, track: str, threads: int, n: int = 200) -> dict:
             mixed = codes[:level] + [drawn] + codes[level + 1:]
             out[f"level {level} drawn"] = class_accuracy(clf, tok.decode_codes(mixed).clamp(-1, 1), y)["accuracy"]
         if track == "image":  # the FID a perfect prior would reach: reconstructions, same reference
-            from sampling.fid import (
-                Reference,
-                extract_features,
-                metrics_from_features,
-                reference_features,
-            )
+            from sampling.metrics.distances import metrics_from_features
+            from sampling.metrics.image_fid import Reference, extract_features, reference_features
 
             ref = json.loads((root / "fid.json").read_text())["reference"]
             real, _ = reference_features(Reference(tok.config.data, ref["split"], ref["num"]))
@@ -214,7 +210,7 @@ def decoder_noise(folder: Path, track: str, threads: int, seed: int = 0) -> list
     import torch
     import torch.nn.functional as F
 
-    from sampling.class_accuracy import class_accuracy
+    from sampling.classifier.evaluate import class_accuracy
 
     tok, clf, names, x, y = held_out(folder / track, threads)
     rows = []

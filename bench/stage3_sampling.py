@@ -158,7 +158,8 @@ def save_grid_of(x, path: Path, audio: bool = False) -> str:
 def fid_cifar(prior_run: str, args) -> dict:
     import torch
 
-    from sampling.fid import Reference, extract_features, metrics_from_features, reference_features
+    from sampling.metrics.distances import metrics_from_features
+    from sampling.metrics.image_fid import Reference, extract_features, reference_features
     from tokenizer.data import build_dataset
 
     prior, tok, tok_run = load(prior_run, args.device)
@@ -204,8 +205,8 @@ def fid_cifar(prior_run: str, args) -> dict:
 def audio_fsdd(prior_run: str, args) -> dict:
     import torch
 
-    from sampling.audio_fid import audio_fid, classifier_accuracy
-    from sampling.classifier import AudioClassifier
+    from sampling.classifier.model import AudioClassifier
+    from sampling.metrics.audio_fid import audio_fid, classifier_accuracy
     from tokenizer.data import build_dataset
 
     prior, tok, tok_run = load(prior_run, args.device)
@@ -231,7 +232,7 @@ def audio_fsdd(prior_run: str, args) -> dict:
 
     def score(name: str, spec, labels=None, extra=None) -> None:
         m = audio_fid(clf, spec, train, kid=True, batch_size=64, device=args.device)
-        row = {"name": name, "fid": m["fid"], "kid": m["kid"], "kid_std": m["kid_std"], "n": len(spec),
+        row = {"name": name, "fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"], "n": len(spec),
                **(extra or {})}
         if labels is not None:
             row["accuracy"] = classifier_accuracy(clf, spec, labels, device=args.device)["accuracy"]

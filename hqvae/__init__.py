@@ -39,11 +39,11 @@ _EXPORTS = {
     "SamplingSettings": "sampling.settings",
     "sample_into": "sampling.sample_set",
     "write_samples": "sampling.outputs",
-    "compute_fid": "sampling.fid",
-    "score_folder": "sampling.fid",
-    "audio_fid": "sampling.audio_fid",
-    "Classifier": "sampling.classifier",
-    "AudioClassifier": "sampling.classifier",
+    "compute_fid": "sampling.metrics.image_fid",
+    "score_folder": "sampling.metrics.image_fid",
+    "audio_fid": "sampling.metrics.audio_fid",
+    "Classifier": "sampling.classifier.model",
+    "AudioClassifier": "sampling.classifier.model",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -146,7 +146,9 @@ def _train_prior(args: argparse.Namespace) -> int:
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
-    from sampling.classifier import format_summary, load_classifier_config, train_classifier
+    # imported on use, as every command's: the CLI starts without torch or the trainer
+    from sampling.classifier.config import load_classifier_config
+    from sampling.classifier.train import format_summary, train_classifier
 
     cfg = load_classifier_config(args.config, args.overrides)
     metrics = train_classifier(cfg)
@@ -157,7 +159,9 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def _audio_fid(args: argparse.Namespace) -> int:
-    from sampling.audio_fid import format_report, score_folder
+    # imported on use, as every command's: the CLI starts without torch-fidelity
+    from sampling.metrics.audio_fid import score_folder
+    from sampling.metrics.scorer import format_report
 
     if args.out:
         check_output_file(args.out)  # before the scoring, not after it
@@ -166,13 +170,15 @@ def _audio_fid(args: argparse.Namespace) -> int:
     result = score_folder(
         args.dir, args.classifier, reference=args.ref, path=args.path, labels=args.labels,
         max_examples=args.max_examples, batch_size=args.batch_size, device=resolve_device(args.device),
-        recursive=args.recursive,
+        recursive=args.recursive, cache=not args.no_cache,
     )
     return _report_result(format_report(result), result, args.out)
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from sampling.class_accuracy import format_report, score_folder
+    # imported on use, as every command's: the CLI starts without torch-fidelity
+    from sampling.metrics.class_accuracy import score_folder
+    from sampling.metrics.scorer import format_report
 
     if args.out:
         check_output_file(args.out)  # before the scoring, not after it
@@ -197,7 +203,9 @@ def _report_result(text: str, result: dict, out: str | None) -> int:
 
 
 def _fid(args: argparse.Namespace) -> int:
-    from sampling.fid import format_report, score_folder
+    # imported on use, as every command's: the CLI starts without torch-fidelity
+    from sampling.metrics.image_fid import score_folder
+    from sampling.metrics.scorer import format_report
 
     if args.out:
         check_output_file(args.out)  # before the scoring, not after it
@@ -266,7 +274,7 @@ def _config(args: argparse.Namespace) -> int:
     elif kind == "prior":
         from prior.config import load_prior_config as load
     elif kind == "classifier":
-        from sampling.classifier import load_classifier_config as load
+        from sampling.classifier.config import load_classifier_config as load
     else:
         from hqvae.pipeline import load_pipeline_config as load
     cfg = load(path, overrides)
@@ -368,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ref", type=int, help=argparse.SUPPRESS)  # renamed: refused with a hint
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--recursive", action="store_true", help="also take audio files in subfolders of DIR")
+    p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
     p.add_argument("--out", help="also write the results as JSON here")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_audio_fid)

@@ -17,7 +17,8 @@ from tokenizer.pretrained import Tokenizer
 def rfid_metrics(tok: Tokenizer, cfg: TokenizerConfig, dataset: Dataset, progress: bool = True) -> dict[str, Any]:
     """``{"rfid", "rfid_examples"}``: the FID of ``tok``'s reconstructions of the eval split
     against the originals, over ``cfg.eval.max_examples`` images."""
-    from sampling.fid import reconstruction_fid
+    # only when asked for: `hqvae eval-tokenizer` without --rfid starts without torch-fidelity
+    from sampling.metrics.image_fid import reconstruction_fid
 
     r = reconstruction_fid(tok, cfg.data, cfg.data.eval_split, max_examples=cfg.eval.max_examples,
                            batch_size=cfg.eval.batch_size, dataset=dataset, progress=progress)

@@ -6,24 +6,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from engine.config import ConfigError
 from hqvae.cli import main
-from sampling.audio_fid import (
-    WavFolder,
-    audio_fid,
-    classifier_accuracy,
-    load_wav_folder,
-    parse_reference,
-)
-from sampling.class_accuracy import class_accuracy, read_labels
-from sampling.classifier import (
-    AudioClassifier,
-    AugmentConfig,
-    augment_spectrograms,
-    load_classifier_config,
-    train_classifier,
-)
+from sampling.classifier.augment import augment_spectrograms
+from sampling.classifier.config import AugmentConfig, load_classifier_config
+from sampling.classifier.evaluate import class_accuracy
+from sampling.classifier.model import AudioClassifier
+from sampling.classifier.train import train_classifier
+from sampling.metrics.audio_fid import audio_fid, classifier_accuracy
+from sampling.metrics.inputs import WavFolder, load_wav_folder
+from sampling.metrics.labels import read_labels
+from sampling.metrics.reference import parse_reference
 from tokenizer.audio import write_wav
 from tokenizer.data import build_dataset
 
@@ -44,6 +39,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    # `hqvae audio-fid` keeps reference features in the cache: a private one, not the user's
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HQVAE_CACHE", str(tmp_path_factory.mktemp("hqvae-cache")))
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +166,7 @@ def test_audio_fid_is_zero_on_itself_and_grows_with_noise(trained, eval_batch):
     clf = AudioClassifier.from_pretrained(run)
     same = audio_fid(clf, x, x)
     assert abs(same["fid"]) < 1e-6
-    assert same["num_generated"] == same["num_reference"] == 64 and same["feature_dim"] == 32
+    assert same["num_samples"] == same["num_reference"] == 64 and same["feature_dim"] == 32
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(x.shape, generator=gen)
     noisy = [audio_fid(clf, (x + s * noise).clamp(-1, 1), x) for s in (0.05, 0.2, 0.6)]
@@ -170,7 +174,7 @@ def test_audio_fid_is_zero_on_itself_and_grows_with_noise(trained, eval_batch):
     assert 0 < fids[0] < fids[1] < fids[2]
     # KID's unbiased estimator is not 0 for a set against itself (the shared samples' own
     # kernel terms are left out on one side only), but it grows with the noise all the same
-    assert same["kid"] < noisy[0]["kid"] < noisy[2]["kid"]
+    assert same["kid_mean"] < noisy[0]["kid_mean"] < noisy[2]["kid_mean"]
     # the torch-fidelity path scores the classifier's penultimate features
     from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
@@ -192,7 +196,7 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     x, _ = eval_batch
     first = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     cached = sorted(p.name for p in tmp_path.iterdir())
-    assert cached and all("tones-test-spread-n64-" in name for name in cached)
+    assert cached and all("tones-test-n64-" in name for name in cached)
     # issue 21: image FID's cache (safetensors + SHA-256), not torch-fidelity's pickles
     assert [Path(n).suffix for n in cached] == [".safetensors", ".sha256"]
     (path,) = tmp_path.glob("*.safetensors")
@@ -202,9 +206,40 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     path.write_bytes(path.read_bytes()[:-8])  # a truncated cache file is recomputed
     again = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     assert again["fid"] == first["fid"]
-    from sampling.inception import read_checked
+    from sampling.metrics.cache import read_checked
 
     assert read_checked(path) is not None
+
+
+def test_a_changed_audio_reference_is_not_scored_against_stale_cached_features(trained, tmp_path):
+    """Reference features cached under a name were read back on name, count and classifier
+    alone: after the reference's files changed (same names, same count), new scores used the
+    old reference's features. The cache key holds a fingerprint of the data and is checked
+    on every read, so the changed reference is recomputed."""
+    run, cfg, _ = trained
+    write_tones(tmp_path / "generated", cfg, n=8)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_tones(reference, cfg, n=16)
+    audio = cfg.data.audio
+    cache = str(tmp_path / "cache")
+
+    def score(**kwargs):
+        return audio_fid(run, WavFolder(tmp_path / "generated", audio), WavFolder(reference, audio),
+                         kid=False, **kwargs)["fid"]
+
+    before = score(reference_cache_name="my-ref", cache_root=cache)
+    assert score(reference_cache_name="my-ref", cache_root=cache) == before  # read back unchanged
+    noise = torch.Generator().manual_seed(0)
+    for path in sorted(reference.glob("*.wav")):  # other clips under the same names
+        write_wav(path, 0.3 * torch.randn(audio.num_samples, generator=noise), audio.sample_rate)
+    after = score(reference_cache_name="my-ref", cache_root=cache)
+    assert after == pytest.approx(score(), rel=1e-9)  # what the new reference gives uncached
+    assert after != pytest.approx(before, rel=1e-3)
+    # the file keeps the key it was computed under, which every read compares
+    newest = max(Path(cache).glob("*.safetensors"), key=lambda p: p.stat().st_mtime_ns)
+    with safe_open(str(newest), "pt") as f:
+        assert json.loads(f.metadata()["key"])["reference"] == {"name": "my-ref"}
 
 
 def test_8bit_spectrograms_are_mapped_back_to_the_float_range(trained, eval_batch):
@@ -228,7 +263,7 @@ def test_classifier_accuracy_matches_eval(trained, eval_batch):
     assert sum(map(sum, acc["confusion"])) == 64
     perfect = classifier_accuracy(run, x, AudioClassifier.from_pretrained(run).predict(x))
     assert perfect["accuracy"] == 1.0
-    with pytest.raises(ValueError, match="63 labels for 64 spectrograms"):
+    with pytest.raises(ValueError, match="63 labels for 64 inputs"):
         classifier_accuracy(run, x, y[:63])
     with pytest.raises(ValueError, match="label 7 is out of range"):
         classifier_accuracy(run, x[:1], [7])
@@ -297,8 +332,11 @@ def test_read_labels_and_reference_parsing(tmp_path):
     with pytest.raises(ValueError, match=r"label 3 of 'c\.wav' is not a class of the classifier \(classes 0\.\.2"):
         read_labels(path, ["c.wav"], num_classes=3)
     assert parse_reference("parquet:test") == ("parquet", "test")
-    assert parse_reference("tones") == ("tones", None)
-    assert parse_reference("C:/data/fsdd") == ("C:/data/fsdd", None)
+    assert parse_reference("tones", default_split=None) == ("tones", None)
+    assert parse_reference("tones") == ("tones", "test")
+    assert parse_reference("C:/data/fsdd", default_split=None) == ("C:/data/fsdd", None)
+    assert parse_reference("C:/data/fsdd:train") == ("C:/data/fsdd", "train")
+    assert parse_reference("runs/a:b/c") == ("runs/a:b/c", "test")  # a slash after the colon: a path
 
 
 # ---------------------------------------------------------------------------------------
@@ -319,9 +357,10 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     assert main(["audio-fid", str(samples), "--classifier", str(run), "--ref", "tones:test",
                  "--out", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "audio FID" in out and "classifier accuracy" in out
+    assert "audio FID" in out and "class accuracy" in out
     result = json.loads(report.read_text())
-    assert result["num_generated"] == 8 and result["num_reference"] == 64
+    assert result["num_samples"] == 8 and result["num_reference"] == 64
+    assert Path(result["reference_cache"]).is_file()  # kept, as image FID's reference is
     assert result["reference"]["split"] == "test" and result["accuracy"]["num_examples"] == 8
     # issue 23: `hqvae classify` scores the same clips with the same accuracy report
     accuracy = tmp_path / "accuracy.json"
@@ -332,10 +371,10 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     # a plain folder, the classifier's own reference data by default, no labels
     assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-examples", "16"]) == 0
     out = capsys.readouterr().out
-    assert "vs 16 of split 'test'" in out and "accuracy" not in out
+    assert "reference: 16 clips of tones:test" in out and "accuracy" not in out
     # one spelling across commands: --max-examples caps both sides, as `hqvae fid` does
     assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-examples", "4"]) == 0
-    assert "4 files in" in capsys.readouterr().out
+    assert "samples: 4 clips from" in capsys.readouterr().out
     assert main(["audio-fid", str(samples / "audio"), "--classifier", str(run), "--max-ref", "4"]) == 2
     assert "renamed --max-examples" in capsys.readouterr().err
     for bad in ("nosuch", "cuda:7" if torch.cuda.is_available() else "cuda"):
@@ -343,8 +382,6 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "--device" in err and err.count("\n") == 1
     # labels of a prior that numbers its classes otherwise than the classifier are refused
-    from sampling.classifier import AudioClassifier
-
     names = AudioClassifier.from_pretrained(run).class_names
     assert names and len(names) > 1
     (samples / "samples.json").write_text(json.dumps({"class_names": names[::-1]}))
@@ -372,4 +409,4 @@ def test_fid_numbers_are_finite_floats(trained, eval_batch):
     run, _, _ = trained
     x, _ = eval_batch
     result = audio_fid(run, x[:16], x[16:])
-    assert all(np.isfinite(result[k]) for k in ("fid", "kid", "kid_std"))
+    assert all(np.isfinite(result[k]) for k in ("fid", "kid_mean", "kid_std"))

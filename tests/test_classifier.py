@@ -11,12 +11,12 @@ import torch
 from engine.checkpoint import load_weights, save_weights
 from engine.config import ConfigError, save_yaml, to_dict
 from hqvae.cli import main
-from sampling.class_accuracy import class_accuracy
-from sampling.classifier import (
+from sampling.classifier import (  # the package names, as model cards import them
     AudioClassifier,
     AugmentConfig,
     Classifier,
     augment_images,
+    class_accuracy,
     load_classifier_config,
     train_classifier,
 )
@@ -156,8 +156,8 @@ def test_classify_a_sample_folder(trained, eval_batch, tmp_path, capsys):
 def test_a_sample_folder_is_read_from_its_images_folder(trained, eval_batch, tmp_path):
     """One rule for FID and class accuracy: a sample set's grid.png is not one of its
     samples, with or without samples.json; the folder read is the one reported."""
-    from sampling.class_accuracy import score_folder
-    from sampling.fid import ImageFolderSamples
+    from sampling.metrics.class_accuracy import score_folder
+    from sampling.metrics.inputs import ImageFolderSamples
     from tokenizer.media import save_grid
 
     run, _, _ = trained

@@ -99,7 +99,7 @@ def test_shipped_configs_load():
     for f in priors:
         cfg = load_prior_config(f)
         assert cfg.data.codes and cfg.tokenizer
-    from sampling.classifier import load_classifier_config
+    from sampling.classifier.config import load_classifier_config
 
     classifiers = sorted((Path(__file__).parent.parent / "configs" / "classifier").glob("*.yaml"))
     assert {f.name for f in classifiers} >= {"fsdd.yaml", "tones.yaml"}
@@ -281,7 +281,7 @@ def test_an_empty_config_file_is_refused_naming_it(command, text, tmp_path, caps
     in engine.config.load_config). No config file at all, with overrides, stays allowed."""
     import hqvae.pipeline
     import prior.train
-    import sampling.classifier
+    import sampling.classifier.train
     import tokenizer.train
     from hqvae.cli import main
 
@@ -289,7 +289,7 @@ def test_an_empty_config_file_is_refused_naming_it(command, text, tmp_path, caps
         raise AssertionError("a run started on a config file that sets nothing")
 
     for module, name in ((tokenizer.train, "train_tokenizer"), (prior.train, "train_prior"),
-                         (sampling.classifier, "train_classifier"), (hqvae.pipeline, "run_pipeline")):
+                         (sampling.classifier.train, "train_classifier"), (hqvae.pipeline, "run_pipeline")):
         monkeypatch.setattr(module, name, must_not_run)
     monkeypatch.chdir(tmp_path)  # a run that started anyway would write into runs/ here
     empty = tmp_path / "empty.yaml"

@@ -440,7 +440,7 @@ def test_images_are_turned_upright_by_their_exif_orientation(tmp_path):
     x = ds[0]["x"][0]
     assert x[:4].mean() > 0.8 and x[-4:].mean() < -0.8  # bright top, dark bottom
     # the FID samples side reads the same file upright too (32 tall, 16 wide)
-    from sampling.fid import ImageFolderSamples
+    from sampling.metrics.inputs import ImageFolderSamples
 
     samples = ImageFolderSamples(tmp_path / "a")
     img = samples[0]

@@ -17,9 +17,12 @@ import torch
 from PIL import Image
 
 from hqvae.cli import main
-from sampling import feature_metrics as M
-from sampling import fid as F
-from sampling import inception as I
+from sampling.metrics import cache as C
+from sampling.metrics import distances as M
+from sampling.metrics import image_fid as F
+from sampling.metrics import inception as I
+from sampling.metrics import reference as R
+from sampling.metrics.features import FeatureSpace, reference_set_features
 from tokenizer.config import DataConfig, load_tokenizer_config
 from tokenizer.data import ShapesDataset
 from tokenizer.pretrained import Tokenizer
@@ -124,16 +127,20 @@ def test_damaged_reference_features_are_recomputed(tmp_path):
         calls.append(1)
         return torch.arange(8.0).reshape(4, 2)
 
-    first = M.cached_features(path, compute, (4, 2))
-    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1]
+    def cached(shape, key=None):
+        return C.cached_tensors(path, lambda: {"features": compute()},
+                                lambda t: tuple(t["features"].shape) == shape, key or {"ref": "a"})["features"]
+
+    first = cached((4, 2))
+    assert torch.equal(cached((4, 2)), first) and calls == [1]
     path.write_bytes(path.read_bytes()[:-5])  # truncated
-    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1, 1]
+    assert torch.equal(cached((4, 2)), first) and calls == [1, 1]
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF  # a flipped byte inside the tensor data
     path.write_bytes(bytes(raw))
-    assert torch.equal(M.cached_features(path, compute, (4, 2)), first) and calls == [1, 1, 1]
-    assert I.read_checked(path) is not None  # rewritten whole
-    M.cached_features(path, compute, (5, 2))  # another count than the file holds: recomputed
+    assert torch.equal(cached((4, 2)), first) and calls == [1, 1, 1]
+    assert C.read_checked(path) is not None  # rewritten whole
+    cached((5, 2))  # another count than the file holds: recomputed
     assert calls == [1, 1, 1, 1]
 
 
@@ -193,15 +200,15 @@ def test_corrupt_weights_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     again = I.load_fid_inception_weights()
     assert calls == [1, 1], "a corrupted cache file must be rebuilt, not used"
     assert torch.equal(again["w"], first["w"])
-    assert I.read_checked(path) is not None  # the rebuilt file passes its checksum
+    assert C.read_checked(path) is not None  # the rebuilt file passes its checksum
 
-    I.checksum_path(path).unlink()  # a file without its checksum is not trusted either
+    C.checksum_path(path).unlink()  # a file without its checksum is not trusted either
     I.load_fid_inception_weights()
     assert calls == [1, 1, 1]
 
     # issue 22: a checksum that matches a file that is not safetensors at all (both written
     # by something else) failed on every later run; it is rebuilt like a corrupt one
-    I.write_checked(path, b"definitely not safetensors")
+    C.write_checked(path, b"definitely not safetensors")
     assert torch.equal(I.load_fid_inception_weights()["w"], first["w"]) and calls == [1, 1, 1, 1]
 
 
@@ -217,22 +224,41 @@ def test_reference_features_are_cached_per_dataset_and_split(ref_features, shape
     def no_extraction(*a, **k):
         raise AssertionError("recomputed although the reference is cached")
 
-    monkeypatch.setattr(F, "extract_features", no_extraction)
+    monkeypatch.setattr(FeatureSpace, "features", no_extraction)
     again, path2 = F.reference_features(shapes_ref)
     assert path2 == path and torch.equal(again, feats)
-    # other split / size / count / seed -> another cache file
+    # other split / size / count / seed / data / feature network -> another cache file
     data = shapes_ref.data
-    fp = F.dataset_fingerprint(ShapesDataset(N, 32, split="test"), data, "test")
-    base = F.reference_cache_path(data, "test", N, fp)
-    assert base == path
-    others = {
-        F.reference_cache_path(data, "train", N, fp),
-        F.reference_cache_path(data, "test", N + 1, fp),
-        F.reference_cache_path(DataConfig(source="shapes", image_size=64), "test", N, fp),
-        F.reference_cache_path(DataConfig(source="shapes", image_size=32, seed=1), "test", N, fp),
-        F.reference_cache_path(data, "test", N, "another-fingerprint"),
-    }
-    assert path not in others and len(others) == 5
+    fp = R.fingerprint(ShapesDataset(N, 32, split="test"), data, "test")
+    features = f"{I.EXTRACTOR_NAME}/2048@{I.weights_identity()}"
+
+    def where(d=data, split="test", n=N, fingerprint=fp, net=features):
+        key = R.reference_key(net, R.data_settings(d, split), n, fingerprint)
+        return R.reference_cache_path(key, f"shapes-{split}-{d.image_size}px")
+
+    assert where() == path
+    others = {where(split="train"), where(n=N + 1), where(DataConfig(source="shapes", image_size=64)),
+              where(DataConfig(source="shapes", image_size=32, seed=1)), where(fingerprint="another"),
+              where(net="another-network")}
+    assert path not in others and len(others) == 6
+
+
+def test_image_reference_cache_is_used_only_under_its_own_key(ref_features, shapes_ref, monkeypatch):
+    """The key a reference file was written under is checked on every read: a file holding
+    another reference's features under this reference's name is recomputed, not scored."""
+    feats, path = ref_features
+    stored = path.read_bytes()
+    try:
+        other = torch.zeros_like(feats)
+        key = {"version": R.REFERENCE_CACHE_VERSION, "reference": "another"}
+        path.unlink()
+        C.cached_tensors(path, lambda: {"features": other, "bad_examples_skipped": torch.tensor([0])},
+                         lambda t: True, key)  # same file name, other key inside
+        again, path2 = F.reference_features(shapes_ref)
+        assert path2 == path and torch.allclose(again, feats, atol=1e-4)
+        assert not torch.equal(again, other)
+    finally:
+        C.write_checked(path, stored)
 
 
 LEVELS = [0.05, 0.2, 0.5]  # Gaussian noise std, in [-1, 1] image units
@@ -394,7 +420,7 @@ def test_a_capped_reference_spans_the_whole_split():
     assert spread_indices(10, None) == list(range(10)) and spread_indices(10, 0) == []
     assert spread_indices(9, 3) == [0, 4, 8]
     rows = [torch.full((3, 2, 2), float(i) / 10 - 1) for i in range(10)]
-    data = F._Images(torch.stack(rows), 3)
+    data = F.ImageRows(torch.stack(rows), 3)
     assert [int(data[i][0, 0, 0]) for i in range(3)] == [int(F.inception_uint8(rows[j][None])[0, 0, 0, 0])
                                                           for j in (0, 4, 9)]
 
@@ -425,11 +451,11 @@ def test_the_tokenizer_s_own_parquet_folder_is_recognised_however_it_is_spelled(
     or absolute) is its own dataset, so every data setting of the tokenizer applies."""
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    own = F._location("parquet", "data")
-    assert F._location("data", None) == own
-    assert F._location(str(tmp_path / "data"), None) == own
-    assert F._location("parquet", str(tmp_path / "data/../data")) == own
-    assert F._location("imagefolder", "data") != own and F._location("shapes", None) != own
+    own = R.location("parquet", "data")
+    assert R.location("data", None) == own
+    assert R.location(str(tmp_path / "data"), None) == own
+    assert R.location("parquet", str(tmp_path / "data/../data")) == own
+    assert R.location("imagefolder", "data") != own and R.location("shapes", None) != own
 
 
 def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp_path, capsys):
@@ -457,16 +483,16 @@ def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp
 
 def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
     """issue 22: an unwritable --out was found only after the whole score was computed."""
-    import sampling.audio_fid
-    import sampling.class_accuracy
-    import sampling.fid
+    import sampling.metrics.audio_fid
+    import sampling.metrics.class_accuracy
+    import sampling.metrics.image_fid
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("scoring ran before the output path was checked")
 
-    monkeypatch.setattr(sampling.fid, "score_folder", must_not_run)
-    monkeypatch.setattr(sampling.audio_fid, "score_folder", must_not_run)
-    monkeypatch.setattr(sampling.class_accuracy, "score_folder", must_not_run)
+    monkeypatch.setattr(sampling.metrics.image_fid, "score_folder", must_not_run)
+    monkeypatch.setattr(sampling.metrics.audio_fid, "score_folder", must_not_run)
+    monkeypatch.setattr(sampling.metrics.class_accuracy, "score_folder", must_not_run)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     for cmd in (["fid", str(tmp_path), "--ref", "shapes:test"],
@@ -483,7 +509,7 @@ def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, 
 
 def test_a_truncated_or_unscored_image_among_samples_is_named(tmp_path):
     """issue 22: a truncated JPEG gave a traceback naming no file; a GIF was left out silently."""
-    from sampling.fid import ImageFolderSamples
+    from sampling.metrics.inputs import ImageFolderSamples
 
     folder = write_pngs(tmp_path / "s", shapes_images(3))
     buf = io.BytesIO()
@@ -527,7 +553,7 @@ def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp
     def must_not_run(*args, **kwargs):
         raise AssertionError("work began before the cache was checked")
 
-    monkeypatch.setattr(F, "extract_features", must_not_run)
+    monkeypatch.setattr(FeatureSpace, "features", must_not_run)
     monkeypatch.setattr(I, "convert_torchscript", must_not_run)
     folder = write_pngs(tmp_path / "samples", shapes_images(2))
     try:
@@ -538,7 +564,7 @@ def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp
                    else f"{blocker} is a file, not a folder")
         assert problem in err and "set HQVAE_CACHE to a folder you can write" in err, err
         # the Inception weights, cached on first use, are checked the same way
-        with pytest.raises(I.CacheError, match=r"HQVAE_CACHE=.*set HQVAE_CACHE to a folder you can write"):
+        with pytest.raises(C.CacheError, match=r"HQVAE_CACHE=.*set HQVAE_CACHE to a folder you can write"):
             I.load_fid_inception_weights()
     finally:
         readonly.chmod(0o700)
@@ -568,7 +594,7 @@ def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tm
     with pytest.warns(UserWarning, match=r"skipped a bad example.*row 2"):
         assert main(args) == 0
     text = capsys.readouterr().out
-    assert "reference: 6 images of parquet:test at 16px (2 bad rows skipped, not scored)" in text, text
+    assert f"reference: 6 images of parquet:test ({tmp_path}) at 16px (2 bad rows skipped, not scored)" in text, text
     result = json.loads(out.read_text())
     assert result["num_reference"] == 6 and result["reference_bad_examples_skipped"] == 2
     data = DataConfig(source="parquet", path=str(tmp_path), image_size=16, modality="image",
@@ -576,17 +602,17 @@ def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tm
     good = F.build_reference_dataset(data, "test")
     good_feats = F.extract_features(torch.stack([good[i]["x"] for i in (0, 1, 3, 4, 6, 7)]))
     with pytest.warns(UserWarning, match="skipped a bad example"):
-        ref_feats, path, skipped = F.reference_features_counted(F.Reference(data, "test"), cache=False)
+        ref_feats, skipped = reference_set_features(F.image_space(), F.Reference(data, "test").reference_set())
     assert skipped == 2 and torch.allclose(ref_feats, good_feats, atol=1e-4)
-    assert path is None and Path(result["reference_cache"]).is_file()
+    assert Path(result["reference_cache"]).is_file()
 
-    real, read = F._features, []
+    real, read = FeatureSpace.features, []
 
-    def spy(images, *args, **kwargs):
-        read.append(type(images).__name__)
-        return real(images, *args, **kwargs)
+    def spy(space, data):
+        read.append(type(data.source).__name__)
+        return real(space, data)
 
-    monkeypatch.setattr(F, "_features", spy)
+    monkeypatch.setattr(FeatureSpace, "features", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no row is read, so none is named again
         assert main(args) == 0  # the reference from its cache: the same counts
@@ -608,3 +634,71 @@ def test_samples_too_small_to_score_are_named(tmp_path, capsys):
     ok = write_pngs(tmp_path / "ok", shapes_images(2))
     assert main(["fid", str(ok), "--ref", "shapes:test", "--image-size", "2"]) == 2
     assert "--image-size 2: too small to score" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# the pieces every scorer shares
+
+
+def test_one_report_for_every_scorer():
+    """`hqvae fid`, `hqvae audio-fid` and `hqvae classify` print through one formatter."""
+    from sampling.metrics.scorer import format_report
+
+    image = {"fid": 12.34567, "kid_mean": 0.01, "kid_std": 0.002, "precision": None, "recall": None,
+             "num_samples": 8, "num_reference": 8, "folder": "s/images", "modality": "image",
+             "reference": {"source": "shapes", "path": None, "split": "test", "image_size": 32},
+             "reference_bad_examples_skipped": 1, "feature_dim": 2048}
+    assert format_report(image).splitlines() == [
+        "FID 12.3457", "KID 0.01000 ± 0.00200",
+        "precision / recall: undefined for 3 or fewer images a side",
+        "samples: 8 images from s/images; reference: 8 images of shapes:test at 32px "
+        "(1 bad row skipped, not scored)",
+        "note: fewer than 2048 images on a side: the covariance is rank-deficient and FID is biased "
+        "upwards; compare only numbers taken with the same counts",
+    ]
+    accuracy = {"accuracy": 0.5, "num_examples": 2, "per_class_accuracy": [1.0, 0.0, None],
+                "class_names": ["a", "b", "c"]}
+    audio = {"fid": -1e-7, "num_samples": 8, "num_reference": 9, "folder": "s/audio", "modality": "audio",
+             "reference": {"source": "parquet", "path": "data", "split": "test"}, "feature_dim": 4,
+             "classifier": "abc", "accuracy": accuracy, "labels": "l.json"}
+    classified = ["class accuracy 0.5000 on 2 labelled audio files in s/audio (labels: l.json)",
+                  "  per class: a:1.00  b:0.00",
+                  "  classifier abc (accuracies compare under the same classifier only)"]
+    assert format_report(audio).splitlines() == [
+        "audio FID 0.0000",  # a rounding-level negative distance is not printed as -0.0000
+        "samples: 8 clips from s/audio; reference: 9 clips of parquet:test (data)",
+        "features: 4-d penultimate layer of classifier abc (not Inception: comparable only under the "
+        "same classifier)",
+        *classified,
+    ]
+    classify = {**accuracy, "folder": "s/audio", "labels": "l.json", "modality": "audio", "classifier": "abc"}
+    assert format_report(classify).splitlines() == classified
+
+
+def test_reference_fingerprints_follow_the_data(tmp_path):
+    """What keys cached reference features besides their settings: a tensor's contents, a
+    generator's settings, a folder's files; reading a set does not change it."""
+    from sampling.metrics.inputs import ImageFolderSamples
+
+    t = torch.arange(12.0).reshape(3, 4)
+    assert R.fingerprint(t) == R.fingerprint(t.clone()) != R.fingerprint(t + 1)
+    shapes = ShapesDataset(N, 32, split="test")
+    shapes[0]
+    assert R.fingerprint(shapes) == R.fingerprint(ShapesDataset(N, 32, split="test"))
+    assert R.fingerprint(shapes) != R.fingerprint(ShapesDataset(N, 32, split="test", seed=1))
+    folder = write_pngs(tmp_path / "f", shapes_images(2))
+    samples = ImageFolderSamples(folder)
+    before = R.fingerprint(samples)
+    samples[0]  # decoding builds nothing the fingerprint reads
+    assert R.fingerprint(samples) == before
+    write_pngs(folder, -shapes_images(2))  # other images under the same names
+    assert R.fingerprint(ImageFolderSamples(folder)) != before
+
+
+def test_the_reference_parser_is_one_for_every_command():
+    assert R.parse_reference("shapes") == ("shapes", "test")
+    assert R.parse_reference("shapes", default_split=None) == ("shapes", None)
+    assert R.parse_reference("parquet:validation") == ("parquet", "validation")
+    assert R.parse_reference("C:/data/cifar") == ("C:/data/cifar", "test")  # a drive letter
+    assert R.parse_reference("../d:x/y") == ("../d:x/y", "test")  # a colon inside a path
+    assert R.parse_reference("data:") == ("data:", "test")

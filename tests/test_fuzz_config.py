@@ -27,11 +27,8 @@ from engine.config import ConfigError  # noqa: E402
 from hqvae.pipeline import PipelineConfig, load_pipeline_config  # noqa: E402
 from prior.config import PriorConfig, load_prior_config  # noqa: E402
 from prior.model import LevelPrior  # noqa: E402
-from sampling.classifier import (  # noqa: E402
-    Classifier,
-    ClassifierConfig,
-    load_classifier_config,
-)
+from sampling.classifier.config import ClassifierConfig, load_classifier_config  # noqa: E402
+from sampling.classifier.model import Classifier  # noqa: E402
 from tokenizer.config import TokenizerConfig, load_tokenizer_config  # noqa: E402
 from tokenizer.model import HQVAE  # noqa: E402
 

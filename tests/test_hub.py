@@ -15,7 +15,8 @@ from engine.checkpoint import load_weights, save_weights
 from engine.config import save_yaml, to_dict
 from prior.config import load_prior_config
 from prior.pretrained import INFO, Prior, build_level
-from sampling.classifier import AudioClassifier, load_classifier_config
+from sampling.classifier.config import load_classifier_config
+from sampling.classifier.model import AudioClassifier
 from tokenizer.config import load_tokenizer_config
 from tokenizer.pretrained import Tokenizer
 

@@ -96,7 +96,7 @@ def test_quickstart_writes_every_artifact(quick_run):
 def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelled_data(quick_run, monkeypatch):
     # review of issue 23: four loads of one classifier; label -1 failed the score stage
     from hqvae.pipeline import stage_configs, stages
-    from sampling.classifier import Classifier
+    from sampling.classifier.model import Classifier
 
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY])
     sc = stage_configs(cfg, "audio")
@@ -394,8 +394,8 @@ def test_quickstart_sweep_decoder_noise_scores_a_pipeline_run(quick_run, monkeyp
 
     import torch
 
-    from sampling.class_accuracy import class_accuracy
-    from sampling.classifier import Classifier
+    from sampling.classifier.evaluate import class_accuracy
+    from sampling.classifier.model import Classifier
     from tokenizer.data.build import build_dataset
     from tokenizer.pretrained import Tokenizer
 

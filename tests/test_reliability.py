@@ -645,7 +645,7 @@ def test_pickles_are_never_loaded(tmp_path):
     evil = pickle.dumps({"weight": Payload(marker)})
     # a pickle under the weights name of every loader
     from prior.pretrained import Prior
-    from sampling.classifier import AudioClassifier
+    from sampling.classifier.model import AudioClassifier
 
     for loader in (Tokenizer.from_pretrained, AudioClassifier.from_pretrained):
         d = tmp_path / loader.__self__.__name__  # the class: both share the mixin's loader
@@ -674,15 +674,18 @@ def test_pickles_are_never_loaded(tmp_path):
         load_checkpoint(ckpt)
     # the reference-features cache of image and audio FID: a pickle under a cache file's name,
     # even with a matching checksum, is recomputed, never unpickled
-    from sampling.feature_metrics import cached_features
-    from sampling.inception import write_checked
+    from sampling.metrics.cache import cached_tensors, write_checked
 
     cached = tmp_path / "fid_ref" / "ref-n4-abc.safetensors"
     buf = io.BytesIO()
     torch.save({"features": Payload(marker)}, buf)
     write_checked(cached, buf.getvalue())
-    assert torch.equal(cached_features(cached, lambda: torch.ones(4, 2), (4, 2)), torch.ones(4, 2))
-    assert torch.equal(cached_features(cached, lambda: torch.zeros(4, 2), (4, 2)), torch.ones(4, 2))
+    def features(value):
+        return cached_tensors(cached, lambda: {"features": torch.full((4, 2), value)},
+                              lambda t: t["features"].shape == (4, 2), {"ref": "a"})["features"]
+
+    assert torch.equal(features(1.0), torch.ones(4, 2))
+    assert torch.equal(features(0.0), torch.ones(4, 2))  # the file written just now, read back
     # YAML configs cannot construct objects
     (tmp_path / "evil.yaml").write_text(f"run_dir: !!python/object/apply:pathlib.Path.touch [{marker}]\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -1254,12 +1257,12 @@ def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path, 
 def test_ctrl_c_anywhere_in_a_command_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
     """Outside the loops that stop cleanly (training, encoding, sampling), a Ctrl-C while a
     command loads or scores gave a KeyboardInterrupt traceback."""
-    import sampling.fid
+    import sampling.metrics.image_fid
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sampling.fid, "score_folder", interrupted)
+    monkeypatch.setattr(sampling.metrics.image_fid, "score_folder", interrupted)
     assert main(["fid", str(tmp_path), "--ref", "shapes"]) == 130
     err = capsys.readouterr().err
     assert err.startswith("hqvae fid: stopped by Ctrl-C") and err.count("\n") == 1

@@ -140,7 +140,7 @@ def test_config_refuses_what_a_stream_cannot_do(shards):
     with pytest.raises(ValueError, match="data.streaming: split 'train' is needed here with random access"):
         build_dataset(stream_cfg(shards), "train")
     # `hqvae train-classifier` refuses a stream when its config loads, not when its data is built
-    from sampling.classifier import load_classifier_config
+    from sampling.classifier.config import load_classifier_config
 
     with pytest.raises(ConfigError, match="data.streaming: a classifier trains and evaluates on random-access"):
         load_classifier_config(None, [f"data.path={shards}", "data.source=parquet", "data.streaming=true"])

@@ -23,7 +23,8 @@ from hqvae.cli import main
 from prior.codes import encode_split
 from prior.config import load_prior_config
 from prior.train import train_prior
-from sampling.audio_classifier import load_classifier_config, train_classifier
+from sampling.classifier.config import load_classifier_config
+from sampling.classifier.train import train_classifier
 from tokenizer.config import load_tokenizer_config
 from tokenizer.data import build_dataset
 from tokenizer.pretrained import Tokenizer

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from engine.config import ConfigError, load_config, merge
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
-from sampling.classifier import ClassifierConfig
+from sampling.classifier.config import ClassifierConfig
 from sampling.settings import settings_section
 from tokenizer.config import TokenizerConfig, expand_preset
 
@@ -267,7 +267,8 @@ def check_classifier_runs(cfg: PipelineConfig) -> None:
     """A ``score.classifier_run`` is read only when scoring, after every model has trained:
     load it first, so a wrong path, a classifier of the other modality, of another input
     shape or (class-conditional priors) of other classes fails now, naming the key."""
-    from sampling.classifier import as_classifier
+    # imported on use: loading a pipeline config starts without the network
+    from sampling.classifier.model import as_classifier
 
     for name in layout.TRACKS:
         track = getattr(cfg, name)

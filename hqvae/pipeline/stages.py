@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 from hqvae.pipeline.config import TrackConfig
 from prior.config import PriorConfig
-from sampling.classifier import ClassifierConfig
+from sampling.classifier.config import ClassifierConfig
 from tokenizer.config import TokenizerConfig
 
 Log = Callable[[str], None]
@@ -49,7 +49,8 @@ def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
 
 
 def run_classifier(clf_cfg: ClassifierConfig) -> dict:
-    from sampling.classifier import format_summary, train_classifier
+    # imported on use: loading a pipeline config starts without the trainer
+    from sampling.classifier.train import format_summary, train_classifier
 
     metrics = train_classifier(clf_cfg)
     print(format_summary(metrics, clf_cfg.run_dir))
@@ -92,69 +93,71 @@ def classifier_run(track: TrackConfig, root: Path) -> Optional[str]:
     return str(root / "classifier") if track.classifier is not None else None
 
 
-def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str, log: Log) -> dict:
-    from sampling.fid import Reference, extract_features, metrics_from_features, reference_features
+def _scores(result: dict) -> dict:
+    """The numbers summary.json keeps of a scorer's result (sampling/metrics/scorer.py)."""
+    keys = {"fid": "fid", "kid": "kid_mean", "kid_std": "kid_std", "precision": "precision",
+            "recall": "recall", "num": "num_samples"}
+    return {k: result[src] for k, src in keys.items() if src in result}
 
-    data = tok_cfg.data
-    split = track.score.split or data.train_split
-    ref, _ = reference_features(Reference(data, split, track.score.max_reference),
-                                batch_size=track.score.batch_size, device=device, progress=True)
-    out: dict[str, Any] = {"metric": "FID (Inception pool3)", "reference": {
-        "source": data.source, "path": data.path, "split": split, "num": len(ref)}}
+
+def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str, log: Log) -> dict:
+    # `hqvae fid`'s and `hqvae classify`'s own scorers, imported here: `hqvae config` starts without torch-fidelity
+    from sampling.classifier.model import as_classifier
+    from sampling.metrics.class_accuracy import score_folder as classify_folder
+    from sampling.metrics.image_fid import Reference, compute_fid, score_folder
+
+    data, s = tok_cfg.data, track.score
+    split = s.split or data.train_split
+    out: dict[str, Any] = {"metric": "FID (Inception pool3)"}
+    for name in ("samples", "random"):
+        r = score_folder(root / name, f"{data.source}:{split}", path=data.path, max_reference=s.max_reference,
+                         kid=True, prc=True, batch_size=s.batch_size, device=device, progress=True)
+        out["reference"] = {"source": data.source, "path": data.path, "split": split, "num": r["num_reference"]}
+        out[name] = _scores(r)
     real = real_examples(data, track.sample.n)
-    for name in ("samples", "random", "real"):
-        images = root / name / "images" if name != "real" else real.x
-        feats = extract_features(images, batch_size=track.score.batch_size, device=device, progress=True)
-        m = metrics_from_features(feats, ref, kid=True, prc=True)
-        out[name] = {"fid": m["fid"], "kid": m["kid_mean"], "kid_std": m["kid_std"],
-                     "precision": m["precision"], "recall": m["recall"], "num": len(feats)}
+    out["real"] = _scores(compute_fid(real.x, Reference(data, split, s.max_reference), kid=True, prc=True,
+                                      batch_size=s.batch_size, device=device, progress=True))
     clf = classifier_run(track, root)
     if clf is not None:
         # does a sample show its class? the classifier's accuracy on real held-out images
         # is the ceiling it is read against
-        from sampling.class_accuracy import score_folder
-        from sampling.classifier import as_classifier
-
         model = as_classifier(clf, "image").to(device)
         out["classifier"], out["classes"] = clf, model.num_classes
         if (root / "samples" / "labels.json").is_file():  # class-conditional samples
-            out["samples"]["accuracy"] = score_folder(root / "samples", model,
-                                                      batch_size=track.score.batch_size)["accuracy"]
-        _add_real_accuracy(out["real"], model, real.x, real, track.score.batch_size, log)
+            out["samples"]["accuracy"] = classify_folder(root / "samples", model,
+                                                         batch_size=s.batch_size)["accuracy"]
+        _add_real_accuracy(out["real"], model, real.x, real, s.batch_size, log)
     return out
 
 
 def _audio_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device: str, log: Log) -> dict:
-    from sampling.audio_fid import audio_fid, score_folder
-    from sampling.classifier import as_classifier
+    # `hqvae audio-fid`'s own scorers, imported here: `hqvae config` starts without torch-fidelity
+    from sampling.classifier.model import as_classifier
+    from sampling.metrics.audio_fid import audio_fid, score_folder
     from tokenizer.audio import Spectrogram
     from tokenizer.data import build_dataset
 
-    data = tok_cfg.data
-    split = track.score.split or data.train_split
+    data, s = tok_cfg.data, track.score
+    split = s.split or data.train_split
     clf = classifier_run(track, root)
     model = as_classifier(clf, "audio").to(device)  # loaded once for every score below
     out: dict[str, Any] = {"metric": "audio FID (classifier penultimate features)", "classifier": clf,
                            "classes": model.num_classes}
     for name in ("samples", "random"):
         r = score_folder(root / name, model, reference=f"{data.source}:{split}", path=data.path,
-                         max_reference=track.score.max_reference, batch_size=track.score.batch_size,
-                         device=device)
-        out["reference"] = {"source": data.source, "path": data.path, "split": split,
-                            "num": r["num_reference"]}
-        out[name] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"),
-                     "num": r["num_generated"]}
+                         max_reference=s.max_reference, batch_size=s.batch_size, device=device)
+        out["reference"] = {"source": data.source, "path": data.path, "split": split, "num": r["num_reference"]}
+        out[name] = _scores(r)
         if name == "samples" and "accuracy" in r:
             out[name]["accuracy"] = r["accuracy"]["accuracy"]
     # the floor: real held-out clips through the same Griffin-Lim round trip as the samples
     spec = Spectrogram(data.audio)
     real = real_examples(data, track.sample.n)
     heard = spec(spec.to_waveform(real.x, n_iter=track.sample.griffin_lim_iters))
-    r = audio_fid(model, heard, build_dataset(data, split), batch_size=track.score.batch_size,
-                  max_reference=track.score.max_reference, device=device)
-    out["real"] = {"fid": r["fid"], "kid": r.get("kid"), "kid_std": r.get("kid_std"), "num": len(real.x),
-                   "split": data.eval_split}
-    _add_real_accuracy(out["real"], model, heard, real, track.score.batch_size, log)
+    r = audio_fid(model, heard, build_dataset(data, split), batch_size=s.batch_size,
+                  max_reference=s.max_reference, device=device)
+    out["real"] = {**_scores(r), "split": data.eval_split}
+    _add_real_accuracy(out["real"], model, heard, real, s.batch_size, log)
     return out
 
 
@@ -199,7 +202,8 @@ def _add_real_accuracy(row: dict, model, x, real: RealExamples, batch_size: int,
     """``row["accuracy"]``: the classifier's accuracy on the real examples ``x`` (``real.x``,
     or as heard after the round trip), unless their labels are not its classes (one line
     logged saying why)."""
-    from sampling.class_accuracy import class_accuracy
+    # imported on use: loading a pipeline config starts without the network
+    from sampling.classifier.evaluate import class_accuracy
 
     why = real_data_mismatch(model, real)
     if why is not None:

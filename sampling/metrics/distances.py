@@ -1,126 +1,32 @@
-"""What image FID (sampling/fid.py) and audio FID (sampling/audio_fid.py) share: one feature
-path, one reference cache and one arithmetic, all through torch-fidelity (README, "FID").
-
-- Features: :func:`dataset_features` runs a registered torch-fidelity extractor (the offline
-  FID Inception of sampling/inception.py, or the audio classifier) over a dataset with
-  torch-fidelity's own loop (``get_featuresdict_from_dataset``).
-- Reference cache: :func:`cached_features` (:func:`cached_tensors`) keeps a reference's
-  features as safetensors with their SHA-256 beside them under ``$HQVAE_CACHE/fid_ref``; a file that fails its checksum,
-  is not safetensors or holds another shape is recomputed. torch-fidelity's own cache
-  (pickles, read with ``torch.load(weights_only=False)``) is never used.
-- Metrics: :func:`metrics_from_features` gives FID, KID and precision / recall with
-  torch-fidelity's own arithmetic (``fid_statistics_to_metric``, ``kid_features_to_metric``,
-  ``prc_features_to_metric``), so numbers match what its ``calculate_metrics`` reports on
-  the same features; only for sets smaller than the feature dimension does FID take an
-  exact shortcut (see :func:`fid_from_features`).
-"""
+"""Fréchet distance, KID and precision / recall from features, with torch-fidelity's own
+arithmetic (``fid_statistics_to_metric``, ``kid_features_to_metric``,
+``prc_features_to_metric``), so numbers match what its ``calculate_metrics`` reports on the
+same features; only for sets smaller than the feature dimension does FID take an exact
+shortcut (see :func:`fid_from_features`)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_features_to_metric,
+)
+from torch_fidelity.metric_prc import (
+    KEY_METRIC_PRECISION,
+    KEY_METRIC_RECALL,
+    prc_features_to_metric,
+)
 
 KID_SUBSETS = 100  # torch-fidelity's default
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default; capped at the smaller set's size
 # k of the k-nearest-neighbour manifolds of precision / recall: torch-fidelity's default,
 # the value Kynkäänniemi et al. 2019 recommend
 PRC_NEIGHBORHOOD = 3
-
-
-def import_torch_fidelity():
-    """torch_fidelity, imported after the torchvision shim it needs (engine/torchvision_compat.py)."""
-    from engine.torchvision_compat import ensure_torchvision
-
-    ensure_torchvision()
-    import torch_fidelity
-
-    return torch_fidelity
-
-
-# ---------------------------------------------------------------------------------------
-# features through torch-fidelity, reference features cached
-
-
-def dataset_features(
-    dataset: Dataset,
-    extractor: torch.nn.Module,
-    batch_size: int = 32,
-    device: Union[str, torch.device] = "cpu",
-    num_workers: int = 0,
-    progress: bool = False,
-) -> dict[str, torch.Tensor]:
-    """``{layer: (N, D) features}`` of every item of ``dataset`` (tensors) through a
-    torch-fidelity extractor, batched by torch-fidelity's loop. ``num_workers`` > 0 lets it
-    decode with its worker pool (it picks the count); 0 decodes in this process."""
-    import_torch_fidelity()
-    from torch_fidelity.utils import get_featuresdict_from_dataset
-
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    # torch-fidelity moves batches with .cuda(): to the current CUDA device, made ours here
-    with torch.cuda.device(device) if cuda else contextlib.nullcontext():
-        return get_featuresdict_from_dataset(dataset, extractor, batch_size, cuda,
-                                             save_cpu_ram=num_workers == 0, verbose=progress)
-
-
-def reference_cache_dir() -> Path:
-    """Where reference features are cached: ``$HQVAE_CACHE/fid_ref``."""
-    from sampling.inception import cache_dir
-
-    return cache_dir() / "fid_ref"
-
-
-def cached_features(
-    path: Optional[Path],
-    compute: Callable[[], torch.Tensor],
-    shape: tuple[int, int],
-    metadata: Optional[dict[str, str]] = None,
-) -> torch.Tensor:
-    """The (N, D) features in the checksummed cache file ``path`` when it holds ``shape``,
-    else ``compute()``, written there (safetensors, SHA-256 beside it). ``path`` None: no cache."""
-    return cached_tensors(
-        path, lambda: {"features": compute()},
-        lambda t: "features" in t and tuple(t["features"].shape) == tuple(shape), metadata)["features"]
-
-
-def cached_tensors(
-    path: Optional[Path],
-    compute: Callable[[], dict[str, torch.Tensor]],
-    valid: Callable[[dict[str, torch.Tensor]], bool],
-    metadata: Optional[dict[str, str]] = None,
-) -> dict[str, torch.Tensor]:
-    """The tensors in the checksummed cache file ``path`` when ``valid`` accepts them, else
-    ``compute()``, written there (safetensors, SHA-256 beside it). ``path`` None: no cache."""
-    from safetensors.torch import load as st_load
-    from safetensors.torch import save as st_save
-
-    from sampling.inception import check_cache_writable, read_checked, write_checked
-
-    if path is not None:
-        raw = read_checked(path)
-        if raw is not None:
-            try:
-                tensors = st_load(raw)
-            except Exception:  # checksum matches, yet not safetensors: rebuilt like a corrupt one
-                tensors = None
-            if tensors is not None and valid(tensors):
-                return tensors
-        check_cache_writable(path.parent)  # before computing what could not be kept
-    tensors = compute()
-    if path is not None:
-        write_checked(path, st_save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
-    return tensors
-
-
-# ---------------------------------------------------------------------------------------
-# metrics from features
-
 
 def _as_f64(x: Any) -> np.ndarray:
     if torch.is_tensor(x):
@@ -152,9 +58,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
         raise ValueError(
             f"frechet_distance: covariances must be {mu1.size}x{mu1.size}, got {sigma1.shape}, {sigma2.shape}"
         )
-    import_torch_fidelity()
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-
     out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, False)
     return float(out[KEY_METRIC_FID])
 
@@ -207,13 +110,6 @@ def kid_from_features(
     size = subset_size or default_kid_subset_size(len(f1), len(f2))
     if size < 2 or size > min(len(f1), len(f2)):
         raise ValueError(f"kid: subset size {size} needs 2 <= size <= min(N1, N2) = {min(len(f1), len(f2))}")
-    import_torch_fidelity()
-    from torch_fidelity.metric_kid import (
-        KEY_METRIC_KID_MEAN,
-        KEY_METRIC_KID_STD,
-        kid_features_to_metric,
-    )
-
     out = kid_features_to_metric(
         f1, f2, kid_subsets=subsets, kid_subset_size=size, rng_seed=seed, verbose=False
     )
@@ -237,13 +133,6 @@ def precision_recall_from_features(
     if min(len(f1), len(f2)) <= neighborhood:
         raise ValueError(f"precision / recall: need more than {neighborhood} examples a side "
                          f"(the {neighborhood}-th nearest neighbour), got {len(f1)} and {len(f2)}")
-    import_torch_fidelity()
-    from torch_fidelity.metric_prc import (
-        KEY_METRIC_PRECISION,
-        KEY_METRIC_RECALL,
-        prc_features_to_metric,
-    )
-
     out = prc_features_to_metric(f1, f2, prc_neighborhood=neighborhood, save_cpu_ram=True, verbose=False)
     return float(out[KEY_METRIC_PRECISION]), float(out[KEY_METRIC_RECALL])
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
@@ -37,14 +36,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-
-from engine.files import write_bytes_atomic
-from engine.torchvision_compat import ensure_torchvision
-
-ensure_torchvision()  # before torch_fidelity, which imports torchvision (engine/torchvision_compat.py)
-
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase  # noqa: E402
-from torch_fidelity.feature_extractor_inceptionv3 import (  # noqa: E402
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import (
     BasicConv2d,
     FeatureExtractorInceptionV3,
     InceptionA,
@@ -54,8 +47,16 @@ from torch_fidelity.feature_extractor_inceptionv3 import (  # noqa: E402
     InceptionE_1,
     InceptionE_2,
 )
-from torch_fidelity.helpers import text_to_dtype, vassert  # noqa: E402
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor  # noqa: E402
+from torch_fidelity.helpers import text_to_dtype, vassert
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+from sampling.metrics.cache import (
+    cache_dir,
+    check_cache_writable,
+    checksum_path,
+    read_checked,
+    write_checked,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,87 +70,9 @@ CONVERSION_VERSION = 1
 CONVERTED_NAME = f"inception-v3-fid-torch-fidelity-v{CONVERSION_VERSION}.safetensors"
 
 
-# ---------------------------------------------------------------------------------------
-# cache location and checksums
-
-
-DEFAULT_CACHE = "~/.cache/hqvae"
-
-
-class CacheError(ValueError):
-    """The cache folder (``$HQVAE_CACHE``) is not a folder or cannot be written."""
-
-
-def _cache_error(problem: str, path: Optional[Path] = None) -> CacheError:
-    """Names the variable and its value (or the default folder it stands for) and the fix;
-    ``path`` outside the cache folder (a cache location given explicitly): just the problem."""
-    value = os.environ.get("HQVAE_CACHE")
-    root = Path(value or DEFAULT_CACHE).expanduser().absolute()
-    if path is not None and not Path(path).absolute().is_relative_to(root):
-        return CacheError(f"{problem}; choose a folder you can write")
-    where = f"HQVAE_CACHE={value}" if value else f"the cache folder {DEFAULT_CACHE} (HQVAE_CACHE unset)"
-    return CacheError(f"{where}: {problem}; set HQVAE_CACHE to a folder you can write"
-                      + (" (or unset it to use ~/.cache/hqvae)" if value else ""))
-
-
-def cache_dir() -> Path:
-    """``$HQVAE_CACHE``, else ``~/.cache/hqvae``. A path that is (or lies under) a file is
-    refused here, before any work: every cached file would fail to be written under it."""
-    folder = Path(os.environ.get("HQVAE_CACHE") or DEFAULT_CACHE).expanduser()
-    existing = folder
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise _cache_error(f"{existing} is a file, not a folder")
-    return folder
-
-
-def check_cache_writable(folder: Path) -> None:
-    """Create ``folder`` (inside the cache) and check that a file can be written in it, so
-    that a read-only cache fails before the work whose result it was to keep."""
-    import tempfile
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".hqvae-write-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise _cache_error(f"cannot write {folder} ({err.strerror or err})", folder) from None
-
-
 def converted_weights_path() -> Path:
+    """Where the converted weights are cached: ``$HQVAE_CACHE/inception/``."""
     return cache_dir() / "inception" / CONVERTED_NAME
-
-
-def checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def write_checked(path: Path, data: bytes) -> str:
-    """Write ``data`` and its SHA-256 (in ``path.sha256``), both atomically; the checksum
-    goes last, so a file without a matching checksum is never taken for a complete one."""
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        write_bytes_atomic(path, data)
-        write_bytes_atomic(checksum_path(path), f"{digest}  {path.name}\n".encode())
-    except OSError as err:  # a full disk, a folder made read-only since it was checked
-        raise _cache_error(f"cannot write {path} ({err.strerror or err})", path) from None
-    return digest
-
-
-def read_checked(path: Path) -> Optional[bytes]:
-    """The bytes of ``path`` when they match the SHA-256 recorded beside it; None when the
-    file or its checksum is missing or they disagree (the caller rebuilds)."""
-    sidecar = checksum_path(path)
-    if not path.is_file() or not sidecar.is_file():
-        return None
-    data = path.read_bytes()
-    recorded = sidecar.read_text().split()[:1]
-    if not recorded or hashlib.sha256(data).hexdigest() != recorded[0].lower():
-        log.warning("%s: checksum mismatch, the cached file is corrupt; rebuilding it", path)
-        return None
-    return data
 
 
 # ---------------------------------------------------------------------------------------
