@@ -9,15 +9,18 @@ weights also run as a stock ``GPT2LMHeadModel`` / ``LlamaForCausalLM``, see prio
 * stock ``generate()`` with its default dynamic cache and with ``cache_implementation="static"``.
 
 Models: ``gpt2-25m``, an unconditional one-level prior with a 25.6 M-parameter GPT-2
-(n_embd 512, 8 layers, 8 heads, codebook 512) over 256 tokens: the model size and length
-of the stock ``generate()`` timings in docs/benchmarks.md (random weights: speed does not depend on
-them); and the top level of any trained prior passed with ``--prior``.
+(n_embd 512, 8 layers, 8 heads, codebook 512) over ``--grid`` x ``--grid`` tokens (16: 256
+tokens, a 256-px image at factor 16; 32: 1024 tokens, factor 8; random weights: speed does
+not depend on them); and the top level of any trained prior passed with ``--prior``.
+``--train`` adds the training throughput of the same prior at each length (forward +
+backward + AdamW, tokens/s), with and without gradient checkpointing.
 
 Sampling at temperature 1 from the same seed: ours draws identical codes with every
 cache (checked); ``generate()`` draws with its own RNG, so its codes are compared greedily
 in tests/test_sampler.py instead.
 
     python bench/prior_decode_speed.py --tag cpu --prior runs/bench_priors/cifar10_sqvae2_tau/prior
+    python bench/prior_decode_speed.py --tag cpu-long --grid 16 32 --n 4 --n-none 0 --train
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 from sections import device_stats, sync, write_section  # noqa: E402
 
 
-def synthetic_prior(device: str):
-    """The 25.6 M-parameter GPT-2 prior: one level, 16x16 codes, K = 512, unconditional."""
+def synthetic_prior(device: str, grid: int = 16):
+    """The 25.6 M-parameter GPT-2 prior: one level, grid x grid codes, K = 512, unconditional."""
     import torch
 
     from prior.config import load_prior_config
@@ -43,7 +46,7 @@ def synthetic_prior(device: str):
     cfg = load_prior_config(None, ["data.codes=unused", "class_cond=false", "model.arch=gpt2",
                                    "model.n_embd=512", "model.n_layer=8", "model.n_head=8",
                                    "model.dropout=0.0"])
-    info = {"tokenizer_identity": "synthetic", "code_shapes": [[16, 16]], "codebook_sizes": [512],
+    info = {"tokenizer_identity": "synthetic", "code_shapes": [[grid, grid]], "codebook_sizes": [512],
             "num_classes": None, "class_names": None, "modality": "image"}
     torch.manual_seed(0)
     return Prior(cfg, info, {0: build_level(cfg, info, 0).eval().to(device)})
@@ -120,6 +123,42 @@ def measure(name: str, prior, args) -> list[dict]:
     return rows
 
 
+def measure_training(name: str, prior, args) -> list[dict]:
+    """Training tokens/s of the prior's top level: forward, backward and an AdamW step on
+    random codes, after one warm-up step; with and without gradient checkpointing."""
+    import torch
+
+    from prior.codes import level_column
+
+    model = prior.levels[0]
+    rows = []
+    for checkpointing in (False, True):
+        model.train().set_gradient_checkpointing(checkpointing)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        codes = torch.randint(model.codebook_size, (args.n, model.length), device=args.device)
+        batch = {level_column(0): codes}
+
+        def step(opt=opt, batch=batch):
+            opt.zero_grad(set_to_none=True)
+            model(batch)["loss"].backward()
+            opt.step()
+
+        step()
+        sync(args.device)
+        t0 = time.perf_counter()
+        for _ in range(args.reps):
+            step()
+        sync(args.device)
+        secs = (time.perf_counter() - t0) / args.reps
+        rows.append({"model": name, "tokens": model.length, "n": args.n,
+                     "variant": "gradient checkpointing" if checkpointing else "plain",
+                     "tok_s": args.n * model.length / secs})
+        print(rows[-1], flush=True)
+    model.set_gradient_checkpointing(False)
+    model.eval()
+    return rows
+
+
 def main() -> int:
     import torch
 
@@ -130,6 +169,9 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=1, help="timed repetitions after the warm-up call")
     p.add_argument("--n-none", type=int, default=2,
                    help="sequences for the no-cache variant (re-runs the prefix: slow); 0 skips it")
+    p.add_argument("--grid", type=int, nargs="+", default=[16],
+                   help="code grid sides of the synthetic prior (16: 256 tokens, 32: 1024 tokens)")
+    p.add_argument("--train", action="store_true", help="also time training steps at each length")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tag", default="cpu")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
@@ -137,7 +179,8 @@ def main() -> int:
 
     from prior.pretrained import Prior
 
-    models = [] if args.no_synthetic else [("gpt2-25m (random weights)", synthetic_prior(args.device))]
+    models = [] if args.no_synthetic else [
+        ("gpt2-25m (random weights)", synthetic_prior(args.device, grid)) for grid in args.grid]
     models += [(Path(r).parent.name or r, Prior.from_pretrained(r, device=args.device))
                for r in args.prior]
     rows = [row for name, prior in models for row in measure(name, prior, args)]
@@ -156,6 +199,11 @@ def main() -> int:
         "compilation included, is its own column). 'same codes': every cache of ours drew the "
         "identical codes from one seed. × generate() is against stock generate() with its default "
         "(dynamic) cache on the same weights.", "", *lines])
+    if args.train:
+        train_rows = [row for name, prior in models for row in measure_training(name, prior, args)]
+        text += "\n\nTraining (forward, backward, AdamW step; tokens/s after one warm-up step):\n\n" + "\n".join(
+            ["| model | tokens | batch | variant | tokens/s |", "|---|---|---|---|---|"]
+            + [f"| {r['model']} | {r['tokens']} | {r['n']} | {r['variant']} | {r['tok_s']:.0f} |" for r in train_rows])
     write_section(Path(args.out), f"prior-decode-{args.tag}", text)
     print(text)
     return 0
