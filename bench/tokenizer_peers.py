@@ -61,6 +61,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -449,7 +450,7 @@ def main(argv=None) -> int:
                     rows.append({"label": label, "objective": objective, "m": m, "base": base})
                     print(table(rows)[-1], flush=True)
 
-    command = "python bench/tokenizer_peers.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/tokenizer_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     threads = f"{args.threads} torch thread(s) per subprocess" if args.threads else "torch's default threads"
     text = "\n".join([
         f"## Tokenizers beside their peers at 256×256 ({args.tag or torch.device(device).type})", "",
