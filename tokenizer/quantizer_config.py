@@ -91,11 +91,11 @@ def check_field_types(obj) -> None:
 
 @dataclass
 class QuantizerConfig:
-    kind: Literal["vq", "sq"] = "sq"
+    kind: Literal["vq", "sq"] = "sq"  # vq: deterministic nearest code; sq: stochastic (Gumbel-softmax) quantization
     # --- deterministic VQ (VQ-VAE / VQ-VAE-2 / RQ-VAE) ---
     beta: float = 0.25  # commitment weight
     ema: bool = False  # EMA codebook instead of a codebook loss
-    ema_decay: float = 0.99
+    ema_decay: float = 0.99  # decay of the EMA codebook statistics
     ema_eps: float = 1e-5  # Laplace smoothing of EMA cluster sizes
     # initial EMA cluster size of every code. 0 is VQ-VAE-2's reference (rosinality): the
     # first update divides each unused code by ~ema_eps, so it jumps ~1e5x away and is never
@@ -128,7 +128,7 @@ class QuantizerConfig:
     # tau_init at step 0 to tau_end at the last step (train.steps / epochs), so the soft
     # codes the decoder trains on end close to the hard codes it is scored on
     tau_schedule: Literal["exp", "run"] = "exp"
-    tau_init: float = 1.0
+    tau_init: float = 1.0  # temperature at step 0
     tau_decay: float = 1e-5  # 'exp' only
     tau_min: float = 0.0  # 'exp' only
     tau_end: float = 0.1  # 'run' only
