@@ -207,7 +207,7 @@ class DataConfig:
     skip_bad_examples: bool = False
     # read the splits as streams (datasets' streaming mode: no download or Arrow cache of
     # the whole split) for train-tokenizer and encode: Parquet / WebDataset shards or a hub
-    # dataset (README, "Data that does not fit on a disk")
+    # dataset (docs/guides/streaming.md)
     streaming: bool = False
     # streaming: rows held in the seeded shuffle buffer of each reader (the order is a
     # function of train.seed and the epoch); 0 reads the shards in file order. Default 1000
@@ -293,7 +293,7 @@ class TokenizerConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# presets: the table of the README's "Presets" section, all from one implementation
+# presets: the table of docs/concepts/hierarchy.md's "Presets" section, all from one implementation
 
 # The SQ presets anneal the Gumbel temperature over the run, whatever its length: SQ-VAE's
 # per-step decay (tau_decay 1e-5) was tuned for ~150k steps and barely moves in a few
@@ -303,7 +303,7 @@ SQ_SCHEDULE = {"tau_schedule": "run", "tau_end": 0.5}
 # The SQ presets with injected layers build them additively, H_l = up(H_{l-1}) + z_l (as the
 # public port of the HQ-VAE authors' code does): on CIFAR-10 it lowered SQ-VAE-2's RMSE and
 # kept the mixed HQ-VAE's top layer in use where the VQ-VAE-2-style concatenation let it
-# collapse to one code (docs/benchmarks.md, "HQ-VAE objective", issue 18)
+# collapse to one code (docs/benchmarks.md, "HQ-VAE objective")
 SQ_INJECTED = {"injection": "add"}
 
 PRESETS = {

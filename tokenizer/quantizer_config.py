@@ -120,7 +120,7 @@ class QuantizerConfig:
     variance: Literal["independent", "monotone", "bounded"] = "independent"
     # log sigma^2 = var_lr_scale * s with s the stored parameter: under Adam, whose steps are
     # ~lr whatever the gradient's size, log sigma^2 then moves var_lr_scale times faster
-    # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, issue 18)
+    # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, "HQ-VAE objective")
     var_lr_scale: float = 1.0
     # Gumbel temperature. 'exp' is SQ-VAE's per-step decay, tau = max(tau_init *
     # exp(-tau_decay * step), tau_min), tuned there for ~150k steps (at a few thousand it
