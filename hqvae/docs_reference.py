@@ -230,9 +230,9 @@ def config_page() -> str:
     pipeline_skip = ("image.tokenizer", "image.prior", "image.classifier",
                      "audio.tokenizer", "audio.prior", "audio.classifier")
     for title, cls, anchor in top_level_configs():
-        doc = inspect.getdoc(cls) or ""
         out += [f"## {title} {{ #{anchor} }}", "", f"`{cls.__module__}.{cls.__name__}`", ""]
-        if doc and "Attributes" not in doc:
+        doc = _class_doc(cls)
+        if doc:
             out += [doc, ""]
         skip = pipeline_skip if cls.__name__ == "PipelineConfig" else ()
         if skip:
