@@ -1,4 +1,4 @@
-"""Benchmark: where the quickstart's ten minutes buy sample quality (issue 23).
+"""Benchmark: where the quickstart's ten minutes buy sample quality.
 
     python bench/quickstart_sweep.py --track image [--variants NAME ...] [--jobs 2]
     python bench/quickstart_sweep.py --track image --report-only
@@ -40,7 +40,7 @@ from sections import write_section  # noqa: E402  (bench/, beside this script)
 # name -> (base variant or None, what changes, overrides of the track's section)
 VARIANTS: dict[str, dict[str, tuple]] = {
     "image": {
-        "2k": (None, "the image track before issue 23: 2,000 training images",
+        "2k": (None, "the image track before this sweep: 2,000 training images",
                ["data.num_train=2000"]),
         "2k-topk32": ("2k", "top-k 32 sampling", ["sample.top_k=32"]),
         "2k-topp0.9": ("2k", "top-p 0.9 sampling", ["sample.top_p=0.9"]),
@@ -61,7 +61,7 @@ VARIANTS: dict[str, dict[str, tuple]] = {
         "20k-vqvae2": (None, "the deterministic twin: VQ-VAE-2 with code restarts", [
             "data.num_train=20000", "tokenizer.model.preset=vqvae2",
             "tokenizer.model.quantizer.restart_threshold=1.0"]),
-        "rsqvae": (None, "RSQ-VAE, two residual depths on one 8x8 grid (the quickstart before issue 18)", [
+        "rsqvae": (None, "RSQ-VAE, two residual depths on one 8x8 grid (the quickstart's earlier hierarchy)", [
             "tokenizer.model.preset=rsqvae", "tokenizer.model.depth=2",
             "tokenizer.model.quantizer.tau_decay=1.0e-3", "tokenizer.model.quantizer.tau_min=0.1"]),
         "hqvae": (None, "the mixed HQ-VAE: injected 4x4 and 8x8, then a residual 8x8",
@@ -79,7 +79,7 @@ VARIANTS: dict[str, dict[str, tuple]] = {
             "prior.train.steps=8000", "prior.train.ckpt_every=2000"]),
     },
     "audio": {
-        "shipped": (None, "the audio track before issue 23's sweep (no guidance)", ["sample.cfg_scale=1.0"]),
+        "shipped": (None, "the audio track as configured before this sweep (no guidance)", ["sample.cfg_scale=1.0"]),
         "cfg2": ("shipped", "classifier-free guidance 2", ["sample.cfg_scale=2.0"]),
         "seed1": ("shipped", "sampling seed 1", ["sample.seed=1"]),
         "cfg2-seed1": ("shipped", "guidance 2, sampling seed 1", ["sample.cfg_scale=2.0", "sample.seed=1"]),

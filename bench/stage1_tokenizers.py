@@ -15,7 +15,7 @@ and reports mean ± std over the seeds (rows of one preset and variant are group
 
 ``--datasets shapes tones`` trains the quickstart's own tokenizers instead (the tokenizer
 sections of configs/quickstart.yaml, network and budget unchanged) with the preset swapped,
-to see which hierarchy keeps every layer in use on that data (issue 18, item 5);
+to see which hierarchy keeps every layer in use on that data;
 ``--threads`` sets the torch thread count of each run (the outcome has depended on it).
 """
 

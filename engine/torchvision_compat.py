@@ -10,7 +10,7 @@ nothing here needs the compiled ops.
 The shim acts only where torchvision's own import fails with exactly that error: it first
 imports torchvision as it is. A build whose ops load (whatever its library files are
 called: 0.29 ships ``_C_stable.so``) is left alone, since defining the schemas before it
-registers its own aborts the interpreter (issue 19).
+registers its own aborts the interpreter.
 
 Call :func:`ensure_torchvision` before importing torch-fidelity or transformers.
 """

@@ -5,8 +5,7 @@ evaluations) also goes, as it is written, to the trackers Accelerate runs for th
 ``train.report_to`` (TensorBoard, trackio, Weights & Biases), and the resolved config is
 the tracker run's hyperparameters. ``metrics.jsonl`` stays the record; the trackers show it
 live. Only the main process logs (Accelerate starts trackers there alone); files go under
-``RUN_DIR/trackers/``. A resumed run goes on in the tracker run it started (README.md,
-"Experiment tracking").
+``RUN_DIR/trackers/``. A resumed run goes on in the tracker run it started (docs/guides/tracking.md).
 """
 
 from __future__ import annotations

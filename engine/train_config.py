@@ -13,17 +13,17 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps (unused when `epochs` is set; a steps override is then refused)
     epochs: Optional[int] = None  # if set, steps = epochs * batches per epoch
     batch_size: int = 32  # global batch per optimizer step, before gradient accumulation split
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    beta1: float = 0.9  # AdamW first-moment decay
+    beta2: float = 0.999  # AdamW second-moment decay
+    schedule: Literal["constant", "cosine"] = "constant"  # learning-rate schedule after warmup
+    warmup_steps: int = 0  # linear warmup from 0 to lr over these steps
     min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is split across them)
     clip_grad: float = 0.0  # max global grad norm; 0 disables clipping
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # fp16 (loss-scaled) needs a GPU; bf16 also on CPU
-    seed: int = 0
+    seed: int = 0  # seed of initialisation, data order and noise (each process derives its own)
     log_every: int = 50  # steps between metric lines (the only host syncs of the loop)
     eval_every: int = 0  # steps between evaluations; 0 = only at the end
     ckpt_every: int = 1000  # steps between checkpoints; 0 = only at the end

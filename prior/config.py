@@ -21,9 +21,9 @@ from prior.backbones import get_backbone
 class LevelModelConfig:
     # transformers backbone, fed through inputs_embeds: a name registered in prior/backbones.py
     arch: str = "gpt2"
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
+    n_layer: int = 4  # transformer layers
+    n_head: int = 4  # attention heads per layer
+    n_embd: int = 256  # embedding width (a multiple of n_head)
     mlp_ratio: float = 4.0  # MLP width / n_embd
     dropout: float = 0.1  # residual, embedding and attention dropout
     cond_channels: int = 128  # width of the conditioning network (levels below the top)
@@ -54,14 +54,14 @@ class LevelModelConfig:
 @dataclass
 class PriorDataConfig:
     codes: Optional[str] = None  # directory written by `hqvae encode`
-    train_split: str = "train"
+    train_split: str = "train"  # split of the codes to train on
     eval_split: Optional[str] = "test"  # held-out split for bits/token; null = none
 
 
 @dataclass
 class PriorEvalConfig:
     max_examples: int = 2000  # held-out examples scored per evaluation
-    batch_size: int = 256
+    batch_size: int = 256  # sequences scored at a time
 
     def validate(self) -> None:
         if self.max_examples < 1 or self.batch_size < 1:
@@ -70,11 +70,11 @@ class PriorEvalConfig:
 
 @dataclass
 class PriorConfig:
-    run_dir: str = "runs/prior"
+    run_dir: str = "runs/prior"  # output folder: one level_<l>/ per code level
     # tokenizer run the codes came from; when set, its identity must match the codes'
     tokenizer: Optional[str] = None
-    data: PriorDataConfig = field(default_factory=PriorDataConfig)
-    model: LevelModelConfig = field(default_factory=LevelModelConfig)
+    data: PriorDataConfig = field(default_factory=PriorDataConfig)  # the codes to model
+    model: LevelModelConfig = field(default_factory=LevelModelConfig)  # every level's transformer
     levels: list[LevelModelConfig] = field(default_factory=list)  # per-level, merged over model
     class_cond: bool = False  # condition every level on the label (needs labelled codes)
     label_dropout: float = 0.1  # P(label -> null class) in training, for classifier-free guidance
@@ -82,13 +82,13 @@ class PriorConfig:
     # input, as the upper levels' conditioning is (a stronger signal for small priors:
     # docs/benchmarks.md, "FSDD at a longer budget")
     label_every_position: bool = False
-    train: TrainConfig = field(
+    train: TrainConfig = field(  # optimisation of each level (defaults for transformers)
         default_factory=lambda: TrainConfig(
             lr=3e-4, weight_decay=0.01, beta2=0.95, schedule="cosine", warmup_steps=100,
             min_lr_ratio=0.1, clip_grad=1.0,
         )
     )
-    eval: PriorEvalConfig = field(default_factory=PriorEvalConfig)
+    eval: PriorEvalConfig = field(default_factory=PriorEvalConfig)  # held-out bits per token
 
     def validate(self) -> None:
         if not 0.0 <= self.label_dropout < 1.0:

@@ -11,7 +11,7 @@ Sequence layout for a level with N = h * w codes (``order`` permutes the grid)::
 used for classifier-free guidance) or a learned vector; ``label_every_position`` also adds
 the class embedding to every position's input. ``cond_i`` comes from the
 non-causal conditioning network that sees all upper levels, brought to this level's grid,
-and is aligned with the code it helps predict (README, "Train the priors").
+and is aligned with the code it helps predict (docs/guides/priors.md).
 """
 
 from __future__ import annotations

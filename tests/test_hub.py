@@ -250,19 +250,18 @@ def test_push_to_hub_uploads_the_saved_folder_through_the_library(models, kind, 
     assert fingerprint(KINDS[kind].from_pretrained(f"org/{kind}-pushed")) == fingerprint(model)
 
 
-def test_the_readme_sharing_example_runs_offline(models, tmp_path, monkeypatch, fake_upload):
-    """README "Sharing on the Hub", as written, with the upload stubbed (fake_upload serves
-    what it was given from the offline cache)."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Sharing on the Hub", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_the_hub_guide_example_runs_offline(models, tmp_path, monkeypatch, fake_upload):
+    """The Hub guide's example (docs/guides/hub.md), as written, with the upload stubbed
+    (fake_upload serves what it was given from the offline cache)."""
+    guide = (ROOT / "docs" / "guides" / "hub.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
     assert blocks
     monkeypatch.chdir(tmp_path)
     models["tokenizer"].save_pretrained("runs/api/tokenizer")
     models["prior"].save_pretrained("runs/api/prior")
     scope = {"__name__": "readme"}
     for code in blocks:
-        exec(compile(code, "README.md (Sharing on the Hub)", "exec"), scope)
+        exec(compile(code, "docs/guides/hub.md", "exec"), scope)
     assert scope["tok"].identity == models["tokenizer"].identity
     assert [c[1] for c in fake_upload if c[0] == "upload_folder"] == [
         "my-org/shapes-rsqvae", "my-org/shapes-rsqvae-prior"]

@@ -30,6 +30,7 @@ from tokenizer.quantizer_config import (  # noqa: F401 -- re-exported: the confi
 
 @dataclass
 class LayerConfig:
+    # injected: a new code grid of its own factor; residual: quantizes what the layer above left
     kind: Literal["injected", "residual"] = "injected"
     factor: int = 4  # downsampling of this layer's code grid relative to the input (power of 2)
     codebook_size: int = 512  # K
@@ -48,7 +49,7 @@ class ModelConfig:
     downsample: int = 4  # finest code grid factor used when a preset fills in `layers`
     depth: int = 4  # residual depth used by the rqvae / rsqvae presets
     layers: list[LayerConfig] = field(default_factory=list)  # top (coarsest) first
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)  # every layer's quantizer
     channels: int = 128  # width of the encoder / decoder conv nets
     res_blocks: int = 2  # residual blocks per resolution stage
     res_channels: int = 32  # bottleneck width inside a residual block
@@ -69,7 +70,7 @@ class ModelConfig:
     # keys above (quickstart and CPU benchmarks), or 'vqgan', the scalable network of the
     # VQGAN family for 256 px and above; a registered network's own keys go in net_options
     net: str = "conv"
-    net_options: dict = field(default_factory=dict)
+    net_options: dict = field(default_factory=dict)  # the keys of model.net (reference: "Tokenizer networks")
 
     def validate(self) -> None:
         if not self.layers:
@@ -130,17 +131,17 @@ class ModelConfig:
 
 @dataclass
 class AudioConfig:
-    sample_rate: int = 8000
-    n_fft: int = 256
-    hop_length: int = 64
+    sample_rate: int = 8000  # Hz; clips at other rates are resampled (see resample)
+    n_fft: int = 256  # STFT window length in samples (even)
+    hop_length: int = 64  # STFT hop in samples (below n_fft)
     num_frames: int = 128  # clip length in STFT frames: samples = hop_length * (num_frames - 1)
     mel: bool = False  # mel instead of linear-frequency magnitudes
-    n_mels: int = 128
+    n_mels: int = 128  # mel bands when mel is true
     db_min: float = -80.0  # log-magnitude range mapped linearly onto [-1, 1]
-    db_max: float = 40.0
+    db_max: float = 40.0  # top of that range
     crop: Literal["start", "center", "random"] = "start"  # where a long clip is cut
     resample: bool = True  # resample clips at another rate (else: error)
-    griffin_lim_iters: int = 64
+    griffin_lim_iters: int = 64  # Griffin-Lim iterations when a spectrogram becomes audio
 
     def validate(self) -> None:
         if self.n_fft < 4 or self.n_fft % 2:
@@ -189,14 +190,14 @@ class DataConfig:
     # .parquet file or a folder of them)
     source: str = "shapes"
     path: Optional[str] = None  # data_dir / files for parquet, imagefolder, audiofolder
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str = "train"  # split trained on; a slice such as train[:90%] works
+    eval_split: str = "test"  # split evaluated on
     column: Optional[str] = None  # image / audio column; detected when unset
     label_column: Optional[str] = "label"  # kept when present
     modality: Optional[Literal["image", "audio"]] = None  # detected when unset
     image_size: int = 32  # square side after resizing / cropping
     channels: int = 3  # 3 = RGB, 1 = grey
-    resize: Literal["resize", "center_crop", "random_crop"] = "center_crop"
+    resize: Literal["resize", "center_crop", "random_crop"] = "center_crop"  # how images reach image_size
     num_train: int = 5000  # procedural datasets: examples in the train split
     num_eval: int = 500  # procedural datasets: examples in the eval split
     seed: int = 0  # procedural datasets: generation seed
@@ -206,12 +207,12 @@ class DataConfig:
     skip_bad_examples: bool = False
     # read the splits as streams (datasets' streaming mode: no download or Arrow cache of
     # the whole split) for train-tokenizer and encode: Parquet / WebDataset shards or a hub
-    # dataset (README, "Data that does not fit on a disk")
+    # dataset (docs/guides/streaming.md)
     streaming: bool = False
     # streaming: rows held in the seeded shuffle buffer of each reader (the order is a
     # function of train.seed and the epoch); 0 reads the shards in file order. Default 1000
     shuffle_buffer: Optional[int] = None
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)  # spectrogram settings of audio data
 
     def validate(self) -> None:
         if self.streaming:
@@ -257,7 +258,7 @@ class DataConfig:
 @dataclass
 class EvalConfig:
     max_examples: int = 2000  # examples of the eval split used during / after training
-    batch_size: int = 128
+    batch_size: int = 128  # examples evaluated at a time
     grid_size: int = 8  # originals and reconstructions shown in the PNG grid
     num_audio: int = 4  # original / reconstructed WAV pairs written for audio
 
@@ -271,11 +272,11 @@ class EvalConfig:
 
 @dataclass
 class TokenizerConfig:
-    run_dir: str = "runs/tokenizer"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/tokenizer"  # output folder: config, checkpoints, weights, eval
+    model: ModelConfig = field(default_factory=ModelConfig)  # the hierarchy, quantizers and network
+    data: DataConfig = field(default_factory=DataConfig)  # what is tokenized
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation during and after training
     loss: LossConfig = field(default_factory=LossConfig)  # optional perceptual / adversarial terms
 
     def validate(self) -> None:
@@ -292,7 +293,7 @@ class TokenizerConfig:
 
 
 # ---------------------------------------------------------------------------------------
-# presets: the table of the README's "Presets" section, all from one implementation
+# presets: the table of docs/concepts/hierarchy.md's "Presets" section, all from one implementation
 
 # The SQ presets anneal the Gumbel temperature over the run, whatever its length: SQ-VAE's
 # per-step decay (tau_decay 1e-5) was tuned for ~150k steps and barely moves in a few
@@ -302,7 +303,7 @@ SQ_SCHEDULE = {"tau_schedule": "run", "tau_end": 0.5}
 # The SQ presets with injected layers build them additively, H_l = up(H_{l-1}) + z_l (as the
 # public port of the HQ-VAE authors' code does): on CIFAR-10 it lowered SQ-VAE-2's RMSE and
 # kept the mixed HQ-VAE's top layer in use where the VQ-VAE-2-style concatenation let it
-# collapse to one code (docs/benchmarks.md, "HQ-VAE objective", issue 18)
+# collapse to one code (docs/benchmarks.md, "HQ-VAE objective")
 SQ_INJECTED = {"injection": "add"}
 
 PRESETS = {

@@ -11,7 +11,7 @@ Top-down, from H_0 = 0 at the coarsest grid, layer by layer (top = coarsest firs
   and every depth has its discrete term, but the dequantisation noise of the depths adds
   up (p(Ĥ_f) ≈ sum_l z_l + noise of variance sum_l sigma_l^2), so a run of consecutive
   residual layers has one continuous term, ||p(Ĥ_f) - H_L||^2 / (2 sum_l sigma_l^2), at its
-  last depth (HQ-VAE, Takida et al. 2024, the residual top-down path; issue 18). One term
+  last depth (HQ-VAE, Takida et al. 2024, the residual top-down path). One term
   per depth instead pulls every partial sum toward p(Ĥ_f) and each sigma_l^2 up, which
   left the early depths broad and barely used (docs/benchmarks.md, "HQ-VAE objective").
   With VQ, every depth commits the encoder to its running sum, beta ||p(Ĥ_f) - sg(H_l)||^2,

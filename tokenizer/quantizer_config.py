@@ -91,11 +91,11 @@ def check_field_types(obj) -> None:
 
 @dataclass
 class QuantizerConfig:
-    kind: Literal["vq", "sq"] = "sq"
+    kind: Literal["vq", "sq"] = "sq"  # vq: deterministic nearest code; sq: stochastic (Gumbel-softmax) quantization
     # --- deterministic VQ (VQ-VAE / VQ-VAE-2 / RQ-VAE) ---
     beta: float = 0.25  # commitment weight
     ema: bool = False  # EMA codebook instead of a codebook loss
-    ema_decay: float = 0.99
+    ema_decay: float = 0.99  # decay of the EMA codebook statistics
     ema_eps: float = 1e-5  # Laplace smoothing of EMA cluster sizes
     # initial EMA cluster size of every code. 0 is VQ-VAE-2's reference (rosinality): the
     # first update divides each unused code by ~ema_eps, so it jumps ~1e5x away and is never
@@ -120,7 +120,7 @@ class QuantizerConfig:
     variance: Literal["independent", "monotone", "bounded"] = "independent"
     # log sigma^2 = var_lr_scale * s with s the stored parameter: under Adam, whose steps are
     # ~lr whatever the gradient's size, log sigma^2 then moves var_lr_scale times faster
-    # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, issue 18)
+    # than the other weights (10 measured worse on CIFAR-10: docs/benchmarks.md, "HQ-VAE objective")
     var_lr_scale: float = 1.0
     # Gumbel temperature. 'exp' is SQ-VAE's per-step decay, tau = max(tau_init *
     # exp(-tau_decay * step), tau_min), tuned there for ~150k steps (at a few thousand it
@@ -128,7 +128,7 @@ class QuantizerConfig:
     # tau_init at step 0 to tau_end at the last step (train.steps / epochs), so the soft
     # codes the decoder trains on end close to the hard codes it is scored on
     tau_schedule: Literal["exp", "run"] = "exp"
-    tau_init: float = 1.0
+    tau_init: float = 1.0  # temperature at step 0
     tau_decay: float = 1e-5  # 'exp' only
     tau_min: float = 0.0  # 'exp' only
     tau_end: float = 0.1  # 'run' only

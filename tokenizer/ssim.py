@@ -4,7 +4,7 @@ paper's constants: an 11×11 Gaussian window of σ = 1.5, K1 = 0.01, K2 = 0.03.
 
 The SSIM map is averaged over the positions where the whole window fits inside the image (as
 the paper's reference implementation does), then over channels; ``hqvae eval-tokenizer``
-reports its mean over images (README, "Train and evaluate a tokenizer")."""
+reports its mean over images (docs/concepts/metrics.md)."""
 
 from __future__ import annotations
 

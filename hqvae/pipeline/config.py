@@ -48,10 +48,10 @@ class SampleConfig(_SampleSection):
 
 @dataclass
 class ScoreConfig:
-    enabled: bool = True
+    enabled: bool = True  # score the samples (FID / audio FID, class accuracy)
     split: Optional[str] = None  # reference split; null = the tokenizer's train split
     max_reference: Optional[int] = 10000  # reference examples (null = the whole split)
-    batch_size: int = 50
+    batch_size: int = 50  # images or clips per feature-extraction batch
     # an existing `hqvae train-classifier` run to score with (audio FID; class accuracy),
     # instead of training the track's `classifier` section
     classifier_run: Optional[str] = None
@@ -65,7 +65,7 @@ class ScoreConfig:
 
 @dataclass
 class EncodeConfig:
-    batch_size: int = 256
+    batch_size: int = 256  # examples encoded at a time
     max_examples: Optional[int] = None  # per split; null = all
 
     def validate(self) -> None:
@@ -77,21 +77,21 @@ class EncodeConfig:
 
 @dataclass
 class TrackConfig:
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    encode: EncodeConfig = field(default_factory=EncodeConfig)
-    prior: PriorConfig = field(default_factory=PriorConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # stage one: a tokenizer config
+    encode: EncodeConfig = field(default_factory=EncodeConfig)  # encoding both splits into codes
+    prior: PriorConfig = field(default_factory=PriorConfig)  # stage two: a prior config
     # the classifier of the data's classes: audio FID's features (required for audio) and
     # the class accuracy of the samples (optional for images); its data is the tokenizer's
     classifier: Optional[ClassifierConfig] = None
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)  # the options of `hqvae sample` a track sets
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # scoring the samples and the random-code baseline
 
 
 @dataclass
 class PipelineConfig:
-    run_dir: str = "runs/pipeline"
-    image: Optional[TrackConfig] = None
-    audio: Optional[TrackConfig] = None
+    run_dir: str = "runs/pipeline"  # folder of every stage's output, summary.json and report.html
+    image: Optional[TrackConfig] = None  # the image track; null = none
+    audio: Optional[TrackConfig] = None  # the audio track; null = none
     device: Optional[str] = None  # sampling / scoring device; null = cuda when available
     report: bool = True  # write RUN/report.html at the end
 

@@ -31,21 +31,21 @@ class PerceptualConfig:
 class AdversarialConfig:
     # weight of the generator's adversarial term (after the adaptive weight); 0 = off
     weight: float = 0.0
-    loss: Literal["hinge", "non_saturating"] = "hinge"
+    loss: Literal["hinge", "non_saturating"] = "hinge"  # the discriminator's and generator's loss
     start_step: int = 0  # optimizer step from which the discriminator trains and the term counts
     # Esser et al. 2021: scale the adversarial term by ||grad rec|| / ||grad adv|| at the
     # decoder's last layer, so it neither drowns nor vanishes beside any reconstruction scale
     adaptive_weight: bool = True
-    max_adaptive_weight: float = 1e4
+    max_adaptive_weight: float = 1e4  # upper clamp of that ratio
     # PatchGAN discriminator (Isola et al. 2017): layers of stride-2 4x4 convs, base width
     layers: int = 3
-    channels: int = 64
-    norm: Literal["batch", "group", "none"] = "batch"
+    channels: int = 64  # width of the first conv, doubled per layer
+    norm: Literal["batch", "group", "none"] = "batch"  # normalisation between the convs
     # its own optimizer settings (a parameter group of its own: Adam state, learning rate
     # and schedule apart from the tokenizer's); unset lr: train.lr
     lr: Optional[float] = None
-    beta1: float = 0.5
-    beta2: float = 0.9
+    beta1: float = 0.5  # Adam first-moment decay of the discriminator
+    beta2: float = 0.9  # Adam second-moment decay of the discriminator
     schedule: Literal["constant", "same"] = "constant"  # 'same': the tokenizer's train.schedule
 
     def validate(self) -> None:
@@ -68,8 +68,8 @@ class AdversarialConfig:
 
 @dataclass
 class LossConfig:
-    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)  # LPIPS beside the distortion
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)  # a PatchGAN discriminator
 
     @property
     def any(self) -> bool:

@@ -37,7 +37,7 @@ DEFAULT_MULT = (1, 1, 2, 2, 4)
 
 @dataclass
 class VQGANOptions:
-    base_channels: int = 128
+    base_channels: int = 128  # width at the input resolution, times channel_mult per resolution
     # one multiplier per resolution from the input (factor 1) to the coarsest code grid:
     # log2(coarsest factor) + 1 entries; unset: DEFAULT_MULT's pattern
     channel_mult: Optional[list[int]] = None
@@ -47,7 +47,7 @@ class VQGANOptions:
     attn_factors: Optional[list[int]] = None
     mid_attention: bool = True  # attention inside the middle blocks
     norm_groups: int = 32  # GroupNorm groups; every width must be a multiple
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout inside the residual blocks
 
     def validate(self) -> None:
         if not 1 <= self.base_channels <= 4096:
