@@ -21,12 +21,12 @@ class ClassifierModelConfig:
     # one conv block per width, each halving F and T (128x128 -> 4x4 with the default five);
     # one conv per block costs a third of two at 128x128 (the first block dominates)
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128])
-    convs_per_block: int = 1
-    norm: Literal["batch", "group"] = "batch"
+    convs_per_block: int = 1  # 3x3 convs in each block before its pooling
+    norm: Literal["batch", "group"] = "batch"  # normalisation after every conv
     groups: int = 8  # group norm only: groups per layer (must divide every width)
     embedding_dim: int = 128  # width of the penultimate layer = the audio FID features
     dropout: float = 0.2  # before the linear head (the features are taken before it)
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # of the cross-entropy targets; 0 = off
     num_classes: Optional[int] = None  # detected from the training data when unset
 
     def validate(self) -> None:
@@ -86,7 +86,7 @@ class AugmentConfig:
 @dataclass
 class ClassifierEvalConfig:
     max_examples: Optional[int] = None  # examples of the eval split scored; None = all
-    batch_size: int = 128
+    batch_size: int = 128  # examples per evaluation batch
 
     def validate(self) -> None:
         if self.max_examples is not None and self.max_examples < 1:
@@ -97,14 +97,15 @@ class ClassifierEvalConfig:
 
 @dataclass
 class ClassifierConfig:
-    run_dir: str = "runs/classifier"
-    data: DataConfig = field(default_factory=lambda: DataConfig(source="tones"))
-    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)
+    run_dir: str = "runs/classifier"  # the run folder (weights, model card, eval.json, checkpoints)
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="tones"))  # as the tokenizer's data section
+    model: ClassifierModelConfig = field(default_factory=ClassifierModelConfig)  # the network
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # the shared training loop's settings, with the classifier's own defaults
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=2000, batch_size=32, lr=1e-3, weight_decay=1e-4)
     )
-    eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)
+    eval: ClassifierEvalConfig = field(default_factory=ClassifierEvalConfig)  # held-out scoring
 
     def validate(self) -> None:
         if self.data.streaming:
