@@ -436,12 +436,12 @@ def test_fid_of_a_sample_folder_reads_the_reference_like_its_tokenizer(cache, ex
     ds = F.build_reference_dataset(grey, "test")
     folder = write_pngs(tmp_path / "samples" / "images",
                         torch.stack([ds[i]["x"] for i in spread_indices(len(ds), N)]))
-    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "tok")}))
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "tok"), "num_samples": N, "tokenizer_identity": "tok"}))
     result = F.score_folder(folder.parent, "shapes:test", max_examples=N)
     assert result["reference"]["channels"] == 1
     assert abs(result["fid"]) < 1e-2  # the grey samples are the grey reference images
     # a sample folder whose tokenizer run has moved: scored with the defaults, and said so
-    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved")}))
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved"), "num_samples": N, "tokenizer_identity": "tok"}))
     with pytest.warns(UserWarning, match="tokenizer run .*moved.* is not found from here"):
         assert F.score_folder(folder.parent, "shapes:test", max_examples=N)["reference"]["channels"] == 3
 

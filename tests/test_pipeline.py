@@ -11,6 +11,7 @@ from engine.config import ConfigError
 from hqvae import layout
 from hqvae.cli import main
 from hqvae.pipeline import check_classifier_runs, load_pipeline_config, run_pipeline
+from sampling.sample_reader import media_files, read_labels, read_record
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -60,9 +61,9 @@ def test_quickstart_writes_every_artifact(quick_run):
         assert (run / track / "samples" / "grid.png").is_file()
     for track in layout.TRACKS:  # issue 23: the image track has one too
         assert layout.is_done(run, track, "classifier")
-    assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 10
-    assert len(list((run / "audio" / "samples" / "audio").glob("*.wav"))) == 10
-    assert len(list((run / "image" / "random" / "images").glob("*.png"))) == 10
+    assert len(media_files(run / "image" / "samples")) == 10
+    assert len(media_files(run / "audio" / "samples")) == 10
+    assert len(media_files(run / "image" / "random")) == 10
     image_fid = json.loads((run / "image" / "fid.json").read_text())
     audio_fid = json.loads((run / "audio" / "fid.json").read_text())
     for fid in (image_fid, audio_fid):
@@ -241,12 +242,12 @@ def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run,
     image = _summary(quick_run)["tracks"]["image"]
     assert image["samples"]["status"] == "ran" and image["prior"]["status"] == "skipped"
     samples = quick_run / "image" / "samples"
-    assert set(json.loads((samples / "labels.json").read_text()).values()) == {1}
+    assert set(read_labels(samples).values()) == {1}
     out = tmp_path / "cli"
     assert main(["sample", str(quick_run / "image" / "prior"), "--out", str(out), "--n", "2",
                  "--label", "square"]) == 0
-    record = json.loads((samples / "samples.json").read_text())
-    assert set(record) == set(json.loads((out / "samples.json").read_text())) | {"pipeline_sample"}
+    record = read_record(samples)
+    assert set(record) == set(read_record(out)) | {"pipeline_sample"}
     assert record["label"] == "square" and record["cfg_scale"] == 1.0
     manifest = json.loads((quick_run / "image" / "codes" / "codes.json").read_text())
     tok = manifest["tokenizer_run"]

@@ -18,6 +18,7 @@ from prior.codes import IdentityError
 from prior.config import load_prior_config
 from prior.pretrained import Prior, build_level
 from sampling.outputs import write_samples
+from sampling.sample_reader import media_files, read_labels, read_record
 from sampling.sampler import Sampler, filter_logits
 from tokenizer.config import load_tokenizer_config
 from tokenizer.pretrained import Tokenizer
@@ -320,8 +321,8 @@ def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
     assert Image.open(tmp_path / "grid.png").size[0] > 16
     saved = load_file(str(tmp_path / "codes.safetensors"))
     assert torch.equal(saved["level_1"], codes[1]) and torch.equal(saved["label"], labels)
-    assert json.loads((tmp_path / "labels.json").read_text())["000001.png"] == 1
-    assert json.loads((tmp_path / "samples.json").read_text())["tokenizer_identity"] == tok.identity
+    assert read_labels(tmp_path)["000001.png"] == 1
+    assert read_record(tmp_path)["tokenizer_identity"] == tok.identity
     # a second, smaller unconditional set replaces the first: no extra files or stale labels
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "images" / "mine.png").write_bytes(b"")
@@ -345,7 +346,7 @@ def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
     data, rate = sf.read(wavs[0])
     audio = tok.config.data.audio
     assert rate == audio.sample_rate and data.ndim == 1 and len(data) == audio.num_samples
-    assert json.loads((tmp_path / "samples.json").read_text())["sample_rate"] == audio.sample_rate
+    assert read_record(tmp_path)["sample_rate"] == audio.sample_rate
 
 
 def save_prior_run(tmp_path, tok, prior, **info):
@@ -383,8 +384,8 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert main(["sample", str(run), "--out", str(out), "--n", "4", "--label", "cycle",
                  "--temperature", "1.0,0.8", "--cfg-scale", "2", "--batch-size", "3"]) == 0
     assert "sampled 4 images" in capsys.readouterr().out
-    assert len(list((out / "images").glob("*.png"))) == 4
-    assert json.loads((out / "labels.json").read_text()) == {
+    assert len(media_files(out)) == 4
+    assert read_labels(out) == {
         "000000.png": 0, "000001.png": 1, "000002.png": 2, "000003.png": 0}
     # guidance 0 samples unconditionally whatever --label says: no labels to score against
     assert main(["sample", str(run), "--out", str(tmp_path / "uncond"), "--n", "2", "--label", "1",
@@ -393,7 +394,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert "labels.json" not in capsys.readouterr().out
     # a class given by its name
     assert main(["sample", str(run), "--out", str(tmp_path / "blue"), "--n", "2", "--label", "blue"]) == 0
-    assert set(json.loads((tmp_path / "blue" / "labels.json").read_text()).values()) == {2}
+    assert set(read_labels(tmp_path / "blue").values()) == {2}
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
                        (["--label", "purple"], "or a class name: red, green, blue; got 'purple'"),
                        (["--temperature", "-1"], "--temperature: must be >= 0, got -1.0"),
@@ -613,7 +614,7 @@ def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp
     assert len(batches) == 2  # only the batches that were missing (6-9, 9-10) are drawn
     assert set_contents(out) == set_contents(whole)
     assert not (out / ".hqvae-partial").exists()
-    record = json.loads((out / "samples.json").read_text())
+    record = read_record(out)
     assert record["sampling_seconds"] > 0 and record["num_samples"] == 10
 
 
@@ -715,7 +716,7 @@ def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png",
                                                                   "000099.png", "mine.png"]
     assert (out / "audio" / "000000.wav").read_bytes() == b"precious"
-    assert json.loads((out / "samples.json").read_text())["num_samples"] == 3
+    assert read_record(out)["num_samples"] == 3
 
 
 def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys, monkeypatch):

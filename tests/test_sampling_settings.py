@@ -69,7 +69,7 @@ def test_every_caller_refuses_the_same_values_naming_the_key(key, value, said, t
     assert not out.exists()
     # the library call: before the priors are loaded
     with pytest.raises(ConfigError) as exc:
-        sample_into(out, tmp_path / "no-prior", **{key: value})
+        sample_into(out, tmp_path / "no-prior", settings=SamplingSettings(**{key: value}))
     assert str(exc.value) == f"{key}: {said}"
     # the pipeline's config, named by its path in the config
     with pytest.raises(ConfigError) as exc:
