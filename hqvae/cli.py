@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.config import ConfigError, read_yaml, to_dict, yaml_dump
+from engine.signals import Interrupted
 from hqvae.process_group import end_process_group
 from hqvae.sample_command import add_sample_command
 from hqvae.score_commands import add_eval_tokenizer, add_sample_scores
@@ -19,9 +20,13 @@ from hqvae.train_commands import (
     add_train_prior,
     add_train_tokenizer,
 )
+from prior.config import load_prior_config
+from sampling.classifier.config import load_classifier_config
+from tokenizer.config import PRESETS, load_tokenizer_config
 
 
 def _report(args: argparse.Namespace) -> int:
+    # imported on use: the report's modules load numpy
     from hqvae.report import count_media, write_report
 
     path = write_report(args.run_dir, args.out)
@@ -31,6 +36,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
+    # imported on use: the pipeline's modules load numpy
     from hqvae.pipeline import format_summary, load_pipeline_config, run_pipeline
 
     cfg = load_pipeline_config(args.config, args.overrides)
@@ -40,6 +46,9 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 CONFIG_KINDS = ("tokenizer", "prior", "classifier", "pipeline")
+# the loader of each kind of config but the pipeline's
+CONFIG_LOADERS = {"tokenizer": load_tokenizer_config, "prior": load_prior_config,
+                  "classifier": load_classifier_config}
 
 
 def _config_kind(data: dict) -> str:
@@ -56,9 +65,6 @@ def _config_kind(data: dict) -> str:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from engine.config import read_yaml, to_dict, yaml_dump
-    from tokenizer.config import PRESETS
-
     target, overrides = args.target, list(args.overrides)
     if target in PRESETS:  # a tokenizer preset: its config with every default filled in
         kind, path, overrides = args.kind or "tokenizer", None, [f"model.preset={target}", *overrides]
@@ -72,14 +78,12 @@ def _config(args: argparse.Namespace) -> int:
             raise ConfigError(f"{target}: neither a config file nor a tokenizer preset "
                               f"({', '.join(PRESETS)})")
         kind = args.kind or _config_kind(read_yaml(path))
-    if kind == "tokenizer":
-        from tokenizer.config import load_tokenizer_config as load
-    elif kind == "prior":
-        from prior.config import load_prior_config as load
-    elif kind == "classifier":
-        from sampling.classifier.config import load_classifier_config as load
+    if kind == "pipeline":
+        from hqvae.pipeline import load_pipeline_config  # imported on use: it loads numpy
+
+        load = load_pipeline_config
     else:
-        from hqvae.pipeline import load_pipeline_config as load
+        load = CONFIG_LOADERS[kind]
     cfg = load(path, overrides)
     print(f"# hqvae config: the resolved {kind} config" + (f" of {path}" if path else "")
           + (f" with {' '.join(args.overrides)}" if args.overrides else "")
@@ -160,8 +164,6 @@ PATH_ARGUMENTS = ("config", "run_dir", "tokenizer_run", "prior_run", "tokenizer"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.signals import Interrupted
-
     args = parse_cli(argv)
     try:
         return args.func(args)

@@ -4,18 +4,20 @@ arguments and what each runs)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
-from engine.config import ConfigError
+from engine.config import ConfigError, validate
 from engine.devices import resolve_device
+from engine.files import write_text_atomic
 from engine.run_dir import check_folder, check_output_file, check_writable, hold_folder
 from hqvae.arguments import DEVICE_HELP, add_data_arguments, positive_int
 
 
 def _eval_tokenizer(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from engine.config import validate
+    # imported on use, as every command's models and scorers: they load torch, which
+    # `hqvae --help` and the other commands start without
     from sampling.tokenizer_eval import run_tokenizer_evaluation
     from tokenizer.data import eval_dataset
     from tokenizer.pretrained import Tokenizer
@@ -81,12 +83,8 @@ def _classify(args: argparse.Namespace) -> int:
 
 def _report_result(text: str, result: dict, out: str | None) -> int:
     """Print a scoring command's report and, with --out, save its result as JSON."""
-    import json
-
     print(text)
     if out:
-        from engine.files import write_text_atomic
-
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, json.dumps(result, indent=2))  # never a half-written result

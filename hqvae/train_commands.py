@@ -4,15 +4,21 @@ train-classifier (their arguments and what each runs)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from engine.devices import resolve_device
 from engine.run_dir import check_folder, check_writable, hold_folder
+from engine.signals import Interrupted, interrupt_on_signals
 from hqvae.arguments import DEVICE_HELP, add_data_arguments, non_negative_int, positive_int
+from prior.config import load_prior_config
+from sampling.classifier.config import load_classifier_config
+from tokenizer.config import load_tokenizer_config
 
 
 def _train_tokenizer(args: argparse.Namespace) -> int:
-    from tokenizer.config import load_tokenizer_config
+    # the trainers are imported on use, as every command's models: they load torch, which
+    # `hqvae --help` and the other commands start without
     from tokenizer.train import format_summary, train_tokenizer
 
     cfg = load_tokenizer_config(args.config, args.overrides)
@@ -31,8 +37,7 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
-    import dataclasses
-
+    # imported on use: they load torch
     from prior.codes import check_encoding
     from tokenizer.pretrained import Tokenizer
 
@@ -50,8 +55,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _encode_splits(args: argparse.Namespace, tok, data, splits: list[str]) -> int:
-    from engine.signals import interrupt_on_signals
-    from prior.codes import encode_splits
+    from prior.codes import encode_splits  # imported on use: it loads torch
 
     splits = list(dict.fromkeys(splits))
     finished: list[str] = []
@@ -76,8 +80,6 @@ def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: 
     """What a Ctrl-C during `hqvae encode` leaves and what running it again does: finished
     splits are complete datasets on disk that a rerun keeps (without --overwrite); the split
     it stopped in is not written (its partial rows are dropped) and is encoded from its start."""
-    from engine.signals import Interrupted
-
     kept = (f"split{'s' if len(finished) > 1 else ''} {', '.join(map(repr, finished))} finished "
             f"and kept in {args.out}" if finished else "no split finished")
     if not args.overwrite:
@@ -92,8 +94,7 @@ def _encoding_interrupted(args: argparse.Namespace, finished: list[str], split: 
 
 
 def _train_prior(args: argparse.Namespace) -> int:
-    from prior.config import load_prior_config
-    from prior.train import format_summary, train_prior
+    from prior.train import format_summary, train_prior  # imported on use: it loads torch
 
     cfg = load_prior_config(args.config, args.overrides)
     results = train_prior(cfg, levels=args.level)
@@ -105,7 +106,6 @@ def _train_prior(args: argparse.Namespace) -> int:
 
 def _train_classifier(args: argparse.Namespace) -> int:
     # imported on use, as every command's: the CLI starts without torch or the trainer
-    from sampling.classifier.config import load_classifier_config
     from sampling.classifier.train import format_summary, train_classifier
 
     cfg = load_classifier_config(args.config, args.overrides)

@@ -20,6 +20,7 @@ from typing import Optional, Union
 
 import torch
 
+from engine.pretrained import weights_identity
 from engine.signals import SamplingInterrupted, StopSignals
 from prior.pretrained import Prior
 from sampling.outputs import SampleSetWriter, format_bytes
@@ -270,7 +271,5 @@ def sample_into(
 def _prior_weights(prior: Prior) -> str:
     """A hash of the priors' weights: a set is continued only with the priors it began with
     (a prior run retrained in place would otherwise finish another model's set)."""
-    from engine.pretrained import weights_identity
-
     state = {f"{lv}.{k}": v for lv, m in sorted(prior.levels.items()) for k, v in m.state_dict().items()}
     return weights_identity({"tokenizer_identity": prior.tokenizer_identity}, state)

@@ -15,56 +15,9 @@ from safetensors.torch import load_file
 
 from hqvae.cli import main
 from prior.codes import IdentityError
-from prior.config import load_prior_config
-from prior.pretrained import Prior, build_level
 from sampling.outputs import write_samples
 from sampling.sample_reader import media_files, read_labels, read_record
 from sampling.sampler import Sampler, filter_logits
-from tokenizer.config import load_tokenizer_config
-from tokenizer.pretrained import Tokenizer
-
-TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
-       "data.image_size=16", "model.layers.0.codebook_size=16", "model.layers.1.codebook_size=32"]
-PRIOR = ["data.codes=unused", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
-         "model.cond_channels=8", "model.cond_blocks=1", "model.dropout=0.0"]
-
-
-def make_tokenizer(audio=False, seed=0):
-    extra = (["data.source=tones", "data.audio.num_frames=16", "data.audio.n_fft=32",
-              "data.audio.hop_length=16", "data.audio.griffin_lim_iters=2", "model.downsample=4"]
-             if audio else [])
-    cfg = load_tokenizer_config(None, [*TOK, *extra])
-    torch.manual_seed(seed)
-    tok = Tokenizer.from_config(cfg)
-    tok.model.eval()
-    return tok
-
-
-def make_prior(tok, num_classes=3, *extra, seed=0):
-    cfg = load_prior_config(None, [*PRIOR, f"class_cond={'true' if num_classes else 'false'}", *extra])
-    info = {"tokenizer_identity": tok.identity, "code_shapes": [list(s) for s in tok.code_shapes],
-            "codebook_sizes": tok.codebook_sizes, "num_classes": num_classes or None,
-            "class_names": None, "modality": tok.modality}
-    torch.manual_seed(seed)
-    levels = {lv: build_level(cfg, info, lv).eval() for lv in range(len(tok.codebook_sizes))}
-    # an untrained prior is near-uniform and barely looks at its label (init std 0.02):
-    # sharpen it so that labels and guidance visibly change the draws
-    with torch.no_grad():
-        for model in levels.values():
-            model.head.weight.mul_(30)
-            if num_classes:
-                model.class_emb.weight.mul_(100)
-    return Prior(cfg, info, levels)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prior(tok):
-    return make_prior(tok)
 
 
 def same(a, b):
@@ -88,7 +41,7 @@ def test_same_seed_same_samples_other_seed_other_samples(prior):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
-def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
+def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale, make_prior):
     extra = ["label_every_position=true"] if arch == "llama" else []  # the per-position label path too
     prior = make_prior(tok, 3, f"model.arch={arch}", "model.order=column", *extra)
     runs = {cache: Sampler(prior, cache=cache, cfg_scale=cfg_scale).sample_codes(
@@ -97,7 +50,7 @@ def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arch):
+def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arch, make_prior):
     """transformers 5.25 renamed ``past_key_values`` to ``cache`` and drops the old name in
     5.40: passing the old one warns now and would stop caching then."""
     import warnings
@@ -109,7 +62,7 @@ def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arc
             Sampler(prior, cache=cache).sample_codes(2, seed=0)
 
 
-def test_static_cache_is_reused_across_batches_and_reset(tok):
+def test_static_cache_is_reused_across_batches_and_reset(tok, make_prior):
     """Three batches of two rows (the last one padded) through one sampler: the cache of a
     level is allocated once, and a reused cache holds nothing of the previous batch."""
     prior = make_prior(tok, 0)
@@ -122,7 +75,7 @@ def test_static_cache_is_reused_across_batches_and_reset(tok):
     assert same(a, Sampler(prior, cache="none").sample_codes(5, seed=3, batch_size=2))
 
 
-def test_static_cache_works_without_early_initialization(tok, monkeypatch):
+def test_static_cache_works_without_early_initialization(tok, monkeypatch, make_prior):
     """``StaticCache.early_initialization`` is not public API in every transformers release;
     without it the cache allocates on its first write and draws the same tokens."""
     import transformers
@@ -141,7 +94,7 @@ def test_static_cache_works_without_early_initialization(tok, monkeypatch):
     assert same(without, Sampler(prior, cache="none").sample_codes(3, seed=4, batch_size=3))
 
 
-def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
+def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok, make_prior):
     """n = 7 at batch_size 4 runs two batches of 4 (not 4 + 3): the 7 samples are the first 7
     of n = 8, and the padding row of the last batch repeats the last label."""
     prior = make_prior(tok, 3)
@@ -156,7 +109,7 @@ def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
     assert sorted(sampler._static) == [(0, 3), (1, 3)]
 
 
-def test_sampler_cache_options_are_checked(tok):
+def test_sampler_cache_options_are_checked(tok, make_prior):
     prior = make_prior(tok, 0)
     with pytest.raises(ValueError, match="cache: expected"):
         Sampler(prior, cache="paged")
@@ -167,7 +120,7 @@ def test_sampler_cache_options_are_checked(tok):
     assert Sampler(prior, compile=True).compile_mode == "default"  # CUDA graphs only on a GPU
 
 
-def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
+def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch, make_prior):
     """The compiled one-token step (dynamo with a counting eager backend: the graph capture,
     not the code generation, is what could change behaviour) draws the same codes, with one
     compilation per level and batch size however many steps and batches."""
@@ -187,7 +140,7 @@ def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
     assert same(a, b)
 
 
-def test_unconditional_prior_samples_with_and_without_cache(tok):
+def test_unconditional_prior_samples_with_and_without_cache(tok, make_prior):
     prior = make_prior(tok, 0)
     a = Sampler(prior).sample_codes(3, seed=2)
     b = Sampler(prior, cache="none").sample_codes(3, seed=2)
@@ -264,7 +217,7 @@ def test_top_k_keeps_exactly_k_codes_even_among_ties():
     torch.testing.assert_close(kept[torch.isfinite(kept)], logits[0, :4])
 
 
-def test_a_prior_without_label_dropout_has_no_unconditional_model(tok):
+def test_a_prior_without_label_dropout_has_no_unconditional_model(tok, make_prior):
     prior = make_prior(tok, 3, "label_dropout=0.0")
     with pytest.raises(ValueError, match=r"cfg_scale: guidance needs .* levels \[0, 1\] never trained"):
         Sampler(prior, tok, cfg_scale=2.0)
@@ -301,7 +254,7 @@ def test_bad_labels_fail_clearly(prior, labels, match):
         Sampler(prior).sample_codes(3, labels=labels)
 
 
-def test_sampler_refuses_another_tokenizer(prior):
+def test_sampler_refuses_another_tokenizer(prior, make_tokenizer):
     other = make_tokenizer(seed=1)
     with pytest.raises(IdentityError, match=r"the tokenizer given is \w+, but these priors were trained on codes of tokenizer \w+"):
         Sampler(prior, other)
@@ -333,7 +286,7 @@ def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
     assert "label" not in load_file(str(tmp_path / "codes.safetensors"))
 
 
-def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
+def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path, make_prior, make_tokenizer):
     tok = make_tokenizer(audio=True)
     prior = make_prior(tok, 4)
     s = Sampler(prior, tok)
@@ -363,6 +316,7 @@ def save_prior_run(tmp_path, tok, prior, **info):
     return run
 
 
+@pytest.mark.e2e
 def test_sample_names_the_recorded_tokenizer_when_it_is_gone(tmp_path, capsys, tok, prior):
     import shutil
 
@@ -378,6 +332,7 @@ def test_sample_names_the_recorded_tokenizer_when_it_is_gone(tmp_path, capsys, t
     assert len(list((tmp_path / "b" / "images").glob("*.png"))) == 2
 
 
+@pytest.mark.e2e
 def test_cli_sample(tmp_path, capsys, tok, prior):
     run = save_prior_run(tmp_path, tok, prior, class_names=["red", "green", "blue"])
     out = tmp_path / "samples"
@@ -405,6 +360,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
         assert match in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, prior):
     # issue 22: sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
     run = save_prior_run(tmp_path, tok, prior)
@@ -443,7 +399,7 @@ def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, 
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_own_decode_loop_matches_stock_generate(tok, arch):
+def test_own_decode_loop_matches_stock_generate(tok, arch, make_prior):
     """Cross-check against transformers' own generate() on the same weights: greedy top-level
     codes are identical (for class-conditional and unconditional priors)."""
     from prior.stock import stock_causal_lm, stock_generate
@@ -484,6 +440,7 @@ def set_contents(out):
 SET = ["--n", "10", "--batch-size", "3", "--label", "cycle", "--npz", "--grid", "5"]  # batches 0-3, 3-6, 6-9, 9-10
 
 
+@pytest.mark.e2e
 def test_sampling_draws_decodes_and_writes_one_batch_at_a_time(tmp_path, tok, prior, monkeypatch):
     """Memory is flat in n: the decoded samples alive at once never exceed one batch, and a
     batch's files are on disk before the next batch is drawn (all n used to be drawn, then
@@ -586,6 +543,7 @@ def _main_130(argv):
         pytest.fail("Ctrl-C ended `hqvae sample` with a KeyboardInterrupt traceback")
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp_path, tok, prior, capsys,
                                                                              monkeypatch):
     import signal
@@ -618,6 +576,7 @@ def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp
     assert record["sampling_seconds"] > 0 and record["num_samples"] == 10
 
 
+@pytest.mark.e2e
 def test_a_killed_sample_run_is_continued_to_the_uninterrupted_set(tmp_path, tok, prior):
     """SIGKILL in the middle of a batch (one of its files written, its progress not): the
     same command draws that batch again and ends with the uninterrupted run's files."""
@@ -649,6 +608,7 @@ def test_a_killed_sample_run_is_continued_to_the_uninterrupted_set(tmp_path, tok
     assert set_contents(out) == set_contents(whole)
 
 
+@pytest.mark.e2e
 def test_a_run_stopped_while_finishing_its_set_is_finished_by_the_same_command(tmp_path, tok, prior, monkeypatch):
     """Every sample written but the set's own files not (yet) in place: the rerun draws
     nothing and puts them in place, whether the stop came before or after the codes moved."""
@@ -681,6 +641,7 @@ def test_a_run_stopped_while_finishing_its_set_is_finished_by_the_same_command(t
         assert set_contents(out) == set_contents(whole)
 
 
+@pytest.mark.e2e
 def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior, capsys, monkeypatch):
     import signal
 
@@ -719,6 +680,7 @@ def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior
     assert read_record(out)["num_samples"] == 3
 
 
+@pytest.mark.e2e
 def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys, monkeypatch):
     import shutil
 
@@ -756,6 +718,7 @@ def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys,
     assert "--n: expected a whole number, got '2.5'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_large_set_says_how_much_it_will_write(tmp_path, tok, prior, capsys, monkeypatch):
     import sampling.outputs as outputs
 

@@ -21,6 +21,7 @@ Log = Callable[[str], None]
 
 
 def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
+    # imported on use, as every stage's: loading a pipeline config starts without torch
     from tokenizer.train import format_summary, train_tokenizer
 
     metrics = train_tokenizer(tok_cfg)
@@ -29,6 +30,7 @@ def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
 
 
 def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, device: str) -> dict:
+    # imported on use: they load torch, which loading a pipeline config does without
     from prior.codes import encode_splits
     from tokenizer.pretrained import Tokenizer
 
@@ -41,6 +43,7 @@ def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, de
 
 
 def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
+    # imported on use: it loads torch, which loading a pipeline config does without
     from prior.train import format_summary, train_prior
 
     results = train_prior(prior_cfg, levels)
@@ -171,6 +174,7 @@ class RealExamples(NamedTuple):
 def real_examples(data, n: int) -> RealExamples:
     """``n`` examples spread over the eval split as one tensor, their labels and the
     dataset's class names."""
+    # imported on use: loading a pipeline config starts without torch
     import torch
 
     from engine.subsets import spread_indices

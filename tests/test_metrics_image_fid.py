@@ -341,6 +341,7 @@ def write_pngs(folder, x):
     return folder
 
 
+@pytest.mark.e2e
 def test_cli_fid_on_png_folder(ref_features, tmp_path, capsys):
     from engine.subsets import spread_indices
 
@@ -389,6 +390,7 @@ def test_cli_fid_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "not images" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_eval_tokenizer_rfid(ref_features, tmp_path, capsys):
     cfg = load_tokenizer_config(None, [
         f"run_dir={tmp_path / 'tok'}", "model.preset=vqvae", "model.channels=16",
@@ -458,6 +460,7 @@ def test_the_tokenizer_s_own_parquet_folder_is_recognised_however_it_is_spelled(
     assert R.location("imagefolder", "data") != own and R.location("shapes", None) != own
 
 
+@pytest.mark.e2e
 def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp_path, capsys):
     import io
 
@@ -570,6 +573,7 @@ def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp
         readonly.chmod(0o700)
 
 
+@pytest.mark.e2e
 def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tmp_path, capsys, monkeypatch):
     """`hqvae fid --skip-bad-examples` reported 49 reference images when 3 of them were
     stand-ins for bad rows (copies of the next good row, scored twice); now the stand-ins are
