@@ -19,6 +19,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from engine.files import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -427,6 +429,4 @@ def yaml_dump(data: Any) -> str:
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:
-    from engine.files import write_text_atomic
-
     write_text_atomic(path, yaml_dump(to_dict(obj)))  # a truncated config.yaml would block resume

@@ -10,6 +10,7 @@ import typing
 
 from engine.devices import resolve_device
 from engine.run_dir import check_folder, check_writable, hold_folder
+from hqvae.arguments import DEVICE_HELP
 from sampling.settings import SamplingSettings, flag_names
 
 
@@ -109,5 +110,5 @@ def add_sample_command(sub) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tokenizer", help="tokenizer run (default: the one recorded with the priors)")
     _add_sampling_arguments(p)
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.set_defaults(func=_sample)

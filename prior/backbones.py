@@ -68,6 +68,7 @@ def get_backbone(name: str) -> Backbone:
 
 def transformers_class(name: str):
     """A class of ``transformers`` by name (imported on first use: it is slow to import)."""
+    # imported on use, with transformers: both are slow to import
     from engine.torchvision_compat import ensure_torchvision
 
     ensure_torchvision()  # transformers imports torchvision when it is installed

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from engine.config import ConfigError, validate
 from engine.files import write_text_atomic
 from engine.run_dir import check_folder
+from tokenizer.data import build_dataset, build_stream
 
 MANIFEST = "codes.json"
 
@@ -292,8 +293,6 @@ def encode_splits(
     """Encode the ``splits`` of ``data`` (a tokenizer ``DataConfig``) into ``codes_dir``, one
     :func:`encode_split` each; returns their manifest entries. The one encoding step behind
     `hqvae encode` and the pipeline's ``encode`` stage: both record the same source."""
-    from tokenizer.data import build_dataset, build_stream
-
     check_encoding(tokenizer, data, codes_dir, splits)
     source = {"source": data.source, "path": data.path, "column": data.column}
     entries = {}

@@ -20,6 +20,7 @@ from engine.trainer import train
 from prior.codes import CodesDataset, IdentityError, check_identity, read_manifest
 from prior.config import PriorConfig
 from prior.pretrained import INFO, build_level, evaluate_level, level_dir, prior_info, save_level
+from tokenizer.pretrained import Tokenizer
 
 # sections that may change between a run and its resumption; a moved codes directory is
 # fine (`data`), codes of another tokenizer are not (checked by identity)
@@ -64,8 +65,6 @@ def check_inputs(cfg: PriorConfig) -> tuple[dict, dict]:
                     f"drop those rows before encoding or set class_cond=false"
                 )
     if cfg.tokenizer:
-        from tokenizer.pretrained import Tokenizer
-
         tok = Tokenizer.from_pretrained(cfg.tokenizer)
         check_identity(tok.identity, manifest["tokenizer_identity"], f"codes directory {cfg.data.codes}",
                        f"re-encode the data with `hqvae encode {cfg.tokenizer}`")

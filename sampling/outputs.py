@@ -39,7 +39,6 @@ from sampling.sample_reader import (
     PARTIAL,
     RECORD,
     STATE,
-    media_folder,  # noqa: F401  (the scoring modules import it from here)
     media_name,
     read_record,
     set_file_names,

@@ -12,15 +12,15 @@ renames into place when the set is finished.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
+from engine.pretrained import weights_identity
 from engine.signals import SamplingInterrupted, StopSignals
 from prior.pretrained import Prior
 from sampling.outputs import SampleSetWriter, format_bytes
@@ -176,12 +176,10 @@ def sample_into(
     extra: Optional[dict] = None,
     flags: Optional[Mapping[str, str]] = None,
     log: Callable[[str], None] = print,
-    **options: Any,
 ) -> SampleRecord:
     """Sample ``settings.n`` examples from the priors in ``prior_run`` into ``out`` as
-    ``settings`` say; returns the samples.json record (``extra`` is added to it).
-    ``options`` are settings given one by one (``n=16, seed=3``), over ``settings`` or
-    the defaults.
+    ``settings`` say (default: :class:`SamplingSettings`' defaults); returns the
+    samples.json record (``extra`` is added to it).
 
     The set is drawn, decoded and written one batch at a time. An unfinished set in ``out``
     drawn with the same settings (a run stopped by Ctrl-C, a kill, a crash) is continued
@@ -194,7 +192,7 @@ def sample_into(
     settings in errors (``{"n": "--n", ...}`` on the command line, and ``"out"``). The
     settings, the memory of one batch and the disk space of the set are checked before any
     sampling."""
-    s = dataclasses.replace(settings or SamplingSettings(), **options)
+    s = settings or SamplingSettings()
     flags = {"out": "out", **(flags or {})}
     s.validate(flags)
     key = flags.get
@@ -273,7 +271,5 @@ def sample_into(
 def _prior_weights(prior: Prior) -> str:
     """A hash of the priors' weights: a set is continued only with the priors it began with
     (a prior run retrained in place would otherwise finish another model's set)."""
-    from engine.pretrained import weights_identity
-
     state = {f"{lv}.{k}": v for lv, m in sorted(prior.levels.items()) for k, v in m.state_dict().items()}
     return weights_identity({"tokenizer_identity": prior.tokenizer_identity}, state)

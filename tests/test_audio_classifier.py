@@ -30,6 +30,7 @@ TINY = ["data.source=tones", "data.num_train=256", "data.num_eval=64",
         "model.widths=[8,16,32]", "model.convs_per_block=1", "model.embedding_dim=32",
         "model.dropout=0.0", "train.batch_size=16", "train.progress=false", "train.log_every=50",
         "train.ckpt_every=0", "eval.batch_size=64"]
+CLASSIFIER_STEPS = 150  # the steps of the classifier the `trained` fixture trains on TINY
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,23 +49,6 @@ def private_cache(tmp_path_factory):
     mp.setenv("HQVAE_CACHE", str(tmp_path_factory.mktemp("hqvae-cache")))
     yield
     mp.undo()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
-    run = tmp_path_factory.mktemp("classifier") / "run"
-    cfg = load_classifier_config(None, [f"run_dir={run}", *TINY, "train.steps=150"])
-    metrics = train_classifier(cfg)
-    return run, cfg, metrics
-
-
-@pytest.fixture(scope="module")
-def eval_batch(trained):
-    _, cfg, _ = trained
-    data = build_dataset(cfg.data, cfg.data.eval_split)
-    x = torch.stack([data[i]["x"] for i in range(len(data))])
-    y = torch.tensor([data[i]["label"] for i in range(len(data))])
-    return x, y
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,6 +327,7 @@ def test_read_labels_and_reference_parsing(tmp_path):
 # command line
 
 
+@pytest.mark.e2e
 def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     run, cfg, _ = trained
     assert main(["train-classifier", f"run_dir={tmp_path / 'cli'}", *TINY, "train.steps=5"]) == 0

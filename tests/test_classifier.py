@@ -18,7 +18,6 @@ from sampling.classifier import (  # the package names, as model cards import th
     augment_images,
     class_accuracy,
     load_classifier_config,
-    train_classifier,
 )
 from tokenizer.data import build_dataset
 from tokenizer.media import save_png, to_uint8
@@ -32,26 +31,7 @@ TINY = ["data.source=shapes", "data.num_train=500", "data.num_eval=60",
         "model.widths=[8,16,32,32]", "model.embedding_dim=32", "model.dropout=0.0",
         "augment.crop_padding=2", "augment.flip=true", "train.batch_size=32", "train.lr=3e-3",
         "train.progress=false", "train.log_every=50", "train.ckpt_every=0", "eval.batch_size=64"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("image_classifier") / "run"
-    cfg = load_classifier_config(None, [f"run_dir={run}", *TINY, "train.steps=250"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: a second intra-op thread only adds contention
-    try:
-        return run, cfg, train_classifier(cfg)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def eval_batch(trained):
-    _, cfg, _ = trained
-    data = build_dataset(cfg.data, cfg.data.eval_split)
-    return (torch.stack([data[i]["x"] for i in range(len(data))]),
-            torch.tensor([data[i]["label"] for i in range(len(data))]))
+CLASSIFIER_STEPS = 250  # the steps of the classifier the `trained` fixture trains on TINY
 
 
 def write_sample_folder(folder: Path, x: torch.Tensor, labels, class_names=SHAPES) -> None:
@@ -128,6 +108,7 @@ def test_shipped_shapes_config_matches_the_quickstart_data():
 # hqvae classify
 
 
+@pytest.mark.e2e
 def test_classify_a_sample_folder(trained, eval_batch, tmp_path, capsys):
     run, _, _ = trained
     x, y = eval_batch
@@ -267,6 +248,7 @@ def test_real_accuracy_only_where_the_data_has_the_classifiers_classes(trained):
     assert "beyond the classifier's 5 classes" in real_data_mismatch(clf, RealExamples(x, [0, 7, 4], None))
 
 
+@pytest.mark.bench
 def test_quickstart_bench_reads_the_real_accuracy_from_fid_json(tmp_path, monkeypatch):
     """The real data's accuracy is fid.json's (audio: after the samples' round trip); no
     classifier/ folder is needed (score.classifier_run)."""
@@ -292,6 +274,7 @@ def test_quickstart_bench_reads_the_real_accuracy_from_fid_json(tmp_path, monkey
             "0.75)") in line
 
 
+@pytest.mark.bench
 def test_quickstart_sweep_variants_are_valid_pipeline_settings(monkeypatch):
     """Every variant of bench/quickstart_sweep.py (with its base's settings) loads as a
     pipeline config: a misspelt key would otherwise fail minutes into a sweep."""

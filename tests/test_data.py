@@ -9,7 +9,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -18,12 +17,7 @@ from tokenizer.audio import write_wav
 from tokenizer.config import AudioConfig, DataConfig
 from tokenizer.data import ShapesDataset, TonesDataset, build_dataset, data_shape, procedural
 
-
-@pytest.fixture(autouse=True)
-def hermetic_hf(tmp_path, monkeypatch):
-    """Keep the HF cache inside the test's tmp dir and forbid any network access."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+pytestmark = pytest.mark.usefixtures("hermetic_hf")
 
 
 def check_item(item, shape, num_classes=None):
@@ -263,17 +257,8 @@ def test_hf_datasets_pickle(image_dir):
 # parquet: audio
 
 
-def wav_bytes(seconds: float, rate: int, channels: int, freq: float = 440.0) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    mono = 0.5 * np.sin(2 * np.pi * freq * t)
-    data = np.stack([mono] * channels, axis=1) if channels > 1 else mono
-    buf = io.BytesIO()
-    sf.write(buf, data, rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 @pytest.fixture
-def audio_dir(tmp_path) -> Path:
+def audio_dir(tmp_path, wav_bytes) -> Path:
     clips = [
         wav_bytes(0.3, 8000, 1),  # short: zero-padded
         wav_bytes(2.0, 8000, 2),  # long, stereo: cropped
@@ -364,7 +349,7 @@ def test_imagefolder_offline(tmp_path):
         build_dataset(DataConfig(source=str(root), image_size=16), "train")
 
 
-def test_audiofolder_with_split_folders(tmp_path):
+def test_audiofolder_with_split_folders(tmp_path, wav_bytes):
     root = tmp_path / "clips"
     for split in ("train", "test"):
         for cls, freq in (("low", 300.0), ("high", 1000.0)):
@@ -410,7 +395,7 @@ def test_audio_parquet_trains_without_setting_modality(audio_dir, tmp_path):
     assert "modality: audio" in saved
 
 
-def test_audiofolder_labels_are_shared_across_splits(tmp_path):
+def test_audiofolder_labels_are_shared_across_splits(tmp_path, wav_bytes):
     # a class missing from the test split must not renumber the classes it has
     root = tmp_path / "clips"
     for split, classes in (("train", ("cat", "dog", "owl")), ("test", ("dog", "owl"))):

@@ -11,6 +11,8 @@ import torch.multiprocessing as mp
 from tokenizer.config import QuantizerConfig
 from tokenizer.quantizers import StochasticQuantizer, VectorQuantizer
 
+pytestmark = pytest.mark.e2e
+
 EMA = dict(kind="vq", ema=True, ema_decay=0.9)
 RESTART = dict(EMA, restart_threshold=0.05, usage_decay=0.5)
 # SQ seeded from the first batch: codebook and sigma^2 must come out the same everywhere

@@ -13,36 +13,16 @@ from huggingface_hub import HfApi, constants
 
 from engine.checkpoint import load_weights, save_weights
 from engine.config import save_yaml, to_dict
-from prior.config import load_prior_config
-from prior.pretrained import INFO, Prior, build_level
+from prior.pretrained import INFO, Prior
 from sampling.classifier.config import load_classifier_config
 from sampling.classifier.model import AudioClassifier
-from tokenizer.config import load_tokenizer_config
 from tokenizer.pretrained import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 REVISION = "0123456789abcdef0123456789abcdef01234567"
-TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
-       "data.image_size=16", "model.layers.0.codebook_size=16", "model.layers.1.codebook_size=32"]
-PRIOR = ["data.codes=unused", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
-         "model.cond_channels=8", "model.cond_blocks=1", "class_cond=true"]
 CLASSIFIER = ["data.source=tones", "data.audio.n_fft=64", "data.audio.hop_length=32",
               "data.audio.num_frames=32", "model.widths=[8,16]", "model.embedding_dim=16",
               "model.num_classes=3"]
-
-
-def make_tokenizer() -> Tokenizer:
-    torch.manual_seed(0)
-    return Tokenizer.from_config(load_tokenizer_config(None, TOK))
-
-
-def make_prior(tok: Tokenizer) -> Prior:
-    cfg = load_prior_config(None, PRIOR)
-    info = {"tokenizer_identity": tok.identity, "code_shapes": [list(s) for s in tok.code_shapes],
-            "codebook_sizes": tok.codebook_sizes, "num_classes": 3, "class_names": ["a", "b", "c"],
-            "modality": tok.modality}
-    torch.manual_seed(1)
-    return Prior(cfg, info, {lv: build_level(cfg, info, lv).eval() for lv in range(2)})
 
 
 def make_classifier() -> AudioClassifier:
@@ -63,9 +43,10 @@ def fingerprint(model) -> str:
 
 
 @pytest.fixture(scope="module")
-def models():
+def models(make_tokenizer, make_prior):
     tok = make_tokenizer()
-    return {"tokenizer": tok, "prior": make_prior(tok), "classifier": make_classifier()}
+    return {"tokenizer": tok, "prior": make_prior(tok, 3, seed=1, class_names=["a", "b", "c"]),
+            "classifier": make_classifier()}
 
 
 KINDS = {"tokenizer": Tokenizer, "prior": Prior, "classifier": AudioClassifier}
@@ -250,6 +231,7 @@ def test_push_to_hub_uploads_the_saved_folder_through_the_library(models, kind, 
     assert fingerprint(KINDS[kind].from_pretrained(f"org/{kind}-pushed")) == fingerprint(model)
 
 
+@pytest.mark.docs
 def test_the_hub_guide_example_runs_offline(models, tmp_path, monkeypatch, fake_upload):
     """The Hub guide's example (docs/guides/hub.md), as written, with the upload stubbed
     (fake_upload serves what it was given from the offline cache)."""

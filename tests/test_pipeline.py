@@ -11,6 +11,7 @@ from engine.config import ConfigError
 from hqvae import layout
 from hqvae.cli import main
 from hqvae.pipeline import check_classifier_runs, load_pipeline_config, run_pipeline
+from sampling.sample_reader import media_files, read_labels, read_record
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
@@ -49,6 +50,7 @@ def _summary(run: Path) -> dict:
     return json.loads((run / layout.SUMMARY).read_text())
 
 
+@pytest.mark.e2e
 @pytest.mark.smoke
 def test_quickstart_writes_every_artifact(quick_run):
     run = quick_run
@@ -60,9 +62,9 @@ def test_quickstart_writes_every_artifact(quick_run):
         assert (run / track / "samples" / "grid.png").is_file()
     for track in layout.TRACKS:  # issue 23: the image track has one too
         assert layout.is_done(run, track, "classifier")
-    assert len(list((run / "image" / "samples" / "images").glob("*.png"))) == 10
-    assert len(list((run / "audio" / "samples" / "audio").glob("*.wav"))) == 10
-    assert len(list((run / "image" / "random" / "images").glob("*.png"))) == 10
+    assert len(media_files(run / "image" / "samples")) == 10
+    assert len(media_files(run / "audio" / "samples")) == 10
+    assert len(media_files(run / "image" / "random")) == 10
     image_fid = json.loads((run / "image" / "fid.json").read_text())
     audio_fid = json.loads((run / "audio" / "fid.json").read_text())
     for fid in (image_fid, audio_fid):
@@ -93,6 +95,7 @@ def test_quickstart_writes_every_artifact(quick_run):
     assert "Classifier (class accuracy of the samples" in report and "FID / class accuracy" in report
 
 
+@pytest.mark.e2e
 def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelled_data(quick_run, monkeypatch):
     # review of issue 23: four loads of one classifier; label -1 failed the score stage
     from hqvae.pipeline import stage_configs, stages
@@ -118,6 +121,7 @@ def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelle
     assert lines == ["   no class accuracy on real held-out data: the held-out data has no labels"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("which, message", [
     ("audio", r"image\.score\.classifier_run: classifier: it classifies audio \(spectrograms\), not image"),
     ("missing", r"image\.score\.classifier_run: no weights file at .*missing"),
@@ -135,6 +139,7 @@ def test_a_wrong_classifier_run_is_refused_before_any_stage(quick_run, tmp_path,
     assert not (tmp_path / "run" / "image").exists()  # nothing trained
 
 
+@pytest.mark.e2e
 def test_a_classifier_run_of_other_classes_is_refused_before_any_stage(quick_run, tmp_path):
     from PIL import Image
 
@@ -156,6 +161,7 @@ def test_a_classifier_run_of_other_classes_is_refused_before_any_stage(quick_run
                                                             "image.sample.cfg_scale=1.0"]))
 
 
+@pytest.mark.e2e
 def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run, capsys):
     run = quick_run
     weights = run / "image" / "tokenizer" / "model.safetensors"
@@ -191,6 +197,7 @@ def test_rerun_skips_finished_stages_and_redoes_only_changed_sampling(quick_run,
     assert not (run / "image" / "fid.json").exists()
 
 
+@pytest.mark.e2e
 def test_a_track_left_out_and_brought_back_with_other_settings_is_refused(quick_run):
     # the last run left audio out: pipeline.yaml keeps audio's earlier section all the same
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "audio.tokenizer.model.channels=64"])
@@ -198,6 +205,7 @@ def test_a_track_left_out_and_brought_back_with_other_settings_is_refused(quick_
         run_pipeline(cfg)
 
 
+@pytest.mark.e2e
 def test_codes_and_priors_of_an_earlier_tokenizer_are_redone(quick_run, capsys):
     # as after re-training the tokenizer: the codes on disk name another tokenizer identity
     manifest = quick_run / "image" / "codes" / "codes.json"
@@ -226,12 +234,14 @@ def test_codes_and_priors_of_an_earlier_tokenizer_are_redone(quick_run, capsys):
     assert json.loads(info.read_text())["tokenizer_identity"] == tok_id
 
 
+@pytest.mark.e2e
 def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={quick_run}", *TINY, "image.tokenizer.model.channels=16"])
     with pytest.raises(ConfigError, match=r"image\.tokenizer\.model\.channels"):
         run_pipeline(cfg)
 
 
+@pytest.mark.e2e
 def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run, tmp_path):
     # issue 21: one encoding and one sampling step behind the CLI and the pipeline; a class
     # name is a label (the pipeline refused it), and the records carry the same keys
@@ -241,12 +251,12 @@ def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run,
     image = _summary(quick_run)["tracks"]["image"]
     assert image["samples"]["status"] == "ran" and image["prior"]["status"] == "skipped"
     samples = quick_run / "image" / "samples"
-    assert set(json.loads((samples / "labels.json").read_text()).values()) == {1}
+    assert set(read_labels(samples).values()) == {1}
     out = tmp_path / "cli"
     assert main(["sample", str(quick_run / "image" / "prior"), "--out", str(out), "--n", "2",
                  "--label", "square"]) == 0
-    record = json.loads((samples / "samples.json").read_text())
-    assert set(record) == set(json.loads((out / "samples.json").read_text())) | {"pipeline_sample"}
+    record = read_record(samples)
+    assert set(record) == set(read_record(out)) | {"pipeline_sample"}
     assert record["label"] == "square" and record["cfg_scale"] == 1.0
     manifest = json.loads((quick_run / "image" / "codes" / "codes.json").read_text())
     tok = manifest["tokenizer_run"]
@@ -257,6 +267,7 @@ def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run,
         assert "column" in manifest["splits"][split]["source"]
 
 
+@pytest.mark.e2e
 def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     (tmp_path / "something.txt").write_text("mine")
     cfg = load_pipeline_config(QUICKSTART, [f"run_dir={tmp_path}", *TINY])
@@ -309,6 +320,7 @@ def test_config_errors_name_the_key(override, message):
         load_pipeline_config(QUICKSTART, override.split())
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("label, message", [
     ("5", r"image\.sample\.label: 5 is out of range: the image data has classes 0\.\.4"),
     ("seven", r"image\.sample\.label: expected a class id, 'cycle', or a class name: circle, square, "
@@ -364,6 +376,7 @@ def test_indexed_overrides_reach_list_items_of_a_base_file(tmp_path):
     assert [la.codebook_size for la in cfg.image.tokenizer.model.layers] == [128, 64]
 
 
+@pytest.mark.e2e
 def test_scores_follow_the_classifier(quick_run):
     # review of issue 23: the image track's classifier removed, fid.json kept its accuracies
     same = [*TINY, "image.sample.n=12", "image.sample.compile=true", "image.sample.temperature=0.5",
@@ -387,6 +400,8 @@ def test_scores_follow_the_classifier(quick_run):
     assert "classifier" not in fid and "accuracy" not in fid["samples"] and "accuracy" not in fid["real"]
 
 
+@pytest.mark.bench
+@pytest.mark.e2e
 def test_quickstart_sweep_decoder_noise_scores_a_pipeline_run(quick_run, monkeypatch):
     """bench/quickstart_sweep.py --decoder-noise: noise-free row = the plain round trip, σ =
     the held-out RMSE, one row per scale and the oracle, each a valid accuracy."""

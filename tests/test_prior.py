@@ -779,6 +779,7 @@ def test_resume_refuses_changed_model(stage1, tmp_path):
 
 # -- CLI ------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_cli_encode_and_train_prior(stage1, tmp_path, capsys):
     codes = tmp_path / "codes"
     rc = main(["encode", str(stage1["tok_dir"]), "--out", str(codes), "--split", "train",
@@ -802,6 +803,7 @@ def test_cli_encode_and_train_prior(stage1, tmp_path, capsys):
     assert list(json.loads((run / "eval.json").read_text())["levels"]) == ["0"]
 
 
+@pytest.mark.e2e
 def test_cli_encode_never_replaces_folders_it_did_not_write(stage1, tmp_path, capsys):
     # issue 22: a folder of images laid out by split was deleted by `hqvae encode --out`
     victim = tmp_path / "victim"
@@ -830,6 +832,7 @@ def test_cli_encode_never_replaces_folders_it_did_not_write(stage1, tmp_path, ca
     assert read_manifest(codes)["splits"]["train"]["num_examples"] == 3
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, key", [
     ("model.n_layers=2", "n_layers"),
     ("train.stepz=3", "train.stepz"),
@@ -846,6 +849,7 @@ def test_cli_train_prior_errors_exit_2(stage1, tmp_path, capsys, override, key):
     assert not run.exists()
 
 
+@pytest.mark.e2e
 def test_cli_identity_error_exit_2(stage1, tmp_path, capsys):
     rc = main(["encode", str(stage1["tok_b_dir"]), "--out", str(stage1["codes"]),
                "--split", "test", "--max-examples", "4"])
@@ -934,6 +938,7 @@ def _bad_folder(root, modality: str):
     return bad
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("modality, workers", [("image", 0), ("image", 1), ("audio", 0)])
 def test_cli_encode_names_a_bad_file_in_one_line(tmp_path, capsys, modality, workers):
     """A bad file met while encoding was reported as datasets' 84-line DatasetGenerationError

@@ -16,6 +16,8 @@ from tokenizer.config import load_tokenizer_config
 from tokenizer.data import build_dataset
 from tokenizer.train import train_tokenizer
 
+pytestmark = pytest.mark.e2e
+
 TINY_TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
             "data.num_train=64", "data.num_eval=16", "train.batch_size=8", "train.progress=false",
             "train.steps=2", "eval.max_examples=16", "eval.batch_size=8", "eval.grid_size=4"]

@@ -25,6 +25,8 @@ from tokenizer.config import AudioConfig, DataConfig
 from tokenizer.data import build_dataset, build_stream, detect_modality
 from tokenizer.data.registry import HUB, LOCAL_PARQUET, SOURCES, data_location, source_entry
 
+pytestmark = pytest.mark.usefixtures("hermetic_hf")
+
 # -- prior backbones -------------------------------------------------------------------------
 
 # two levels (2x2 codes over 4x4), so the lower one carries the conditioning network
@@ -76,13 +78,6 @@ def test_an_unknown_backbone_is_a_one_line_config_error_listing_the_registered_o
 
 
 # -- data sources ----------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def hermetic_hf(tmp_path, monkeypatch):
-    """Keep the HF cache inside the test's tmp dir and forbid any network access."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-
 
 TINY_AUDIO = AudioConfig(num_frames=16, griffin_lim_iters=0)
 

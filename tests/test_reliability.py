@@ -20,7 +20,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from PIL import Image
 from torch import nn
@@ -455,13 +454,6 @@ def png_bytes(seed: int, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
-def wav_bytes(seconds: float, rate: int = 8000) -> bytes:
-    buf = io.BytesIO()
-    wave = 0.3 * np.sin(np.linspace(0, 200 * seconds, int(seconds * rate))).astype(np.float32)
-    sf.write(buf, wave, rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def bad_images(tmp_path):
     """train.parquet: 16 rows, row 3 is not an image, row 9 a truncated PNG (grey, RGBA and
@@ -596,7 +588,7 @@ def test_adjacent_bad_rows_count_once_each_and_64_in_a_row_give_up(tmp_path):
         assert ds[1]["bad_examples"] == 1  # 63 in a row from row 1: skipped
 
 
-def test_truncated_wav_is_an_error_naming_the_file_or_skipped(tmp_path):
+def test_truncated_wav_is_an_error_naming_the_file_or_skipped(tmp_path, wav_bytes):
     root = tmp_path / "clips"
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
@@ -804,6 +796,7 @@ def tok_reference(tmp_path_factory):
     return logged(run)
 
 
+@pytest.mark.e2e
 def test_sigkill_tokenizer_resumes_with_identical_losses(tok_reference, tmp_path):
     """Killed inside a checkpoint write, then killed at a random moment, then finished: the
     losses are the uninterrupted run's, step by step."""
@@ -828,6 +821,7 @@ def test_sigkill_tokenizer_resumes_with_identical_losses(tok_reference, tmp_path
         assert losses[step] == pytest.approx(tok_reference[step], rel=1e-5, abs=1e-7), step
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tok_reference, tmp_path, sig):
     """issue 22: Ctrl-C printed a 24-frame traceback and lost the steps since the last
@@ -902,6 +896,7 @@ def test_damaged_prior_json_and_codes_are_named(prior_reference, tmp_path):
         CodesDataset(codes, "train")
 
 
+@pytest.mark.e2e
 def test_sigkill_prior_resumes_with_identical_losses(prior_reference, tmp_path):
     codes, ref = prior_reference
     run = tmp_path / "run"
@@ -955,6 +950,7 @@ def _holder(folder: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.e2e
 def test_a_second_process_on_a_run_dir_is_refused_and_a_dead_holder_frees_it(tmp_path, capsys):
     """issue 22: two train-tokenizer runs on one run_dir both 'succeeded', interleaving steps."""
     run = tmp_path / "run"
@@ -989,6 +985,7 @@ def test_an_empty_or_root_run_dir_is_refused(run_dir, match, capsys):
     assert match in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_damaged_config_yaml_is_reported_by_path_and_config_is_written_atomically(tmp_path, capsys, monkeypatch):
     import engine.files
 
@@ -1017,6 +1014,7 @@ def test_a_damaged_config_yaml_is_reported_by_path_and_config_is_written_atomica
     assert not [p for p in run.iterdir() if ".tmp-" in p.name]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("argv, message", [
     (["eval-tokenizer", "x", "--max-examples", "0"], "--max-examples: must be >= 1"),  # was 'default'
     (["encode", "x", "--out", "y", "--num-workers", "-1"], "--num-workers: must be >= 0"),
@@ -1131,6 +1129,7 @@ def test_the_home_folder_and_roots_are_never_a_run_folder(command, tmp_path, cap
     assert list(home.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_a_quoted_tilde_is_the_home_folder_for_run_dirs_and_out(tmp_path, capsys, monkeypatch):
     """`run_dir='~/x'` went to a literal ./~/x while its lock went to $HOME/x; `encode --out
     '~/x'` failed midway and left $HOME/x/.cache-train behind."""
@@ -1147,6 +1146,7 @@ def test_a_quoted_tilde_is_the_home_folder_for_run_dirs_and_out(tmp_path, capsys
     assert not (cwd / "~").exists()
 
 
+@pytest.mark.e2e
 def test_a_folder_of_another_kind_of_output_is_refused_naming_it(tmp_path, capsys):
     run = tmp_path / "tok"
     assert main(["train-tokenizer", "model.preset=vqvae", *TINY_TOK, "train.steps=1", f"run_dir={run}"]) == 0
@@ -1183,6 +1183,7 @@ def test_run_folders_from_before_the_marker_are_still_ours(tmp_path):
         check_folder(fake, "tokenizer")
 
 
+@pytest.mark.e2e
 def test_report_replaces_only_a_report_it_wrote(tmp_path, capsys):
     run = tmp_path / "pipe"
     (run / "image" / "codes").mkdir(parents=True)  # a stage folder: a pipeline run to report on
@@ -1198,6 +1199,7 @@ def test_report_replaces_only_a_report_it_wrote(tmp_path, capsys):
     assert main(["report", str(run)]) == 0 and main(["report", str(run)]) == 0  # its own: replaced
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig, ignored", [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
                          ids=["sigint", "sigint-started-in-the-background", "sigterm"])
 def test_ctrl_c_during_encode_says_what_is_kept_and_a_rerun_continues(tmp_path, sig, ignored):

@@ -366,6 +366,7 @@ def test_report_refuses_what_is_not_a_run(tmp_path):
         write_report(tmp_path / "empty")
 
 
+@pytest.mark.e2e
 def test_report_command(tmp_path, capsys):
     from hqvae.cli import main
 
@@ -377,6 +378,7 @@ def test_report_command(tmp_path, capsys):
     assert (tmp_path / "r.html").is_file()
 
 
+@pytest.mark.e2e
 def test_report_through_the_hqvae_cli(tmp_path, capsys):
     from hqvae.cli import main
 

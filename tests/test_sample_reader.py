@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_sampler import make_prior, make_tokenizer
 
 from sampling.outputs import write_samples
 from sampling.sample_reader import (
@@ -24,19 +23,25 @@ from sampling.sample_reader import (
 from sampling.sampler import Sampler
 
 
-def _write(tmp_path, audio: bool, labelled: bool, n: int = 5, **kwargs):
-    tok = make_tokenizer(audio=audio)
-    sampler = Sampler(make_prior(tok), tok)
-    labels = torch.arange(n) % 3 if labelled else None
-    codes = sampler.sample_codes(n, labels=labels, seed=0)
-    out = tmp_path / ("audio" if audio else "images") / ("labelled" if labelled else "plain")
-    record = write_samples(out, sampler.decode(codes), codes, labels, tok, grid=4, settings={"seed": 0},
-                           **kwargs)
-    return out, codes, labels, record
+@pytest.fixture
+def write_set(tmp_path, make_tokenizer, make_prior):
+    """Writes a set of ``n`` samples of tiny untrained models; (folder, codes, labels, record)."""
+
+    def write(audio: bool, labelled: bool, n: int = 5, **kwargs):
+        tok = make_tokenizer(audio=audio)
+        sampler = Sampler(make_prior(tok), tok)
+        labels = torch.arange(n) % 3 if labelled else None
+        codes = sampler.sample_codes(n, labels=labels, seed=0)
+        out = tmp_path / ("audio" if audio else "images") / ("labelled" if labelled else "plain")
+        record = write_samples(out, sampler.decode(codes), codes, labels, tok, grid=4, settings={"seed": 0},
+                               **kwargs)
+        return out, codes, labels, record
+
+    return write
 
 
-def test_a_labelled_image_set_reads_back(tmp_path):
-    out, codes, labels, record = _write(tmp_path, audio=False, labelled=True,
+def test_a_labelled_image_set_reads_back(write_set):
+    out, codes, labels, record = write_set(audio=False, labelled=True,
                                         class_names=["red", "green", "blue"], npz=True)
     assert read_record(out) == record and record["modality"] == "image"
     assert not is_unfinished(out)
@@ -55,8 +60,8 @@ def test_a_labelled_image_set_reads_back(tmp_path):
     assert batch.shape == (5, 16, 16, 3) and batch.dtype == np.uint8
 
 
-def test_an_unlabelled_audio_set_reads_back(tmp_path):
-    out, codes, _, record = _write(tmp_path, audio=True, labelled=False, n=3)
+def test_an_unlabelled_audio_set_reads_back(write_set):
+    out, codes, _, record = write_set(audio=True, labelled=False, n=3)
     assert read_record(out)["modality"] == "audio" and record["sample_rate"] > 0
     assert media_files(out) == [out / "audio" / f"{i:06d}.wav" for i in range(3)]
     assert media_folder(out, "audio", (".wav",)) == out / "audio"

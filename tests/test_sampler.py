@@ -15,55 +15,9 @@ from safetensors.torch import load_file
 
 from hqvae.cli import main
 from prior.codes import IdentityError
-from prior.config import load_prior_config
-from prior.pretrained import Prior, build_level
 from sampling.outputs import write_samples
+from sampling.sample_reader import media_files, read_labels, read_record
 from sampling.sampler import Sampler, filter_logits
-from tokenizer.config import load_tokenizer_config
-from tokenizer.pretrained import Tokenizer
-
-TOK = ["model.preset=vqvae2", "model.channels=16", "model.res_channels=8", "model.res_blocks=1",
-       "data.image_size=16", "model.layers.0.codebook_size=16", "model.layers.1.codebook_size=32"]
-PRIOR = ["data.codes=unused", "model.n_layer=2", "model.n_embd=32", "model.n_head=2",
-         "model.cond_channels=8", "model.cond_blocks=1", "model.dropout=0.0"]
-
-
-def make_tokenizer(audio=False, seed=0):
-    extra = (["data.source=tones", "data.audio.num_frames=16", "data.audio.n_fft=32",
-              "data.audio.hop_length=16", "data.audio.griffin_lim_iters=2", "model.downsample=4"]
-             if audio else [])
-    cfg = load_tokenizer_config(None, [*TOK, *extra])
-    torch.manual_seed(seed)
-    tok = Tokenizer.from_config(cfg)
-    tok.model.eval()
-    return tok
-
-
-def make_prior(tok, num_classes=3, *extra, seed=0):
-    cfg = load_prior_config(None, [*PRIOR, f"class_cond={'true' if num_classes else 'false'}", *extra])
-    info = {"tokenizer_identity": tok.identity, "code_shapes": [list(s) for s in tok.code_shapes],
-            "codebook_sizes": tok.codebook_sizes, "num_classes": num_classes or None,
-            "class_names": None, "modality": tok.modality}
-    torch.manual_seed(seed)
-    levels = {lv: build_level(cfg, info, lv).eval() for lv in range(len(tok.codebook_sizes))}
-    # an untrained prior is near-uniform and barely looks at its label (init std 0.02):
-    # sharpen it so that labels and guidance visibly change the draws
-    with torch.no_grad():
-        for model in levels.values():
-            model.head.weight.mul_(30)
-            if num_classes:
-                model.class_emb.weight.mul_(100)
-    return Prior(cfg, info, levels)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prior(tok):
-    return make_prior(tok)
 
 
 def same(a, b):
@@ -87,7 +41,7 @@ def test_same_seed_same_samples_other_seed_other_samples(prior):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
-def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
+def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale, make_prior):
     extra = ["label_every_position=true"] if arch == "llama" else []  # the per-position label path too
     prior = make_prior(tok, 3, f"model.arch={arch}", "model.order=column", *extra)
     runs = {cache: Sampler(prior, cache=cache, cfg_scale=cfg_scale).sample_codes(
@@ -96,7 +50,7 @@ def test_static_dynamic_and_no_cache_give_the_same_tokens(tok, arch, cfg_scale):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arch):
+def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arch, make_prior):
     """transformers 5.25 renamed ``past_key_values`` to ``cache`` and drops the old name in
     5.40: passing the old one warns now and would stop caching then."""
     import warnings
@@ -108,7 +62,7 @@ def test_cached_sampling_passes_the_cache_by_the_backbone_s_own_keyword(tok, arc
             Sampler(prior, cache=cache).sample_codes(2, seed=0)
 
 
-def test_static_cache_is_reused_across_batches_and_reset(tok):
+def test_static_cache_is_reused_across_batches_and_reset(tok, make_prior):
     """Three batches of two rows (the last one padded) through one sampler: the cache of a
     level is allocated once, and a reused cache holds nothing of the previous batch."""
     prior = make_prior(tok, 0)
@@ -121,7 +75,7 @@ def test_static_cache_is_reused_across_batches_and_reset(tok):
     assert same(a, Sampler(prior, cache="none").sample_codes(5, seed=3, batch_size=2))
 
 
-def test_static_cache_works_without_early_initialization(tok, monkeypatch):
+def test_static_cache_works_without_early_initialization(tok, monkeypatch, make_prior):
     """``StaticCache.early_initialization`` is not public API in every transformers release;
     without it the cache allocates on its first write and draws the same tokens."""
     import transformers
@@ -140,7 +94,7 @@ def test_static_cache_works_without_early_initialization(tok, monkeypatch):
     assert same(without, Sampler(prior, cache="none").sample_codes(3, seed=4, batch_size=3))
 
 
-def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
+def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok, make_prior):
     """n = 7 at batch_size 4 runs two batches of 4 (not 4 + 3): the 7 samples are the first 7
     of n = 8, and the padding row of the last batch repeats the last label."""
     prior = make_prior(tok, 3)
@@ -155,7 +109,7 @@ def test_uneven_n_is_drawn_in_equal_batches_whose_padding_is_dropped(tok):
     assert sorted(sampler._static) == [(0, 3), (1, 3)]
 
 
-def test_sampler_cache_options_are_checked(tok):
+def test_sampler_cache_options_are_checked(tok, make_prior):
     prior = make_prior(tok, 0)
     with pytest.raises(ValueError, match="cache: expected"):
         Sampler(prior, cache="paged")
@@ -166,7 +120,7 @@ def test_sampler_cache_options_are_checked(tok):
     assert Sampler(prior, compile=True).compile_mode == "default"  # CUDA graphs only on a GPU
 
 
-def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
+def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch, make_prior):
     """The compiled one-token step (dynamo with a counting eager backend: the graph capture,
     not the code generation, is what could change behaviour) draws the same codes, with one
     compilation per level and batch size however many steps and batches."""
@@ -186,7 +140,7 @@ def test_compiled_static_step_gives_the_same_tokens(tok, monkeypatch):
     assert same(a, b)
 
 
-def test_unconditional_prior_samples_with_and_without_cache(tok):
+def test_unconditional_prior_samples_with_and_without_cache(tok, make_prior):
     prior = make_prior(tok, 0)
     a = Sampler(prior).sample_codes(3, seed=2)
     b = Sampler(prior, cache="none").sample_codes(3, seed=2)
@@ -263,7 +217,7 @@ def test_top_k_keeps_exactly_k_codes_even_among_ties():
     torch.testing.assert_close(kept[torch.isfinite(kept)], logits[0, :4])
 
 
-def test_a_prior_without_label_dropout_has_no_unconditional_model(tok):
+def test_a_prior_without_label_dropout_has_no_unconditional_model(tok, make_prior):
     prior = make_prior(tok, 3, "label_dropout=0.0")
     with pytest.raises(ValueError, match=r"cfg_scale: guidance needs .* levels \[0, 1\] never trained"):
         Sampler(prior, tok, cfg_scale=2.0)
@@ -300,7 +254,7 @@ def test_bad_labels_fail_clearly(prior, labels, match):
         Sampler(prior).sample_codes(3, labels=labels)
 
 
-def test_sampler_refuses_another_tokenizer(prior):
+def test_sampler_refuses_another_tokenizer(prior, make_tokenizer):
     other = make_tokenizer(seed=1)
     with pytest.raises(IdentityError, match=r"the tokenizer given is \w+, but these priors were trained on codes of tokenizer \w+"):
         Sampler(prior, other)
@@ -320,8 +274,8 @@ def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
     assert Image.open(tmp_path / "grid.png").size[0] > 16
     saved = load_file(str(tmp_path / "codes.safetensors"))
     assert torch.equal(saved["level_1"], codes[1]) and torch.equal(saved["label"], labels)
-    assert json.loads((tmp_path / "labels.json").read_text())["000001.png"] == 1
-    assert json.loads((tmp_path / "samples.json").read_text())["tokenizer_identity"] == tok.identity
+    assert read_labels(tmp_path)["000001.png"] == 1
+    assert read_record(tmp_path)["tokenizer_identity"] == tok.identity
     # a second, smaller unconditional set replaces the first: no extra files or stale labels
     (tmp_path / "notes.txt").write_text("mine")
     (tmp_path / "images" / "mine.png").write_bytes(b"")
@@ -332,7 +286,7 @@ def test_images_are_written_as_pngs_grid_codes_and_labels(tok, prior, tmp_path):
     assert "label" not in load_file(str(tmp_path / "codes.safetensors"))
 
 
-def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
+def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path, make_prior, make_tokenizer):
     tok = make_tokenizer(audio=True)
     prior = make_prior(tok, 4)
     s = Sampler(prior, tok)
@@ -345,7 +299,7 @@ def test_audio_is_written_as_wavs_at_the_dataset_rate(tmp_path):
     data, rate = sf.read(wavs[0])
     audio = tok.config.data.audio
     assert rate == audio.sample_rate and data.ndim == 1 and len(data) == audio.num_samples
-    assert json.loads((tmp_path / "samples.json").read_text())["sample_rate"] == audio.sample_rate
+    assert read_record(tmp_path)["sample_rate"] == audio.sample_rate
 
 
 def save_prior_run(tmp_path, tok, prior, **info):
@@ -362,6 +316,7 @@ def save_prior_run(tmp_path, tok, prior, **info):
     return run
 
 
+@pytest.mark.e2e
 def test_sample_names_the_recorded_tokenizer_when_it_is_gone(tmp_path, capsys, tok, prior):
     import shutil
 
@@ -377,14 +332,15 @@ def test_sample_names_the_recorded_tokenizer_when_it_is_gone(tmp_path, capsys, t
     assert len(list((tmp_path / "b" / "images").glob("*.png"))) == 2
 
 
+@pytest.mark.e2e
 def test_cli_sample(tmp_path, capsys, tok, prior):
     run = save_prior_run(tmp_path, tok, prior, class_names=["red", "green", "blue"])
     out = tmp_path / "samples"
     assert main(["sample", str(run), "--out", str(out), "--n", "4", "--label", "cycle",
                  "--temperature", "1.0,0.8", "--cfg-scale", "2", "--batch-size", "3"]) == 0
     assert "sampled 4 images" in capsys.readouterr().out
-    assert len(list((out / "images").glob("*.png"))) == 4
-    assert json.loads((out / "labels.json").read_text()) == {
+    assert len(media_files(out)) == 4
+    assert read_labels(out) == {
         "000000.png": 0, "000001.png": 1, "000002.png": 2, "000003.png": 0}
     # guidance 0 samples unconditionally whatever --label says: no labels to score against
     assert main(["sample", str(run), "--out", str(tmp_path / "uncond"), "--n", "2", "--label", "1",
@@ -393,7 +349,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
     assert "labels.json" not in capsys.readouterr().out
     # a class given by its name
     assert main(["sample", str(run), "--out", str(tmp_path / "blue"), "--n", "2", "--label", "blue"]) == 0
-    assert set(json.loads((tmp_path / "blue" / "labels.json").read_text()).values()) == {2}
+    assert set(read_labels(tmp_path / "blue").values()) == {2}
     for bad, match in [(["--label", "9"], "label 9 is out of range"),
                        (["--label", "purple"], "or a class name: red, green, blue; got 'purple'"),
                        (["--temperature", "-1"], "--temperature: must be >= 0, got -1.0"),
@@ -404,6 +360,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
         assert match in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, prior):
     # issue 22: sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
     run = save_prior_run(tmp_path, tok, prior)
@@ -442,7 +399,7 @@ def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, 
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_own_decode_loop_matches_stock_generate(tok, arch):
+def test_own_decode_loop_matches_stock_generate(tok, arch, make_prior):
     """Cross-check against transformers' own generate() on the same weights: greedy top-level
     codes are identical (for class-conditional and unconditional priors)."""
     from prior.stock import stock_causal_lm, stock_generate
@@ -483,6 +440,7 @@ def set_contents(out):
 SET = ["--n", "10", "--batch-size", "3", "--label", "cycle", "--npz", "--grid", "5"]  # batches 0-3, 3-6, 6-9, 9-10
 
 
+@pytest.mark.e2e
 def test_sampling_draws_decodes_and_writes_one_batch_at_a_time(tmp_path, tok, prior, monkeypatch):
     """Memory is flat in n: the decoded samples alive at once never exceed one batch, and a
     batch's files are on disk before the next batch is drawn (all n used to be drawn, then
@@ -585,6 +543,7 @@ def _main_130(argv):
         pytest.fail("Ctrl-C ended `hqvae sample` with a KeyboardInterrupt traceback")
 
 
+@pytest.mark.e2e
 def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp_path, tok, prior, capsys,
                                                                              monkeypatch):
     import signal
@@ -613,10 +572,11 @@ def test_ctrl_c_stops_after_the_batch_and_the_same_command_continues_the_set(tmp
     assert len(batches) == 2  # only the batches that were missing (6-9, 9-10) are drawn
     assert set_contents(out) == set_contents(whole)
     assert not (out / ".hqvae-partial").exists()
-    record = json.loads((out / "samples.json").read_text())
+    record = read_record(out)
     assert record["sampling_seconds"] > 0 and record["num_samples"] == 10
 
 
+@pytest.mark.e2e
 def test_a_killed_sample_run_is_continued_to_the_uninterrupted_set(tmp_path, tok, prior):
     """SIGKILL in the middle of a batch (one of its files written, its progress not): the
     same command draws that batch again and ends with the uninterrupted run's files."""
@@ -648,6 +608,7 @@ def test_a_killed_sample_run_is_continued_to_the_uninterrupted_set(tmp_path, tok
     assert set_contents(out) == set_contents(whole)
 
 
+@pytest.mark.e2e
 def test_a_run_stopped_while_finishing_its_set_is_finished_by_the_same_command(tmp_path, tok, prior, monkeypatch):
     """Every sample written but the set's own files not (yet) in place: the rerun draws
     nothing and puts them in place, whether the stop came before or after the codes moved."""
@@ -680,6 +641,7 @@ def test_a_run_stopped_while_finishing_its_set_is_finished_by_the_same_command(t
         assert set_contents(out) == set_contents(whole)
 
 
+@pytest.mark.e2e
 def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior, capsys, monkeypatch):
     import signal
 
@@ -715,9 +677,10 @@ def test_replacing_a_set_deletes_exactly_the_files_it_wrote(tmp_path, tok, prior
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png",
                                                                   "000099.png", "mine.png"]
     assert (out / "audio" / "000000.wav").read_bytes() == b"precious"
-    assert json.loads((out / "samples.json").read_text())["num_samples"] == 3
+    assert read_record(out)["num_samples"] == 3
 
 
+@pytest.mark.e2e
 def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys, monkeypatch):
     import shutil
 
@@ -755,6 +718,7 @@ def test_absurd_counts_are_refused_before_sampling(tmp_path, tok, prior, capsys,
     assert "--n: expected a whole number, got '2.5'" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_a_large_set_says_how_much_it_will_write(tmp_path, tok, prior, capsys, monkeypatch):
     import sampling.outputs as outputs
 

@@ -7,7 +7,6 @@ import inspect
 from pathlib import Path
 
 import pytest
-from test_sampler import make_prior, make_tokenizer
 
 from engine.config import ConfigError
 from hqvae.cli import build_parser, main
@@ -20,11 +19,6 @@ from sampling.settings import SamplingSettings
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 # the pipeline samples 256 examples of balanced classes unless told otherwise
 PIPELINE_DEFAULTS = {"n": 256, "label": "cycle"}
-
-
-@pytest.fixture(scope="module")
-def prior():
-    return make_prior(make_tokenizer())
 
 
 def test_every_caller_starts_from_the_same_defaults():
@@ -69,7 +63,7 @@ def test_every_caller_refuses_the_same_values_naming_the_key(key, value, said, t
     assert not out.exists()
     # the library call: before the priors are loaded
     with pytest.raises(ConfigError) as exc:
-        sample_into(out, tmp_path / "no-prior", **{key: value})
+        sample_into(out, tmp_path / "no-prior", settings=SamplingSettings(**{key: value}))
     assert str(exc.value) == f"{key}: {said}"
     # the pipeline's config, named by its path in the config
     with pytest.raises(ConfigError) as exc:

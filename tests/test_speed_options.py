@@ -107,11 +107,10 @@ def test_training_forward_traces_as_one_graph(preset):
 
 
 @pytest.mark.parametrize("classes", [3, 0])
-def test_prior_training_forward_traces_as_one_graph(classes):
+def test_prior_training_forward_traces_as_one_graph(classes, make_prior, make_tokenizer):
     """The prior's training step (label dropout included) has no graph break: the label range
     check, a host sync, runs once on the training data instead (prior/train.py)."""
     import torch._dynamo
-    from test_sampler import make_prior, make_tokenizer
 
     from prior.codes import level_column
 

@@ -26,13 +26,9 @@ from tokenizer.data import build_dataset, build_stream
 from tokenizer.pretrained import Tokenizer
 from tokenizer.train import train_tokenizer
 
+pytestmark = pytest.mark.usefixtures("hermetic_hf")
+
 ROWS, SHARDS = 48, 4
-
-
-@pytest.fixture(autouse=True)
-def hermetic_hf(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
 
 
 def png(value: int) -> bytes:
@@ -224,6 +220,7 @@ def test_encode_reads_a_stream_once_in_file_order(shards, tmp_path):
         assert int(codes[i]["label"]) == i % 4
 
 
+@pytest.mark.e2e
 def test_two_processes_read_disjoint_rows_and_resume(shards, tmp_path):
     """`accelerate launch` with 2 CPU processes: each reads 2 of the 4 shards; the checkpoint
     holds both processes' positions, and a resumed run matches the uninterrupted one."""

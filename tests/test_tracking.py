@@ -188,6 +188,7 @@ def test_unknown_tracker_is_refused_at_config_load(value, message):
         load_prior_config(None, [f"train.report_to={value}"])
 
 
+@pytest.mark.e2e
 def test_uninstalled_tracker_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     # as if not installed (and so never reaching the network, installed or not)
     monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)

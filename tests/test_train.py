@@ -88,6 +88,7 @@ def test_audio_tokenizer_writes_wavs_and_lsd(tmp_path):
                     "clip1_original.wav", "clip1_reconstructed.wav"]
 
 
+@pytest.mark.e2e
 def test_cli_train_and_eval(tmp_path, capsys):
     run = tmp_path / "cli"
     rc = main(["train-tokenizer", f"run_dir={run}", "model.preset=rqvae", "model.depth=2",
@@ -103,6 +104,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
     assert ev["layers"][1]["rmse_depth"] == pytest.approx(ev["rmse"])
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override, key", [
     ("train.stepz=3", "train.stepz"),
     ("data.image_size=20", "model.layers.0.factor"),
@@ -156,6 +158,7 @@ def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path, monkeypatch):
     assert made[-1].scaler.get_scale() == 2.0**12  # a fresh scaler would be at 2**10
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_process_data_parallel_run(tmp_path, launcher):
     """2 CPU processes (gloo): really two, one writer, one checkpoint, one report. Accelerate's
@@ -222,6 +225,7 @@ def test_an_error_mid_progress_bar_starts_its_own_line(monkeypatch, capsys):
     assert not list(getattr(tqdm, "_instances", ()))
 
 
+@pytest.mark.e2e
 def test_cli_says_how_many_steps_a_resumed_run_trained(tmp_path, capsys):
     args = ["train-tokenizer", "model.preset=vqvae", f"run_dir={tmp_path / 'run'}", *TINY]
     assert main([*args, "train.steps=2"]) == 0
@@ -261,6 +265,7 @@ def test_a_killed_run_resumed_with_the_same_length_matches_under_the_run_schedul
         assert losses[step] == pytest.approx(ref_losses[step], rel=1e-5), step
 
 
+@pytest.mark.e2e
 def test_eval_tokenizer_takes_a_weights_file_as_its_run(tmp_path, capsys):
     """Given model.safetensors instead of its run folder, eval-tokenizer blamed --out (it
     looked for a folder below the file); like encode it takes the file, and evaluates into

@@ -178,6 +178,7 @@ class AudioConfig:
 def _source_entry(name: str):
     """tokenizer/data/registry.py's entry for ``data.source: name``. Imported when called:
     the registry's loaders import this module."""
+    # imported here: the registry imports this module (a cycle if imported at the top)
     from tokenizer.data.registry import source_entry
 
     return source_entry(name)

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from engine.config import ConfigError
 from engine.files import write_text_atomic
 from engine.subsets import spread_indices
+from tokenizer.audio import write_wav
 from tokenizer.config import TokenizerConfig
 from tokenizer.losses.perceptual import load_lpips
 from tokenizer.media import save_grid, spectrogram_rows
@@ -215,8 +216,6 @@ def write_reconstructions(
         pair = spectrogram_rows(pair)
     written.append(save_grid(pair.cpu(), out_dir / "reconstructions.png", nrow=n))
     if modality == "audio" and spectrogram is not None and sample_rate:
-        from tokenizer.audio import write_wav
-
         k = min(n_audio, n)
         spectrogram = spectrogram.to(device)
         wav_x = spectrogram.to_waveform(x[:k])

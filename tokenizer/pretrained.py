@@ -15,6 +15,7 @@ import torch
 
 from engine.config import non_default
 from engine.pretrained import WEIGHTS, PretrainedMixin, weights_identity
+from tokenizer.audio import Spectrogram
 from tokenizer.config import TokenizerConfig
 from tokenizer.model import HQVAE
 
@@ -126,8 +127,6 @@ class Tokenizer(PretrainedMixin, tags=["tokenizer"]):
         if self.modality != "audio":
             raise ValueError("this tokenizer was trained on images, not audio")
         if self._spectrogram is None:
-            from tokenizer.audio import Spectrogram
-
             self._spectrogram = Spectrogram(self.config.data.audio)
         return self._spectrogram
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.config import ConfigError, load_config, merge
+from engine.config import ConfigError, load_config, merge, read_yaml
 from hqvae import layout
 from prior.config import PriorConfig, merge_levels
 from sampling.classifier.config import ClassifierConfig
@@ -146,8 +146,6 @@ def _prepare(data: dict) -> dict:
     """Read ``base:`` stage config files; expand presets and per-level prior settings inside
     each track; default the classifier's data to the tokenizer's (same inputs);
     refuse the keys we own."""
-    from engine.config import read_yaml
-
     data = copy.deepcopy(data)
     for name in layout.TRACKS:
         track = data.get(name)
@@ -228,6 +226,7 @@ def stage_configs(cfg: PipelineConfig, name: str) -> dict[str, Any]:
 def check_trackers(cfg: PipelineConfig) -> None:
     """Every training stage's ``train.report_to`` is installed here: a stage checks its own
     only when it starts, after the stages before it have trained."""
+    # imported on use: it loads torch, which `hqvae config` starts without
     from engine.tracking import check_installed
 
     for name in layout.TRACKS:
@@ -242,6 +241,7 @@ def check_sample_labels(cfg: PipelineConfig) -> None:
     """A class id beyond the data's classes, or a name that is not one of them, would fail
     only at sampling, after the tokenizer and the priors have trained: look at the data's
     classes first (the table is memory-mapped and the tokenizer stage reads it anyway)."""
+    # imported on use: they load torch, which `hqvae config` starts without
     from sampling.sample_set import class_index
     from tokenizer.data import build_dataset
 

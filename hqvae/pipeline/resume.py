@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
-from engine.config import ConfigError, to_dict
+from engine.config import ConfigError, to_dict, yaml_dump, yaml_load
+from engine.files import write_text_atomic
+from engine.run_dir import check_folder, config_diff, holds_work, read_saved_config
 from hqvae import layout
 from hqvae.pipeline.config import PipelineConfig
 from sampling.sample_reader import read_record
@@ -28,8 +30,6 @@ def read_json(path: Path) -> Optional[dict]:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write-then-rename: a crash never leaves a half-written marker that reads as done."""
-    from engine.files import write_text_atomic
-
     write_text_atomic(path, json.dumps(obj, indent=2))
 
 
@@ -42,6 +42,7 @@ def codes_done(codes_dir: Path, splits: Sequence[str]) -> bool:
 
 
 def tokenizer_identity(tok_dir: Path) -> str:
+    # imported on use: it loads torch, which `hqvae config` starts without
     from tokenizer.pretrained import Tokenizer
 
     return Tokenizer.from_pretrained(tok_dir).identity
@@ -79,15 +80,11 @@ def samples_match(folder: Path, wanted: dict, random_codes: bool) -> bool:
 def check_run_dir(cfg: PipelineConfig) -> None:
     """A run directory holds one pipeline: refuse another one's (the stages would resume
     from foreign weights); changes to sampling / scoring settings are allowed."""
-    from engine.run_dir import check_folder
-
     run = Path(cfg.run_dir)
     saved = run / layout.CONFIG
     # new, empty or a pipeline run of this tool's (a file named pipeline.yaml proves nothing)
     if not check_folder(run, "pipeline", "run_dir") or not saved.is_file():
         return
-    from engine.run_dir import config_diff, read_saved_config
-
     old = read_saved_config(saved)
     new = to_dict(cfg)
     # sampling / scoring settings may change (those stages re-run); more training steps or
@@ -110,8 +107,6 @@ def _stage_holds_work(run: Path, key: str) -> bool:
     """Whether the stage a changed key ``track.section...`` configures has produced anything.
     A stage that failed before its first checkpoint (a typo'd column, a bad path) protects
     nothing, so its corrected settings are the same run."""
-    from engine.run_dir import holds_work
-
     parts = key.split(".")
     folder = {"tokenizer": "tokenizer", "encode": "codes", "prior": "prior",
               "classifier": "classifier"}.get(parts[1] if len(parts) > 1 else "")
@@ -124,9 +119,6 @@ def save_config(cfg: PipelineConfig, path: Path) -> None:
     """The config that produced the run directory: a track this invocation leaves out
     (`audio=null`) keeps its earlier section, so bringing it back with other settings is
     refused like any other change to a finished track."""
-    from engine.config import yaml_dump, yaml_load
-    from engine.files import write_text_atomic
-
     new = to_dict(cfg)
     if path.is_file():
         old = yaml_load(path.read_text()) or {}

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.config import to_dict
+from engine.devices import resolve_device
+from engine.run_dir import hold_folder
 from hqvae import layout
 from hqvae.pipeline import stages as stage_fns
 from hqvae.pipeline.config import (
@@ -36,11 +38,10 @@ from hqvae.pipeline.resume import (
     write_json,
 )
 from hqvae.pipeline.summary import headline
+from hqvae.report import check_report_target, write_report
 
 
 def _device(cfg: PipelineConfig) -> str:
-    from engine.devices import resolve_device
-
     return resolve_device(cfg.device, "device")
 
 
@@ -51,11 +52,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     check_sample_labels(cfg)
     check_classifier_runs(cfg)
     if cfg.report:  # the report is written last: a file there that is not one is refused first
-        from hqvae.report import check_report_target
-
         check_report_target(Path(cfg.run_dir) / layout.REPORT)
-    from engine.run_dir import hold_folder
-
     with hold_folder(cfg.run_dir, "pipeline", "run_dir"):  # a second pipeline on this run_dir is refused
         return _run_stages(cfg, log)
 
@@ -73,8 +70,6 @@ def _run_stages(cfg: PipelineConfig, log: Callable[[str], None]) -> dict:
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     write_json(run / layout.SUMMARY, summary)
     if cfg.report:
-        from hqvae.report import write_report
-
         summary["report"] = str(write_report(run))
     return summary
 

@@ -14,12 +14,14 @@ from typing import Any, NamedTuple, Optional
 from hqvae.pipeline.config import TrackConfig
 from prior.config import PriorConfig
 from sampling.classifier.config import ClassifierConfig
+from sampling.sample_reader import is_unfinished, labels_path
 from tokenizer.config import TokenizerConfig
 
 Log = Callable[[str], None]
 
 
 def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
+    # imported on use, as every stage's: loading a pipeline config starts without torch
     from tokenizer.train import format_summary, train_tokenizer
 
     metrics = train_tokenizer(tok_cfg)
@@ -28,6 +30,7 @@ def run_tokenizer(tok_cfg: TokenizerConfig) -> dict:
 
 
 def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, device: str) -> dict:
+    # imported on use: they load torch, which loading a pipeline config does without
     from prior.codes import encode_splits
     from tokenizer.pretrained import Tokenizer
 
@@ -40,6 +43,7 @@ def run_encode(tok_cfg: TokenizerConfig, track: TrackConfig, codes_dir: Path, de
 
 
 def run_prior(prior_cfg: PriorConfig, levels: list[int]) -> dict:
+    # imported on use: it loads torch, which loading a pipeline config does without
     from prior.train import format_summary, train_prior
 
     results = train_prior(prior_cfg, levels)
@@ -60,7 +64,7 @@ def run_classifier(clf_cfg: ClassifierConfig) -> dict:
 def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool = False) -> dict:
     """Sample from the priors (or, for the baseline, draw uniformly random codes) as
     `hqvae sample` does, into ``root/samples`` (``root/random``)."""
-    from sampling.outputs import PARTIAL, STATE
+    # imported on use: loading a pipeline config starts without torch
     from sampling.sample_set import sample_into
 
     s = track.sample
@@ -70,15 +74,13 @@ def run_samples(track: TrackConfig, root: Path, device: str, random_codes: bool 
     # the settings changed; anything else there is a leftover of this stage's
     out = root / ("random" if random_codes else "samples")
     tmp = out.with_name(out.name + ".partial")
-    if not (tmp / PARTIAL / STATE).is_file():
+    if not is_unfinished(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     # 'cycle', the default, on an unconditional prior samples unconditionally (the config
     # refuses any other label there)
-    sample_into(tmp, root / "prior", root / "tokenizer", n=s.n, label=s.label if track.prior.class_cond else None,
-                seed=s.seed, batch_size=s.batch_size, temperature=s.temperature, top_k=s.top_k,
-                top_p=s.top_p, cfg_scale=s.cfg_scale, compile=s.compile, griffin_lim_iters=s.griffin_lim_iters,
-                device=device, random_codes=random_codes,
+    settings = s.settings(label=s.label if track.prior.class_cond else None)
+    sample_into(tmp, root / "prior", root / "tokenizer", settings, device=device, random_codes=random_codes,
                 extra={"pipeline_sample": dataclasses.asdict(s)})  # what `pipeline` compares on a re-run
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -123,7 +125,7 @@ def _image_fid(track: TrackConfig, tok_cfg: TokenizerConfig, root: Path, device:
         # is the ceiling it is read against
         model = as_classifier(clf, "image").to(device)
         out["classifier"], out["classes"] = clf, model.num_classes
-        if (root / "samples" / "labels.json").is_file():  # class-conditional samples
+        if labels_path(root / "samples") is not None:  # class-conditional samples
             out["samples"]["accuracy"] = classify_folder(root / "samples", model,
                                                          batch_size=s.batch_size)["accuracy"]
         _add_real_accuracy(out["real"], model, real.x, real, s.batch_size, log)
@@ -172,6 +174,7 @@ class RealExamples(NamedTuple):
 def real_examples(data, n: int) -> RealExamples:
     """``n`` examples spread over the eval split as one tensor, their labels and the
     dataset's class names."""
+    # imported on use: loading a pipeline config starts without torch
     import torch
 
     from engine.subsets import spread_indices

@@ -48,6 +48,7 @@ def read_text(path: Path) -> Optional[str]:
 def code_counts(codes_dir: Path, max_rows: int = MAX_CODE_ROWS) -> Optional[dict]:
     """Code frequencies per level over ``max_rows`` rows (spread evenly) of the codes' train split
     (or the first split encoded): {"split", "rows", "levels": [(codebook size, counts)]}."""
+    # imported on use: only a run with codes needs datasets and torch to be reported
     import datasets
     import numpy as np
 

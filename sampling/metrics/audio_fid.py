@@ -46,7 +46,7 @@ from sampling.metrics.inputs import AUDIO_EXTENSIONS, WavFolder
 from sampling.metrics.labels import sample_labels
 from sampling.metrics.reference import build_reference_dataset, data_settings, parse_reference
 from sampling.metrics.scorer import score_against_reference
-from sampling.outputs import media_folder
+from sampling.sample_reader import media_folder
 from tokenizer.config import DataConfig
 from tokenizer.media import dequantize_uint8
 

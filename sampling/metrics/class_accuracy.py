@@ -23,7 +23,7 @@ from sampling.classifier.evaluate import class_accuracy
 from sampling.classifier.model import ClassifierLike, as_classifier
 from sampling.metrics.inputs import AUDIO_EXTENSIONS, ImageFolderSamples, WavFolder
 from sampling.metrics.labels import read_labels, sample_labels
-from sampling.outputs import media_folder
+from sampling.sample_reader import media_folder
 
 __all__ = ["class_accuracy", "read_labels", "sample_labels", "score_folder"]
 

@@ -10,7 +10,6 @@ under the key rule of sampling/metrics/reference.py) under ``$HQVAE_CACHE/fid_re
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from sampling.metrics.reference import (
     parse_reference,
 )
 from sampling.metrics.scorer import fid_scores, score_against_reference
+from sampling.sample_reader import RECORD, read_record
 from tokenizer.config import DataConfig, load_tokenizer_config
 from tokenizer.media import quantize_uint8
 
@@ -220,18 +220,21 @@ def reconstruction_fid(
 
 
 def _sample_tokenizer_data(folder: Path, root: Path) -> Optional[DataConfig]:
-    """The data config of the tokenizer named by a `hqvae sample` folder's samples.json."""
-    for record in (folder / "samples.json", root.parent / "samples.json"):
-        if record.is_file():
-            run = json.loads(record.read_text()).get("tokenizer_run")
-            if run and (Path(run) / "config.yaml").is_file():
-                return load_tokenizer_config(Path(run) / "config.yaml").data
-            if run:  # moved or relative to another folder: say so rather than guess quietly
-                warnings.warn(
-                    f"{record}: its tokenizer run {run!r} is not found from here (no config.yaml); "
-                    f"the reference is read with the default data settings (3 channels, centre crop)",
-                    stacklevel=3)
-            return None
+    """The data config of the tokenizer named by a `hqvae sample` folder's samples.json
+    (the folder given or the one above its images/; a JSON file of another tool is none)."""
+    for where in (folder, root.parent):
+        record = read_record(where)
+        if record is None:
+            continue
+        run = record.get("tokenizer_run")
+        if run and (Path(run) / "config.yaml").is_file():
+            return load_tokenizer_config(Path(run) / "config.yaml").data
+        if run:  # moved or relative to another folder: say so rather than guess quietly
+            warnings.warn(
+                f"{where / RECORD}: its tokenizer run {run!r} is not found from here (no config.yaml); "
+                f"the reference is read with the default data settings (3 channels, centre crop)",
+                stacklevel=3)
+        return None
     return None
 
 

@@ -1,6 +1,6 @@
 """Folders of samples as datasets, for every scorer: images (PNG, JPEG) as uint8 tensors
 and audio files as spectrograms of one ``AudioConfig``. A `hqvae sample` folder is read from
-its ``images/`` or ``audio/`` folder (``sampling.outputs.media_folder``)."""
+its ``images/`` or ``audio/`` folder (``sampling.sample_reader.media_folder``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from sampling.outputs import media_folder
+from sampling.sample_reader import media_folder
 from tokenizer.audio import Spectrogram, fit_length, read_audio, resample
 from tokenizer.config import AudioConfig
 from tokenizer.data.transforms import convert_mode

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from sampling.classifier.model import Classifier
+from sampling.sample_reader import class_names as sample_class_names
+from sampling.sample_reader import labels_path
 
 
 def read_labels(
@@ -72,11 +74,10 @@ def sample_labels(
     samples.json beside them names the classifier's classes in the same order."""
     sample_classes = None
     if labels is None:
-        if not (folder / "labels.json").is_file():
+        labels = labels_path(folder)  # `hqvae sample` writes it beside images/ or audio/
+        if labels is None:
             return None
-        labels = folder / "labels.json"  # `hqvae sample` writes it beside images/ or audio/
-        record = folder / "samples.json"  # ... with the prior's class names beside it
-        sample_classes = json.loads(record.read_text()).get("class_names") if record.is_file() else None
+        sample_classes = sample_class_names(folder)  # ... with the prior's class names in samples.json
     if sample_classes and model.class_names and list(sample_classes) != list(model.class_names):
         # class ids only mean the same class when both models number the classes alike
         raise ValueError(

@@ -29,10 +29,12 @@ from torch.utils.data import Dataset
 from sampling.metrics.cache import cache_dir, key_digest
 from tokenizer.config import DataConfig
 from tokenizer.data import HFDataset, build_dataset
-from tokenizer.data.sources import is_local_parquet, parquet_files
+from tokenizer.data.registry import LOCAL_PARQUET, data_location, source_entry
 
-# 3: one key rule for image and audio references, stored in the file and checked on read
-REFERENCE_CACHE_VERSION = 3
+# 3: one key rule for image and audio references, stored in the file and checked on read;
+# 4: the files fingerprinted are the ones the data source lists (a webdataset's tar shards
+# too; a folder's files in name order)
+REFERENCE_CACHE_VERSION = 4
 
 # the other command for a reference of the other modality
 _COMMAND = {"image": "hqvae fid", "audio": "hqvae audio-fid"}
@@ -51,9 +53,10 @@ def parse_reference(text: str, default_split: Optional[str] = "test") -> tuple[s
 def location(source: str, path: Optional[str]) -> tuple[str, Optional[str]]:
     """Where a data source reads from, so that `parquet` + a path and the same folder given
     as a plain path (read as Parquet), relative or absolute, count as one dataset."""
-    if path is not None and source in ("parquet", "imagefolder", "audiofolder"):
+    entry = source_entry(source)
+    if path is not None and entry.reads_path:
         return source, str(Path(path).expanduser().resolve())
-    if path is None and Path(source).expanduser().exists():
+    if path is None and entry is LOCAL_PARQUET and Path(source).expanduser().exists():
         return "parquet", str(Path(source).expanduser().resolve())
     return source, path
 
@@ -65,9 +68,7 @@ def build_reference_dataset(data: DataConfig, split: str, modality: str = "image
     kinds = {"image": "images", "audio": "audio"}
     wrong = (f"{data.source}: split {split!r} holds {kinds[other]}, not {kinds[modality]}; "
              f"{modality} FID needs {kinds[modality]} ({kinds[other]}: {_COMMAND[other]})")
-    if modality == "image" and data.source in ("tones", "audiofolder"):
-        raise ValueError(wrong)
-    if modality == "audio" and data.source in ("shapes", "imagefolder"):
+    if source_entry(data.source).modality == other:  # a source that only ever holds the other kind
         raise ValueError(wrong)
     try:
         dataset = build_dataset(dataclasses.replace(data, modality=modality), split, train=False)
@@ -127,11 +128,8 @@ def _hf_fingerprint(dataset: HFDataset, data: DataConfig, split: str) -> list:
     source files (parquet, image or audio folder)."""
     table = dataset.table
     files = [f.get("filename") for f in getattr(table, "cache_files", []) or []]
-    local: list = []
-    if data.source in ("imagefolder", "audiofolder") and data.path:
-        local = sorted(p for p in Path(data.path).expanduser().rglob("*") if p.is_file())
-    elif data.source == "parquet" or is_local_parquet(data.source):
-        local = parquet_files(data.path if data.source == "parquet" else data.source, split)
+    entry = source_entry(data.source)
+    local = entry.files(data, split) if data_location(data) and entry.files is not None else []
     return [str(getattr(table, "_fingerprint", "")), _file_stats(files) + _file_stats(local)]
 
 

@@ -341,6 +341,7 @@ def write_pngs(folder, x):
     return folder
 
 
+@pytest.mark.e2e
 def test_cli_fid_on_png_folder(ref_features, tmp_path, capsys):
     from engine.subsets import spread_indices
 
@@ -389,6 +390,7 @@ def test_cli_fid_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "not images" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_eval_tokenizer_rfid(ref_features, tmp_path, capsys):
     cfg = load_tokenizer_config(None, [
         f"run_dir={tmp_path / 'tok'}", "model.preset=vqvae", "model.channels=16",
@@ -436,12 +438,12 @@ def test_fid_of_a_sample_folder_reads_the_reference_like_its_tokenizer(cache, ex
     ds = F.build_reference_dataset(grey, "test")
     folder = write_pngs(tmp_path / "samples" / "images",
                         torch.stack([ds[i]["x"] for i in spread_indices(len(ds), N)]))
-    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "tok")}))
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "tok"), "num_samples": N, "tokenizer_identity": "tok"}))
     result = F.score_folder(folder.parent, "shapes:test", max_examples=N)
     assert result["reference"]["channels"] == 1
     assert abs(result["fid"]) < 1e-2  # the grey samples are the grey reference images
     # a sample folder whose tokenizer run has moved: scored with the defaults, and said so
-    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved")}))
+    (folder.parent / "samples.json").write_text(json.dumps({"tokenizer_run": str(tmp_path / "moved"), "num_samples": N, "tokenizer_identity": "tok"}))
     with pytest.warns(UserWarning, match="tokenizer run .*moved.* is not found from here"):
         assert F.score_folder(folder.parent, "shapes:test", max_examples=N)["reference"]["channels"] == 3
 
@@ -458,6 +460,7 @@ def test_the_tokenizer_s_own_parquet_folder_is_recognised_however_it_is_spelled(
     assert R.location("imagefolder", "data") != own and R.location("shapes", None) != own
 
 
+@pytest.mark.e2e
 def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp_path, capsys):
     import io
 
@@ -570,6 +573,7 @@ def test_an_unusable_hqvae_cache_is_one_line_naming_it_before_any_work(kind, tmp
         readonly.chmod(0o700)
 
 
+@pytest.mark.e2e
 def test_skipped_bad_reference_rows_are_not_scored_and_are_counted(extractor, tmp_path, capsys, monkeypatch):
     """`hqvae fid --skip-bad-examples` reported 49 reference images when 3 of them were
     stand-ins for bad rows (copies of the next good row, scored twice); now the stand-ins are
