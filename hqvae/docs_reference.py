@@ -28,6 +28,9 @@ import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hqvae import _EXPORTS
+from hqvae.cli import build_parser
+
 # (title, module, class, anchor) of the configs a user writes, in the order the page lists them
 TOP_LEVEL = (
     ("Tokenizer", "tokenizer.config", "TokenizerConfig", "tokenizer"),
@@ -270,8 +273,6 @@ def _action_row(parser: argparse.ArgumentParser, action: argparse.Action) -> str
 
 
 def cli_page() -> str:
-    from hqvae.cli import build_parser
-
     parser = build_parser()
     sub = _subparsers(parser)
     helps = {a.dest: a.help for a in sub._choices_actions}
@@ -298,8 +299,6 @@ def cli_page() -> str:
 
 def api_modules() -> dict[str, list[str]]:
     """``{module: [public names it defines]}`` from ``hqvae._EXPORTS``, sorted."""
-    from hqvae import _EXPORTS
-
     modules: dict[str, list[str]] = {}
     for name, module in sorted(_EXPORTS.items()):
         modules.setdefault(module, []).append(name)

@@ -533,7 +533,7 @@ def test_images_far_smaller_than_image_size_are_warned_about_and_counted(tmp_pat
     names = [Path(ds._cell_path(ds.table[i]["image"])).stem for i in range(len(ds))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for epoch in range(2):  # a row read again is not warned about again
+        for _epoch in range(2):  # a row read again is not warned about again
             for i in range(len(ds)):
                 assert ds[i]["x"].shape == (3, 32, 32)
     text = [str(w.message) for w in caught]
