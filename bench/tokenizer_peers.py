@@ -160,7 +160,7 @@ def build_ours(pair: dict, objective: str, vgg_path: str, total_steps: int):
     from engine.optim import build_optimizer
     from tokenizer.config import load_tokenizer_config
     from tokenizer.pretrained import Tokenizer
-    from tokenizer.train import training_objective
+    from tokenizer.train import perceptual_network, training_objective
 
     over = ["model.preset=vqvae", "model.net=vqgan", "model.downsample=16", f"data.image_size={SIZE}",
             f"model.layers.0.codebook_size={pair['K']}", f"model.layers.0.codebook_dim={pair['D']}",
@@ -173,7 +173,7 @@ def build_ours(pair: dict, objective: str, vgg_path: str, total_steps: int):
                  f"loss.adversarial.adaptive_weight={str(pair['adaptive']).lower()}"]
     cfg = load_tokenizer_config(None, over)
     model = Tokenizer.from_config(cfg).model
-    trained = training_objective(model, cfg)
+    trained = training_objective(model, cfg, perceptual_network(cfg))
     disc = getattr(trained, "discriminator", None)
     return trained, count(model), count(disc), cfg.train.clip_grad, build_optimizer(trained, cfg.train, total_steps)[0]
 

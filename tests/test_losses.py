@@ -277,3 +277,17 @@ def test_every_preset_trains_on_the_scalable_network_with_the_adversarial_loss(p
     assert torch.isfinite(terms["loss"]) and float(terms["adv/weight"]) > 0
     missing = [n for n, p in obj.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+def test_missing_lpips_weights_stop_training_before_any_data_is_read(tmp_path):
+    """The perceptual network is loaded first: with a data path that does not exist either,
+    the error is about the weights, and nothing was written."""
+    from tokenizer.train import train_tokenizer
+
+    cfg = load_tokenizer_config(None, [
+        f"run_dir={tmp_path / 'run'}", "model.preset=vqvae", "data.source=parquet",
+        f"data.path={tmp_path / 'no-data'}", "loss.perceptual.weight=1.0",
+        f"loss.perceptual.vgg_path={tmp_path / 'missing-vgg.pth'}"])
+    with pytest.raises(ConfigError, match=r"loss.perceptual.vgg_path: VGG16 weights not found at"):
+        train_tokenizer(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

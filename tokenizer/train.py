@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -33,7 +34,7 @@ from tokenizer.config import TokenizerConfig
 from tokenizer.data import build_dataset, build_stream, eval_dataset, resolve_modality
 from tokenizer.evaluate import evaluate_tokenizer, run_evaluation
 from tokenizer.losses.objective import TokenizerObjective
-from tokenizer.losses.perceptual import load_lpips
+from tokenizer.losses.perceptual import LPIPS, load_lpips
 from tokenizer.model import HQVAE
 from tokenizer.pretrained import Tokenizer
 
@@ -51,28 +52,32 @@ def check_rows(dataset, max_examples: int, split: str) -> None:
         dataset[i]
 
 
-def training_objective(model: HQVAE, cfg: TokenizerConfig) -> torch.nn.Module:
+def perceptual_network(cfg: TokenizerConfig) -> Optional[LPIPS]:
+    """LPIPS when loss.perceptual is on: loaded before any data is read, so missing weight
+    files stop the run at once, naming the key and the files looked for."""
+    p = cfg.loss.perceptual
+    return load_lpips(p.vgg_path, p.heads_path) if p.weight > 0 else None
+
+
+def training_objective(model: HQVAE, cfg: TokenizerConfig, lpips: Optional[LPIPS] = None) -> torch.nn.Module:
     """What the trainer trains: the tokenizer itself (its own objective), or with loss.*
     on, a :class:`TokenizerObjective` holding it, LPIPS and the discriminator (checkpoints
-    then hold the discriminator too; the exported tokenizer never does). The LPIPS weights
-    are loaded here, before the first step: missing files stop the run at once."""
+    then hold the discriminator too; the exported tokenizer never does)."""
     if not cfg.loss.any:
         return model
-    lpips = None
-    if cfg.loss.perceptual.weight > 0:
-        lpips = load_lpips(cfg.loss.perceptual.vgg_path, cfg.loss.perceptual.heads_path)
     return TokenizerObjective(model, cfg.loss, cfg.data.shape[0], lpips)
 
 
 def train_tokenizer(cfg: TokenizerConfig) -> dict:
     """Train, save and evaluate; returns the eval metrics ({} on non-main processes)."""
     check_start(cfg, "tokenizer")
+    lpips = perceptual_network(cfg)
     cfg = resolve_modality(cfg)
     with claim_run_dir(cfg, RESUMABLE_CHANGES, "tokenizer"):
-        return _train_tokenizer(cfg)
+        return _train_tokenizer(cfg, lpips)
 
 
-def _train_tokenizer(cfg: TokenizerConfig) -> dict:
+def _train_tokenizer(cfg: TokenizerConfig, lpips: Optional[LPIPS]) -> dict:
     run_dir = Path(cfg.run_dir)
     if cfg.data.streaming:
         train_set = build_stream(cfg.data, cfg.data.train_split, train=True)
@@ -81,7 +86,7 @@ def _train_tokenizer(cfg: TokenizerConfig) -> dict:
         train_set, eval_set = training_splits(cfg.data, build_dataset)
     check_rows(eval_set, cfg.eval.max_examples, cfg.data.eval_split)
     tok = seeded(cfg.train.seed, lambda: Tokenizer.from_config(cfg))
-    trained = seeded(cfg.train.seed + 1, lambda: training_objective(tok.model, cfg))
+    trained = seeded(cfg.train.seed + 1, lambda: training_objective(tok.model, cfg, lpips))
     state = start_run(cfg)
     modality = cfg.data.resolved_modality
     db_range = cfg.data.audio.db_max - cfg.data.audio.db_min
