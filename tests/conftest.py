@@ -69,6 +69,36 @@ def encode_wav(seconds: float, rate: int = 8000, channels: int = 1, freq: float 
     return buf.getvalue()
 
 
+def assert_recomputed_with_same_gradients(plain: torch.nn.Module, run, counted_types: tuple[str, ...]) -> None:
+    """Gradient checkpointing reruns every counted block in the backward pass and leaves the
+    gradients as they were: ``run(model)`` computes a loss and calls backward, once on
+    ``plain`` and once on a copy with checkpointing on (copied before any forward, since
+    buffers such as an EMA codebook move with each)."""
+    import copy
+
+    recomputing = copy.deepcopy(plain)
+    recomputing.set_gradient_checkpointing(True)
+    calls = {}
+    for name, model in (("plain", plain), ("recomputing", recomputing)):
+        calls[name] = 0
+
+        def counted(*_, name=name):
+            calls[name] += 1
+
+        # a pre-hook: it fires when the recomputation starts a block, which a forward hook
+        # would miss where the recomputation stops early
+        handles = [m.register_forward_pre_hook(counted) for m in model.modules()
+                   if type(m).__name__ in counted_types]
+        run(model)
+        for h in handles:
+            h.remove()
+    assert calls["recomputing"] == 2 * calls["plain"] > 0  # each block ran again in backward
+    grads = dict(recomputing.named_parameters())
+    for n, p in plain.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
 @pytest.fixture(scope="session")
 def make_tokenizer():
     return build_tokenizer

@@ -1,11 +1,11 @@
 """The tokenizer networks (tokenizer/nets): every registered network under every preset,
 their options checked against the hierarchy, attention and gradient checkpointing."""
 
-import copy
 import math
 
 import pytest
 import torch
+from conftest import assert_recomputed_with_same_gradients
 
 from engine.config import ConfigError
 from tokenizer.config import PRESETS, load_tokenizer_config
@@ -103,23 +103,6 @@ def test_attention_block_is_softmax_attention_over_positions():
 def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients(net):
     torch.manual_seed(0)
     cfg = tiny_cfg(net, "rqvae")
-    plain = HQVAE(cfg.model, cfg.data.shape).train()
-    recomputing = copy.deepcopy(plain)  # before any forward: the EMA codebook moves with each
-    recomputing.set_gradient_checkpointing(True)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    calls = {}
-    for name, model in (("plain", plain), ("recomputing", recomputing)):
-        calls[name] = 0
-
-        def counted(*_, name=name):
-            calls[name] += 1
-
-        blocks = [m for m in model.encoder.modules() if type(m).__name__ in ("ResBlock", "ResnetBlock")]
-        handles = [b.register_forward_pre_hook(counted) for b in blocks]
-        model(x)["loss"].backward()
-        for h in handles:
-            h.remove()
-    assert calls["recomputing"] == 2 * calls["plain"] > 0  # each block ran again in backward
-    grads = dict(recomputing.named_parameters())
-    for n, p in plain.named_parameters():
-        torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+    assert_recomputed_with_same_gradients(HQVAE(cfg.model, cfg.data.shape).train(),
+                                          lambda model: model(x)["loss"].backward(), ("ResBlock", "ResnetBlock"))

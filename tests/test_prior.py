@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_recomputed_with_same_gradients
 from torch.utils.data import Dataset
 
 import prior.train as prior_train
@@ -149,32 +150,14 @@ def test_logits_are_causal_in_sequence_order(arch, order, level):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_gradients(arch):
-    import copy
-
     shapes, sizes = [(2, 3), (3, 4)], [5, 11]
     torch.manual_seed(0)
     plain = LevelPrior(small(arch=arch, dropout=0.0), 1, shapes, sizes).train()
-    recomputing = copy.deepcopy(plain)
-    recomputing.set_gradient_checkpointing(True)
     codes, upper = random_batch(plain, shapes, sizes)
-    calls = {}
-    for name, model in (("plain", plain), ("recomputing", recomputing)):
-        calls[name] = 0
-
-        def counted(*_, name=name):
-            calls[name] += 1
-
-        # the MLP inside each layer: a hook on the layer itself sees only its outer call
-        layers = [m for m in model.backbone.modules() if type(m).__name__ in ("GPT2MLP", "LlamaMLP")]
-        handles = [layer.register_forward_pre_hook(counted) for layer in layers]
-        model({level_column(1): codes, level_column(0): upper[0]})["loss"].backward()
-        for h in handles:
-            h.remove()
-    assert calls["recomputing"] == 2 * calls["plain"] > 0
-    grads = dict(recomputing.named_parameters())
-    for n, p in plain.named_parameters():
-        if p.grad is not None:
-            torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+    # the MLP inside each layer: a hook on the layer itself sees only its outer call
+    assert_recomputed_with_same_gradients(
+        plain, lambda model: model({level_column(1): codes, level_column(0): upper[0]})["loss"].backward(),
+        ("GPT2MLP", "LlamaMLP"))
 
 
 def test_forward_loss_is_next_token_cross_entropy_in_sequence_order():
