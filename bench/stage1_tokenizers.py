@@ -62,13 +62,13 @@ def quickstart_base(dataset: str, runs: str) -> str:
 def overrides_for(dataset: str, preset: str, args, seed: int) -> list[str]:
     if dataset in QUICKSTART_TRACKS:  # the quickstart's network, data and budget as they are
         return [f"model.preset={preset}", f"train.seed={seed}", "train.eval_every=0",
-                "train.ckpt_every=0", "train.log_every=50", *args.set]
+                f"train.ckpt_every={args.ckpt_every}", "train.log_every=50", *args.set]
     common = [
         f"model.preset={preset}", f"model.channels={args.channels}", "model.res_blocks=2",
         "model.res_channels=32", f"model.depth={args.depth}", f"train.lr={args.lr}",
-        "train.eval_every=0", "train.ckpt_every=0", "train.log_every=50",
+        "train.eval_every=0", "train.log_every=50",
         f"train.seed={seed}", f"eval.max_examples={args.eval_examples}",
-        f"train.mixed_precision={args.mixed_precision}",
+        f"train.mixed_precision={args.mixed_precision}", f"train.ckpt_every={args.ckpt_every}",
         *args.set,
     ]
     if dataset == "cifar10":
@@ -186,6 +186,9 @@ def main() -> int:
     p.add_argument("--eval-examples", type=int, default=10000)
     p.add_argument("--mixed-precision", default="no")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--ckpt-every", type=int, default=0,
+                   help="steps between checkpoints (0: only at the end); a killed benchmark run "
+                        "then continues from its last checkpoint when the command is run again")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per run (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
