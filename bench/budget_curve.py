@@ -22,15 +22,14 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import write_section  # noqa: E402  (bench/, beside this script)
+from pool import Job, run_pool  # noqa: E402  (bench/, beside this script)
+from sections import write_section  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
 # row name -> (preset, variant, overrides); the deterministic twins run with code restarts,
@@ -65,39 +64,17 @@ def child_command(args, name: str, epochs: int, out: Path) -> list[str]:
     return cmd + ["--one", "cifar10", preset, str(out)]
 
 
-def run_all(args, results_path: Path, done: dict) -> None:
-    """Train every (preset, budget) not in ``done``, ``args.jobs`` at a time, longest first;
-    each finished run is appended to ``results_path`` at once."""
-    todo = [(name, e) for e in sorted(args.epochs, reverse=True) for name in args.presets
-            if (name, e) not in done]
-    env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
-    running: dict[subprocess.Popen, tuple[str, int, Path, float]] = {}
-    failed = []
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            name, epochs = todo.pop(0)
-            tmp = results_path.with_suffix(f".{name}_e{epochs}.json")
-            log = (Path(args.runs) / f"{name}_e{epochs}.log").open("a")
-            print(f"== {label(name)}, {epochs} epochs (log: {log.name})", flush=True)
-            proc = subprocess.Popen(child_command(args, name, epochs, tmp), env=env, stdout=log,
-                                    stderr=subprocess.STDOUT)
-            running[proc] = (name, epochs, tmp, time.time())
-        time.sleep(5)
-        for proc in [p for p in running if p.poll() is not None]:
-            name, epochs, tmp, t0 = running.pop(proc)
-            if proc.returncode != 0:
-                failed.append(f"{label(name)} at {epochs} epochs (exit code {proc.returncode})")
-                print(f"!! {failed[-1]}", flush=True)
-                continue
-            m = json.loads(tmp.read_text())
-            m.update(name=name, epochs=epochs, wall_s=time.time() - t0)
-            done[(name, epochs)] = m
-            with results_path.open("a") as fh:
-                fh.write(json.dumps(m) + "\n")
-            tmp.unlink()
-            print(f"   {label(name)}, {epochs} epochs: rmse {m['rmse']:.2f} ({m['wall_s']:.0f} s)", flush=True)
-    if failed:
-        print("failed (run the command again to continue them): " + "; ".join(failed), flush=True)
+def run_all(args, results_path: Path, done: dict) -> list[str]:
+    """Train every (preset, budget) not in ``done``, ``args.jobs`` at a time, longest first."""
+    jobs = [Job(key=(name, e), title=f"{label(name)}, {e} epochs",
+                command=child_command(args, name, e, results_path.with_suffix(f".{name}_e{e}.json")),
+                out=results_path.with_suffix(f".{name}_e{e}.json"), log=Path(args.runs) / f"{name}_e{e}.log")
+            for e in sorted(args.epochs, reverse=True) for name in args.presets if (name, e) not in done]
+
+    def annotate(job: Job, m: dict) -> None:
+        m["name"], m["epochs"] = job.key
+
+    return run_pool(jobs, args.jobs, results_path, done, args.threads, annotate)
 
 
 def _layers(m: dict, key: str, fmt: str) -> str:

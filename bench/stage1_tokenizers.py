@@ -85,7 +85,7 @@ def overrides_for(dataset: str, preset: str, args, seed: int) -> list[str]:
 
 
 def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str], base: str | None = None,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, rfid: int = 0) -> dict:
     import torch
 
     from tokenizer.config import load_tokenizer_config
@@ -97,7 +97,15 @@ def run_one(dataset: str, preset: str, run_dir: str, overrides: list[str], base:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     metrics = train_tokenizer(cfg)
-    metrics.update(device_stats())
+    metrics.update(device_stats())  # before rFID: peak memory is the training's
+    if rfid and cfg.data.resolved_modality == "image":
+        from sampling.metrics.image_fid import reconstruction_fid
+        from tokenizer.pretrained import Tokenizer
+
+        tok = Tokenizer.from_pretrained(run_dir)
+        r = reconstruction_fid(tok, cfg.data, cfg.data.eval_split, max_examples=rfid,
+                               batch_size=cfg.eval.batch_size)
+        metrics["rfid"], metrics["rfid_examples"] = r["rfid"], r["examples"]
     metrics["preset"], metrics["dataset"] = preset, dataset
     metrics["threads"] = torch.get_num_threads()
     return metrics
@@ -145,8 +153,11 @@ def layer_cells(runs: list[dict], digits: int) -> dict[str, str]:
 
 def table(groups: list[list[dict]], audio: bool) -> str:
     """One row per preset (and variant); ``groups`` holds each row's runs, one per seed."""
-    ssim = any("ssim" in r for runs in groups for r in runs)  # results from before SSIM have none
-    head = ("| preset | seeds | codes | params | RMSE | PSNR |" + (" SSIM |" if ssim else "")
+    # columns only some results have (SSIM joined the evaluation later; rFID with --rfid;
+    # LPIPS where its weights are present): shown when any row has them, '–' where absent
+    optional = [(key, name, d) for key, name, d in (("ssim", "SSIM", 4), ("rfid", "rFID", 2), ("lpips", "LPIPS", 4))
+                if any(key in r for runs in groups for r in runs)]
+    head = ("| preset | seeds | codes | params | RMSE | PSNR |" + "".join(f" {name} |" for _, name, _ in optional)
             + (" LSD dB |" if audio else ""))
     head += (" per-layer perplexity (codes used of K) | layer collapse (RMSE) | SQ posterior "
              "entropy (nats) | SQ σ² | train ex/s | peak MB |")
@@ -158,8 +169,8 @@ def table(groups: list[list[dict]], audio: bool) -> str:
         seeds = ",".join(str(r.get("seed", 0)) for r in runs)
         row = (f"| {m['preset']} | {seeds} | {c['grids']} | {m['train']['parameters'] / 1e6:.2f} M "
                f"| {_pm([r['rmse'] for r in runs], digits)} | {_pm([r['psnr'] for r in runs], 2)} |")
-        if ssim:
-            row += f" {_pm([r['ssim'] for r in runs], 4) if all('ssim' in r for r in runs) else '–'} |"
+        for key, _, d in optional:
+            row += f" {_pm([r[key] for r in runs], d) if all(key in r for r in runs) else '–'} |"
         if audio:
             row += f" {_pm([r.get('lsd_db', float('nan')) for r in runs], 2)} |"
         row += (f" {c['usage']} | {c['collapse']} | {c['entropy']} | {c['variance']} "
@@ -185,6 +196,9 @@ def main() -> int:
     p.add_argument("--fsdd-batch", type=int, default=32)
     p.add_argument("--eval-examples", type=int, default=10000)
     p.add_argument("--mixed-precision", default="no")
+    p.add_argument("--rfid", type=int, default=0, metavar="N",
+                   help="also report the rFID of image tokenizers over N test images spread over the "
+                        "split (0: off; the reference features are cached after the first run)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--ckpt-every", type=int, default=0,
                    help="steps between checkpoints (0: only at the end); a killed benchmark run "
@@ -219,7 +233,7 @@ def main() -> int:
         (seed,) = seeds
         base = quickstart_base(dataset, args.runs) if dataset in QUICKSTART_TRACKS else None
         m = run_one(dataset, preset, run_dir(dataset, preset, seed), overrides_for(dataset, preset, args, seed),
-                    base, args.threads)
+                    base, args.threads, args.rfid)
         if args.variant:
             m["preset"] = f"{preset} ({args.variant})"
         m["overrides"] = list(args.set)

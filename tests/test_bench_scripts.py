@@ -74,3 +74,44 @@ def test_budget_curve_refuses_a_missing_dataset_folder(tmp_path):
     assert proc.returncode == 2
     assert str(missing) in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "b.md").exists()
+
+
+def _quality_result(dataset: str, name: str, arm: str, seed: int, rmse: float, rfid: float) -> dict:
+    m = {"dataset": dataset, "name": name, "arm": arm, "seed": seed, "preset": f"{name} ({arm})",
+         "rmse": rmse, "psnr": 30 - rmse, "ssim": 0.5, "rfid": rfid, "device": "CPU (2 cores)",
+         "train": {"parameters": 300_000, "examples_per_s": 100.0, "steps": 3120}, "peak_mem_mb": 900.0,
+         "variances": [], "overrides": [],
+         "layers": [{"kind": "residual", "grid": [8, 8], "codebook_size": 512, "perplexity": 100.0,
+                     "codes_used": 300, "rmse_depth": rmse, "rmse_substituted": rmse + 1}] * 2}
+    if arm != "conv":
+        m["overrides"] = ["model.net=vqgan", "model.net_options.base_channels=12",
+                          "model.net_options.channel_mult=[1,1,2]", "model.net_options.num_res_blocks=2"]
+        m["net_params_ratio"], m["flops_ratio"] = 0.92, 1.59
+    return m
+
+
+def test_tokenizer_quality_report_pairs_seeds(tmp_path):
+    """--report-only writes the rows and the per-seed paired differences (vqgan − conv,
+    vqgan-adv − vqgan) from the results file, with the network each run recorded."""
+    import json
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    rows = [_quality_result("cifar10", "rsqvae", "conv", 0, 14.0, 40.0),
+            _quality_result("cifar10", "rsqvae", "conv", 1, 15.0, 42.0),
+            _quality_result("cifar10", "rsqvae", "vqgan", 0, 12.0, 35.0),
+            _quality_result("cifar10", "rsqvae", "vqgan", 1, 12.0, 36.0),
+            _quality_result("cifar10", "rsqvae", "vqgan-adv", 0, 13.0, 30.0)]
+    (runs / "results_cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tokenizer_quality.py"), "--report-only",
+                           "--datasets", "cifar10", "--presets", "rsqvae", "--seeds", "0", "1",
+                           "--runs", str(runs), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "<!-- tokenizer-quality-cpu:begin -->" in text
+    assert "cifar10 rsqvae: base 12 × [1,1,2], 2 blocks (0.92× the parameters, 1.6× the FLOPs)" in text
+    # vqgan − conv over seeds 0 and 1: RMSE −2 and −3, rFID −5 and −6; vqgan-adv − vqgan: seed 0 only
+    assert "| rsqvae | vqgan − conv | 0,1 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
+    assert "| rsqvae | vqgan-adv − vqgan | 0 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
+    assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text

@@ -1,0 +1,305 @@
+"""Benchmark: the scalable network against the small one, and MSE against MSE + adversarial,
+at CPU scale.
+
+For `sqvae2` and `rsqvae` and their deterministic twins (`vqvae2`, `rqvae`, both with code
+restarts) on CIFAR-10 and FSDD, with the networks, codebooks, optimizer and budgets of
+`bench/stage1_tokenizers.py` (each run in its own process through that script), three arms:
+
+* ``conv`` — today's network (``model.net: conv``) and the paper's MSE objective;
+* ``vqgan`` — the scalable network (``model.net: vqgan``) at matched parameters: of the
+  widths (``base_channels``, a constant, VQGAN's or a doubling ``channel_mult``) and
+  ``num_res_blocks`` that put encoder + decoder within ±10 % of the conv ones' parameter
+  count, the one of fewest FLOPs per example (none within ±10 %: refused);
+* ``vqgan-adv`` — the scalable network with the PatchGAN term on (hinge, adaptive weight,
+  ``--adv-weight``, from half of the training steps), for the presets in ``--adv-presets``.
+
+Then writes into docs/benchmarks.md one table per dataset (RMSE, PSNR, SSIM, rFID over
+``--rfid`` test images, LSD for audio, LPIPS where its VGG16 weights are present, codes in
+use) and the paired differences per seed (vqgan − conv, vqgan-adv − vqgan) as mean ± std.
+
+    python bench/tokenizer_quality.py --cifar ../shared/data/cifar10 --fsdd ../shared/data/fsdd \\
+      --seeds 0 1 2 --jobs 2 --threads 1
+
+Runs checkpoint every epoch and every result is appended to the results file as it
+finishes: the same command run again continues where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pool import Job, run_pool  # noqa: E402  (bench/, beside this script)
+from sections import write_section  # noqa: E402
+from stage1_tokenizers import table  # noqa: E402
+
+RESTART = "model.quantizer.restart_threshold=1.0"
+PRESETS = ["sqvae2", "vqvae2", "rsqvae", "rqvae"]
+TWINS = {"vqvae2", "rqvae"}  # the deterministic twins: trained with code restarts
+ARMS = ["conv", "vqgan", "vqgan-adv"]
+EPOCHS = {"cifar10": 8, "fsdd": 4}
+BATCH = {"cifar10": 128, "fsdd": 32}
+TRAIN_EXAMPLES = {"cifar10": 50_000, "fsdd": 2_700}
+MARK = "tokenizer-quality-{tag}"
+# the candidates of the matched-parameter search: widths (multiples of 4, the GroupNorm
+# groups) and residual blocks per resolution
+BASES = range(8, 65, 4)
+BLOCKS = (1, 2)
+
+
+def stage1_args(args, dataset: str) -> list[str]:
+    """The stage-one benchmark's options that set this dataset's data and budget."""
+    flag = "cifar" if dataset == "cifar10" else "fsdd"
+    out = ["--datasets", dataset, f"--{flag}", getattr(args, dataset), f"--{flag}-epochs", str(args.epochs[dataset]),
+           "--ckpt-every", str(steps_per_epoch(dataset))]
+    return out + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def steps_per_epoch(dataset: str) -> int:
+    return TRAIN_EXAMPLES[dataset] // BATCH[dataset]  # the loader drops the last partial batch
+
+
+def tokenizer_config(dataset: str, preset: str, overrides: list[str], args):
+    """The configuration the stage-one benchmark trains ``preset`` on ``dataset`` with."""
+    from stage1_tokenizers import overrides_for
+
+    from tokenizer.config import load_tokenizer_config
+
+    ns = argparse.Namespace(channels=64, depth=4, lr=1e-3, eval_examples=10_000, mixed_precision="no",
+                            ckpt_every=0, set=overrides, cifar=args.cifar10, fsdd=args.fsdd,
+                            cifar_epochs=1, cifar_batch=BATCH["cifar10"], fsdd_epochs=1,
+                            fsdd_batch=BATCH["fsdd"], workers=0)
+    return load_tokenizer_config(None, overrides_for(dataset, preset, ns, 0))
+
+
+def size(cfg, flops: bool = True) -> tuple[int, int]:
+    """(encoder + decoder parameters, FLOPs of one example's training forward pass; 0 unless
+    ``flops``) of the tokenizer ``cfg`` builds."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tokenizer.model import HQVAE
+
+    model = HQVAE(cfg.model, cfg.data.shape)
+    # the encoder and decoder: what the arms swap (codebooks and code projections are the same)
+    params = sum(p.numel() for net in (model.encoder, model.decoder) for p in net.parameters())
+    if not flops:
+        return params, 0
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, *cfg.data.shape))
+    return params, counter.get_total_flops()
+
+
+def width_patterns(levels: int) -> list[list[int]]:
+    """Width multipliers per resolution: constant, VQGAN's (1, 1, 2, 2, 4, ...) and doubling."""
+    vqgan = [1, 1, 2, 2, 4, 4, 8][:levels]
+    doubling = [min(2 ** i, 8) for i in range(levels)]
+    return [[1] * levels, vqgan, doubling]
+
+
+def matched_vqgan(dataset: str, preset: str, args) -> tuple[list[str], float, float]:
+    """The vqgan options within ±10 % of the conv network's parameters (encoder + decoder)
+    that cost the fewest FLOPs; with their parameter and FLOP ratios to the conv tokenizer."""
+    conv = tokenizer_config(dataset, preset, [], args)
+    params, flops = size(conv)
+    # one width multiplier per resolution from the input down to the coarsest code grid
+    levels = int(math.log2(max(la.factor for la in conv.model.layers))) + 1
+    best = None
+    for mult in width_patterns(levels):
+        for blocks in BLOCKS:
+            for base in BASES:
+                opts = ["model.net=vqgan", f"model.net_options.base_channels={base}",
+                        f"model.net_options.channel_mult=[{','.join(map(str, mult))}]",
+                        f"model.net_options.num_res_blocks={blocks}", "model.net_options.norm_groups=4"]
+                cfg = tokenizer_config(dataset, preset, opts, args)
+                n = size(cfg, flops=False)[0]
+                if abs(n / params - 1) > 0.10:
+                    continue
+                f = size(cfg)[1]
+                if best is None or f < best[2] * flops:
+                    best = (opts, n / params, f / flops)
+    if best is None:
+        raise SystemExit(f"{dataset} {preset}: no vqgan width within ±10 % of the conv network's "
+                         f"{params} parameters")
+    return best
+
+
+def arm_overrides(dataset: str, preset: str, arm: str, args, matched: dict) -> list[str]:
+    over = [RESTART] if preset in TWINS else []
+    if arm == "conv":
+        return over
+    over += matched[(dataset, preset)][0]
+    if arm == "vqgan-adv":
+        # PatchGAN depth: 2 stride-2 layers at 32 px (patches of about half the image), 3 above
+        layers = 2 if dataset == "cifar10" else 3
+        start = args.epochs[dataset] * steps_per_epoch(dataset) // 2
+        over += [f"loss.adversarial.weight={args.adv_weight}", f"loss.adversarial.start_step={start}",
+                 f"loss.adversarial.layers={layers}"]
+    return over
+
+
+def variant(preset: str, arm: str) -> str:
+    return f"{arm}-restart" if preset in TWINS else arm
+
+
+def plan(args, done: dict) -> tuple[list[Job], dict]:
+    """The runs not in ``done``, every row's first seed before any row's second (a screen
+    comes first); and the matched vqgan network of each (dataset, preset) they need."""
+    todo = [(dataset, preset, arm, seed) for seed in args.seeds for dataset in args.datasets
+            for preset in args.presets for arm in args.arms
+            if (arm != "vqgan-adv" or preset in args.adv_presets) and (dataset, preset, arm, seed) not in done]
+    matched = {(d, p): matched_vqgan(d, p, args) for d, p in dict.fromkeys((d, p) for d, p, a, _ in todo if a != "conv")}
+    jobs = []
+    for key in todo:
+        dataset, preset, arm, seed = key
+        out = Path(args.runs) / f"{dataset}_{preset}_{arm}_s{seed}.json"
+        cmd = [sys.executable, str(ROOT / "bench" / "stage1_tokenizers.py"), *stage1_args(args, dataset),
+               "--runs", args.runs, "--seed", str(seed), "--rfid", str(args.rfid),
+               "--variant", variant(preset, arm), "--set", *arm_overrides(dataset, preset, arm, args, matched),
+               "--one", dataset, preset, str(out)]
+        jobs.append(Job(key=key, title=f"{dataset} {preset} {arm} seed {seed}", command=cmd, out=out,
+                        log=Path(args.runs) / f"{dataset}_{preset}_{arm}_s{seed}.log"))
+    return jobs, matched
+
+
+def _pm(values: list[float], digits: int) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:+.{digits}f}"
+    return f"{statistics.fmean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) -> str:
+    """Paired per-seed differences: vqgan − conv and vqgan-adv − vqgan."""
+    audio = dataset == "fsdd"
+    metrics = [("rmse", "RMSE", 3 if audio else 2), ("psnr", "PSNR", 2)]
+    metrics += [("lsd_db", "LSD dB", 2)] if audio else [("ssim", "SSIM", 4), ("rfid", "rFID", 2)]
+    metrics += [("lpips", "LPIPS", 4)] if any("lpips" in m for m in done.values()) else []
+    head = "| preset | comparison | seeds | " + " | ".join(f"Δ {name}" for _, name, _ in metrics) + " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for preset in presets:
+        for a, b in (("vqgan", "conv"), ("vqgan-adv", "vqgan")):
+            pairs = [(done[(dataset, preset, a, s)], done[(dataset, preset, b, s)]) for s in seeds
+                     if (dataset, preset, a, s) in done and (dataset, preset, b, s) in done]
+            if not pairs:
+                continue
+            cells = [_pm([x[k] - y[k] for x, y in pairs if k in x and k in y], d) for k, _, d in metrics]
+            used = ",".join(str(x["seed"]) for x, _ in pairs)
+            lines.append(f"| {preset} | {a} − {b} | {used} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(args, done: dict) -> str:
+    # each (dataset, preset)'s vqgan network, as its runs recorded it
+    nets = {(m["dataset"], m["name"]): m for m in done.values() if m["arm"] != "conv" and "flops_ratio" in m}
+    cmdline = "python bench/tokenizer_quality.py " + " ".join(sys.argv[1:])
+    device = next(iter(done.values()))["device"]
+    parts = [
+        f"## Scalable network and adversarial loss at CPU scale ({args.tag})", "",
+        f"Command: `{cmdline.strip()}`  ",
+        f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
+        f"date {dt.date.today().isoformat()}.  ",
+        "Setup: `bench/stage1_tokenizers.py`'s (K = 512, D = 64 for every layer, residual depth 4, AdamW "
+        "lr 0.001 constant; the conv arm: width 64, 2 residual blocks of 32 bottleneck channels); "
+        + ", ".join(f"{d} {args.epochs[d]} epochs of batch {BATCH[d]}" for d in args.datasets)
+        + "; the deterministic twins with code restarts. The vqgan arm per preset (4 GroupNorm groups, "
+        "attention at the coarsest code grid and in the middle blocks; of the candidates within ±10 % of "
+        "the conv encoder + decoder's parameters, the one of fewest FLOPs per example): " + "; ".join(
+            f"{d} {p}: base {_opt(m, 'base_channels')} × {_opt(m, 'channel_mult')}, {_opt(m, 'num_res_blocks')} "
+            f"blocks ({m['net_params_ratio']:.2f}× the parameters, {m['flops_ratio']:.1f}× the FLOPs)"
+            for (d, p), m in nets.items())
+        + f". The adversarial arm: PatchGAN, hinge loss, adaptive weight × {args.adv_weight}, from half of "
+        "the steps; its discriminator's Adam β = (0.5, 0.9). "
+        + (f"rFID over {args.rfid} test images spread over the split. " if args.rfid else "")
+        + ("LPIPS: " + ("reported (VGG16 weights present)." if any("lpips" in m for m in done.values())
+                        else "not reported: no VGG16 weights on this machine.")),
+        "",
+    ]
+    order = {(p, a): i for i, (p, a) in enumerate((p, a) for p in args.presets for a in ARMS)}
+    for dataset in args.datasets:
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for (ds, preset, arm, _), m in done.items():
+            if ds == dataset:
+                groups.setdefault((preset, arm), []).append(m)
+        if not groups:
+            continue
+        rows = [sorted(g, key=lambda m: m["seed"]) for _, g in sorted(groups.items(), key=lambda kv: order.get(kv[0], 99))]
+        parts += [f"### {dataset}" + (" (RMSE in 0–255 pixel units)" if dataset == "cifar10"
+                                      else " (RMSE in normalised [-1, 1] units, LSD in dB)"), "",
+                  table(rows, audio=dataset == "fsdd"), "",
+                  "Paired differences (same seed; mean ± sample std over the seeds; negative Δ RMSE, "
+                  "LSD, rFID, LPIPS and positive Δ PSNR, SSIM are improvements):", "",
+                  differences(done, dataset, args.presets, args.seeds), ""]
+    return "\n".join(parts)
+
+
+def _opt(m: dict, name: str) -> str:
+    return next(o.split("=", 1)[1] for o in m["overrides"] if o.startswith(f"model.net_options.{name}="))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar", dest="cifar10", default="../shared/data/cifar10")
+    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"], choices=list(EPOCHS))
+    p.add_argument("--cifar-epochs", type=int, default=EPOCHS["cifar10"])
+    p.add_argument("--fsdd-epochs", type=int, default=EPOCHS["fsdd"])
+    p.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
+    p.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    p.add_argument("--adv-presets", nargs="+", default=["sqvae2", "rsqvae"], choices=PRESETS,
+                   help="presets that also run the vqgan-adv arm")
+    p.add_argument("--adv-weight", type=float, default=0.5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rfid", type=int, default=5000, metavar="N", help="rFID test images (0: off)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per training")
+    p.add_argument("--runs", default="runs/quality")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--tag", default="cpu")
+    p.add_argument("--report-only", action="store_true", help="write the section from the results file")
+    args = p.parse_args()
+    args.epochs = {"cifar10": args.cifar_epochs, "fsdd": args.fsdd_epochs}
+    for dataset in args.datasets:
+        if not args.report_only and not Path(getattr(args, dataset)).is_dir():
+            p.error(f"--{'cifar' if dataset == 'cifar10' else 'fsdd'}: {getattr(args, dataset)} is not a folder "
+                    "(the dataset as Parquet: train.parquet, test.parquet)")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = Path(args.runs) / f"results_{args.tag}.jsonl"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done: dict[tuple, dict] = {}
+    if results.exists():
+        for line in results.read_text().splitlines():
+            m = json.loads(line)
+            done[(m["dataset"], m["name"], m["arm"], m["seed"])] = m
+    if not args.report_only:
+        jobs, matched = plan(args, done)
+
+        def annotate(job: Job, m: dict) -> None:
+            m["name"], m["arm"] = job.key[1], job.key[2]
+            if m["arm"] != "conv":
+                _, m["net_params_ratio"], m["flops_ratio"] = matched[(m["dataset"], m["name"])]
+
+        run_pool(jobs, args.jobs, results, done, args.threads, annotate)
+    if not done:
+        print(f"no results in {results}; nothing written", file=sys.stderr)
+        return 1
+    write_section(Path(args.out), MARK.format(tag=args.tag), report(args, done))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
