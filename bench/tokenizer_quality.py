@@ -61,6 +61,7 @@ def stage1_args(args, dataset: str) -> list[str]:
     flag = "cifar" if dataset == "cifar10" else "fsdd"
     out = ["--datasets", dataset, f"--{flag}", getattr(args, dataset), f"--{flag}-epochs", str(args.epochs[dataset]),
            "--ckpt-every", str(steps_per_epoch(dataset))]
+    out += ["--mixed-precision", args.mixed_precision]
     return out + (["--threads", str(args.threads)] if args.threads else [])
 
 
@@ -210,7 +211,7 @@ def report(args, done: dict) -> str:
         f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
         f"date {dt.date.today().isoformat()}.  ",
         "Setup: `bench/stage1_tokenizers.py`'s (K = 512, D = 64 for every layer, residual depth 4, AdamW "
-        "lr 0.001 constant; the conv arm: width 64, 2 residual blocks of 32 bottleneck channels); "
+        f"lr 0.001 constant, mixed precision `{args.mixed_precision}`; the conv arm: width 64, 2 residual blocks of 32 bottleneck channels); "
         + ", ".join(f"{d} {args.epochs[d]} epochs of batch {BATCH[d]}" for d in args.datasets)
         + "; the deterministic twins with code restarts. The vqgan arm per preset (4 GroupNorm groups, "
         "attention at the coarsest code grid and in the middle blocks; of the candidates within ±10 % of "
@@ -261,6 +262,8 @@ def main() -> int:
     p.add_argument("--adv-weight", type=float, default=0.5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rfid", type=int, default=5000, metavar="N", help="rFID test images (0: off)")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                   help="train.mixed_precision of every run (bf16 on a GPU)")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once")
     p.add_argument("--threads", type=int, default=None, help="torch threads per training")
     p.add_argument("--runs", default="runs/quality")
