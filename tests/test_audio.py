@@ -220,7 +220,7 @@ def test_read_audio_errors_name_the_file(tmp_path):
 
 
 def test_an_implausible_sample_rate_is_refused_before_allocating(tmp_path):
-    """issue 22: a WAV whose header claims 1 Hz made resampling allocate ~6 GB per row."""
+    """A WAV whose header claims 1 Hz made resampling allocate ~6 GB per row."""
     import soundfile as sf
 
     from tokenizer.audio import MAX_RESAMPLED, resample
@@ -238,7 +238,7 @@ def test_an_implausible_sample_rate_is_refused_before_allocating(tmp_path):
 
 
 def test_resample_44k1_to_8k_keeps_a_tone_and_does_not_smear_the_clip_edges():
-    """issue 20: the periodic FFT resampler treated a clip as one period of a loop, so a
+    """The periodic FFT resampler treated a clip as one period of a loop, so a
     click at its start leaked into its end; soxr filters the clip as it is."""
     t = torch.arange(44100, dtype=torch.float64) / 44100
     tone = torch.sin(2 * math.pi * 1000 * t).float()

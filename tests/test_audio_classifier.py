@@ -181,7 +181,7 @@ def test_audio_fid_caches_reference_features(trained, eval_batch, tmp_path):
     first = audio_fid(run, x[:32], x, kid=False, reference_cache_name="tones-test", cache_root=str(tmp_path))
     cached = sorted(p.name for p in tmp_path.iterdir())
     assert cached and all("tones-test-n64-" in name for name in cached)
-    # issue 21: image FID's cache (safetensors + SHA-256), not torch-fidelity's pickles
+    # image FID's cache (safetensors + SHA-256), not torch-fidelity's pickles
     assert [Path(n).suffix for n in cached] == [".safetensors", ".sha256"]
     (path,) = tmp_path.glob("*.safetensors")
     stamp = path.stat().st_mtime_ns
@@ -347,7 +347,7 @@ def test_cli_train_classifier_and_audio_fid(trained, tmp_path, capsys):
     assert result["num_samples"] == 8 and result["num_reference"] == 64
     assert Path(result["reference_cache"]).is_file()  # kept, as image FID's reference is
     assert result["reference"]["split"] == "test" and result["accuracy"]["num_examples"] == 8
-    # issue 23: `hqvae classify` scores the same clips with the same accuracy report
+    # `hqvae classify` scores the same clips with the same accuracy report
     accuracy = tmp_path / "accuracy.json"
     assert main(["classify", str(samples), "--classifier", str(run), "--out", str(accuracy)]) == 0
     assert "on 8 labelled audio files" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""One classifier for images and spectrograms (issue 23): an image classifier on tiny
+"""One classifier for images and spectrograms: an image classifier on tiny
 procedural `shapes`, `hqvae classify` on a labelled folder, and audio classifier run folders
 written before images were supported (CPU, offline)."""
 
@@ -194,7 +194,7 @@ def test_classify_bad_input_is_one_line(trained, eval_batch, tmp_path, capsys, s
 AUDIO = ["data.source=tones", "data.audio.n_fft=64", "data.audio.hop_length=32",
          "data.audio.num_frames=32", "model.widths=[8,16]", "model.embedding_dim=16",
          "model.num_classes=3", "augment.time_shift=2", "augment.gain_db=3.0"]
-# the identity the audio classifier module gave these weights before issue 23
+# the identity the audio classifier module gave these weights before images were supported
 OLD_IDENTITY = "8e293bab7c12667b"
 
 
@@ -229,7 +229,7 @@ def test_audio_classifier_run_folders_from_before_still_load(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------
-# the pipeline's class accuracy (review of issue 23)
+# the pipeline's class accuracy
 
 
 def test_real_accuracy_only_where_the_data_has_the_classifiers_classes(trained):

@@ -209,7 +209,7 @@ def test_cli_config_prints_every_key_of_a_preset_or_file(capsys):
     ("data.image_size=100000", "data.image_size: must be in [1, 4096]"),
 ])
 def test_resource_bombs_are_refused_at_load_time(override, message):
-    """issue 22: these ended in fork storms or allocator tracebacks instead of an error."""
+    """These ended in fork storms or allocator tracebacks instead of an error."""
     from tokenizer.config import load_tokenizer_config
 
     with pytest.raises(ConfigError, match=re.escape(message)):

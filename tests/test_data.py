@@ -456,7 +456,7 @@ def test_files_directly_in_split_folders_have_no_labels(tmp_path, source):
 
 
 def test_procedural_sources_refuse_a_split_they_do_not_have():
-    """issue 22: `--split nosuch` on shapes / tones silently generated a new split."""
+    """`--split nosuch` on shapes / tones silently generated a new split."""
     for source in ("shapes", "tones"):
         with pytest.raises(ValueError, match=r"source '\w+' has the splits 'train', 'test', 'validation'; got 'nosuch'"):
             build_dataset(DataConfig(source=source), "nosuch")
@@ -464,7 +464,7 @@ def test_procedural_sources_refuse_a_split_they_do_not_have():
 
 
 def test_an_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
-    """issue 22: a hub name with no network ended in a raw ConnectionError traceback."""
+    """A hub name with no network ended in a raw ConnectionError traceback."""
     import datasets
 
     def offline(*args, **kwargs):

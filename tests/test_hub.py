@@ -1,4 +1,4 @@
-"""Saving, loading and sharing the three kinds of weights (engine.pretrained, issue 20 item 1):
+"""Saving, loading and sharing the three kinds of weights (engine.pretrained):
 run folders, the Hugging Face Hub cache read offline, model cards and the push path."""
 
 import hashlib

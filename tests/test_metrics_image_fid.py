@@ -206,7 +206,7 @@ def test_corrupt_weights_cache_is_detected_and_rebuilt(tmp_path, monkeypatch):
     I.load_fid_inception_weights()
     assert calls == [1, 1, 1]
 
-    # issue 22: a checksum that matches a file that is not safetensors at all (both written
+    # a checksum that matches a file that is not safetensors at all (both written
     # by something else) failed on every later run; it is rebuilt like a corrupt one
     C.write_checked(path, b"definitely not safetensors")
     assert torch.equal(I.load_fid_inception_weights()["w"], first["w"]) and calls == [1, 1, 1, 1]
@@ -286,7 +286,7 @@ def test_fid_is_zero_on_itself_grows_with_noise_and_reports_kid(ref_features, sh
     assert all(r["kid_std"] >= 0 for r in results)
 
 
-# issue 21: image features moved from a loop of our own onto torch-fidelity's, which audio
+# image features moved from a loop of our own onto torch-fidelity's, which audio
 # FID uses too. These numbers are what the earlier loop gave on the same images (the test
 # split against itself plus noise of std 0.2); rel 1e-4 leaves room for CPUs whose float32
 # convolutions round differently.
@@ -485,7 +485,7 @@ def test_cli_fid_fails_on_a_bad_reference_row_unless_told_to_skip(extractor, tmp
 
 
 def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
-    """issue 22: an unwritable --out was found only after the whole score was computed."""
+    """An unwritable --out was found only after the whole score was computed."""
     import sampling.metrics.audio_fid
     import sampling.metrics.class_accuracy
     import sampling.metrics.image_fid
@@ -511,7 +511,7 @@ def test_cli_scoring_output_paths_are_checked_before_any_work(tmp_path, capsys, 
 
 
 def test_a_truncated_or_unscored_image_among_samples_is_named(tmp_path):
-    """issue 22: a truncated JPEG gave a traceback naming no file; a GIF was left out silently."""
+    """A truncated JPEG gave a traceback naming no file; a GIF was left out silently."""
     from sampling.metrics.inputs import ImageFolderSamples
 
     folder = write_pngs(tmp_path / "s", shapes_images(3))

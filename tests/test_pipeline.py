@@ -60,7 +60,7 @@ def test_quickstart_writes_every_artifact(quick_run):
             assert layout.is_done(run, track, stage), (track, stage)
         assert (run / track / "tokenizer" / "model.safetensors").is_file()
         assert (run / track / "samples" / "grid.png").is_file()
-    for track in layout.TRACKS:  # issue 23: the image track has one too
+    for track in layout.TRACKS:  # the image track has one too
         assert layout.is_done(run, track, "classifier")
     assert len(media_files(run / "image" / "samples")) == 10
     assert len(media_files(run / "audio" / "samples")) == 10
@@ -97,7 +97,7 @@ def test_quickstart_writes_every_artifact(quick_run):
 
 @pytest.mark.e2e
 def test_audio_scoring_loads_its_classifier_once_and_skips_accuracy_on_unlabelled_data(quick_run, monkeypatch):
-    # review of issue 23: four loads of one classifier; label -1 failed the score stage
+    # four loads of one classifier; label -1 failed the score stage
     from hqvae.pipeline import stage_configs, stages
     from sampling.classifier.model import Classifier
 
@@ -243,7 +243,7 @@ def test_a_run_dir_of_another_pipeline_is_refused(quick_run):
 
 @pytest.mark.e2e
 def test_samples_and_codes_record_what_hqvae_sample_and_encode_record(quick_run, tmp_path):
-    # issue 21: one encoding and one sampling step behind the CLI and the pipeline; a class
+    # one encoding and one sampling step behind the CLI and the pipeline; a class
     # name is a label (the pipeline refused it), and the records carry the same keys
     assert main(["pipeline", str(QUICKSTART), f"run_dir={quick_run}", *TINY, "image.sample.n=12",
                  "image.sample.compile=true", "image.sample.temperature=0.5",
@@ -286,7 +286,7 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("image.tokenizer.data.source=tones", r"image\.tokenizer\.data: the image track has audio data"),
     ("image.prior.class_cond=false image.sample.label=3", r"image\.sample\.label: the prior is not class-conditional"),
     ("image.sample.label=-1", r"label: expected 'cycle', a class id, a class name or null"),
-    # issue 21: as `hqvae sample`, a class name is a label and guidance needs a
+    # as `hqvae sample`, a class name is a label and guidance needs a
     # class-conditional prior (the pipeline reset cfg_scale to 1 without a word)
     ("image.prior.class_cond=false image.sample.label=square",
      r"image\.sample\.label: the prior is not class-conditional"),
@@ -299,14 +299,14 @@ def test_a_non_empty_folder_that_is_no_pipeline_run_is_refused(tmp_path):
     ("image.tokenizer.data.source=parquet image.tokenizer.data.path=/nowhere image.tokenizer.data.streaming=true "
      "image.classifier=null",
      r"image\.tokenizer\.data\.streaming: the score stage reads the data with random access"),
-    # issue 23: a prior trained without label dropout has no unconditional model to guide with
+    # a prior trained without label dropout has no unconditional model to guide with
     ("audio.prior.label_dropout=0 audio.sample.cfg_scale=2",
      r"audio\.sample\.cfg_scale: guidance needs the unconditional model"),
     ("image.smaple.n=3", r"unknown key 'image\.smaple' \(did you mean 'sample'\?\)"),
     ("image.prior.levels=5", r"quickstart\.yaml: image\.prior\.levels: expected a list"),
     ("audio.prior.levels=[{},3]", r"quickstart\.yaml: audio\.prior\.levels\.1: expected a mapping"),
     ("image.tokenizer.model.preset=nope", r"quickstart\.yaml: image\.tokenizer\.model\.preset: unknown preset"),
-    # issue 22: these failed only after tokenizer, prior and sampling had run
+    # these failed only after tokenizer, prior and sampling had run
     ("image.score.batch_size=0", r"image\.score\.batch_size: must be >= 1"),
     ("image.encode.batch_size=0", r"image\.encode\.batch_size: must be >= 1"),
     ("audio.encode.max_examples=0", r"audio\.encode\.max_examples: must be >= 1"),
@@ -378,7 +378,7 @@ def test_indexed_overrides_reach_list_items_of_a_base_file(tmp_path):
 
 @pytest.mark.e2e
 def test_scores_follow_the_classifier(quick_run):
-    # review of issue 23: the image track's classifier removed, fid.json kept its accuracies
+    # the image track's classifier removed, fid.json kept its accuracies
     same = [*TINY, "image.sample.n=12", "image.sample.compile=true", "image.sample.temperature=0.5",
             "audio=null", "image.sample.label=square"]  # the samples the tests above left
     fid_json = quick_run / "image" / "fid.json"

@@ -788,7 +788,7 @@ def test_cli_encode_and_train_prior(stage1, tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_cli_encode_never_replaces_folders_it_did_not_write(stage1, tmp_path, capsys):
-    # issue 22: a folder of images laid out by split was deleted by `hqvae encode --out`
+    # a folder of images laid out by split was deleted by `hqvae encode --out`
     victim = tmp_path / "victim"
     (victim / "train" / "a").mkdir(parents=True)
     (victim / "train" / "a" / "img.png").write_bytes(b"precious")

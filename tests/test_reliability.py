@@ -148,7 +148,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, damage):
 
 
 def test_no_readable_checkpoint_stops_and_touches_nothing(tmp_path):
-    """issue 22: with every kept checkpoint damaged, a resume started over from step 0,
+    """With every kept checkpoint damaged, a resume started over from step 0,
     truncating metrics.jsonl and overwriting the run's files."""
     run = tmp_path / "run"
     tiny_train(run, steps=4, keep_last=1)  # one checkpoint: step 4
@@ -479,7 +479,7 @@ def test_bad_image_rows_fail_naming_split_row_and_file(bad_images):
 
 
 def test_a_bad_row_in_the_eval_split_stops_the_run_before_training(tmp_path):
-    """issue 22: it was found only at the first evaluation, after the whole training."""
+    """A bad eval row was found only at the first evaluation, after the whole training."""
     good = [{"bytes": png_bytes(i), "path": f"img{i}.png"} for i in range(16)]
     bad = list(good)
     bad[5] = {"bytes": b"not an image", "path": "img5.png"}
@@ -496,7 +496,7 @@ def test_a_bad_row_in_the_eval_split_stops_the_run_before_training(tmp_path):
 
 
 def test_a_bad_row_in_a_batch_the_run_never_trains_on_is_never_read(tmp_path):
-    """issue 22: the micro-batch after an epoch's last optimizer step was fetched anyway,
+    """The micro-batch after an epoch's last optimizer step was fetched anyway,
     and a bad row in it killed a run that never needed it."""
     seed = 0
     perm = torch.randperm(18, generator=torch.Generator().manual_seed(seed * 1_000_003))
@@ -824,7 +824,7 @@ def test_sigkill_tokenizer_resumes_with_identical_losses(tok_reference, tmp_path
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_says_how_to_resume(tok_reference, tmp_path, sig):
-    """issue 22: Ctrl-C printed a 24-frame traceback and lost the steps since the last
+    """Ctrl-C printed a 24-frame traceback and lost the steps since the last
     checkpoint. Now the last finished step is checkpointed, one line says how to resume, and
     the resumed run has the uninterrupted run's losses."""
     run = tmp_path / "run"
@@ -872,7 +872,7 @@ def prior_reference(tmp_path_factory):
 
 
 def test_damaged_prior_json_and_codes_are_named(prior_reference, tmp_path):
-    """issue 22: a prior.json of the wrong shape and a truncated codes .arrow file gave raw
+    """A prior.json of the wrong shape and a truncated codes .arrow file gave raw
     tracebacks."""
     import shutil
 
@@ -952,7 +952,7 @@ def _holder(folder: Path) -> subprocess.Popen:
 
 @pytest.mark.e2e
 def test_a_second_process_on_a_run_dir_is_refused_and_a_dead_holder_frees_it(tmp_path, capsys):
-    """issue 22: two train-tokenizer runs on one run_dir both 'succeeded', interleaving steps."""
+    """Two train-tokenizer runs on one run_dir both 'succeeded', interleaving steps."""
     run = tmp_path / "run"
     cfg = load_tokenizer_config(None, [f"run_dir={run}", "model.preset=vqvae", "model.channels=8",
                                        "model.res_channels=4", "model.res_blocks=1", "data.num_train=16",
@@ -1044,7 +1044,7 @@ def test_an_absurd_guidance_scale_is_a_clear_error():
 
 
 def test_weights_whose_stored_config_does_not_fit_them_are_named(tmp_path):
-    """issue 22: a stored config that does not match the tensors gave a raw 'size mismatch'."""
+    """A stored config that does not match the tensors gave a raw 'size mismatch'."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 

@@ -362,7 +362,7 @@ def test_cli_sample(tmp_path, capsys, tok, prior):
 
 @pytest.mark.e2e
 def test_cli_sample_never_deletes_files_it_did_not_write(tmp_path, capsys, tok, prior):
-    # issue 22: sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
+    # sampling into any folder deleted images/NNNNNN.png, labels.json, grid.png ...
     run = save_prior_run(tmp_path, tok, prior)
     victim = tmp_path / "photos"
     (victim / "images").mkdir(parents=True)

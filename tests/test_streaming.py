@@ -1,4 +1,4 @@
-"""data.streaming (issue 20): splits read as streams from local Parquet (and WebDataset)
+"""data.streaming: splits read as streams from local Parquet (and WebDataset)
 shards, decoded by the map-style code, with seeded shuffling, disjoint shares per process
 and per DataLoader worker, and an exact resume from the position in the checkpoint."""
 
