@@ -347,21 +347,44 @@ def spawn(spec: dict) -> dict:
 # ---------------------------------------------------------------------------------------
 
 
+def aggregate(label: str, objective: str, runs: list[dict], base_runs: list[dict] | None) -> dict:
+    """One table row from a tokenizer's runs, one per round: step time the median of the
+    rounds' medians, and its ratio to ours computed within each round (both ran under the
+    same load), reported as the median and range over the rounds."""
+    row = {"label": label, "objective": objective}
+    errors = [m["error"] for m in runs if "error" in m]
+    if errors:
+        return row | {"error": errors[0]}
+    steps = [m["step_s"] for m in runs]
+    row |= {"params": runs[0]["params"], "disc_params": runs[0]["disc_params"],
+            "step_s": statistics.median(steps), "min_s": min(steps), "max_s": max(steps),
+            "peak_mb": max(m["peak_mb"] for m in runs), "rounds": len(runs)}
+    if base_runs is None:
+        return row | {"ratio": 1.0, "ratio_lo": 1.0, "ratio_hi": 1.0, "mem_ratio": 1.0, "param_ratio": 1.0}
+    if any("error" in m for m in base_runs):
+        return row
+    ratios = [m["step_s"] / b["step_s"] for m, b in zip(runs, base_runs)]
+    return row | {"ratio": statistics.median(ratios), "ratio_lo": min(ratios), "ratio_hi": max(ratios),
+                  "mem_ratio": row["peak_mb"] / max(b["peak_mb"] for b in base_runs),
+                  "param_ratio": row["params"] / base_runs[0]["params"]}
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = ["| tokenizer | params (enc+quant+dec) | discriminator | objective | step time (s) | "
-             "range (s) | × ours | peak memory (MB) | × ours |", "|---|---|---|---|---|---|---|---|---|"]
+             "range (s) | × ours (median of rounds) | × ours, range | peak memory (MB) | × ours |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        m, base = r["m"], r["base"]
-        if "error" in m:
-            lines.append(f"| {r['label']} | – | – | {r['objective']} | failed: {m['error']} | | | | |")
+        if "error" in r:
+            lines.append(f"| {r['label']} | – | – | {r['objective']} | failed: {r['error']} | | | | | |")
             continue
-        ok = base is not None and "error" not in base
+        ok = "ratio" in r
+        spread = f"{r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}" if ok else "–"
         lines.append(
-            f"| {r['label']} | {m['params'] / 1e6:.1f} M | "
-            f"{m['disc_params'] / 1e6:.2f} M | {r['objective']} | {m['step_s']:.2f} | "
-            f"{m['min_s']:.2f}–{m['max_s']:.2f} | "
-            f"{m['step_s'] / base['step_s'] if ok else float('nan'):.2f} | {m['peak_mb']:.0f} | "
-            f"{m['peak_mb'] / base['peak_mb'] if ok else float('nan'):.2f} |")
+            f"| {r['label']} | {r['params'] / 1e6:.1f} M | {r['disc_params'] / 1e6:.2f} M | {r['objective']} "
+            f"| {r['step_s']:.2f} | {r['min_s']:.2f}–{r['max_s']:.2f} "
+            f"| {r['ratio'] if ok else float('nan'):.2f} "
+            f"| {spread} "
+            f"| {r['peak_mb']:.0f} | {r['mem_ratio'] if ok else float('nan'):.2f} |")
     return lines
 
 
@@ -369,12 +392,11 @@ def notes(rows: list[dict], cuda: bool, note: str) -> list[str]:
     """What the table shows (the ratios per pair and objective) and what it leaves out."""
     out = []
     for r in rows:
-        m, base = r["m"], r["base"]
-        if r["label"].startswith("ours") or "error" in m or "error" in base:
+        if r["label"].startswith("ours") or "ratio" not in r:
             continue
-        out.append(f"- {r['label']}, {r['objective']}: its step takes {m['step_s'] / base['step_s']:.2f}× "
-                   f"ours and {m['peak_mb'] / base['peak_mb']:.2f}× our peak memory, at "
-                   f"{m['params'] / base['params']:.3f}× our parameters.")
+        out.append(f"- {r['label']}, {r['objective']}: its step takes {r['ratio']:.2f}× ours "
+                   f"(rounds: {r['ratio_lo']:.2f}–{r['ratio_hi']:.2f}) and {r['mem_ratio']:.2f}× our peak "
+                   f"memory, at {r['param_ratio']:.3f}× our parameters.")
     out += [
         "- Same cost, different objective: ours minimises MSE where taming's uses L1, and our "
         "VQ codebook is not L2-normalised where LlamaGen's is (a normalisation of 16384×8 "
@@ -403,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="default: 1 on CPU, 5 on GPU")
     p.add_argument("--timed", type=int, default=None, help="default: 3 on CPU, 20 on GPU")
     p.add_argument("--threads", type=int, default=0, help="torch threads per subprocess (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="repetitions of every (ours, peer) pair, interleaved; ratios are taken within a round")
     p.add_argument("--tag", default=None, help="section tag (default: the device type)")
     p.add_argument("--note", default="", help="a sentence about the run added to the notes "
                    "(e.g. other load on the machine)")
@@ -432,23 +456,31 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from tokenizer.losses import random_vgg16_state
 
-    rows, machine = [], "?"
+    runs: dict[tuple[str, str, str], list[dict]] = {}
+    machine = "?"
     with tempfile.TemporaryDirectory() as tmp:
         vgg_path = str(Path(tmp) / "vgg16_random.pth")
         torch.save(random_vgg16_state(), vgg_path)
-        for peer in args.peers:
-            for objective in args.objectives:
-                base = None
-                for tok in ("ours", peer):
-                    spec = {"tokenizer": tok, "pair": peer, "objective": objective, "device": device,
-                            "dtype": args.dtype, "batch": batch, "warmup": warmup, "timed": timed,
-                            "threads": args.threads, "vgg_path": vgg_path, "peers_dir": str(peers_dir)}
-                    m = spawn(spec)
-                    base = base or m
-                    machine = m.get("device", machine)
-                    label = PAIRS[peer]["ours"] if tok == "ours" else PAIRS[peer]["label"]
-                    rows.append({"label": label, "objective": objective, "m": m, "base": base})
-                    print(table(rows)[-1], flush=True)
+        for r in range(args.rounds):
+            for peer in args.peers:
+                for objective in args.objectives:
+                    # each round runs the pair back to back, ours first in even rounds and
+                    # the peer first in odd ones, so a drift in the machine's load falls on both
+                    for tok in ("ours", peer) if r % 2 == 0 else (peer, "ours"):
+                        spec = {"tokenizer": tok, "pair": peer, "objective": objective, "device": device,
+                                "dtype": args.dtype, "batch": batch, "warmup": warmup, "timed": timed,
+                                "threads": args.threads, "vgg_path": vgg_path, "peers_dir": str(peers_dir)}
+                        m = spawn(spec)
+                        machine = m.get("device", machine)
+                        runs.setdefault((peer, objective, tok), []).append(m)
+                        shown = f"{m['step_s']:.2f} s" if "error" not in m else f"failed: {m['error']}"
+                        print(f"round {r + 1}/{args.rounds} {tok} ({peer}, {objective}): {shown}", flush=True)
+    rows = []
+    for peer in args.peers:
+        for objective in args.objectives:
+            ours = runs[(peer, objective, "ours")]
+            rows.append(aggregate(PAIRS[peer]["ours"], objective, ours, None))
+            rows.append(aggregate(PAIRS[peer]["label"], objective, runs[(peer, objective, peer)], ours))
 
     command = "python bench/tokenizer_peers.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     threads = f"{args.threads} torch thread(s) per subprocess" if args.threads else "torch's default threads"
@@ -456,9 +488,11 @@ def main(argv=None) -> int:
         f"## Tokenizers beside their peers at 256×256 ({args.tag or torch.device(device).type})", "",
         f"Command: `{command.strip()}`; machine: {machine}, {threads}; date {time.strftime('%Y-%m-%d')}. "
         f"Batch {batch} of random 3×{SIZE}×{SIZE} images, {args.dtype}"
-        f"{' autocast' if args.dtype == 'bf16' else ''}; {warmup} warm-up + {timed} timed steps per row "
-        "(forward + backward + optimizer steps), step time the median, range the fastest and "
-        "slowest timed step. Each row ran in a fresh subprocess; peak memory is "
+        f"{' autocast' if args.dtype == 'bf16' else ''}; {warmup} warm-up + {timed} timed steps per run "
+        f"(forward + backward + optimizer steps), {args.rounds} rounds: each round runs every pair back to "
+        "back (ours first in odd rounds, the peer first in even ones). Step time: the median over the "
+        "rounds of each run's median step, range the fastest and slowest round; × ours: the ratio "
+        "within each round, median and range over the rounds. Each run was a fresh subprocess; peak memory is "
         + ("`torch.cuda.max_memory_allocated`." if cuda else
            "that subprocess's max RSS (interpreter and torch included)."),
         f"Peers: CompVis/taming-transformers at {PEERS['taming'][3][:7]}, FoundationVision/LlamaGen "

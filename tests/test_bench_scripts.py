@@ -115,3 +115,25 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert "| rsqvae | vqgan − conv | 0,1 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
     assert "| rsqvae | vqgan-adv − vqgan | 0 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
     assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text
+
+
+def test_tokenizer_peers_ratios_are_taken_within_each_round():
+    """A peer's step-time ratio to ours is computed per round (both ran under the same load)
+    and reported as the median and range over the rounds, not as a ratio of medians."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tokenizer_peers
+
+    def run(step, peak=1000.0):
+        return {"params": 72e6, "disc_params": 0.0, "step_s": step, "peak_mb": peak}
+
+    ours = [run(10.0), run(20.0), run(40.0)]  # the machine's load rose between rounds
+    peer = [run(12.0, 1200.0), run(22.0, 1200.0), run(52.0, 1250.0)]
+    row = tokenizer_peers.aggregate("peer", "recon", peer, ours)
+    assert row["step_s"] == 22.0 and (row["min_s"], row["max_s"]) == (12.0, 52.0)
+    assert row["ratio"] == 1.2 and (row["ratio_lo"], row["ratio_hi"]) == (1.1, 1.3)
+    assert row["mem_ratio"] == 1.25
+    base = tokenizer_peers.aggregate("ours", "recon", ours, None)
+    lines = tokenizer_peers.table([base, row])
+    assert "| peer | 72.0 M | 0.00 M | recon | 22.00 | 12.00–52.00 | 1.20 | 1.10–1.30 | 1250 | 1.25 |" in lines
+    failed = tokenizer_peers.aggregate("peer", "recon", [run(1.0), {"error": "out of memory"}], ours)
+    assert "failed: out of memory" in tokenizer_peers.table([failed])[-1]
