@@ -137,3 +137,28 @@ def test_tokenizer_peers_ratios_are_taken_within_each_round():
     assert "| peer | 72.0 M | 0.00 M | recon | 22.00 | 12.00–52.00 | 1.20 | 1.10–1.30 | 1250 | 1.25 |" in lines
     failed = tokenizer_peers.aggregate("peer", "recon", [run(1.0), {"error": "out of memory"}], ours)
     assert "failed: out of memory" in tokenizer_peers.table([failed])[-1]
+
+
+def test_run_pool_appends_each_result_as_it_finishes_and_reports_failures(tmp_path):
+    """The multi-run benchmarks' runner: every finished child's JSON is annotated, kept and
+    appended to the results file at once; a failed child is named and its result left out."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from pool import Job, run_pool
+
+    def job(name: str, code: str) -> Job:
+        out = tmp_path / f"{name}.json"
+        return Job(key=(name,), title=name, out=out, log=tmp_path / "logs" / f"{name}.log",
+                   command=[sys.executable, "-c", code.replace("OUT", repr(str(out)))])
+
+    write = "import json, pathlib; pathlib.Path(OUT).write_text(json.dumps({'rmse': 1.5}))"
+    jobs = [job("a", write), job("b", "import sys; print('boom'); sys.exit(3)"), job("c", write)]
+    results, done = tmp_path / "results.jsonl", {}
+    failed = run_pool(jobs, 2, results, done, 1, lambda j, m: m.update(name=j.title))
+    assert failed == ["b (exit code 3)"]
+    assert set(done) == {("a",), ("c",)}
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted(m["name"] for m in lines) == ["a", "c"] and all(m["rmse"] == 1.5 for m in lines)
+    assert not (tmp_path / "a.json").exists()  # the per-run file is gone once recorded
+    assert "boom" in (tmp_path / "logs" / "b.log").read_text()
