@@ -33,6 +33,7 @@ import math
 import platform
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +96,9 @@ def size(cfg, flops: bool = True) -> tuple[int, int]:
     params = sum(p.numel() for net in (model.encoder, model.decoder) for p in net.parameters())
     if not flops:
         return params, 0
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), warnings.catch_warnings():
+        # the SQ temperature schedule warns that it has no run length: this pass only counts FLOPs
+        warnings.simplefilter("ignore", UserWarning)
         model(torch.randn(1, *cfg.data.shape))
     return params, counter.get_total_flops()
 
