@@ -28,8 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pool import Job, run_pool  # noqa: E402  (bench/, beside this script)
+from pool import Job, read_results, run_pool  # noqa: E402  (bench/, beside this script)
 from sections import write_section  # noqa: E402
+from stage1_tokenizers import run_folder  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
 # row name -> (preset, variant, overrides); the deterministic twins run with code restarts,
@@ -66,10 +67,13 @@ def child_command(args, name: str, epochs: int, out: Path) -> list[str]:
 
 def run_all(args, results_path: Path, done: dict) -> list[str]:
     """Train every (preset, budget) not in ``done``, ``args.jobs`` at a time, longest first."""
-    jobs = [Job(key=(name, e), title=f"{label(name)}, {e} epochs",
-                command=child_command(args, name, e, results_path.with_suffix(f".{name}_e{e}.json")),
-                out=results_path.with_suffix(f".{name}_e{e}.json"), log=Path(args.runs) / f"{name}_e{e}.log")
-            for e in sorted(args.epochs, reverse=True) for name in args.presets if (name, e) not in done]
+    jobs = []
+    for e in sorted(args.epochs, reverse=True):
+        for name in args.presets:
+            if (name, e) not in done:
+                out = results_path.with_suffix(f".{name}_e{e}.json")
+                jobs.append(Job(key=(name, e), title=f"{label(name)}, {e} epochs", out=out,
+                                command=child_command(args, name, e, out), log=Path(args.runs) / f"{name}_e{e}.log"))
 
     def annotate(job: Job, m: dict) -> None:
         m["name"], m["epochs"] = job.key
@@ -162,8 +166,7 @@ def svg_chart(series: dict[str, list[tuple[float, float]]], title: str, xlabel: 
 def variance_series(args, name: str, epochs: int) -> dict[str, list[tuple[float, float]]]:
     """σ² of every SQ layer through training, read from the run's metrics.jsonl."""
     preset, variant, _ = ENTRIES[name]
-    run = Path(args.runs) / f"e{epochs}" / (f"cifar10_{preset}" + (f"_{variant}" if variant else "")
-                                            + (f"_s{args.seed}" if args.seed else ""))
+    run = Path(run_folder(f"{args.runs}/e{epochs}", "cifar10", preset, variant, args.seed))
     series: dict[str, list[tuple[float, float]]] = {}
     path = run / "metrics.jsonl"
     if not path.exists():
@@ -252,12 +255,7 @@ def main() -> int:
         p.error(f"--cifar: {args.cifar} is not a folder (CIFAR-10 as Parquet: train.parquet, test.parquet)")
     results_path = Path(args.runs) / f"results_{args.tag}.jsonl"
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[tuple[str, int], dict] = {}
-    if results_path.exists():
-        for line in results_path.read_text().splitlines():
-            m = json.loads(line)
-            if m.get("seed", 0) == args.seed:
-                done[(m["name"], m["epochs"])] = m
+    done = {(m["name"], m["epochs"]): m for m in read_results(results_path) if m.get("seed", 0) == args.seed}
     if not args.report_only:
         run_all(args, results_path, done)
     if not done:

@@ -22,6 +22,11 @@ class Job:
     log: Path  # the child's stdout and stderr (appended: a continued run keeps its history)
 
 
+def read_results(results: Path) -> list[dict]:
+    """The results recorded so far (none when the file does not exist yet)."""
+    return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+
+
 def run_pool(jobs: list[Job], parallel: int, results: Path, done: dict, threads: int | None,
              annotate: Callable[[Job, dict], None]) -> list[str]:
     """Run ``jobs`` (in the order given) ``parallel`` at a time; each finished result gets

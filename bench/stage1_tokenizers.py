@@ -180,7 +180,9 @@ def table(groups: list[list[dict]], audio: bool) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line; its defaults are the benchmark's settings (other bench scripts that
+    train through this one read them from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", default="../shared/data/cifar10")
     p.add_argument("--fsdd", default="../shared/data/fsdd")
@@ -218,15 +220,23 @@ def main() -> int:
     p.add_argument("--report-only", action="store_true",
                    help="write the section from the results file; train nothing")
     p.add_argument("--one", nargs=3, metavar=("DATASET", "PRESET", "JSON_OUT"), help=argparse.SUPPRESS)
+    return p
+
+
+def run_folder(runs: str, dataset: str, preset: str, variant: str, seed: int) -> str:
+    """Where one run of the benchmark trains (seed 0 keeps the single-seed benchmark's name)."""
+    return f"{runs}/{dataset}_{preset}" + (f"_{variant}" if variant else "") + (f"_s{seed}" if seed else "")
+
+
+def main() -> int:
+    p = parser()
     args = p.parse_args()
     if args.seed is not None and args.seeds is not None:
         p.error("give --seed or --seeds, not both")
     seeds = args.seeds if args.seeds is not None else [0 if args.seed is None else args.seed]
 
     def run_dir(dataset: str, preset: str, seed: int) -> str:
-        suffix = f"_{args.variant}" if args.variant else ""
-        # seed 0 keeps the run folder name of the single-seed benchmark
-        return f"{args.runs}/{dataset}_{preset}{suffix}" + (f"_s{seed}" if seed else "")
+        return run_folder(args.runs, dataset, preset, args.variant, seed)
 
     if args.one:
         dataset, preset, json_out = args.one

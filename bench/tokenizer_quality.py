@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import platform
 import statistics
@@ -39,16 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pool import Job, run_pool  # noqa: E402  (bench/, beside this script)
+import stage1_tokenizers  # noqa: E402  (bench/, beside this script)
+from pool import Job, read_results, run_pool  # noqa: E402
 from sections import write_section  # noqa: E402
-from stage1_tokenizers import table  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
 PRESETS = ["sqvae2", "vqvae2", "rsqvae", "rqvae"]
 TWINS = {"vqvae2", "rqvae"}  # the deterministic twins: trained with code restarts
 ARMS = ["conv", "vqgan", "vqgan-adv"]
 EPOCHS = {"cifar10": 8, "fsdd": 4}
-BATCH = {"cifar10": 128, "fsdd": 32}
+_STAGE1 = stage1_tokenizers.parser().parse_args([])
+BATCH = {"cifar10": _STAGE1.cifar_batch, "fsdd": _STAGE1.fsdd_batch}  # the stage-one benchmark's
 TRAIN_EXAMPLES = {"cifar10": 50_000, "fsdd": 2_700}
 MARK = "tokenizer-quality-{tag}"
 # the candidates of the matched-parameter search: widths (multiples of 4, the GroupNorm
@@ -71,36 +71,29 @@ def steps_per_epoch(dataset: str) -> int:
 
 
 def tokenizer_config(dataset: str, preset: str, overrides: list[str], args):
-    """The configuration the stage-one benchmark trains ``preset`` on ``dataset`` with."""
-    from stage1_tokenizers import overrides_for
-
+    """The configuration the stage-one benchmark trains ``preset`` on ``dataset`` with (its
+    own defaults, read from its parser)."""
     from tokenizer.config import load_tokenizer_config
 
-    ns = argparse.Namespace(channels=64, depth=4, lr=1e-3, eval_examples=10_000, mixed_precision="no",
-                            ckpt_every=0, set=overrides, cifar=args.cifar10, fsdd=args.fsdd,
-                            cifar_epochs=1, cifar_batch=BATCH["cifar10"], fsdd_epochs=1,
-                            fsdd_batch=BATCH["fsdd"], workers=0)
-    return load_tokenizer_config(None, overrides_for(dataset, preset, ns, 0))
+    ns = stage1_tokenizers.parser().parse_args(["--cifar", args.cifar10, "--fsdd", args.fsdd, "--set", *overrides])
+    return load_tokenizer_config(None, stage1_tokenizers.overrides_for(dataset, preset, ns, 0))
 
 
-def size(cfg, flops: bool = True) -> tuple[int, int]:
-    """(encoder + decoder parameters, FLOPs of one example's training forward pass; 0 unless
-    ``flops``) of the tokenizer ``cfg`` builds."""
+def net_parameters(model) -> int:
+    """Encoder + decoder parameters: what the arms swap (codebooks and code projections are the same)."""
+    return sum(p.numel() for net in (model.encoder, model.decoder) for p in net.parameters())
+
+
+def forward_flops(model, shape) -> int:
+    """FLOPs of one example's training forward pass."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tokenizer.model import HQVAE
-
-    model = HQVAE(cfg.model, cfg.data.shape)
-    # the encoder and decoder: what the arms swap (codebooks and code projections are the same)
-    params = sum(p.numel() for net in (model.encoder, model.decoder) for p in net.parameters())
-    if not flops:
-        return params, 0
     with FlopCounterMode(display=False) as counter, torch.no_grad(), warnings.catch_warnings():
         # the SQ temperature schedule warns that it has no run length: this pass only counts FLOPs
         warnings.simplefilter("ignore", UserWarning)
-        model(torch.randn(1, *cfg.data.shape))
-    return params, counter.get_total_flops()
+        model(torch.randn(1, *shape))
+    return counter.get_total_flops()
 
 
 def width_patterns(levels: int) -> list[list[int]]:
@@ -113,8 +106,11 @@ def width_patterns(levels: int) -> list[list[int]]:
 def matched_vqgan(dataset: str, preset: str, args) -> tuple[list[str], float, float]:
     """The vqgan options within ±10 % of the conv network's parameters (encoder + decoder)
     that cost the fewest FLOPs; with their parameter and FLOP ratios to the conv tokenizer."""
+    from tokenizer.model import HQVAE
+
     conv = tokenizer_config(dataset, preset, [], args)
-    params, flops = size(conv)
+    model = HQVAE(conv.model, conv.data.shape)
+    params, flops = net_parameters(model), forward_flops(model, conv.data.shape)
     # one width multiplier per resolution from the input down to the coarsest code grid
     levels = int(math.log2(max(la.factor for la in conv.model.layers))) + 1
     best = None
@@ -125,10 +121,11 @@ def matched_vqgan(dataset: str, preset: str, args) -> tuple[list[str], float, fl
                         f"model.net_options.channel_mult=[{','.join(map(str, mult))}]",
                         f"model.net_options.num_res_blocks={blocks}", "model.net_options.norm_groups=4"]
                 cfg = tokenizer_config(dataset, preset, opts, args)
-                n = size(cfg, flops=False)[0]
+                model = HQVAE(cfg.model, cfg.data.shape)
+                n = net_parameters(model)
                 if abs(n / params - 1) > 0.10:
                     continue
-                f = size(cfg)[1]
+                f = forward_flops(model, cfg.data.shape)
                 if best is None or f < best[2] * flops:
                     best = (opts, n / params, f / flops)
     if best is None:
@@ -240,7 +237,7 @@ def report(args, done: dict) -> str:
         rows = [sorted(g, key=lambda m: m["seed"]) for _, g in sorted(groups.items(), key=lambda kv: order.get(kv[0], 99))]
         parts += [f"### {dataset}" + (" (RMSE in 0–255 pixel units)" if dataset == "cifar10"
                                       else " (RMSE in normalised [-1, 1] units, LSD in dB)"), "",
-                  table(rows, audio=dataset == "fsdd"), "",
+                  stage1_tokenizers.table(rows, audio=dataset == "fsdd"), "",
                   "Paired differences (same seed; mean ± sample std over the seeds; negative Δ RMSE, "
                   "LSD, rFID, LPIPS and positive Δ PSNR, SSIM are improvements):", "",
                   differences(done, dataset, args.presets, args.seeds), ""]
@@ -287,11 +284,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     results = Path(args.runs) / f"results_{args.tag}.jsonl"
     results.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[tuple, dict] = {}
-    if results.exists():
-        for line in results.read_text().splitlines():
-            m = json.loads(line)
-            done[(m["dataset"], m["name"], m["arm"], m["seed"])] = m
+    done = {(m["dataset"], m["name"], m["arm"], m["seed"]): m for m in read_results(results)}
     if not args.report_only:
         jobs, matched = plan(args, done)
 
