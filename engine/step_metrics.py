@@ -39,12 +39,14 @@ class LossWindow:
     def __init__(self, accelerator: Accelerator, t0: float):
         self.accelerator = accelerator
         self.sums: dict[str, torch.Tensor] = {}
-        self.n, self.seen, self.t = 0, 0, t0
+        # steps per term: a term can join mid-window (the adversarial terms from their start step)
+        self.counts: dict[str, int] = {}
+        self.seen, self.t = 0, t0
 
     def add(self, terms: dict[str, torch.Tensor]) -> None:
         for k, v in terms.items():
             self.sums[k] = self.sums.get(k, 0) + v.detach().float()
-        self.n += 1
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def close(self) -> tuple[dict[str, float], float]:
         """(the mean of each term, examples per second) over the window; starts the next."""
@@ -54,7 +56,7 @@ class LossWindow:
             # the mean over all processes (each saw an equal share of the batch)
             keys = sorted(sums)
             sums = dict(zip(keys, self.accelerator.reduce(torch.stack([sums[k] for k in keys]), "mean").unbind()))
-        record = {k: float(v) / self.n for k, v in sums.items()} if self.n else {}
+        record = {k: float(v) / self.counts[k] for k, v in sums.items()}
         rate = self.seen / max(now - self.t, 1e-9)
-        self.sums, self.n, self.seen, self.t = {}, 0, 0, now
+        self.sums, self.counts, self.seen, self.t = {}, {}, 0, now
         return record, rate

@@ -159,13 +159,28 @@ def test_each_player_gets_the_gradient_of_its_own_loss_only(preset, monkeypatch)
         torch.testing.assert_close(a, b)
 
 
-def test_before_its_start_step_the_adversarial_game_weighs_nothing():
+def test_before_its_start_step_the_adversarial_game_weighs_nothing(monkeypatch):
+    """A single process skips both players before start_step (no terms, no discriminator
+    gradient); data-parallel training computes them weighted 0 so every parameter takes
+    part in every step."""
     obj, x = tiny_objective("vqvae", start_step=100)
-    terms = obj(x, step=99)
-    assert float(terms["adv/weight"]) == 0.0
     plain = obj.model.objective(x, obj.model.run(x), obj.cfg.perceptual.weight * obj.perceptual(
         obj.model.run(x).recon, x).mean())
+    terms = obj(x, step=99)
+    assert not any(k.startswith("adv/") for k in terms)
     assert float(terms["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
+    obj.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    assert all(p.grad is None for p in obj.discriminator.parameters())
+
+    monkeypatch.setattr(objective_module, "_data_parallel", lambda: True)
+    obj.zero_grad(set_to_none=True)
+    terms = obj(x, step=99)
+    assert float(terms["adv/weight"]) == 0.0
+    assert float(terms["loss"]) == pytest.approx(float(plain["loss"]), rel=1e-5)
+    terms["loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in obj.discriminator.parameters())
+
     terms = obj(x, step=100)
     assert float(terms["adv/weight"]) > 0
 
@@ -241,7 +256,7 @@ def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_onl
 
     def logged(run):
         rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
-        return {r["step"]: (r["loss"], r["adv/discriminator"]) for r in rows if r["split"] == "train"}
+        return {r["step"]: (r["loss"], r.get("adv/discriminator")) for r in rows if r["split"] == "train"}
 
     metrics = train_tokenizer(cfg(tmp_path / "a", 6))
     assert "lpips" in metrics  # evaluated with the configured weights
@@ -254,7 +269,9 @@ def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_onl
     ref, resumed = logged(tmp_path / "a"), logged(tmp_path / "b")
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in range(1, 7):
-        assert resumed[step] == pytest.approx(ref[step], rel=1e-5), step
+        assert (ref[step][1] is None) == (step <= 2), step  # the game's terms from its start on
+        assert resumed[step][0] == pytest.approx(ref[step][0], rel=1e-5), step
+        assert resumed[step][1] == (None if step <= 2 else pytest.approx(ref[step][1], rel=1e-5)), step
     with safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as f:
         assert not any("discriminator" in k or "perceptual" in k for k in f.keys())
 

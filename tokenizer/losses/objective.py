@@ -31,6 +31,11 @@ def _constant(step: int) -> float:
     return 1.0
 
 
+def _data_parallel() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class TokenizerObjective(nn.Module):
     def __init__(self, model: nn.Module, cfg: LossConfig, in_channels: int, lpips: Optional[LPIPS] = None):
         super().__init__()
@@ -57,8 +62,12 @@ class TokenizerObjective(nn.Module):
 
     def _adversarial(self, x: torch.Tensor, recon: torch.Tensor, terms: dict, step: int) -> dict[str, torch.Tensor]:
         adv = self.cfg.adversarial
-        # before start_step both terms are computed and weighted 0: every parameter takes
-        # part in every step, as data-parallel training requires
+        if step < adv.start_step and not _data_parallel():
+            # before the game starts a single process skips both players' passes (their
+            # terms are not logged either)
+            return {}
+        # data-parallel training computes both terms before start_step too, weighted 0:
+        # every parameter must take part in every step there
         on = 1.0 if step >= adv.start_step else 0.0
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         g_loss = generator_loss(functional_call(self.discriminator, frozen, (recon,)), adv.loss)
