@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pool import Job, read_results, run_pool  # noqa: E402  (bench/, beside this script)
-from sections import write_section  # noqa: E402
+from sections import run_command, write_section  # noqa: E402
 from stage1_tokenizers import run_folder  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
@@ -208,7 +208,7 @@ def report(args, done: dict) -> str:
         (assets / var_chart).write_text(svg_chart(
             variances, f"Learned σ² through training ({longest} epochs)", "training step", "σ²",
             log2_x=False, style=var_style))
-    cmdline = "python bench/budget_curve.py " + " ".join(sys.argv[1:])
+    cmdline = run_command("budget_curve.py", sys.argv[1:])
     device = next(iter(done.values()))["device"] if done else "?"
     rel = os.path.relpath(assets, Path(args.out).parent)
     parts = [

@@ -21,6 +21,14 @@ def write_section(out: Path, mark: str, text: str) -> None:
     out.write_text(doc)
 
 
+def run_command(script: str, argv: list[str]) -> str:
+    """The command that produced a study's results, as its section records it: the one run
+    with ``--report-only`` rewrites the section from results another invocation measured."""
+    import shlex
+
+    return shlex.join(["python", f"bench/{script}", *(a for a in argv if a != "--report-only")])
+
+
 def device_stats() -> dict:
     """Where the numbers were taken and the peak memory there (GPU: allocated by torch
     since the last ``torch.cuda.reset_peak_memory_stats()``; CPU: this process's max RSS)."""

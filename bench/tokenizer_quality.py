@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import stage1_tokenizers  # noqa: E402  (bench/, beside this script)
 from pool import Job, read_results, run_pool  # noqa: E402
-from sections import write_section  # noqa: E402
+from sections import run_command, write_section  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
 PRESETS = ["sqvae2", "vqvae2", "rsqvae", "rqvae"]
@@ -203,7 +203,7 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
 def report(args, done: dict) -> str:
     # each (dataset, preset)'s vqgan network, as its runs recorded it
     nets = {(m["dataset"], m["name"]): m for m in done.values() if m["arm"] != "conv" and "flops_ratio" in m}
-    cmdline = "python bench/tokenizer_quality.py " + " ".join(sys.argv[1:])
+    cmdline = run_command("tokenizer_quality.py", sys.argv[1:])
     device = next(iter(done.values()))["device"]
     parts = [
         f"## Scalable network and adversarial loss at CPU scale ({args.tag})", "",

@@ -55,6 +55,8 @@ def test_budget_curve_report_from_results(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert "<!-- budget-curve-cpu:begin -->" in text
+    # the section names the command that measured, not the one that rewrote it
+    assert "Command: `python bench/budget_curve.py --epochs 2 4 --presets rsqvae rqvae" in text
     assert "| rsqvae | 2 | 780 | 19.50 | 22.00 | +5.25 |" in text
     assert "| rsqvae | 4 | 1560 | 16.00 | 24.00 | +5.00 |" in text
     assert "| rqvae (restart) | 4 | 1560 | 11.00 | 24.00 | – |" in text
@@ -110,6 +112,7 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert "<!-- tokenizer-quality-cpu:begin -->" in text
+    assert "Command: `python bench/tokenizer_quality.py --datasets cifar10 --presets rsqvae" in text
     assert "cifar10 rsqvae: base 12 × [1,1,2], 2 blocks (0.92× the parameters, 1.6× the FLOPs)" in text
     # vqgan − conv over seeds 0 and 1: RMSE −2 and −3, rFID −5 and −6; vqgan-adv − vqgan: seed 0 only
     assert "| rsqvae | vqgan − conv | 0,1 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
