@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from pool import Job, read_results, run_pool  # noqa: E402  (bench/, beside this script)
 from sections import run_command, write_section  # noqa: E402
+from stage1_tokenizers import parser as stage1_parser  # noqa: E402
 from stage1_tokenizers import run_folder  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
@@ -209,6 +210,7 @@ def report(args, done: dict) -> str:
             variances, f"Learned σ² through training ({longest} epochs)", "training step", "σ²",
             log2_x=False, style=var_style))
     cmdline = run_command("budget_curve.py", sys.argv[1:])
+    stage1 = stage1_parser().parse_args([])  # the children train with the stage-one defaults
     device = next(iter(done.values()))["device"] if done else "?"
     rel = os.path.relpath(assets, Path(args.out).parent)
     parts = [
@@ -217,8 +219,9 @@ def report(args, done: dict) -> str:
         f"Command: `{cmdline.strip()}`  ",
         f"Machine: {device}, {platform.machine()}, Python {platform.python_version()}; "
         f"date {dt.date.today().isoformat()}.  ",
-        "Setup: CIFAR-10, batch 128, conv width 64, 2 residual blocks (32 bottleneck channels), "
-        "K = 512 and D = 64 for every layer, residual depth 4, AdamW lr 0.001 (constant), seed "
+        f"Setup: CIFAR-10, batch {stage1.cifar_batch}, conv width {stage1.channels}, 2 residual blocks "
+        f"(32 bottleneck channels), K = 512 and D = 64 for every layer, residual depth {stage1.depth}, "
+        f"AdamW lr {stage1.lr:g} (constant), seed "
         f"{args.seed}, one run per preset and budget, each from scratch (the SQ presets' temperature "
         "schedule spans each run); the deterministic twins with code restarts "
         f"(`{RESTART}`). Evaluation: deterministic encoding of the 10,000 test images. "
