@@ -25,15 +25,11 @@ from tokenizer.losses.adversarial import (
 )
 from tokenizer.losses.config import LossConfig
 from tokenizer.losses.perceptual import LPIPS
+from tokenizer.quantizers.base import data_parallel as _data_parallel
 
 
 def _constant(step: int) -> float:
     return 1.0
-
-
-def _data_parallel() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class TokenizerObjective(nn.Module):

@@ -166,20 +166,21 @@ def _unflatten(flat: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return flat.reshape(b, h, w, d).permute(0, 3, 1, 2)
 
 
-def _distributed() -> bool:
+def data_parallel() -> bool:
+    """Several processes train together (an initialised process group of more than one)."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     # DDP syncs gradients, not buffers: codebook statistics must be summed over processes
     # so every process applies the identical EMA update.
-    if _distributed():
+    if data_parallel():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def _broadcast(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
+    if data_parallel():
         dist.broadcast(t, src=0)
     return t
 
