@@ -104,6 +104,7 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
             _quality_result("cifar10", "rsqvae", "vqgan", 0, 12.0, 35.0),
             _quality_result("cifar10", "rsqvae", "vqgan", 1, 12.0, 36.0),
             _quality_result("cifar10", "rsqvae", "vqgan-adv", 0, 13.0, 30.0)]
+    rows[0]["source"] = "runs/budget/e8/cifar10_rsqvae"
     (runs / "results_cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tokenizer_quality.py"), "--report-only",
@@ -118,6 +119,27 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert "| rsqvae | vqgan − conv | 0,1 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
     assert "| rsqvae | vqgan-adv − vqgan | 0 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
     assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text
+    assert "cifar10 rsqvae conv seed 0 (`runs/budget/e8/cifar10_rsqvae`)" in text
+
+
+def test_tokenizer_quality_arm_overrides():
+    """The conv arm keeps the benchmark's network (twins add restarts); the vqgan arms add the
+    matched network and channels-last; the adversarial arm starts its game at half the steps."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import tokenizer_quality as tq
+
+    net = ["model.net=vqgan", "model.net_options.base_channels=12"]
+    matched = {("cifar10", "rqvae"): (net, 1.0, 2.0), ("fsdd", "sqvae2"): (net, 1.0, 2.0)}
+    args = argparse.Namespace(epochs={"cifar10": 8, "fsdd": 4}, adv_weight=0.5)
+    assert tq.arm_overrides("cifar10", "rqvae", "conv", args, matched) == [tq.RESTART]
+    assert tq.arm_overrides("cifar10", "rqvae", "vqgan", args, matched) == [tq.RESTART, *net, tq.CHANNELS_LAST]
+    adv = tq.arm_overrides("fsdd", "sqvae2", "vqgan-adv", args, matched)
+    assert adv[:3] == [*net, tq.CHANNELS_LAST]
+    half = 4 * tq.steps_per_epoch("fsdd") // 2
+    assert f"loss.adversarial.start_step={half}" in adv and "loss.adversarial.weight=0.5" in adv
+    assert "loss.adversarial.layers=3" in adv
 
 
 def test_tokenizer_peers_ratios_are_taken_within_each_round():
