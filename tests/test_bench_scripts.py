@@ -139,7 +139,7 @@ def test_tokenizer_quality_arm_overrides():
     assert adv[:3] == [*net, tq.CHANNELS_LAST]
     half = 4 * tq.steps_per_epoch("fsdd") // 2
     assert f"loss.adversarial.start_step={half}" in adv and "loss.adversarial.weight=0.5" in adv
-    assert "loss.adversarial.layers=3" in adv
+    assert "loss.adversarial.layers=3" in adv and f"loss.adversarial.channels={tq.ADV_CHANNELS}" in adv
 
 
 def test_tokenizer_peers_ratios_are_taken_within_each_round():
