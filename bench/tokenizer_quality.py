@@ -208,10 +208,11 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
 
 
 def report(args, done: dict) -> str:
+    done = {k: m for k, m in done.items() if m["dataset"] in args.datasets}
     # each (dataset, preset)'s vqgan network, as its runs recorded it
     nets = {(m["dataset"], m["name"]): m for m in done.values() if m["arm"] != "conv" and "flops_ratio" in m}
     cmdline = run_command("tokenizer_quality.py", sys.argv[1:])
-    device = next(iter(done.values()))["device"]
+    device = next(iter(done.values()), {"device": "–"})["device"]
     parts = [
         f"## Scalable network and adversarial loss at CPU scale ({args.tag})", "",
         f"Command: `{cmdline.strip()}`  ",
@@ -225,7 +226,7 @@ def report(args, done: dict) -> str:
         "the conv encoder + decoder's parameters, the one of fewest FLOPs per example; trained in "
         "channels-last layout): " + "; ".join(
             f"{d} {p}: base {_opt(m, 'base_channels')} × {_opt(m, 'channel_mult')}, {_opt(m, 'num_res_blocks')} "
-            f"blocks ({m['net_params_ratio']:.2f}× the parameters, {m['flops_ratio']:.1f}× the FLOPs)"
+            f"block{'' if _opt(m, 'num_res_blocks') == '1' else 's'} ({m['net_params_ratio']:.2f}× the parameters, {m['flops_ratio']:.1f}× the FLOPs)"
             for (d, p), m in nets.items())
         + f". The adversarial arm: PatchGAN of base width {ADV_CHANNELS} (2–7 % of the tokenizer's parameters, "
         f"as VQGAN's is of its own), hinge loss, adaptive weight × {args.adv_weight}, from half of "
@@ -315,8 +316,8 @@ def main() -> int:
                 _, m["net_params_ratio"], m["flops_ratio"] = matched[(m["dataset"], m["name"])]
 
         run_pool(jobs, args.jobs, results, done, args.threads, annotate)
-    if not done:
-        print(f"no results in {results}; nothing written", file=sys.stderr)
+    if not any(d in args.datasets for d, *_ in done):
+        print(f"no results for {' '.join(args.datasets)} in {results}; nothing written", file=sys.stderr)
         return 1
     write_section(Path(args.out), MARK.format(tag=args.tag), report(args, done))
     print(f"wrote {args.out}")

@@ -105,6 +105,8 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
             _quality_result("cifar10", "rsqvae", "vqgan", 1, 12.0, 36.0),
             _quality_result("cifar10", "rsqvae", "vqgan-adv", 0, 13.0, 30.0)]
     rows[0]["source"] = "runs/budget/e8/cifar10_rsqvae"
+    rows.append(_quality_result("fsdd", "sqvae2", "vqgan", 0, 0.08, 0.0))  # not among --datasets
+    rows[-1]["source"] = "runs/elsewhere"
     (runs / "results_cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tokenizer_quality.py"), "--report-only",
@@ -120,6 +122,7 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert "| rsqvae | vqgan-adv − vqgan | 0 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
     assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text
     assert "cifar10 rsqvae conv seed 0 (`runs/budget/e8/cifar10_rsqvae`)" in text
+    assert "fsdd" not in text and "runs/elsewhere" not in text
 
 
 def test_tokenizer_quality_arm_overrides():
