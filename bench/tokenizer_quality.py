@@ -256,12 +256,12 @@ def report(args, done: dict) -> str:
 
 
 def reused(done: dict) -> str:
-    """A sentence naming the rows taken from another benchmark's identical runs (a record's
+    """A sentence naming the rows taken from another benchmark's identical trainings (a record's
     ``source``: the run folder it was trained in), if any."""
     rows = sorted((m["dataset"], m["name"], m["arm"], m["seed"], m["source"]) for m in done.values() if "source" in m)
     if not rows:
         return ""
-    return (" Rows trained by another benchmark with the same command, seed and code, and read from its "
+    return (" Rows trained by another benchmark with the same training settings, seed and code, and read from its "
             "results (rFID computed on its saved model): "
             + "; ".join(f"{d} {p} {a} seed {s} (`{src}`)" for d, p, a, s, src in rows) + ".")
 
