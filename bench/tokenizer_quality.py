@@ -208,11 +208,11 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
 
 
 def report(args, done: dict) -> str:
-    done = {k: m for k, m in done.items() if m["dataset"] in args.datasets}
+    """The section, from ``done``: the results of ``args.datasets`` only."""
     # each (dataset, preset)'s vqgan network, as its runs recorded it
     nets = {(m["dataset"], m["name"]): m for m in done.values() if m["arm"] != "conv" and "flops_ratio" in m}
     cmdline = run_command("tokenizer_quality.py", sys.argv[1:])
-    device = next(iter(done.values()), {"device": "–"})["device"]
+    device = next(iter(done.values()))["device"]
     parts = [
         f"## Scalable network and adversarial loss at CPU scale ({args.tag})", "",
         f"Command: `{cmdline.strip()}`  ",
@@ -316,10 +316,11 @@ def main() -> int:
                 _, m["net_params_ratio"], m["flops_ratio"] = matched[(m["dataset"], m["name"])]
 
         run_pool(jobs, args.jobs, results, done, args.threads, annotate)
-    if not any(d in args.datasets for d, *_ in done):
+    shown = {key: m for key, m in done.items() if key[0] in args.datasets}
+    if not shown:
         print(f"no results for {' '.join(args.datasets)} in {results}; nothing written", file=sys.stderr)
         return 1
-    write_section(Path(args.out), MARK.format(tag=args.tag), report(args, done))
+    write_section(Path(args.out), MARK.format(tag=args.tag), report(args, shown))
     print(f"wrote {args.out}")
     return 0
 
