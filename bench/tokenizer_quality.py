@@ -231,7 +231,7 @@ def report(args, done: dict) -> str:
         + f". The adversarial arm: PatchGAN of base width {ADV_CHANNELS} (2–7 % of the tokenizer's parameters, "
         f"as VQGAN's is of its own), hinge loss, adaptive weight × {args.adv_weight}, from half of "
         "the steps; its discriminator's Adam β = (0.5, 0.9). "
-        + (f"rFID over {args.rfid} test images spread over the split. " if args.rfid else "")
+        + (f"rFID over {args.rfid} test images spread over the split. " if args.rfid and "cifar10" in args.datasets else "")
         + ("LPIPS: " + ("reported (VGG16 weights present)." if any("lpips" in m for m in done.values())
                         else "not reported: no VGG16 weights on this machine."))
         + reused(done),
@@ -249,8 +249,10 @@ def report(args, done: dict) -> str:
         parts += [f"### {dataset}" + (" (RMSE in 0–255 pixel units)" if dataset == "cifar10"
                                       else " (RMSE in normalised [-1, 1] units, LSD in dB)"), "",
                   stage1_tokenizers.table(rows, audio=dataset == "fsdd"), "",
-                  "Paired differences (same seed; mean ± sample std over the seeds; negative Δ RMSE, "
-                  "LSD, rFID, LPIPS and positive Δ PSNR, SSIM are improvements):", "",
+                  "Paired differences (same seed; mean ± sample std over the seeds; negative Δ "
+                  + ("RMSE, LSD" if dataset == "fsdd" else "RMSE, rFID")
+                  + (", LPIPS" if any("lpips" in m for m in done.values()) else "")
+                  + " and positive Δ " + ("PSNR" if dataset == "fsdd" else "PSNR, SSIM") + " are improvements):", "",
                   differences(done, dataset, args.presets, args.seeds), ""]
     return "\n".join(parts)
 
@@ -261,8 +263,9 @@ def reused(done: dict) -> str:
     rows = sorted((m["dataset"], m["name"], m["arm"], m["seed"], m["source"]) for m in done.values() if "source" in m)
     if not rows:
         return ""
+    images = any(d == "cifar10" for d, *_ in rows)
     return (" Rows trained by another benchmark with the same training settings, seed and code, and read from its "
-            "results (rFID computed on its saved model): "
+            "results" + (" (rFID computed on its saved model)" if images else "") + ": "
             + "; ".join(f"{d} {p} {a} seed {s} (`{src}`)" for d, p, a, s, src in rows) + ".")
 
 

@@ -107,6 +107,8 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     rows[0]["source"] = "runs/budget/e8/cifar10_rsqvae"
     rows.append(_quality_result("fsdd", "sqvae2", "vqgan", 0, 0.08, 0.0))  # not among --datasets
     rows[-1]["source"] = "runs/elsewhere"
+    del rows[-1]["ssim"], rows[-1]["rfid"]  # an audio run records LSD instead
+    rows[-1]["lsd_db"] = 3.5
     (runs / "results_cpu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tokenizer_quality.py"), "--report-only",
@@ -123,6 +125,14 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text
     assert "cifar10 rsqvae conv seed 0 (`runs/budget/e8/cifar10_rsqvae`)" in text
     assert "fsdd" not in text and "runs/elsewhere" not in text
+    assert "rFID over 2000 test images" in text
+    # an audio-only report has no rFID to describe
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "tokenizer_quality.py"), "--report-only",
+                           "--datasets", "fsdd", "--presets", "sqvae2", "--seeds", "0",
+                           "--runs", str(runs), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "| sqvae2 (vqgan) | 0 |" in text and "rFID" not in text and "cifar10" not in text
 
 
 def test_tokenizer_quality_arm_overrides():
