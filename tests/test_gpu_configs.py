@@ -1,5 +1,5 @@
-"""The configs sized for GPUs (configs/tokenizer/imagenet256_*.yaml, speech16k_*.yaml) run: each
-trains two steps here at its own resolution, presets, code layout, network shape (channel
+"""The configs sized for GPUs (configs/tokenizer/imagenet256_*.yaml, speech16k_*.yaml: one of each
+per preset) run: each trains two steps here at its own resolution, presets, code layout, network shape (channel
 multipliers, attention), bf16 autocast and gradient checkpointing, with the widths shrunk
 and generated data in place of the dataset, so a GPU user's first run does not fail on a
 setting."""
@@ -20,8 +20,12 @@ SHRINK = ["model.channels=8", "model.net_options.base_channels=8", "model.net_op
           "eval.max_examples=2", "eval.batch_size=2", "eval.grid_size=2", "eval.num_audio=1"]
 
 
-def test_every_gpu_config_is_covered():
-    assert len(CONFIGS) >= 7
+def test_every_preset_has_a_gpu_config_for_images_and_for_audio():
+    from tokenizer.config import PRESETS
+
+    names = {p.stem for p in CONFIGS}
+    for preset in PRESETS:
+        assert {f"imagenet256_{preset}", f"speech16k_{preset}"} <= names, preset
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
