@@ -39,3 +39,33 @@ def test_a_gpu_config_trains_two_steps_at_its_resolution(path, tmp_path):
     metrics = train_tokenizer(cfg)
     assert metrics["train"]["steps"] == 2
     assert len(metrics["layers"]) == len(cfg.model.layers)
+
+
+def test_the_256px_pipeline_config_runs_end_to_end(tmp_path):
+    """configs/pipeline/imagenet256_sqvae2.yaml, widths shrunk and generated shapes in place of
+    ImageNet: the tokenizer at 256 px, class-conditional priors at 256 and 1024 tokens (the
+    finer one through the conditioning network at 32x32), and samples decoded at 256x256.
+    Scoring is off: the FID stage is the quickstart pipeline's test."""
+    import json
+
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from hqvae import layout
+    from hqvae.cli import main
+
+    tok = [f"image.tokenizer.{o}" for o in SHRINK if not o.startswith("eval.num_audio")]
+    prior = ["image.prior.model.n_layer=1", "image.prior.model.n_embd=32", "image.prior.model.n_head=2",
+             "image.prior.model.cond_channels=8", "image.prior.model.cond_blocks=1", "image.prior.train.epochs=1",
+             "image.prior.train.batch_size=2", "image.prior.train.warmup_steps=0", "image.prior.train.num_workers=0"]
+    run = tmp_path / "run"
+    assert main(["pipeline", str(ROOT / "configs" / "pipeline" / "imagenet256_sqvae2.yaml"), f"run_dir={run}",
+                 "image.tokenizer.data.source=shapes", "image.tokenizer.data.path=null", *tok, *prior,
+                 "image.sample.n=2", "image.sample.batch_size=2", "image.score.enabled=false"]) == 0
+    for stage in ("tokenizer", "codes", "prior", "samples"):
+        assert layout.is_done(run, "image", stage), stage
+    assert len(json.loads((run / layout.SUMMARY).read_text())["tracks"]["image"]["prior"]["bits_per_token"]) == 2
+    codes = load_file(run / "image" / "samples" / "codes.safetensors")
+    assert codes["level_0"].shape == (2, 16, 16) and codes["level_1"].shape == (2, 32, 32)  # 256 and 1024 tokens
+    images = sorted((run / "image" / "samples" / "images").glob("*.png"))
+    assert len(images) == 2 and all(Image.open(p).size == (256, 256) for p in images)
