@@ -193,7 +193,8 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
     metrics = [("rmse", "RMSE", 3 if audio else 2), ("psnr", "PSNR", 2)]
     metrics += [("lsd_db", "LSD dB", 2)] if audio else [("ssim", "SSIM", 4), ("rfid", "rFID", 2)]
     metrics += [("lpips", "LPIPS", 4)] if any("lpips" in m for m in done.values()) else []
-    head = "| preset | comparison | seeds | " + " | ".join(f"Δ {name}" for _, name, _ in metrics) + " |"
+    head = ("| preset | comparison | seeds | lower RMSE in | "
+            + " | ".join(f"Δ {name}" for _, name, _ in metrics) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for preset in presets:
         for a, b in (("vqgan", "conv"), ("vqgan-adv", "vqgan")):
@@ -203,7 +204,8 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
                 continue
             cells = [_pm([x[k] - y[k] for x, y in pairs if k in x and k in y], d) for k, _, d in metrics]
             used = ",".join(str(x["seed"]) for x, _ in pairs)
-            lines.append(f"| {preset} | {a} − {b} | {used} | " + " | ".join(cells) + " |")
+            lower = sum(x["rmse"] < y["rmse"] for x, y in pairs)  # seeds where the first arm wins
+            lines.append(f"| {preset} | {a} − {b} | {used} | {lower} of {len(pairs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -252,7 +254,8 @@ def report(args, done: dict) -> str:
                   "Paired differences (same seed; mean ± sample std over the seeds; negative Δ "
                   + ("RMSE, LSD" if dataset == "fsdd" else "RMSE, rFID")
                   + (", LPIPS" if any("lpips" in m for m in done.values()) else "")
-                  + " and positive Δ " + ("PSNR" if dataset == "fsdd" else "PSNR, SSIM") + " are improvements):", "",
+                  + " and positive Δ " + ("PSNR" if dataset == "fsdd" else "PSNR, SSIM") + " are improvements; "
+                  "'lower RMSE in': the seeds in which the first arm of the comparison has the lower RMSE):", "",
                   differences(done, dataset, args.presets, args.seeds), ""]
     return "\n".join(parts)
 

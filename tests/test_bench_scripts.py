@@ -120,8 +120,8 @@ def test_tokenizer_quality_report_pairs_seeds(tmp_path):
     assert "Command: `python bench/tokenizer_quality.py --datasets cifar10 --presets rsqvae" in text
     assert "cifar10 rsqvae: base 12 × [1,1,2], 2 blocks (0.92× the parameters, 1.6× the FLOPs)" in text
     # vqgan − conv over seeds 0 and 1: RMSE −2 and −3, rFID −5 and −6; vqgan-adv − vqgan: seed 0 only
-    assert "| rsqvae | vqgan − conv | 0,1 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
-    assert "| rsqvae | vqgan-adv − vqgan | 0 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
+    assert "| rsqvae | vqgan − conv | 0,1 | 2 of 2 | -2.50 ± 0.71 | +2.50 ± 0.71 | +0.0000 ± 0.0000 | -5.50 ± 0.71 |" in text
+    assert "| rsqvae | vqgan-adv − vqgan | 0 | 0 of 1 | +1.00 | -1.00 | +0.0000 | -5.00 |" in text
     assert "| rsqvae (vqgan) | 0,1 |" in text and "| rsqvae (conv) | 0,1 |" in text
     assert "cifar10 rsqvae conv seed 0 (`runs/budget/e8/cifar10_rsqvae`)" in text
     assert "fsdd" not in text and "runs/elsewhere" not in text
