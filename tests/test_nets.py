@@ -77,6 +77,7 @@ def test_the_scalable_encoder_taps_every_factor_the_hierarchy_reads():
     ("model.net_options.norm_groups=5", r"model.net_options.norm_groups: 5 groups do not divide the width 8"),
     ("model.net_options.depth=3", r"unknown key 'net_options.depth'"),
     ("model.net_options.dropout=1.0", r"model.net_options.dropout: must be in \[0, 1\)"),
+    ("model.net_options.num_res_blocks=0", r"model.net_options.num_res_blocks: must be in \[1, 64\], got 0"),
 ])
 def test_network_options_that_do_not_fit_are_refused_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -52,8 +52,10 @@ class VQGANOptions:
     def validate(self) -> None:
         if not 1 <= self.base_channels <= 4096:
             raise ConfigError(f"base_channels: must be in [1, 4096], got {self.base_channels}")
-        if not 0 <= self.num_res_blocks <= 64:
-            raise ConfigError(f"num_res_blocks: must be in [0, 64], got {self.num_res_blocks}")
+        # the residual blocks are what widen the features to each resolution's width (and
+        # where attention sits): a resolution without one would keep the previous width
+        if not 1 <= self.num_res_blocks <= 64:
+            raise ConfigError(f"num_res_blocks: must be in [1, 64], got {self.num_res_blocks}")
         if not 1 <= self.norm_groups <= 1024:
             raise ConfigError(f"norm_groups: must be in [1, 1024], got {self.norm_groups}")
         if not 0.0 <= self.dropout < 1.0:
