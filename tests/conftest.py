@@ -71,9 +71,9 @@ def encode_wav(seconds: float, rate: int = 8000, channels: int = 1, freq: float 
 
 def assert_recomputed_with_same_gradients(plain: torch.nn.Module, run, counted_types: tuple[str, ...]) -> None:
     """Gradient checkpointing reruns every counted block in the backward pass and leaves the
-    gradients as they were: ``run(model)`` computes a loss and calls backward, once on
-    ``plain`` and once on a copy with checkpointing on (copied before any forward, since
-    buffers such as an EMA codebook move with each)."""
+    gradients and the buffers (BatchNorm running statistics, EMA codebooks) as they were:
+    ``run(model)`` computes a loss and calls backward, once on ``plain`` and once on a copy
+    with checkpointing on (copied before any forward, since buffers move with each)."""
     import copy
 
     recomputing = copy.deepcopy(plain)
@@ -97,6 +97,9 @@ def assert_recomputed_with_same_gradients(plain: torch.nn.Module, run, counted_t
     for n, p in plain.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(grads[n].grad, p.grad, rtol=1e-5, atol=1e-6, msg=n)
+    buffers = dict(recomputing.named_buffers())
+    for n, b in plain.named_buffers():
+        torch.testing.assert_close(buffers[n], b, rtol=1e-5, atol=1e-6, msg=n)
 
 
 @pytest.fixture(scope="session")

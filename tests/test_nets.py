@@ -100,10 +100,12 @@ def test_attention_block_is_softmax_attention_over_positions():
     torch.testing.assert_close(block(x), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("net", sorted(NETS))
-def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients(net):
+@pytest.mark.parametrize("net, extra", [*((n, ()) for n in sorted(NETS)), ("conv", ("model.norm=batch",))],
+                         ids=[*sorted(NETS), "conv-batchnorm"])
+def test_gradient_checkpointing_recomputes_the_blocks_and_gives_the_same_gradients(net, extra):
+    """... and BatchNorm's running statistics are updated once per step, not again in the rerun."""
     torch.manual_seed(0)
-    cfg = tiny_cfg(net, "rqvae")
+    cfg = tiny_cfg(net, "rqvae", extra)
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert_recomputed_with_same_gradients(HQVAE(cfg.model, cfg.data.shape).train(),
                                           lambda model: model(x)["loss"].backward(), ("ResBlock", "ResnetBlock"))
