@@ -58,3 +58,16 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, total_steps: int):
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     return optimizer, scheduler, rates
+
+
+def clip_each_group(accelerator, optimizer, model: torch.nn.Module, max_norm: float) -> None:
+    """Clip the gradient norm of each parameter group on its own (train.clip_grad): groups
+    are separate models (a discriminator beside a tokenizer), and one norm over both would
+    scale each one's step by the other's gradients."""
+    groups = [g["params"] for g in optimizer.param_groups]
+    if len(groups) == 1:
+        accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    accelerator.unscale_gradients()  # once: the loss scaler refuses a second unscale per step
+    for params in groups:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)

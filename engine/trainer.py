@@ -39,7 +39,7 @@ from engine.epoch_order import MAX_MATERIALISED_PERMUTATION as MAX_MATERIALISED_
 from engine.epoch_order import EpochSampler
 from engine.nonfinite import NonFiniteGuard
 from engine.nonfinite import NonFiniteLossError as NonFiniteLossError
-from engine.optim import build_optimizer
+from engine.optim import build_optimizer, clip_each_group
 from engine.resume import CheckpointMismatchError as CheckpointMismatchError
 from engine.resume import resume
 from engine.signals import StopSignals, TrainingInterrupted
@@ -294,7 +294,7 @@ def train(
                         nonfinite.withhold(optimizer, unwrapped)
                     else:
                         if accelerator.sync_gradients and cfg.clip_grad > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                            clip_each_group(accelerator, optimizer, model, cfg.clip_grad)
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if finite:

@@ -159,6 +159,37 @@ def test_each_player_gets_the_gradient_of_its_own_loss_only(preset, monkeypatch)
         torch.testing.assert_close(a, b)
 
 
+def test_the_adaptive_weight_clamp_binds_on_the_per_element_scale_under_the_sq_objective(monkeypatch):
+    """The SQ objective's reconstruction gradient is D / (2 MSE) times a per-element mean's
+    (the term's recon_scale): max_adaptive_weight and the logged adv/weight are on the
+    per-element scale, so a clamp binds alike for the SQ and the MSE objectives."""
+    obj, x = tiny_objective("sqvae2", start_step=0)
+    state = {k: v.clone() for k, v in obj.state_dict().items()}  # BatchNorm statistics move per call
+
+    def terms_with(clamp: float) -> dict:
+        obj.cfg.adversarial.max_adaptive_weight = clamp
+        obj.load_state_dict(state)
+        torch.manual_seed(5)
+        return obj(x, step=10)
+
+    ratios = []  # the gradient-norm ratio itself, on the objective's own scale
+
+    def recording(rec, adv, last, max_weight):
+        ratios.append(float(adaptive_weight(rec, adv, last, float("inf"))))
+        return adaptive_weight(rec, adv, last, max_weight)
+
+    monkeypatch.setattr(objective_module, "adaptive_weight", recording)
+    free = terms_with(1e30)
+    assert float(free["adv/weight"]) == pytest.approx(0.5 * ratios[-1] / float(free["recon_scale"]), rel=1e-4)
+    d_x = x[0].numel()
+    expected_scale = 0.5 * d_x / (free["mse"] + 0.1 * free["lpips"])  # perceptual weight 0.1
+    assert float(free["recon_scale"]) == pytest.approx(float(expected_scale), rel=1e-4)
+    per_element = float(free["adv/weight"]) / 0.5  # the unclamped ratio, per element
+    assert float(free["recon_scale"]) > 100 and 0 < per_element < 1e4
+    assert float(terms_with(2 * per_element)["adv/weight"]) == pytest.approx(0.5 * per_element, rel=1e-4)
+    assert float(terms_with(per_element / 2)["adv/weight"]) == pytest.approx(0.25 * per_element, rel=1e-4)
+
+
 def test_before_its_start_step_the_adversarial_game_weighs_nothing(monkeypatch):
     """A single process skips both players before start_step (no terms, no discriminator
     gradient); data-parallel training computes them weighted 0 so every parameter takes

@@ -280,3 +280,25 @@ def test_eval_tokenizer_takes_a_weights_file_as_its_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0 and "--out" not in err, err
     assert json.loads((tmp_path / "tok" / "eval" / "eval.json").read_text())["examples"] == 4
+
+
+def test_gradient_clipping_takes_each_parameter_group_on_its_own():
+    """train.clip_grad clips a discriminator's gradients by their own norm, not by one norm
+    shared with the tokenizer's (whose SQ-objective gradients are far larger)."""
+    import accelerate
+
+    from engine.optim import clip_each_group
+
+    model = torch.nn.ModuleDict({"tokenizer": torch.nn.Linear(4, 4), "discriminator": torch.nn.Linear(4, 1)})
+    optimizer = torch.optim.AdamW([{"params": list(model["tokenizer"].parameters())},
+                                   {"params": list(model["discriminator"].parameters())}])
+    for p in model["tokenizer"].parameters():
+        p.grad = torch.full_like(p, 100.0)
+    for p in model["discriminator"].parameters():
+        p.grad = torch.full_like(p, 0.1)
+    disc = [p.grad.clone() for p in model["discriminator"].parameters()]
+    clip_each_group(accelerate.Accelerator(cpu=True), optimizer, model, 1.0)
+    tok_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model["tokenizer"].parameters()]))
+    assert float(tok_norm) == pytest.approx(1.0, rel=1e-4)
+    for p, before in zip(model["discriminator"].parameters(), disc):
+        torch.testing.assert_close(p.grad, before)  # norm 0.22 < 1: left as it was

@@ -235,6 +235,9 @@ class HQVAE(nn.Module):
             if extra_distortion is not None:
                 distortion = distortion + d_x * extra_distortion
             rec = 0.5 * d_x * torch.log(distortion)
+            # d rec / d (per-element distortion) = D_x^2 / (2 distortion): how much larger this
+            # term's gradient is than a per-element mean's (what a scale-free clamp divides by)
+            terms["recon_scale"] = (0.5 * d_x * d_x / distortion).detach()
         else:
             rec = mse if extra_distortion is None else mse + extra_distortion
         total = rec

@@ -62,11 +62,13 @@ def generator_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 def adaptive_weight(reconstruction: torch.Tensor, adversarial: torch.Tensor, last_layer: torch.Tensor,
-                    max_weight: float = 1e4) -> torch.Tensor:
+                    max_weight: float | torch.Tensor = 1e4) -> torch.Tensor:
     """||d rec / d w|| / (||d adv / d w|| + 1e-4) at the decoder's last weight ``w``, clamped
     to [0, max_weight] and detached: it makes the adversarial gradient at the output the
     size of the reconstruction's, whatever the reconstruction loss's scale (MSE or the SQ
-    objective's log-likelihood, whose gradient is D_x / (2 MSE) times larger)."""
+    objective's log-likelihood, whose gradient is D_x / (2 MSE) times larger; the caller
+    scales ``max_weight`` by the same factor so that the clamp binds alike for both)."""
     g_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
     g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
-    return (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, max_weight).detach()
+    ratio = g_rec.norm() / (g_adv.norm() + 1e-4)
+    return torch.minimum(ratio, torch.as_tensor(max_weight, dtype=ratio.dtype, device=ratio.device)).detach()

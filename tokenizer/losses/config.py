@@ -36,7 +36,9 @@ class AdversarialConfig:
     # Esser et al. 2021: scale the adversarial term by ||grad rec|| / ||grad adv|| at the
     # decoder's last layer, so it neither drowns nor vanishes beside any reconstruction scale
     adaptive_weight: bool = True
-    max_adaptive_weight: float = 1e4  # upper clamp of that ratio
+    # upper clamp of that ratio, on the scale of a per-element mean reconstruction loss (the
+    # SQ objective's gradient is D / (2 MSE) times larger, and its clamp with it)
+    max_adaptive_weight: float = 1e4
     # PatchGAN discriminator (Isola et al. 2017): layers of stride-2 4x4 convs, base width
     layers: int = 3
     channels: int = 64  # width of the first conv, doubled per layer

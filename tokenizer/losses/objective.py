@@ -68,15 +68,18 @@ class TokenizerObjective(nn.Module):
         frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
         g_loss = generator_loss(functional_call(self.discriminator, frozen, (recon,)), adv.loss)
         weight = torch.ones((), device=x.device)
+        # the SQ objective's reconstruction gradient is recon_scale = D_x / (2 MSE) times a
+        # per-element mean's: the clamp is set on the per-element scale, and so is the log
+        scale = terms.get("recon_scale", torch.ones((), device=x.device))
         if adv.adaptive_weight and on and torch.is_grad_enabled() and self.training:
             # the quantizer terms do not reach the decoder's last layer: the gradient of the
             # whole objective there is the reconstruction term's
             weight = adaptive_weight(terms["loss"], g_loss, self.model.decoder.last_weight(),
-                                     adv.max_adaptive_weight)
+                                     adv.max_adaptive_weight * scale)
         d_loss = discriminator_loss(self.discriminator(x.detach()), self.discriminator(recon.detach()), adv.loss)
         terms["loss"] = terms["loss"] + on * adv.weight * weight * g_loss + on * d_loss
         return {"adv/generator": g_loss.detach(), "adv/discriminator": d_loss.detach(),
-                "adv/weight": weight.detach() * adv.weight * on}
+                "adv/weight": weight.detach() / scale * adv.weight * on}
 
     def param_groups(self, lr: float) -> list[dict]:
         """The optimizer's parameter groups (engine.optim.build_optimizer): the tokenizer's,
