@@ -99,6 +99,10 @@ def test_patch_discriminator_gives_a_logit_per_patch():
     d = PatchDiscriminator(3, channels=8, layers=3)
     assert d(torch.randn(2, 3, 32, 32)).shape == (2, 1, 2, 2)
     assert PatchDiscriminator(1, channels=8, layers=2, norm="group")(torch.randn(2, 1, 64, 64)).shape == (2, 1, 14, 14)
+    # widths 48, 96, 192 after the first conv: 32 groups do not divide 48
+    wide = PatchDiscriminator(3, channels=24, layers=3, norm="group")
+    assert [m.num_groups for m in wide.modules() if isinstance(m, torch.nn.GroupNorm)] == [16, 32, 32]
+    assert wide(torch.randn(1, 3, 32, 32)).shape == (1, 1, 2, 2)
 
 
 def test_adversarial_losses_take_their_textbook_values():

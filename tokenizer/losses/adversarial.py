@@ -5,6 +5,8 @@ for High-Resolution Image Synthesis")."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,7 +16,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
-        return nn.GroupNorm(min(32, channels), channels)
+        # 32 groups where the width allows, else the largest power of 2 that divides it
+        return nn.GroupNorm(math.gcd(32, channels), channels)
     return nn.Identity()
 
 
