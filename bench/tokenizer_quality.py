@@ -231,8 +231,8 @@ def report(args, done: dict) -> str:
             f"block{'' if _opt(m, 'num_res_blocks') == '1' else 's'} ({m['net_params_ratio']:.2f}× the parameters, {m['flops_ratio']:.1f}× the FLOPs)"
             for (d, p), m in nets.items())
         + f". The adversarial arm: PatchGAN of base width {ADV_CHANNELS} (2–7 % of the tokenizer's parameters, "
-        f"as VQGAN's is of its own), hinge loss, adaptive weight × {args.adv_weight}, from half of "
-        "the steps; its discriminator's Adam β = (0.5, 0.9). "
+        f"as VQGAN's is of its own), hinge loss, adaptive weight × {args.adv_weight} "
+        "(clamped at 1e4 on the per-element scale), from half of the steps; its discriminator's Adam β = (0.5, 0.9). "
         + (f"rFID over {args.rfid} test images spread over the split. " if args.rfid and "cifar10" in args.datasets else "")
         + ("LPIPS: " + ("reported (VGG16 weights present)." if any("lpips" in m for m in done.values())
                         else "not reported: no VGG16 weights on this machine."))
