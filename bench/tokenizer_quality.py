@@ -187,14 +187,19 @@ def _pm(values: list[float], digits: int) -> str:
     return f"{statistics.fmean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def compared_metrics(done: dict, dataset: str) -> list[tuple[str, str, int, bool]]:
+    """The metrics the paired differences take: (record key, name, digits, higher is better)."""
+    audio = dataset == "fsdd"
+    metrics = [("rmse", "RMSE", 3 if audio else 2, False), ("psnr", "PSNR", 2, True)]
+    metrics += [("lsd_db", "LSD dB", 2, False)] if audio else [("ssim", "SSIM", 4, True), ("rfid", "rFID", 2, False)]
+    return metrics + ([("lpips", "LPIPS", 4, False)] if any("lpips" in m for m in done.values()) else [])
+
+
 def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) -> str:
     """Paired per-seed differences: vqgan − conv and vqgan-adv − vqgan."""
-    audio = dataset == "fsdd"
-    metrics = [("rmse", "RMSE", 3 if audio else 2), ("psnr", "PSNR", 2)]
-    metrics += [("lsd_db", "LSD dB", 2)] if audio else [("ssim", "SSIM", 4), ("rfid", "rFID", 2)]
-    metrics += [("lpips", "LPIPS", 4)] if any("lpips" in m for m in done.values()) else []
+    metrics = compared_metrics(done, dataset)
     head = ("| preset | comparison | seeds | lower RMSE in | "
-            + " | ".join(f"Δ {name}" for _, name, _ in metrics) + " |")
+            + " | ".join(f"Δ {name}" for _, name, _, _ in metrics) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for preset in presets:
         for a, b in (("vqgan", "conv"), ("vqgan-adv", "vqgan")):
@@ -202,7 +207,7 @@ def differences(done: dict, dataset: str, presets: list[str], seeds: list[int]) 
                      if (dataset, preset, a, s) in done and (dataset, preset, b, s) in done]
             if not pairs:
                 continue
-            cells = [_pm([x[k] - y[k] for x, y in pairs if k in x and k in y], d) for k, _, d in metrics]
+            cells = [_pm([x[k] - y[k] for x, y in pairs if k in x and k in y], d) for k, _, d, _ in metrics]
             used = ",".join(str(x["seed"]) for x, _ in pairs)
             lower = sum(x["rmse"] < y["rmse"] for x, y in pairs)  # seeds where the first arm wins
             lines.append(f"| {preset} | {a} − {b} | {used} | {lower} of {len(pairs)} | " + " | ".join(cells) + " |")
@@ -252,10 +257,10 @@ def report(args, done: dict) -> str:
                                       else " (RMSE in normalised [-1, 1] units, LSD in dB)"), "",
                   stage1_tokenizers.table(rows, audio=dataset == "fsdd"), "",
                   "Paired differences (same seed; mean ± sample std over the seeds; negative Δ "
-                  + ("RMSE, LSD" if dataset == "fsdd" else "RMSE, rFID")
-                  + (", LPIPS" if any("lpips" in m for m in done.values()) else "")
-                  + " and positive Δ " + ("PSNR" if dataset == "fsdd" else "PSNR, SSIM") + " are improvements; "
-                  "'lower RMSE in': the seeds in which the first arm of the comparison has the lower RMSE):", "",
+                  + ", ".join(n.split()[0] for _, n, _, up in compared_metrics(done, dataset) if not up)
+                  + " and positive Δ " + ", ".join(n for _, n, _, up in compared_metrics(done, dataset) if up)
+                  + " are improvements; 'lower RMSE in': the seeds in which the first arm of the comparison "
+                  "has the lower RMSE):", "",
                   differences(done, dataset, args.presets, args.seeds), ""]
     return "\n".join(parts)
 
