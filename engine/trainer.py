@@ -5,7 +5,9 @@ A stage hands over a model whose ``forward(batch, step)`` returns a dict of scal
 terms with the objective under ``"loss"`` (going through ``forward`` keeps DDP's gradient
 hooks in play), a map-style dataset or a stream (engine/streams.py), and optional
 evaluation/statistics callbacks. A model
-with a ``set_total_steps(n)`` method is told the run's length before its first step.
+with a ``set_total_steps(n)`` method is told the run's length before its first step; one
+with ``idle_parameters(step)`` names parameters that step must leave alone (their gradients
+are dropped before the optimizer sees them, so it keeps no state and counts no step for them).
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic
 evaluation, checkpoints, resume (engine/resume.py), progress, JSON-lines metrics and the
 live trackers of ``train.report_to`` (engine/tracking.py) -- lives here, once: the loop in
@@ -240,6 +242,7 @@ def train(
         stream.restore(resumed.stream, resumed.step, resumed.checkpoint)
     unwrapped = accelerator.unwrap_model(model)
     forward = TrainForward(model, cfg, accelerator, batch_key)
+    idle = getattr(unwrapped, "idle_parameters", None)
 
     start = step = resumed.step
     epoch, skip = divmod(step, steps_per_epoch)
@@ -293,6 +296,9 @@ def train(
                     if accelerator.sync_gradients and not nonfinite.window_ok:
                         nonfinite.withhold(optimizer, unwrapped)
                     else:
+                        if accelerator.sync_gradients and idle is not None:
+                            for p in idle(step):
+                                p.grad = None
                         if accelerator.sync_gradients and cfg.clip_grad > 0:
                             clip_each_group(accelerator, optimizer, model, cfg.clip_grad)
                         optimizer.step()

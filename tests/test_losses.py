@@ -311,6 +311,36 @@ def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_onl
         assert not any("discriminator" in k or "perceptual" in k for k in f.keys())
 
 
+def test_data_parallel_passes_before_the_start_step_leave_the_discriminator_as_a_single_process_does(
+        tmp_path, monkeypatch):
+    """Data-parallel training runs the discriminator before start_step too, weighted 0. Its
+    zero gradients must not count as Adam steps (the first real update would be 1.6x a single
+    process's) nor move BatchNorm's running statistics: the run ends bit for bit where a
+    single process's does, the discriminator's Adam state counting only the game's steps."""
+    from engine.checkpoint import list_checkpoints, load_checkpoint
+    from tokenizer.train import train_tokenizer
+
+    def run(name):
+        cfg = load_tokenizer_config(None, [
+            f"run_dir={tmp_path / name}", "model.preset=vqvae", "model.channels=16", "model.res_channels=8",
+            "model.res_blocks=1", "data.image_size=16", "data.num_train=32", "data.num_eval=8",
+            "train.batch_size=8", "train.progress=false", "train.steps=4", "eval.max_examples=8",
+            "eval.batch_size=8", "eval.grid_size=2", "loss.adversarial.weight=0.5",
+            "loss.adversarial.start_step=2", "loss.adversarial.channels=8", "loss.adversarial.layers=2",
+            "loss.adversarial.adaptive_weight=false"])
+        train_tokenizer(cfg)
+        return load_checkpoint(list_checkpoints(tmp_path / name)[-1])
+
+    single = run("single")
+    monkeypatch.setattr(objective_module, "_data_parallel", lambda: True)
+    parallel = run("parallel")
+    for key, value in single["model"].items():
+        assert torch.equal(parallel["model"][key], value), key
+    steps = {int(s["step"]) for s in parallel["optimizer"]["state"].values()}
+    assert steps == {4, 2}  # the tokenizer's 4 steps, the discriminator's from start_step 2 on
+    assert parallel["optimizer"]["state"].keys() == single["optimizer"]["state"].keys()
+
+
 @pytest.mark.parametrize("preset", ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae", "hqvae"])
 @pytest.mark.parametrize("audio", [False, True], ids=["image", "spectrogram"])
 def test_every_preset_trains_on_the_scalable_network_with_the_adversarial_loss(preset, audio):

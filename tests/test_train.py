@@ -158,16 +158,25 @@ def test_fp16_loss_scale_is_checkpointed_and_restored(tmp_path, monkeypatch):
     assert made[-1].scaler.get_scale() == 2.0**12  # a fresh scaler would be at 2**10
 
 
+ADVERSARIAL = ["loss.adversarial.weight=0.5", "loss.adversarial.start_step=1", "loss.adversarial.channels=8",
+               "loss.adversarial.layers=2"]
+
+
 @pytest.mark.e2e
-@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
-def test_two_process_data_parallel_run(tmp_path, launcher):
+@pytest.mark.parametrize("launcher, extra", [("torchrun", []), ("accelerate", ADVERSARIAL)],
+                         ids=["torchrun", "accelerate-adversarial"])
+def test_two_process_data_parallel_run(tmp_path, launcher, extra):
     """2 CPU processes (gloo): really two, one writer, one checkpoint, one report. Accelerate's
-    route to several CPU processes is its torchrun launcher (``--multi_gpu``); ``--cpu`` starts one."""
+    route to several CPU processes is its torchrun launcher (``--multi_gpu``); ``--cpu`` starts one.
+    With the discriminator on, its step before start_step runs (every parameter takes part)
+    but is not an Adam step for it."""
     import subprocess
+
+    from engine.checkpoint import load_checkpoint
 
     run = tmp_path / "ddp"
     cmd = [*launch_command(launcher, 2), "train-tokenizer", f"run_dir={run}", "model.preset=vqvae2",
-           "train.steps=2", *TINY]
+           "train.steps=2", *TINY, *extra]
     env = launch_env()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, launch_failure(out)
@@ -176,6 +185,9 @@ def test_two_process_data_parallel_run(tmp_path, launcher):
     assert [p.name for p in list_checkpoints(run)] == ["step_00000002"]
     tok = Tokenizer.from_pretrained(run)
     assert tok.code_shapes == [(4, 4), (8, 8)]
+    if extra:
+        state = load_checkpoint(list_checkpoints(run)[-1])["optimizer"]["state"]
+        assert sorted({int(s["step"]) for s in state.values()}) == [1, 2]  # discriminator, tokenizer
 
 
 def test_logged_lr_is_the_rate_the_step_used(tmp_path):

@@ -63,10 +63,12 @@ class TokenizerObjective(nn.Module):
             # terms are not logged either)
             return {}
         # data-parallel training computes both terms before start_step too, weighted 0:
-        # every parameter must take part in every step there
+        # every parameter must take part in every step there. idle_parameters keeps the
+        # optimizer off the discriminator, and _discriminate its running statistics as
+        # they are, so its first real step is a single process's
         on = 1.0 if step >= adv.start_step else 0.0
-        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        g_loss = generator_loss(functional_call(self.discriminator, frozen, (recon,)), adv.loss)
+        # the generator's term reads the discriminator through detached parameters
+        g_loss = generator_loss(self._discriminate(recon, on, frozen=True), adv.loss)
         weight = torch.ones((), device=x.device)
         # the SQ objective's reconstruction gradient is recon_scale = D_x / (2 MSE) times a
         # per-element mean's: the clamp is set on the per-element scale, and so is the log
@@ -76,10 +78,29 @@ class TokenizerObjective(nn.Module):
             # whole objective there is the reconstruction term's
             weight = adaptive_weight(terms["loss"], g_loss, self.model.decoder.last_weight(),
                                      adv.max_adaptive_weight * scale)
-        d_loss = discriminator_loss(self.discriminator(x.detach()), self.discriminator(recon.detach()), adv.loss)
+        d_loss = discriminator_loss(self._discriminate(x.detach(), on), self._discriminate(recon.detach(), on),
+                                    adv.loss)
         terms["loss"] = terms["loss"] + on * adv.weight * weight * g_loss + on * d_loss
         return {"adv/generator": g_loss.detach(), "adv/discriminator": d_loss.detach(),
                 "adv/weight": weight.detach() / scale * adv.weight * on}
+
+    def _discriminate(self, x: torch.Tensor, on: float, frozen: bool = False) -> torch.Tensor:
+        state = {name: p.detach() if frozen else p for name, p in self.discriminator.named_parameters()}
+        if not on:
+            # copies of the buffers: BatchNorm's running statistics do not move before the
+            # game starts (the parameters stay the same ones, so DDP sees each one used)
+            state.update({name: b.clone() for name, b in self.discriminator.named_buffers()})
+        return functional_call(self.discriminator, state, (x,))
+
+    def idle_parameters(self, step: int) -> list[nn.Parameter]:
+        """The parameters optimizer step ``step`` leaves alone (engine/trainer.py): the
+        discriminator's before ``loss.adversarial.start_step``. A single process gives them no
+        gradient then; data-parallel training gives them zeros, which AdamW would count as a
+        step (its bias correction would then scale the first real update by up to
+        (1 - beta1) / sqrt(1 - beta2), 1.6x at the default betas)."""
+        if self.discriminator is None or step >= self.cfg.adversarial.start_step:
+            return []
+        return list(self.discriminator.parameters())
 
     def param_groups(self, lr: float) -> list[dict]:
         """The optimizer's parameter groups (engine.optim.build_optimizer): the tokenizer's,
