@@ -311,6 +311,37 @@ def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_onl
         assert not any("discriminator" in k or "perceptual" in k for k in f.keys())
 
 
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    obj, _ = tiny_objective("vqvae")
+    if rank == 1:  # marks: what DDP syncs from rank 0 comes back as rank 0's
+        obj.perceptual.shift.fill_(7.0)
+        obj.discriminator.net[3].running_mean.fill_(3.0)
+    DistributedDataParallel(obj)
+    torch.save({"shift": obj.perceptual.shift.clone(), "bn": obj.discriminator.net[3].running_mean.clone()},
+               f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.e2e
+def test_data_parallel_leaves_the_lpips_weights_out_of_its_buffer_broadcasts(tmp_path):
+    """DDP broadcasts rank 0's buffers (at wrapping and before every forward); the LPIPS
+    network's constant weights (~59 MB) are left out, the discriminator's are not."""
+    import torch.multiprocessing as mp
+    from launchers import free_port  # tests/launchers.py
+
+    mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert (rank1["shift"] == 7.0).all()  # not overwritten by rank 0's
+    assert not rank1["bn"].any()  # rank 0's zeros
+
+
 def test_data_parallel_passes_before_the_start_step_leave_the_discriminator_as_a_single_process_does(
         tmp_path, monkeypatch):
     """Data-parallel training runs the discriminator before start_step too, weighted 0. Its

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.parallel import DistributedDataParallel
 
 from tokenizer.losses.adversarial import (
     PatchDiscriminator,
@@ -39,6 +40,11 @@ class TokenizerObjective(nn.Module):
             raise ValueError("loss.perceptual.weight > 0 needs the LPIPS network (tokenizer.losses.load_lpips)")
         self.model, self.cfg = model, cfg
         self.perceptual = lpips if cfg.perceptual.weight > 0 else None
+        if self.perceptual is not None:
+            # the LPIPS weights are constant buffers, the same on every process: DDP would
+            # otherwise broadcast all ~59 MB of them before every forward (broadcast_buffers)
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self, [f"perceptual.{name}" for name, _ in self.perceptual.named_buffers()])
         adv = cfg.adversarial
         self.discriminator = (PatchDiscriminator(in_channels, adv.channels, adv.layers, adv.norm)
                               if adv.weight > 0 else None)
