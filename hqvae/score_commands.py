@@ -41,7 +41,15 @@ def _eval_tokenizer(args: argparse.Namespace) -> int:
     eval_cfg = cfg.eval
     if args.max_examples:
         eval_cfg = dataclasses.replace(eval_cfg, max_examples=args.max_examples)
-    cfg = dataclasses.replace(cfg, data=data, eval=eval_cfg)
+    perceptual = cfg.loss.perceptual
+    for flag, value, field in (("--lpips-vgg", args.lpips_vgg, "vgg_path"),
+                               ("--lpips-heads", args.lpips_heads, "heads_path")):
+        if value is not None:
+            if not Path(value).expanduser().is_file():
+                raise ConfigError(f"{flag}: no file at {Path(value).expanduser()}")
+            perceptual = dataclasses.replace(perceptual, **{field: value})
+    loss = dataclasses.replace(cfg.loss, perceptual=perceptual)
+    cfg = dataclasses.replace(cfg, data=data, eval=eval_cfg, loss=loss)
     validate(cfg)
     if cfg.data.shape != tok.input_shape:
         raise ConfigError(f"data: shape {cfg.data.shape} differs from the tokenizer's {tok.input_shape}")
@@ -119,6 +127,10 @@ def add_eval_tokenizer(sub) -> None:
     p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--rfid", action="store_true",
                    help="also report rFID: FID of the reconstructions vs the originals (images)")
+    p.add_argument("--lpips-vgg", metavar="FILE", help="VGG16 weights for LPIPS (images; default: the run's "
+                   "loss.perceptual.vgg_path, else the local torch / Hugging Face caches; none found: no LPIPS)")
+    p.add_argument("--lpips-heads", metavar="FILE", help="LPIPS linear heads (default: the run's "
+                   "loss.perceptual.heads_path, else the installed lpips package)")
     p.set_defaults(func=_eval_tokenizer)
 
 

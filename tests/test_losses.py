@@ -265,6 +265,31 @@ def test_the_evaluation_reports_lpips_when_its_weights_are_there(tmp_path, monke
     assert "lpips" not in evaluate_tokenizer(model, data, layer_collapse=False, batch_size=2)
 
 
+def test_eval_tokenizer_reports_lpips_from_the_weights_its_flags_name(tmp_path, monkeypatch, capsys):
+    """`hqvae eval-tokenizer --lpips-vgg F --lpips-heads F` (random weights here: plumbing
+    only) adds LPIPS to eval.json; a flag naming no file is refused, naming the flag, before
+    anything is written."""
+    from hqvae.cli import main
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch.save(random_vgg16_state(), tmp_path / "vgg.pth")
+    torch.save(random_heads(), tmp_path / "heads.pth")
+    run = tmp_path / "run"
+    assert main(["train-tokenizer", f"run_dir={run}", "model.preset=vqvae", "model.channels=16",
+                 "model.res_channels=8", "model.res_blocks=1", "data.image_size=16", "data.num_train=16",
+                 "data.num_eval=8", "train.batch_size=8", "train.steps=1", "train.progress=false",
+                 "eval.max_examples=8", "eval.grid_size=2"]) == 0
+    assert main(["eval-tokenizer", str(run), "--out", str(tmp_path / "missing"),
+                 "--lpips-vgg", str(tmp_path / "nothing.pth")]) == 2
+    assert "--lpips-vgg: no file at" in capsys.readouterr().err
+    assert not (tmp_path / "missing" / "eval.json").exists()
+    assert main(["eval-tokenizer", str(run), "--out", str(tmp_path / "ev"), "--lpips-vgg", str(tmp_path / "vgg.pth"),
+                 "--lpips-heads", str(tmp_path / "heads.pth")]) == 0
+    lpips = json.loads((tmp_path / "ev" / "eval.json").read_text())["lpips"]
+    assert lpips > 0 and f"lpips {lpips:.4f}" in capsys.readouterr().out
+
+
 def test_training_with_both_losses_resumes_exactly_and_exports_the_tokenizer_only(tmp_path):
     """The discriminator's weights and Adam state (its own parameter group, learning rate
     and schedule) are checkpointed: a run stopped at step 3 and resumed to 6 logs the

@@ -123,6 +123,7 @@ def _train_tokenizer(cfg: TokenizerConfig, lpips: Optional[LPIPS]) -> dict:
 def format_summary(metrics: dict, run_dir: str | Path) -> str:
     lines = [f"rmse {metrics['rmse']:.3f}  psnr {metrics['psnr']:.2f}"
              + (f"  ssim {metrics['ssim']:.4f}" if "ssim" in metrics else "")
+             + (f"  lpips {metrics['lpips']:.4f}" if "lpips" in metrics else "")
              + (f"  lsd {metrics['lsd_db']:.2f} dB" if "lsd_db" in metrics else "")
              + (f"  rfid {metrics['rfid']:.2f} ({metrics.get('rfid_examples', '?')} images)"
                 if "rfid" in metrics else "")]
