@@ -146,3 +146,15 @@ def test_the_site_builds_strictly_offline(tmp_path):
         assert (site / page).is_file(), page
     assert "model.quantizer.tau_schedule" in (site / "reference" / "config.html").read_text()
     shutil.rmtree(site)
+
+
+def test_the_shipped_configs_table_lists_every_config():
+    """docs/reference/project.md's table names every YAML file under configs/ (brace lists
+    expanded), so a new config cannot ship undocumented."""
+    text = (DOCS / "reference" / "project.md").read_text()
+    listed = set()
+    for name in re.findall(r"configs/[\w/{},.-]+\.yaml", text):
+        m = re.match(r"(.*)\{(.*)\}(.*)", name)
+        listed |= {m.group(1) + part + m.group(3) for part in m.group(2).split(",")} if m else {name}
+    shipped = {str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")}
+    assert not shipped - listed, sorted(shipped - listed)
