@@ -455,6 +455,23 @@ def test_files_directly_in_split_folders_have_no_labels(tmp_path, source):
         assert ds.num_classes is None and ds[0]["label"] == -1
 
 
+@pytest.mark.parametrize("source", ["audiofolder", "imagefolder"])
+def test_a_split_is_named_by_its_folder(tmp_path, source):
+    """root/val/ is split 'val' (ImageNet's layout): datasets' imagefolder builder files it
+    under 'validation', which data.eval_split=val did not find."""
+    for split, n in (("train", 2), ("val", 3)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                if source == "audiofolder":
+                    write_wav(tmp_path / split / cls / f"{i}.wav", torch.zeros(800), 8000)
+                else:
+                    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    ds = build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), "val")
+    assert len(ds) == 6 and ds.num_classes == 2
+    assert len(build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), "val[:50%]")) == 3
+
+
 def test_procedural_sources_refuse_a_split_they_do_not_have():
     """`--split nosuch` on shapes / tones silently generated a new split."""
     for source in ("shapes", "tones"):

@@ -152,6 +152,21 @@ def _folder_files(cfg: DataConfig, split: str) -> list[str]:
     return sorted(str(p) for p in _folder(cfg).rglob("*") if p.is_file())
 
 
+def _builder_split(root: Path, split: str) -> str:
+    """The name datasets' imagefolder builder gives the split folder ``split`` names. It files
+    val/, valid/ and dev/ under 'validation' and eval/ and testing/ under 'test'
+    (datasets.data_files.SPLIT_KEYWORDS); a split is named by its folder here, as an
+    audiofolder's is (scan_audiofolder), so data.eval_split=val reads DIR/val/."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    base = split_base(split)
+    if (root / base).is_dir():
+        for name, words in SPLIT_KEYWORDS.items():
+            if base.lower() in words:
+                return str(name) + split[len(base):]
+    return split
+
+
 def _imagefolder_table(cfg: DataConfig, split: str):
     root = _folder(cfg)
     where = f"{cfg.source} {cfg.path}"
@@ -159,7 +174,7 @@ def _imagefolder_table(cfg: DataConfig, split: str):
     # the same layout advice audiofolder gives (scan_audiofolder)
     hint = (f" (without DIR/{base}/ folders every image is in split 'train'; make a "
             f"{base}/ folder, or hold out a slice such as data.eval_split='train[90%:]')")
-    table = load_split(cfg, {"path": "imagefolder", "data_dir": str(root)}, split, where,
+    table = load_split(cfg, {"path": "imagefolder", "data_dir": str(root)}, _builder_split(root, split), where,
                        unknown_split_hint=hint)
     return drop_split_name_labels(table, root), where
 
