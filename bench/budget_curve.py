@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pool import Job, read_results, run_pool  # noqa: E402  (bench/, beside this script)
-from sections import run_command, write_section  # noqa: E402
+from sections import CIFAR_HELP, run_command, write_section  # noqa: E402
 from stage1_tokenizers import parser as stage1_parser  # noqa: E402
 from stage1_tokenizers import run_folder  # noqa: E402
 
@@ -238,7 +238,7 @@ def report(args, done: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar", default="../shared/data/cifar10")
+    p.add_argument("--cifar", default="../shared/data/cifar10", help=CIFAR_HELP)
     p.add_argument("--epochs", type=int, nargs="+", default=[2, 4, 8, 16])
     p.add_argument("--presets", nargs="+", default=list(ENTRIES), choices=list(ENTRIES),
                    help="rqvae and vqvae2 always run with code restarts")

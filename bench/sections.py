@@ -1,8 +1,15 @@
-"""Shared by the bench scripts: replace one marked section of docs/benchmarks.md."""
+"""Shared by the bench scripts: replace one marked section of docs/benchmarks.md, the
+command a section records, device statistics, and the help of the data arguments."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+# the Parquet layout of the hub copies (one file per split), read offline
+CIFAR_HELP = ("CIFAR-10 as Parquet: a folder with train.parquet and test.parquet, columns img and label "
+              "(the layout of the hub's uoft-cs/cifar10); default: %(default)s")
+FSDD_HELP = ("the Free Spoken Digit Dataset as Parquet: a folder with train.parquet and test.parquet, "
+             "columns audio (8 kHz) and label; default: %(default)s")
 
 
 def write_section(out: Path, mark: str, text: str) -> None:

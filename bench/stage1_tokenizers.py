@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import device_stats, write_section  # noqa: E402  (bench/, beside this script)
+from sections import CIFAR_HELP, FSDD_HELP, device_stats, write_section  # noqa: E402  (bench/, beside this script)
 
 PRESETS = ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"]  # the default set
 ROW_ORDER = [*PRESETS, "hqvae"]  # the mixed HQ-VAE runs when asked for (--presets hqvae)
@@ -184,8 +184,8 @@ def parser() -> argparse.ArgumentParser:
     """The command line; its defaults are the benchmark's settings (other bench scripts that
     train through this one read them from here)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar", default="../shared/data/cifar10")
-    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--cifar", default="../shared/data/cifar10", help=CIFAR_HELP)
+    p.add_argument("--fsdd", default="../shared/data/fsdd", help=FSDD_HELP)
     p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"],
                    choices=["cifar10", "fsdd", *QUICKSTART_TRACKS])
     p.add_argument("--presets", nargs="+", default=PRESETS)

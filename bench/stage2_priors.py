@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import device_stats, write_section  # noqa: E402  (bench/, beside this script)
+from sections import CIFAR_HELP, FSDD_HELP, device_stats, write_section  # noqa: E402  (bench/, beside this script)
 
 DEFAULT_TOKENIZERS = [
     "runs/bench/cifar10_vqvae2_restart", "runs/bench/cifar10_sqvae2_tau",
@@ -105,8 +105,8 @@ def table(results: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizers", nargs="+", default=DEFAULT_TOKENIZERS, help="tokenizer run dirs")
-    p.add_argument("--cifar", default="../shared/data/cifar10")
-    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--cifar", default="../shared/data/cifar10", help=CIFAR_HELP)
+    p.add_argument("--fsdd", default="../shared/data/fsdd", help=FSDD_HELP)
     from prior.backbones import BACKBONES
 
     p.add_argument("--arch", default="gpt2", choices=sorted(BACKBONES))

@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sections import device_stats, sync, write_section  # noqa: E402  (bench/, beside this script)
+from sections import CIFAR_HELP, FSDD_HELP, device_stats, sync, write_section  # noqa: E402  (bench/, beside this script)
 
 
 def load(prior_run: str, device: str):
@@ -305,8 +305,8 @@ def main() -> int:
     p.add_argument("--cifar-prior", default="runs/bench_priors/cifar10_sqvae2_tau/prior")
     p.add_argument("--fsdd-prior", default="runs/bench_priors/fsdd_sqvae2_tau/prior")
     p.add_argument("--classifier", default="runs/fsdd_classifier")
-    p.add_argument("--cifar", default="../shared/data/cifar10")
-    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--cifar", default="../shared/data/cifar10", help=CIFAR_HELP)
+    p.add_argument("--fsdd", default="../shared/data/fsdd", help=FSDD_HELP)
     p.add_argument("--n-speed", type=int, default=16, help="samples in the cached-vs-uncached batch")
     p.add_argument("--n-e2e", type=int, default=256, help="samples for end-to-end throughput")
     p.add_argument("--n-fid", type=int, default=10000, help="generated images per FID row")

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import stage1_tokenizers  # noqa: E402  (bench/, beside this script)
 from pool import Job, read_results, run_pool  # noqa: E402
-from sections import run_command, write_section  # noqa: E402
+from sections import CIFAR_HELP, FSDD_HELP, run_command, write_section  # noqa: E402
 
 RESTART = "model.quantizer.restart_threshold=1.0"
 CHANNELS_LAST = "train.channels_last=true"
@@ -283,8 +283,8 @@ def _opt(m: dict, name: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar", dest="cifar10", default="../shared/data/cifar10")
-    p.add_argument("--fsdd", default="../shared/data/fsdd")
+    p.add_argument("--cifar", dest="cifar10", default="../shared/data/cifar10", help=CIFAR_HELP)
+    p.add_argument("--fsdd", default="../shared/data/fsdd", help=FSDD_HELP)
     p.add_argument("--datasets", nargs="+", default=["cifar10", "fsdd"], choices=list(EPOCHS))
     p.add_argument("--cifar-epochs", type=int, default=EPOCHS["cifar10"])
     p.add_argument("--fsdd-epochs", type=int, default=EPOCHS["fsdd"])
