@@ -75,7 +75,11 @@ def test_the_scalable_encoder_taps_every_factor_the_hierarchy_reads():
      r"resolution from 1 to 8 \(4\)"),
     ("model.net_options.attn_factors=[3]", r"model.net_options.attn_factors.0: a power of 2 in \[1, 8\]"),
     ("model.net_options.norm_groups=5", r"model.net_options.norm_groups: 5 groups do not divide the width 8"),
-    ("model.net_options.depth=3", r"unknown key 'net_options.depth'"),
+    ("model.net_options.depth=3", r"^model.net_options.depth: not a key of network 'vqgan'; its keys: "
+                                  r"attn_factors, base_channels, channel_mult, dropout, mid_attention, "
+                                  r"norm_groups, num_res_blocks$"),
+    ("model.net_options.base_channel=3", r"^model.net_options.base_channel: not a key of network 'vqgan' "
+                                         r"\(did you mean 'base_channels'\?\)"),
     ("model.net_options.dropout=1.0", r"model.net_options.dropout: must be in \[0, 1\)"),
     ("model.net_options.num_res_blocks=0", r"model.net_options.num_res_blocks: must be in \[1, 64\], got 0"),
 ])
@@ -85,7 +89,8 @@ def test_network_options_that_do_not_fit_are_refused_naming_the_key(override, me
 
 
 def test_the_small_network_takes_no_options():
-    with pytest.raises(ConfigError, match=r"unknown key 'net_options.base_channels'"):
+    with pytest.raises(ConfigError, match=r"^model.net_options.base_channels: not a key of network 'conv'; "
+                                          r"it takes none$"):
         tiny_cfg("conv", "vqvae", ["model.net_options.base_channels=8"])
 
 
