@@ -31,8 +31,13 @@ class TrainForward:
         # be a graph constant (the SQ temperature depends on it), a new tensor a host-to-
         # device copy, and a CPU tensor would keep CUDA graphs from being used
         self.step = torch.zeros((), dtype=torch.long, device=accelerator.device) if cfg.compile else None
+        # what the model decides on the host from the step (e.g. whether an adversarial game
+        # has started) it learns here, outside the compiled forward
+        self.set_step = getattr(accelerator.unwrap_model(model), "set_step", None)
 
     def __call__(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        if self.set_step is not None:
+            self.set_step(step)
         with self.accelerator.autocast():
             inputs = batch[self.batch_key] if self.batch_key else batch
             if self.cfg.channels_last and torch.is_tensor(inputs) and inputs.dim() == 4:

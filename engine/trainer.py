@@ -5,7 +5,8 @@ A stage hands over a model whose ``forward(batch, step)`` returns a dict of scal
 terms with the objective under ``"loss"`` (going through ``forward`` keeps DDP's gradient
 hooks in play), a map-style dataset or a stream (engine/streams.py), and optional
 evaluation/statistics callbacks. A model
-with a ``set_total_steps(n)`` method is told the run's length before its first step; one
+with a ``set_total_steps(n)`` method is told the run's length before its first step, one
+with ``set_step(step)`` each step's number on the host before its forward, and one
 with ``idle_parameters(step)`` names parameters that step must leave alone (their gradients
 are dropped before the optimizer sees them, so it keeps no state and counts no step for them).
 Everything else -- mixed precision, gradient accumulation, clipping, LR schedule, periodic

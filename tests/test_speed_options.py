@@ -90,20 +90,69 @@ def test_plain_run_resumes_with_the_options_on_and_continues_the_same_losses(tmp
         assert losses[step] == pytest.approx(ref[step], rel=1e-3), step
 
 
-@pytest.mark.parametrize("preset", ["vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae"])
-def test_training_forward_traces_as_one_graph(preset):
-    """No graph breaks in any preset's training forward (a break is a host round trip and
-    splits the compiled step; SQ's code histogram once broke it with bincount). Tracing only."""
+VQGAN = ["model.net=vqgan", "model.net_options.base_channels=8", "model.net_options.norm_groups=4",
+         "model.net_options.num_res_blocks=1"]
+
+
+@pytest.mark.parametrize("preset, net", [
+    *[(p, "conv") for p in ("vqvae", "sqvae", "vqvae2", "sqvae2", "rqvae", "rsqvae", "hqvae")],
+    ("sqvae2", "vqgan"), ("rqvae", "vqgan"), ("sqvae2", "vqgan+checkpointing")])
+def test_training_forward_traces_as_one_graph(preset, net):
+    """No graph breaks in any preset's training forward, on either network, with gradient
+    checkpointing too (a break is a host round trip and splits the compiled step; SQ's code
+    histogram once broke it with bincount). Tracing only."""
     import torch._dynamo
 
     cfg = load_tokenizer_config(None, [f"model.preset={preset}", "model.channels=16", "model.res_blocks=1",
                                        "model.res_channels=8", "model.depth=2",
                                        "model.quantizer.restart_threshold=0.01"
-                                       if preset in ("vqvae", "vqvae2", "rqvae") else "model.quantizer.tau_min=0.5"])
+                                       if preset in ("vqvae", "vqvae2", "rqvae") else "model.quantizer.tau_min=0.5",
+                                       *(VQGAN if net != "conv" else [])])
     model = Tokenizer.from_config(cfg).model.train()
+    model.set_gradient_checkpointing(net.endswith("checkpointing"))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(model)(torch.rand(2, 3, 32, 32) * 2 - 1, step=torch.tensor(3))
     assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]
+
+
+@pytest.mark.parametrize("step", [1, 3], ids=["before-start", "game-on"])
+def test_the_adversarial_objective_traces_as_one_graph_without_the_adaptive_weight(step):
+    """The game starts at start_step without reading the (device tensor) step on the host:
+    the trainer tells the objective the step first (set_step). The adaptive weight's
+    autograd.grad is a graph break of its own, so it is off here."""
+    import torch._dynamo
+
+    from tokenizer.losses import TokenizerObjective
+    from tokenizer.model import HQVAE
+
+    cfg = load_tokenizer_config(None, [
+        "model.preset=sqvae2", "model.channels=16", "model.quantizer.tau_min=0.5", *VQGAN,
+        "loss.adversarial.weight=0.5", "loss.adversarial.channels=8", "loss.adversarial.layers=2",
+        "loss.adversarial.start_step=2", "loss.adversarial.adaptive_weight=false"])
+    obj = TokenizerObjective(HQVAE(cfg.model, cfg.data.shape), cfg.loss, 3).train()
+    obj.set_step(step)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(obj)(torch.rand(2, 3, 32, 32) * 2 - 1, step=torch.tensor(step))
+    assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]
+
+
+def test_a_compiled_adversarial_run_learns_each_step_on_the_host(tmp_path, monkeypatch):
+    """Under train.compile the objective is handed the step as a tensor and told it on the
+    host before each forward; the game's terms appear from start_step on, as eagerly."""
+    import json
+
+    from tokenizer.losses import TokenizerObjective
+
+    told = []
+    set_step = TokenizerObjective.set_step
+    monkeypatch.setattr(TokenizerObjective, "set_step", lambda self, step: (told.append(step), set_step(self, step)))
+    monkeypatch.setattr(torch, "compile", lambda mod, *a, mode="default", **k: _Wrapped(mod))
+    adv = ("loss.adversarial.weight=0.5", "loss.adversarial.start_step=2", "loss.adversarial.channels=8",
+           "loss.adversarial.layers=2")
+    train_tokenizer(cfg_for(tmp_path, "vqvae", "train.steps=3", "train.compile=true", *adv))
+    assert told == [0, 1, 2]
+    rows = [json.loads(s) for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train" and "adv/generator" in r] == [3]
 
 
 @pytest.mark.parametrize("classes", [3, 0])

@@ -48,6 +48,7 @@ class TokenizerObjective(nn.Module):
         adv = cfg.adversarial
         self.discriminator = (PatchDiscriminator(in_channels, adv.channels, adv.layers, adv.norm)
                               if adv.weight > 0 else None)
+        self._game_on: Optional[bool] = None
 
     def forward(self, x: torch.Tensor, step: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
         out = self.model.run(x, step)
@@ -59,12 +60,21 @@ class TokenizerObjective(nn.Module):
         if self.perceptual is not None:
             terms["lpips"] = distance.detach()
         if self.discriminator is not None:
-            terms.update(self._adversarial(x, out.recon, terms, int(step)))
+            # a compiled forward is handed the step as a device tensor: whether the game is on
+            # comes from the trainer's host-side step (set_step), so no step is read back to
+            # the host (and a compiled forward recompiles once, when the game starts)
+            on = (self._game_on if torch.is_tensor(step) and self._game_on is not None
+                  else int(step) >= self.cfg.adversarial.start_step)
+            terms.update(self._adversarial(x, out.recon, terms, on))
         return terms
 
-    def _adversarial(self, x: torch.Tensor, recon: torch.Tensor, terms: dict, step: int) -> dict[str, torch.Tensor]:
+    def set_step(self, step: int) -> None:
+        """The step about to run, from the trainer before each forward (engine/train_forward.py)."""
+        self._game_on = step >= self.cfg.adversarial.start_step
+
+    def _adversarial(self, x: torch.Tensor, recon: torch.Tensor, terms: dict, game_on: bool) -> dict[str, torch.Tensor]:
         adv = self.cfg.adversarial
-        if step < adv.start_step and not _data_parallel():
+        if not game_on and not _data_parallel():
             # before the game starts a single process skips both players' passes (their
             # terms are not logged either)
             return {}
@@ -72,7 +82,7 @@ class TokenizerObjective(nn.Module):
         # every parameter must take part in every step there. idle_parameters keeps the
         # optimizer off the discriminator, and _discriminate its running statistics as
         # they are, so its first real step is a single process's
-        on = 1.0 if step >= adv.start_step else 0.0
+        on = 1.0 if game_on else 0.0
         # the generator's term reads the discriminator through detached parameters
         g_loss = generator_loss(self._discriminate(recon, on, frozen=True), adv.loss)
         weight = torch.ones((), device=x.device)
