@@ -410,11 +410,17 @@ def test_every_preset_trains_on_the_scalable_network_with_the_adversarial_loss(p
     torch.manual_seed(0)
     c, h, w = cfg.data.shape
     obj = TokenizerObjective(HQVAE(cfg.model, cfg.data.shape), cfg.loss, c).train()
+    optimizer = torch.optim.AdamW(obj.param_groups(1e-3))  # its "schedule" entries are ignored here
+    before = {n: p.detach().clone() for n, p in obj.named_parameters()}
     terms = obj(torch.rand(2, c, h, w) * 2 - 1, step=0)
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and float(terms["adv/weight"]) > 0
     missing = [n for n, p in obj.named_parameters() if p.grad is None]
     assert not missing, missing
+    optimizer.step()
+    # both players moved: the decoder and the discriminator's first conv
+    moved = {n for n, p in obj.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("model.decoder") for n in moved) and "discriminator.net.0.weight" in moved
 
 
 def test_missing_lpips_weights_stop_training_before_any_data_is_read(tmp_path):
