@@ -200,17 +200,21 @@ def merge(base: Any, override: Any) -> Any:
     return override
 
 
+def valid_keys_hint(name: Any, keys) -> str:
+    """What an unknown key's error adds: the closest valid key, and every valid one."""
+    keys = sorted(keys)
+    close = difflib.get_close_matches(str(name), keys, n=1)
+    return ((f" (did you mean {close[0]!r}?)" if close else "")
+            + (f"; valid keys here: {', '.join(keys)}" if keys else "; this section takes no keys"))
+
+
 def _build(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in data:
         if name not in fields:
             full = f"{prefix}.{name}" if prefix else str(name)
-            close = difflib.get_close_matches(str(name), list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"unknown key {full!r}{hint}; valid keys here: {', '.join(sorted(fields))}"
-            )
+            raise ConfigError(f"unknown key {full!r}{valid_keys_hint(name, fields)}")
     kwargs = {}
     for name, value in data.items():
         full = f"{prefix}.{name}" if prefix else name

@@ -457,8 +457,8 @@ def test_files_directly_in_split_folders_have_no_labels(tmp_path, source):
 
 @pytest.mark.parametrize("source", ["audiofolder", "imagefolder"])
 def test_a_split_is_named_by_its_folder(tmp_path, source):
-    """root/val/ is split 'val' (ImageNet's layout): datasets' imagefolder builder files it
-    under 'validation', which data.eval_split=val did not find."""
+    """root/val/ is split 'val' (ImageNet's layout), though datasets' imagefolder builder
+    files it under 'validation'; a slice of it works too."""
     for split, n in (("train", 2), ("val", 3)):
         for cls in ("a", "b"):
             (tmp_path / split / cls).mkdir(parents=True)
@@ -470,6 +470,18 @@ def test_a_split_is_named_by_its_folder(tmp_path, source):
     ds = build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), "val")
     assert len(ds) == 6 and ds.num_classes == 2
     assert len(build_dataset(DataConfig(source=source, path=str(tmp_path), image_size=8), "val[:50%]")) == 3
+
+
+def test_imagefolder_split_folders_the_datasets_library_cannot_read_apart_are_refused(tmp_path):
+    """Its builder knows split folders by keyword only: a holdout/ folder, or val/ beside
+    dev/ (both 'validation' to it), is refused naming the folders, not read wrongly."""
+    for split in ("train", "holdout", "val", "dev"):
+        (tmp_path / split).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / split / "0.png")
+    with pytest.raises(ValueError, match=r"holdout/ is none of them: rename it"):
+        build_dataset(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), "holdout")
+    with pytest.raises(ValueError, match=r"the folders dev/, val/ are one split \('validation'\)"):
+        build_dataset(DataConfig(source="imagefolder", path=str(tmp_path), image_size=8), "val")
 
 
 def test_procedural_sources_refuse_a_split_they_do_not_have():

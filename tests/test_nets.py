@@ -75,7 +75,7 @@ def test_the_scalable_encoder_taps_every_factor_the_hierarchy_reads():
      r"resolution from 1 to 8 \(4\)"),
     ("model.net_options.attn_factors=[3]", r"model.net_options.attn_factors.0: a power of 2 in \[1, 8\]"),
     ("model.net_options.norm_groups=5", r"model.net_options.norm_groups: 5 groups do not divide the width 8"),
-    ("model.net_options.depth=3", r"^model.net_options.depth: not a key of network 'vqgan'; its keys: "
+    ("model.net_options.depth=3", r"^model.net_options.depth: not a key of network 'vqgan'; valid keys here: "
                                   r"attn_factors, base_channels, channel_mult, dropout, mid_attention, "
                                   r"norm_groups, num_res_blocks$"),
     ("model.net_options.base_channel=3", r"^model.net_options.base_channel: not a key of network 'vqgan' "
@@ -90,7 +90,7 @@ def test_network_options_that_do_not_fit_are_refused_naming_the_key(override, me
 
 def test_the_small_network_takes_no_options():
     with pytest.raises(ConfigError, match=r"^model.net_options.base_channels: not a key of network 'conv'; "
-                                          r"it takes none$"):
+                                          r"this section takes no keys$"):
         tiny_cfg("conv", "vqvae", ["model.net_options.base_channels=8"])
 
 

@@ -115,15 +115,20 @@ def test_training_forward_traces_as_one_graph(preset, net):
     assert explained.graph_break_count == 0, [r.reason[:200] for r in explained.break_reasons]
 
 
-@pytest.mark.parametrize("step", [1, 3], ids=["before-start", "game-on"])
-def test_the_adversarial_objective_traces_as_one_graph_without_the_adaptive_weight(step):
+@pytest.mark.parametrize("step, parallel", [(1, False), (1, True), (3, False)],
+                         ids=["before-start", "before-start-data-parallel", "game-on"])
+def test_the_adversarial_objective_traces_as_one_graph_without_the_adaptive_weight(step, parallel, monkeypatch):
     """The game starts at start_step without reading the (device tensor) step on the host:
-    the trainer tells the objective the step first (set_step). The adaptive weight's
+    the trainer tells the objective the step first (set_step). Data-parallel passes before
+    the start (on copies of the discriminator's buffers) trace too. The adaptive weight's
     autograd.grad is a graph break of its own, so it is off here."""
     import torch._dynamo
 
+    import tokenizer.losses.objective as objective_module
     from tokenizer.losses import TokenizerObjective
     from tokenizer.model import HQVAE
+
+    monkeypatch.setattr(objective_module, "_data_parallel", lambda: parallel)
 
     cfg = load_tokenizer_config(None, [
         "model.preset=sqvae2", "model.channels=16", "model.quantizer.tau_min=0.5", *VQGAN,

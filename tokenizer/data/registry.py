@@ -153,18 +153,27 @@ def _folder_files(cfg: DataConfig, split: str) -> list[str]:
 
 
 def _builder_split(root: Path, split: str) -> str:
-    """The name datasets' imagefolder builder gives the split folder ``split`` names. It files
-    val/, valid/ and dev/ under 'validation' and eval/ and testing/ under 'test'
-    (datasets.data_files.SPLIT_KEYWORDS); a split is named by its folder here, as an
-    audiofolder's is (scan_audiofolder), so data.eval_split=val reads DIR/val/."""
+    """The name datasets' imagefolder builder gives the split folder ``split`` names. The
+    builder recognises split folders by keyword (datasets.data_files.SPLIT_KEYWORDS) and
+    files val/, valid/ and dev/ under 'validation', eval/ and testing/ under 'test'; the
+    split is named by its folder here, so data.eval_split=val reads DIR/val/ (ImageNet's
+    layout). Two folders the builder would merge into one split are refused."""
     from datasets.data_files import SPLIT_KEYWORDS
 
     base = split_base(split)
-    if (root / base).is_dir():
-        for name, words in SPLIT_KEYWORDS.items():
-            if base.lower() in words:
-                return str(name) + split[len(base):]
-    return split
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if base not in folders:
+        return split
+    for name, words in SPLIT_KEYWORDS.items():
+        if base in words:
+            merged = [f for f in folders if f in words]
+            if len(merged) > 1:
+                raise ValueError(f"{root}: the folders {', '.join(f + '/' for f in merged)} are one split "
+                                 f"({str(name)!r}) to the datasets library's imagefolder; keep one of them")
+            return str(name) + (split[split.index("["):] if "[" in split else "")  # the slice kept
+    keywords = sorted({w for words in SPLIT_KEYWORDS.values() for w in words})
+    raise ValueError(f"{root}: imagefolder reads split folders by name ({', '.join(keywords)}), and {base}/ "
+                     f"is none of them: rename it, or hold out a slice such as data.eval_split='train[90%:]'")
 
 
 def _imagefolder_table(cfg: DataConfig, split: str):

@@ -40,11 +40,12 @@ class TokenizerObjective(nn.Module):
             raise ValueError("loss.perceptual.weight > 0 needs the LPIPS network (tokenizer.losses.load_lpips)")
         self.model, self.cfg = model, cfg
         self.perceptual = lpips if cfg.perceptual.weight > 0 else None
-        if self.perceptual is not None:
-            # the LPIPS weights are constant buffers, the same on every process: DDP would
-            # otherwise broadcast all ~59 MB of them before every forward (broadcast_buffers)
-            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                self, [f"perceptual.{name}" for name, _ in self.perceptual.named_buffers()])
+        # the LPIPS weights are constant buffers, the same on every process: DDP would
+        # otherwise broadcast all ~59 MB of them before every forward (broadcast_buffers).
+        # The hook is private to torch: without it the run is the same, only slower
+        ignore = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+        if self.perceptual is not None and ignore is not None:
+            ignore(self, [f"perceptual.{name}" for name, _ in self.perceptual.named_buffers()])
         adv = cfg.adversarial
         self.discriminator = (PatchDiscriminator(in_channels, adv.channels, adv.layers, adv.norm)
                               if adv.weight > 0 else None)

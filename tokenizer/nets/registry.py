@@ -23,12 +23,11 @@ networks themselves register when :mod:`tokenizer.nets` is imported.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.config import ConfigError, from_dict
+from engine.config import ConfigError, from_dict, valid_keys_hint
 
 
 @dataclass(frozen=True)
@@ -73,13 +72,12 @@ def net_options(name: str, options: dict, factors: list[int]) -> Any:
     entry = net_entry(name)
     if not isinstance(options, dict):
         raise ConfigError(f"net_options: expected a mapping of {name!r} options, got {options!r}")
-    keys = sorted(f.name for f in dataclasses.fields(entry.options))
+    keys = [f.name for f in dataclasses.fields(entry.options)]
     for key in options:
+        # named from here: this section is checked inside model's validate, which prefixes
+        # its errors with "model."
         if key not in keys:
-            close = difflib.get_close_matches(str(key), keys, n=1)
-            raise ConfigError(f"net_options.{key}: not a key of network {name!r}"
-                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + (f"; its keys: {', '.join(keys)}" if keys else "; it takes none"))
+            raise ConfigError(f"net_options.{key}: not a key of network {name!r}{valid_keys_hint(key, keys)}")
     obj = from_dict(entry.options, options, prefix="net_options")
     check = getattr(obj, "check_factors", None)
     if check is not None:
