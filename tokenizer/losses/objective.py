@@ -102,6 +102,8 @@ class TokenizerObjective(nn.Module):
                 "adv/weight": weight.detach() / scale * adv.weight * on}
 
     def _discriminate(self, x: torch.Tensor, on: float, frozen: bool = False) -> torch.Tensor:
+        if on and not frozen:
+            return self.discriminator(x)
         state = {name: p.detach() if frozen else p for name, p in self.discriminator.named_parameters()}
         if not on:
             # copies of the buffers: BatchNorm's running statistics do not move before the
